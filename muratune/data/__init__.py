@@ -1,0 +1,1 @@
+"""Dataset layer: MURA index, validation, internal split, synthetic generator, cache, augmentation."""

@@ -1,0 +1,148 @@
+"""Reading radiographs of any PNG/JPEG flavour as 8-bit grayscale, and square resizing with a recorded geometry."""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from muratune.errors import UserError
+
+RESIZE_MODES = ("pad", "stretch")
+# Refuse images beyond this many pixels (a 10,000 x 10,000 image is 1e8 and still allowed).
+MAX_PIXELS = 400_000_000
+
+
+class ImageReadError(UserError):
+    """An image file that cannot be decoded; the message names the file and the reason."""
+
+
+def _to_uint8_gray(img: Image.Image) -> np.ndarray:
+    """Convert any PIL mode to a 2-D uint8 array, scaling high bit depths by their actual bit depth."""
+    mode = img.mode
+    if mode == "L":
+        return np.asarray(img, dtype=np.uint8)
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        arr = np.asarray(img).astype(np.float64)
+        arr = np.nan_to_num(arr, nan=0.0, posinf=0.0, neginf=0.0)
+        lo = min(float(arr.min()), 0.0)
+        arr = arr - lo
+        peak = float(arr.max())
+        if peak <= 0:
+            return np.zeros(arr.shape, dtype=np.uint8)
+        # Scale by the bit depth the data actually uses (8..16 bits, e.g. 12-bit radiographs in 16-bit PNGs),
+        # so a 12-bit image is not rendered nearly black, and contrast between images is kept.
+        bits = min(max(8, math.ceil(math.log2(peak + 1))), 16) if peak < 65536 else math.ceil(math.log2(peak + 1))
+        return np.clip(np.rint(arr * (255.0 / (2**bits - 1))), 0, 255).astype(np.uint8)
+    if mode == "P":
+        img = img.convert("RGBA") if "transparency" in img.info else img.convert("RGB")
+        mode = img.mode
+    if mode in ("RGBA", "LA", "PA"):
+        # Composite over black: radiograph backgrounds are dark.
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
+        img = Image.alpha_composite(background, rgba)
+    return np.asarray(img.convert("L"), dtype=np.uint8)
+
+
+def read_image(path: str | os.PathLike, max_side: int | None = None) -> np.ndarray:
+    """Read an image file as a 2-D uint8 grayscale array.
+
+    Handles 8-bit and 16-bit grayscale, RGB, RGBA, palette and 1-bit PNGs (and JPEGs).
+
+    Args:
+        path: the image file.
+        max_side: if given, images more than twice this size are first reduced by an integer factor while
+            decoding, so that very large images never need full-resolution float copies in memory.
+
+    Raises:
+        ImageReadError: the file is missing, empty, truncated, not an image, or too large.
+    """
+    path = Path(path)
+    try:
+        if path.stat().st_size == 0:
+            raise ImageReadError(f"{path}: empty file (0 bytes)")
+    except FileNotFoundError:
+        raise ImageReadError(f"{path}: file not found") from None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                width, height = img.size
+                if width * height > MAX_PIXELS:
+                    raise ImageReadError(f"{path}: image too large ({width}x{height} pixels)")
+                if width < 1 or height < 1:
+                    raise ImageReadError(f"{path}: image has no pixels ({width}x{height})")
+                img.draft("L", (max_side, max_side)) if max_side and img.format == "JPEG" else None
+                img.load()
+                if max_side and max(img.size) > 2 * max_side and img.mode not in ("P", "1"):
+                    img = img.reduce(max(img.size) // max_side // 2 or 1)
+                return _to_uint8_gray(img)
+    except ImageReadError:
+        raise
+    except UnidentifiedImageError:
+        raise ImageReadError(f"{path}: not a readable image file") from None
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise ImageReadError(f"{path}: cannot decode image ({reason})") from None
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """How an original image maps onto the square model input: ``input = original * scale + (pad_x, pad_y)``."""
+
+    orig_height: int
+    orig_width: int
+    size: int
+    scale_x: float
+    scale_y: float
+    pad_x: int
+    pad_y: int
+
+    def to_dict(self) -> dict:
+        """Return a JSON-serialisable dict."""
+        return asdict(self)
+
+
+def square_geometry(height: int, width: int, size: int, mode: str = "pad") -> Geometry:
+    """Compute the geometry that maps a ``height x width`` image onto a ``size x size`` square."""
+    if mode == "stretch":
+        return Geometry(height, width, size, size / width, size / height, 0, 0)
+    if mode != "pad":
+        raise UserError(f"resize mode {mode!r} is unknown; choose one of {', '.join(RESIZE_MODES)}")
+    scale = size / max(height, width)
+    new_w, new_h = max(1, round(width * scale)), max(1, round(height * scale))
+    return Geometry(height, width, size, new_w / width, new_h / height, (size - new_w) // 2, (size - new_h) // 2)
+
+
+def resize_square(image: np.ndarray, size: int, mode: str = "pad") -> tuple[np.ndarray, Geometry]:
+    """Resize a 2-D uint8 image to ``size x size``, keeping the aspect ratio and padding with 0 (``pad``) or not.
+
+    Returns:
+        The square image and the geometry needed to map results back to the original pixels.
+    """
+    height, width = image.shape[:2]
+    geo = square_geometry(height, width, size, mode)
+    new_w, new_h = round(width * geo.scale_x), round(height * geo.scale_y)
+    interp = cv2.INTER_AREA if new_w < width or new_h < height else cv2.INTER_LINEAR
+    resized = cv2.resize(image, (new_w, new_h), interpolation=interp)
+    if mode == "stretch":
+        return resized, geo
+    out = np.zeros((size, size), dtype=np.uint8)
+    out[geo.pad_y : geo.pad_y + new_h, geo.pad_x : geo.pad_x + new_w] = resized
+    return out, geo
+
+
+def unsquare(array: np.ndarray, geo: Geometry, interpolation: int = cv2.INTER_LINEAR) -> np.ndarray:
+    """Map a ``size x size`` array (e.g. a heatmap) back onto the original image's pixels, undoing padding."""
+    if array.shape[0] != geo.size:
+        array = cv2.resize(array, (geo.size, geo.size), interpolation=interpolation)
+    new_w, new_h = round(geo.orig_width * geo.scale_x), round(geo.orig_height * geo.scale_y)
+    crop = array[geo.pad_y : geo.pad_y + new_h, geo.pad_x : geo.pad_x + new_w]
+    return cv2.resize(crop, (geo.orig_width, geo.orig_height), interpolation=interpolation)

@@ -1,0 +1,79 @@
+"""Atomic file writing: outputs appear complete or not at all."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from muratune.errors import UserError
+
+
+@contextmanager
+def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``target``; rename it over ``target`` only if the block succeeds."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, target)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def write_text(target: str | os.PathLike, text: str) -> None:
+    """Write text atomically."""
+    with atomic_path(target) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def write_bytes(target: str | os.PathLike, data: bytes) -> None:
+    """Write bytes atomically."""
+    with atomic_path(target) as tmp:
+        tmp.write_bytes(data)
+
+
+def write_json(target: str | os.PathLike, obj: Any) -> None:
+    """Write JSON atomically, pretty-printed."""
+    write_text(target, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+
+
+@contextmanager
+def atomic_dir(target: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a temporary directory beside ``target`` and move it into place when the block succeeds.
+
+    Refuses to replace an existing ``target`` unless ``overwrite`` is set.
+    """
+    target = Path(target)
+    if target.exists() and not overwrite:
+        raise UserError(f"{target}: already exists; pass --overwrite to replace it")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    try:
+        yield tmp
+        if target.exists():
+            old = target.with_name(f".{target.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(target, old)
+            os.replace(tmp, target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, target)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def refuse_existing(path: str | os.PathLike, overwrite: bool) -> None:
+    """Raise a UserError if ``path`` exists and ``overwrite`` is not set."""
+    if Path(path).exists() and not overwrite:
+        raise UserError(f"{path}: already exists; pass --overwrite to replace it")

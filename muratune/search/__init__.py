@@ -1,0 +1,1 @@
+"""Ray Tune + Optuna + ASHA search: config space, tuner, Optuna bookkeeping."""

@@ -1,0 +1,1 @@
+"""The trial: model factory, training loop, metrics and checkpoints."""
