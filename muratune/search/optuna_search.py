@@ -1,0 +1,57 @@
+"""OptunaSearch that records ASHA-stopped trials as PRUNED (with per-epoch values), not as COMPLETE."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from ray.tune.search.optuna import OptunaSearch
+
+from muratune.constants import EPOCH
+
+logger = logging.getLogger(__name__)
+
+
+class PrunedAwareOptunaSearch(OptunaSearch):
+    """Ray's OptunaSearch, with honest trial states in the Optuna study.
+
+    Stock OptunaSearch tells Optuna that a trial ASHA stopped early is COMPLETE with the metric of a
+    truncated run, which biases TPE toward configurations that look good early. Here:
+
+    - a trial that reached ``max_epochs`` is COMPLETE with its final metric;
+    - a trial stopped earlier (by ASHA or the time budget) is PRUNED; its per-epoch intermediate values,
+      reported on every result, stay in the study;
+    - a trial that errored is FAIL, even if it reported some epochs first.
+
+    Args:
+        max_epochs: epochs of a full run.
+        prune_stopped: set False to reproduce the stock behaviour (for benchmarks).
+        **kwargs: passed to OptunaSearch.
+    """
+
+    def __init__(self, *args: Any, max_epochs: int, prune_stopped: bool = True, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.max_epochs = max_epochs
+        self.prune_stopped = prune_stopped
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        """Tell Optuna the trial's final state."""
+        import optuna
+
+        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+            return super().on_trial_complete(trial_id, result=result, error=error)
+        ot_trial = self._ot_trials[trial_id]
+        epochs = int((result or {}).get(EPOCH, (result or {}).get("training_iteration", 0)) or 0)
+        ot_trial.set_user_attr("ray_trial_id", trial_id)
+        ot_trial.set_user_attr("epochs", epochs)
+        if error:
+            state, value = optuna.trial.TrialState.FAIL, None
+        elif self.prune_stopped and epochs < self.max_epochs:
+            state, value = optuna.trial.TrialState.PRUNED, None
+        else:
+            return super().on_trial_complete(trial_id, result=result, error=error)
+        try:
+            self._ot_study.tell(ot_trial, value, state=state)
+        except Exception as exc:  # noqa: BLE001 - Optuna refuses some tells (e.g. already finished); keep searching
+            logger.warning("could not record trial %s in Optuna: %s", trial_id, exc)
+        self._completed_trials.add(trial_id)

@@ -1,0 +1,375 @@
+"""Run, resume and summarise a search: Ray Tune with Optuna (TPE) as searcher and ASHA as scheduler."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from muratune.config import HYPERPARAMETERS, ExperimentConfig, dump_config
+from muratune.constants import EPOCH, METRIC, MODE
+from muratune.errors import UserError
+from muratune.fileio import write_json, write_text
+
+TRIALS_DIR = "trials"
+RESOLVED_CONFIG = "resolved_config.yaml"
+OPTUNA_DB = "optuna.db"
+SUMMARY_CSV = "search_summary.csv"
+
+
+@dataclass
+class SearchResult:
+    """What a finished search left behind."""
+
+    experiment_dir: Path
+    summary: pd.DataFrame
+    optuna_storage: str
+
+
+def is_remote(uri: str) -> bool:
+    """True for storage URIs such as ``s3://`` or ``gs://``."""
+    return "://" in uri and not uri.startswith("file://")
+
+
+def experiment_dir(config: ExperimentConfig) -> Path:
+    """Local experiment folder (metadata, Optuna study, summary). Trials go to ``<storage>/<name>/trials``."""
+    storage = config.storage
+    if is_remote(storage):
+        return Path("runs") / config.name
+    return Path(storage.removeprefix("file://")).expanduser().resolve() / config.name
+
+
+def trials_storage(config: ExperimentConfig) -> tuple[str, str]:
+    """Return (storage_path, name) for Tune's RunConfig."""
+    if is_remote(config.storage):
+        return f"{config.storage.rstrip('/')}/{config.name}", TRIALS_DIR
+    return str(experiment_dir(config)), TRIALS_DIR
+
+
+def optuna_storage_url(config: ExperimentConfig) -> str:
+    """The Optuna study's storage: the configured database URL, or SQLite in the experiment folder."""
+    return config.optuna.storage or f"sqlite:///{experiment_dir(config) / OPTUNA_DB}"
+
+
+# ------------------------------------------------------------------------------------------- preparation
+def prepare_experiment(config: ExperimentConfig, resume: bool, overwrite: bool) -> Path:
+    """Create (or check) the experiment folder and write the resolved config."""
+    exp_dir = experiment_dir(config)
+    exists = (exp_dir / RESOLVED_CONFIG).exists() or (exp_dir / TRIALS_DIR).exists()
+    if resume:
+        if not (exp_dir / TRIALS_DIR).exists():
+            raise UserError(f"{exp_dir}: no search to resume here (no {TRIALS_DIR}/ folder)")
+        return exp_dir
+    if exists and not overwrite:
+        raise UserError(f"{exp_dir}: experiment already exists; pass --resume to continue it or --overwrite")
+    if exists:
+        shutil.rmtree(exp_dir)
+    exp_dir.mkdir(parents=True, exist_ok=True)
+    write_text(exp_dir / RESOLVED_CONFIG, dump_config(config))
+    return exp_dir
+
+
+def preflight(config: ExperimentConfig) -> None:
+    """Everything that can be checked before Ray starts: space, data root, dataset index and the cache."""
+    from muratune.search.space import validate_space
+
+    validate_space(config)
+    if not config.data.root:
+        raise UserError("data.root: no dataset given; set it in the config or pass --data ROOT")
+
+
+def warm_cache(config: ExperimentConfig) -> dict:
+    """Index the dataset and build the shared cache once on the driver, so trials only open it."""
+    from muratune.data.cache import build_cache
+    from muratune.data.index import load_index
+
+    index = load_index(config.data.root)
+    cache = build_cache(
+        index,
+        config.data.image_size,
+        config.data.resize_mode,
+        cache_dir=config.data.cache_dir,
+        skip_bad_images=config.data.skip_bad_images,
+    )
+    return {"cache": str(cache.path), "images": len(cache.index), "excluded": cache.excluded}
+
+
+# ------------------------------------------------------------------------------------------- ray
+def connect_ray(address: str | None, num_cpus: int | None = None) -> bool:
+    """Connect to a cluster (``address`` or ``RAY_ADDRESS``) or start local Ray; return True if we started it."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=False)
+    else:
+        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+    return True
+
+
+def check_cluster_resources(config: ExperimentConfig) -> None:
+    """Refuse per-trial requests no node can satisfy (e.g. more GPUs per trial than the cluster has)."""
+    import ray
+
+    total = ray.cluster_resources()
+    need_gpus = config.resources.gpus_per_trial * config.resources.workers_per_trial
+    if need_gpus > total.get("GPU", 0):
+        raise UserError(
+            f"resources.gpus_per_trial: {config.resources.gpus_per_trial} GPU(s) per trial requested, "
+            f"but the cluster has {total.get('GPU', 0):g}"
+        )
+    need_cpus = config.resources.cpus_per_trial * (1 + (config.resources.workers_per_trial > 1))
+    if config.resources.cpus_per_trial > total.get("CPU", 0) or need_cpus > total.get("CPU", 0) + 1e-9:
+        raise UserError(
+            f"resources.cpus_per_trial: {config.resources.cpus_per_trial} CPU(s) per trial requested, "
+            f"but the cluster has {total.get('CPU', 0):g}"
+        )
+
+
+def trial_resources(config: ExperimentConfig) -> Any:
+    """Resources for one trial (a placement group when it runs data-parallel workers)."""
+    from ray import tune
+
+    res = config.resources
+    if res.workers_per_trial <= 1:
+        return {"cpu": res.cpus_per_trial, "gpu": res.gpus_per_trial}
+    bundles = [{"CPU": 1}] + [{"CPU": res.cpus_per_trial, "GPU": res.gpus_per_trial}] * res.workers_per_trial
+    return tune.PlacementGroupFactory(bundles, strategy="PACK")
+
+
+def build_searcher(config: ExperimentConfig, prune_stopped: bool | None = None) -> Any:
+    """Optuna (TPE or random) behind a concurrency limit, with ASHA-stopped trials recorded as PRUNED."""
+    import optuna
+    from ray.tune.search import ConcurrencyLimiter
+
+    from muratune.search.optuna_search import PrunedAwareOptunaSearch
+
+    opt = config.optuna
+    if opt.sampler == "tpe":
+        sampler = optuna.samplers.TPESampler(seed=opt.seed, n_startup_trials=opt.n_startup_trials)
+    else:
+        sampler = optuna.samplers.RandomSampler(seed=opt.seed)
+    storage = optuna.storages.RDBStorage(optuna_storage_url(config))
+    searcher = PrunedAwareOptunaSearch(
+        metric=METRIC,
+        mode=MODE,
+        sampler=sampler,
+        storage=storage,
+        study_name=config.name,
+        max_epochs=config.budget.max_epochs,
+        prune_stopped=opt.prune_stopped_trials if prune_stopped is None else prune_stopped,
+    )
+    return ConcurrencyLimiter(searcher, max_concurrent=config.resources.max_concurrent_trials)
+
+
+def build_scheduler(config: ExperimentConfig) -> Any:
+    """ASHA over epochs (or FIFO when ``budget.scheduler`` is ``none``)."""
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    budget = config.budget
+    if budget.scheduler == "none":
+        return FIFOScheduler()
+    return ASHAScheduler(
+        time_attr="training_iteration",
+        max_t=budget.max_epochs,
+        grace_period=budget.grace_period,
+        reduction_factor=budget.reduction_factor,
+    )
+
+
+def _trial_dirname(trial: Any) -> str:
+    return f"trial_{trial.trial_id}"
+
+
+def build_tuner(config: ExperimentConfig, trainable: Callable | None = None, searcher: Any = None) -> Any:
+    """Assemble the Tuner: param space, searcher, scheduler, storage, failure and checkpoint settings."""
+    from ray import tune
+
+    from muratune.search.space import create_search_space
+    from muratune.trainables.train import SETTINGS_KEY, tune_trainable
+
+    storage_path, name = trials_storage(config)
+    trainable = tune.with_resources(trainable or tune_trainable, trial_resources(config))
+    param_space = {**create_search_space(config.space), SETTINGS_KEY: config.model_dump(mode="json")}
+    reporter = tune.CLIReporter(
+        metric_columns={EPOCH: "epoch", METRIC: "val_kappa", "val_auc": "val_auc"},
+        parameter_columns=list(HYPERPARAMETERS),
+        max_report_frequency=30,
+        sort_by_metric=True,
+        metric=METRIC,
+        mode=MODE,
+    )
+    return tune.Tuner(
+        trainable,
+        param_space=param_space,
+        tune_config=tune.TuneConfig(
+            metric=METRIC,
+            mode=MODE,
+            search_alg=searcher if searcher is not None else build_searcher(config),
+            scheduler=build_scheduler(config),
+            num_samples=config.budget.num_samples,
+            time_budget_s=config.budget.time_budget_s,
+            reuse_actors=True,
+            trial_dirname_creator=_trial_dirname,
+        ),
+        run_config=tune.RunConfig(
+            name=name,
+            storage_path=storage_path,
+            failure_config=tune.FailureConfig(max_failures=config.failure.max_failures),
+            checkpoint_config=tune.CheckpointConfig(
+                num_to_keep=config.checkpoint.num_to_keep,
+                checkpoint_score_attribute=METRIC,
+                checkpoint_score_order=MODE,
+            ),
+            progress_reporter=reporter,
+            verbose=1,
+        ),
+    )
+
+
+def restore_tuner(config: ExperimentConfig, trainable: Callable | None = None) -> Any:
+    """Restore an interrupted search: unfinished trials resume from their checkpoints, errored ones are kept."""
+    from ray import tune
+
+    from muratune.trainables.train import tune_trainable
+
+    storage_path, name = trials_storage(config)
+    path = f"{storage_path}/{name}"
+    if not tune.Tuner.can_restore(path):
+        raise UserError(f"{path}: no restorable search state here")
+    trainable = tune.with_resources(trainable or tune_trainable, trial_resources(config))
+    return tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=False)
+
+
+class _SigtermAsSigint:
+    """Treat SIGTERM like Ctrl-C during a search, so Tune saves a restorable state before exiting."""
+
+    def __enter__(self) -> _SigtermAsSigint:
+        self.previous = signal.getsignal(signal.SIGTERM)
+        signal.signal(signal.SIGTERM, lambda *_: os.kill(os.getpid(), signal.SIGINT))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        signal.signal(signal.SIGTERM, self.previous)
+
+
+# ------------------------------------------------------------------------------------------- summary
+def summarise(results: Any, config: ExperimentConfig) -> pd.DataFrame:
+    """One row per trial: state in Optuna terms, hyperparameters, epochs, best internal-val kappa, checkpoint."""
+    rows = []
+    for result in results:
+        rows.append(_summary_row(result, config))
+    summary = pd.DataFrame(rows)
+    if len(summary):
+        summary = summary.sort_values("best_val_kappa", ascending=False, na_position="last").reset_index(drop=True)
+    return summary
+
+
+def _summary_row(result: Any, config: ExperimentConfig) -> dict:
+    metrics = result.metrics or {}
+    trial_id = metrics.get("trial_id") or Path(result.path).name.removeprefix("trial_")
+    epochs = int(metrics.get(EPOCH, 0) or 0)
+    history = result.metrics_dataframe
+    best_kappa = float(history[METRIC].max()) if history is not None and METRIC in history else float("nan")
+    best = result.get_best_checkpoint(METRIC, MODE) if result.best_checkpoints else None
+    if result.error is not None:
+        state = "FAIL"
+    elif epochs >= config.budget.max_epochs:
+        state = "COMPLETE"
+    else:
+        state = "PRUNED"
+    row = {"trial_id": trial_id, "state": state, "epochs": epochs, "best_val_kappa": best_kappa}
+    row.update({name: result.config.get(name) for name in HYPERPARAMETERS})
+    if history is not None and len(history) and METRIC in history:
+        best_row = history.loc[history[METRIC].idxmax()]
+        row.update({k: best_row[k] for k in history.columns if k.startswith(f"{METRIC}/")})
+        row["best_epoch"] = int(best_row.get(EPOCH, 0))
+    row["time_s"] = float(metrics.get("time_total_s", 0.0) or 0.0)
+    row["checkpoint"] = best.path if best is not None else None
+    row["trial_dir"] = result.path
+    row["error"] = _one_line(result.error) if result.error is not None else None
+    return row
+
+
+def _one_line(error: BaseException) -> str:
+    text = str(error).strip()
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    for line in reversed(lines):
+        if "Error" in line or "error" in line:
+            return line[:300]
+    return (lines[-1] if lines else type(error).__name__)[:300]
+
+
+def format_summary(summary: pd.DataFrame, top: int = 10) -> str:
+    """The top trials as a text table."""
+    if summary.empty:
+        return "(no trials)"
+    columns = ["trial_id", "state", "epochs", "best_val_kappa", *HYPERPARAMETERS]
+    columns += [c for c in summary.columns if c.startswith(f"{METRIC}/")]
+    table = summary[columns].head(top).copy()
+    table["lr"] = table["lr"].map(lambda v: f"{v:.2e}" if isinstance(v, float) else v)
+    if "weight_decay" in table:
+        table["weight_decay"] = table["weight_decay"].map(lambda v: f"{v:.1e}" if isinstance(v, float) else v)
+    table.columns = [c.replace(f"{METRIC}/", "") for c in table.columns]
+    return table.to_string(index=False, float_format=lambda v: f"{v:.3f}")
+
+
+# ------------------------------------------------------------------------------------------- entry
+def run_search(
+    config: ExperimentConfig,
+    address: str | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    num_cpus: int | None = None,
+    trainable: Callable | None = None,
+    echo: Callable[[str], None] = print,
+) -> SearchResult:
+    """Run (or resume) a search and write its summary into the experiment folder.
+
+    Args:
+        config: the validated experiment config.
+        address: Ray cluster address (``auto``, ``ray://...``); default ``RAY_ADDRESS`` or local Ray.
+        resume: continue an interrupted search with the same name.
+        overwrite: replace an existing experiment with the same name.
+        num_cpus: CPUs for a local Ray started here (default: all).
+        trainable: the trial function (default: ``muratune.trainables.train.tune_trainable``).
+        echo: where progress lines go.
+    """
+    import ray
+
+    if resume:
+        config = _resumed_config(config)
+    preflight(config)
+    exp_dir = prepare_experiment(config, resume=resume, overwrite=overwrite)
+    if not is_remote(config.storage) and not config.data.root.startswith(("s3://", "gs://")):  # type: ignore[union-attr]
+        write_json(exp_dir / "cache.json", warm_cache(config))
+    started = connect_ray(address, num_cpus)
+    try:
+        check_cluster_resources(config)
+        tuner = restore_tuner(config, trainable) if resume else build_tuner(config, trainable)
+        with _SigtermAsSigint():
+            results = tuner.fit()
+    finally:
+        if started:
+            ray.shutdown()
+    summary = summarise(results, config)
+    summary.to_csv(exp_dir / SUMMARY_CSV, index=False)
+    echo(format_summary(summary))
+    echo(f"\nexperiment: {exp_dir}\noptuna study: {optuna_storage_url(config)} (study {config.name!r})")
+    return SearchResult(exp_dir, summary, optuna_storage_url(config))
+
+
+def _resumed_config(config: ExperimentConfig) -> ExperimentConfig:
+    """On resume, the experiment's own resolved config wins (so the same study and space are continued)."""
+    from muratune.config import load_config
+
+    saved = experiment_dir(config) / RESOLVED_CONFIG
+    return load_config(saved) if saved.is_file() else config
