@@ -79,6 +79,144 @@ def data_check(
     typer.echo(f"OK: no problems found in {root}")
 
 
+@data_app.command("cache")
+def data_cache(
+    root: Annotated[Path, typer.Argument(help="Folder holding MURA-v1.1/ (or the MURA-v1.1 folder itself).")],
+    size: Annotated[int, typer.Option(help="Side of the cached square images, in pixels.")] = 224,
+    mode: Annotated[str, typer.Option(help="Resize mode: pad (keep aspect, pad to square) or stretch.")] = "pad",
+    cache_dir: Annotated[
+        Path | None, typer.Option(help="Cache root (default $MURATUNE_CACHE or the user cache folder).")
+    ] = None,
+    workers: Annotated[int, typer.Option(help="Decoding threads (0 = all cores).")] = 0,
+    skip_bad_images: Annotated[
+        bool, typer.Option("--skip-bad-images", help="Exclude unreadable images instead of stopping.")
+    ] = False,
+) -> None:
+    """Decode every image once into the shared memory-mapped cache, ahead of a search."""
+    from muratune.data.cache import build_cache
+    from muratune.data.index import load_index
+
+    index = load_index(root)
+    cache = build_cache(index, size, mode, cache_dir=cache_dir, workers=workers, skip_bad_images=skip_bad_images)
+    typer.echo(f"cache: {cache.path} ({len(cache.index)} images at {size}px, {mode})")
+    for item in cache.excluded:
+        typer.echo(f"excluded: {item['reason']}", err=True)
+
+
+@data_app.command("policies")
+def data_policies() -> None:
+    """List the named augmentation policies."""
+    from muratune.data.augment import list_policies
+
+    for name, description in list_policies().items():
+        typer.echo(f"{name:<20} {description}")
+
+
+@data_app.command("preview")
+def data_preview(
+    root: Annotated[Path, typer.Argument(help="Folder holding MURA-v1.1/.")],
+    policy: Annotated[str, typer.Option(help="Augmentation policy name (see `muratune data policies`).")],
+    out: Annotated[Path, typer.Option(help="PNG file to write.")] = Path("preview.png"),
+    images: Annotated[int, typer.Option(help="How many dataset images (rows).")] = 4,
+    samples: Annotated[int, typer.Option(help="Augmented samples per image (columns).")] = 4,
+    size: Annotated[int, typer.Option(help="Tile size in pixels.")] = 224,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing OUT file.")] = False,
+) -> None:
+    """Write a PNG grid of augmented samples, to see what a policy does."""
+    import numpy as np
+
+    from muratune.data.augment import preview_policy
+    from muratune.data.images import read_image
+    from muratune.data.index import absolute_image_paths, load_index
+    from muratune.fileio import refuse_existing
+
+    refuse_existing(out, overwrite)
+    index = load_index(root)
+    picks = np.random.default_rng(seed).choice(len(index), size=min(images, len(index)), replace=False)
+    files = absolute_image_paths(index).iloc[sorted(picks)]
+    written = preview_policy([read_image(f) for f in files], policy, out, size=size, per_image=samples, seed=seed)
+    typer.echo(f"wrote {written}")
+
+
+# --------------------------------------------------------------------------------------------- train/search
+ConfigArg = Annotated[Path, typer.Argument(help="Experiment config YAML (see configs/).")]
+DataOpt = Annotated[Path | None, typer.Option("--data", help="Dataset root; overrides data.root.")]
+SetOpt = Annotated[
+    list[str] | None, typer.Option("--set", help="Override a config field: --set budget.num_samples=4 (repeatable).")
+]
+
+
+def _load(config: Path, data: Path | None, overrides: list[str] | None, name: str | None = None):
+    from muratune.config import load_config
+
+    extra = list(overrides or [])
+    if data is not None:
+        extra.append(f"data.root={data}")
+    if name is not None:
+        extra.append(f"name={name}")
+    return load_config(config, extra)
+
+
+@app.command("train")
+def train_command(
+    config: ConfigArg,
+    out: Annotated[Path, typer.Option(help="Folder for the checkpoints.")],
+    data: DataOpt = None,
+    set_: SetOpt = None,
+    hp: Annotated[
+        list[str] | None,
+        typer.Option("--hp", help="Hyperparameter value: --hp lr=0.001 (default: the space's first point)."),
+    ] = None,
+    resume: Annotated[bool, typer.Option(help="Continue from the latest checkpoint in OUT.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing OUT folder.")] = False,
+) -> None:
+    """Train one configuration outside Ray Tune (for debugging), printing metrics per epoch."""
+    import shutil
+
+    import yaml
+
+    from muratune.config import HYPERPARAMETERS, parse_override
+    from muratune.fileio import refuse_existing
+    from muratune.search.space import validate_space
+    from muratune.trainables.train import FolderReporter, train_trial
+
+    settings = _load(config, data, set_)
+    validate_space(settings)
+    hparams = settings.space.defaults()
+    for text in hp or []:
+        key, value = parse_override(text)
+        if key[0] not in HYPERPARAMETERS or len(key) != 1:
+            raise UserError(f"--hp {text!r}: unknown hyperparameter; choose from {', '.join(HYPERPARAMETERS)}")
+        hparams[key[0]] = value
+    if not resume:
+        refuse_existing(out, overwrite)
+        shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True, exist_ok=True)
+    typer.echo("hyperparameters: " + yaml.safe_dump(hparams, default_flow_style=True).strip())
+    train_trial({**hparams, "settings": settings}, FolderReporter(out, resume=resume, echo=typer.echo))
+    typer.echo(f"checkpoints: {out}")
+
+
+@app.command("search")
+def search_command(
+    config: ConfigArg,
+    data: DataOpt = None,
+    name: Annotated[str | None, typer.Option(help="Experiment name (default: the config's name).")] = None,
+    address: Annotated[
+        str | None, typer.Option(help="Ray cluster address, e.g. 'auto' (default: RAY_ADDRESS or local Ray).")
+    ] = None,
+    resume: Annotated[bool, typer.Option(help="Continue an interrupted search with this name.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing experiment with this name.")] = False,
+    set_: SetOpt = None,
+) -> None:
+    """Search hyperparameters with Ray Tune (Optuna TPE searcher, ASHA scheduler)."""
+    from muratune.search.tuner import run_search
+
+    settings = _load(config, data, set_, name)
+    run_search(settings, address=address, resume=resume, overwrite=overwrite, echo=typer.echo)
+
+
 # --------------------------------------------------------------------------------------------- entry
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI; user errors print one line on stderr and exit with code 2."""

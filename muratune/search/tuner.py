@@ -105,6 +105,8 @@ def connect_ray(address: str | None, num_cpus: int | None = None) -> bool:
     """Connect to a cluster (``address`` or ``RAY_ADDRESS``) or start local Ray; return True if we started it."""
     import ray
 
+    # The legacy console output honours our CLIReporter's columns; the new one prints every metric of every result.
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     if ray.is_initialized():
         return False
     address = address or os.environ.get("RAY_ADDRESS")
@@ -189,16 +191,25 @@ def _trial_dirname(trial: Any) -> str:
     return f"trial_{trial.trial_id}"
 
 
+def bind_trainable(config: ExperimentConfig, trainable: Callable | None = None) -> Any:
+    """The trial function with the experiment settings bound (kept out of the searched config) and resources."""
+    from ray import tune
+
+    from muratune.trainables.train import tune_trainable
+
+    bound = tune.with_parameters(trainable or tune_trainable, settings=config.model_dump(mode="json"))
+    return tune.with_resources(bound, trial_resources(config))
+
+
 def build_tuner(config: ExperimentConfig, trainable: Callable | None = None, searcher: Any = None) -> Any:
     """Assemble the Tuner: param space, searcher, scheduler, storage, failure and checkpoint settings."""
     from ray import tune
 
     from muratune.search.space import create_search_space
-    from muratune.trainables.train import SETTINGS_KEY, tune_trainable
 
     storage_path, name = trials_storage(config)
-    trainable = tune.with_resources(trainable or tune_trainable, trial_resources(config))
-    param_space = {**create_search_space(config.space), SETTINGS_KEY: config.model_dump(mode="json")}
+    trainable = bind_trainable(config, trainable)
+    param_space = create_search_space(config.space)
     reporter = tune.CLIReporter(
         metric_columns={EPOCH: "epoch", METRIC: "val_kappa", "val_auc": "val_auc"},
         parameter_columns=list(HYPERPARAMETERS),
@@ -219,6 +230,7 @@ def build_tuner(config: ExperimentConfig, trainable: Callable | None = None, sea
             time_budget_s=config.budget.time_budget_s,
             reuse_actors=True,
             trial_dirname_creator=_trial_dirname,
+            trial_name_creator=_trial_dirname,
         ),
         run_config=tune.RunConfig(
             name=name,
@@ -239,13 +251,11 @@ def restore_tuner(config: ExperimentConfig, trainable: Callable | None = None) -
     """Restore an interrupted search: unfinished trials resume from their checkpoints, errored ones are kept."""
     from ray import tune
 
-    from muratune.trainables.train import tune_trainable
-
     storage_path, name = trials_storage(config)
     path = f"{storage_path}/{name}"
     if not tune.Tuner.can_restore(path):
         raise UserError(f"{path}: no restorable search state here")
-    trainable = tune.with_resources(trainable or tune_trainable, trial_resources(config))
+    trainable = bind_trainable(config, trainable)
     return tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=False)
 
 

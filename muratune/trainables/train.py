@@ -341,9 +341,13 @@ class FolderReporter:
 
 
 # ------------------------------------------------------------------------------------------------- trial
-def split_config(config: dict) -> tuple[dict, ExperimentConfig]:
-    """Separate a trial config into its hyperparameters and the experiment settings."""
-    settings = config[SETTINGS_KEY]
+def split_config(config: dict, settings: ExperimentConfig | dict | None = None) -> tuple[dict, ExperimentConfig]:
+    """Separate a trial config into its hyperparameters and the experiment settings.
+
+    The settings come from ``settings`` (how Tune passes them, via ``tune.with_parameters``) or, when run on
+    its own, from ``config["settings"]``.
+    """
+    settings = settings if settings is not None else config[SETTINGS_KEY]
     if not isinstance(settings, ExperimentConfig):
         settings = ExperimentConfig.model_validate(settings)
     hparams = {name: config[name] for name in HYPERPARAMETERS}
@@ -395,13 +399,14 @@ def trial_record(hparams: dict, settings: ExperimentConfig, normalizer, epoch: i
     }
 
 
-def train_trial(config: dict, reporter: Reporter | None = None) -> dict:
+def train_trial(config: dict, reporter: Reporter | None = None, settings: ExperimentConfig | dict | None = None) -> dict:
     """Train one configuration for ``budget.max_epochs`` epochs, reporting every epoch.
 
     Args:
         config: the hyperparameters (``backbone, lr, batch_size, finetune_depth, augment_policy, weight_decay,
             optimizer``) plus ``settings``: the experiment config (an ExperimentConfig or its dict).
         reporter: where to report; default Ray Tune.
+        settings: the experiment config, when not given inside ``config``.
 
     Returns:
         The last epoch's metrics.
@@ -410,7 +415,7 @@ def train_trial(config: dict, reporter: Reporter | None = None) -> dict:
     from muratune.trainables.models import create_model
 
     reporter = reporter or TuneReporter()
-    hparams, settings = split_config(config)
+    hparams, settings = split_config(config, settings)
     seed_everything(settings.train.seed)
     torch.set_num_threads(max(1, int(settings.resources.cpus_per_trial)))
     runtime = Runtime.create(settings)
@@ -472,6 +477,6 @@ def _restore(reporter: Reporter, model, optimizer, schedule) -> tuple[int, list[
     return int(state["epoch"]), list(state.get("history", []))
 
 
-def tune_trainable(config: dict) -> None:
-    """The Ray Tune function trainable."""
-    train_trial(config, TuneReporter())
+def tune_trainable(config: dict, settings: dict | None = None) -> None:
+    """The Ray Tune function trainable (``settings`` bound with ``tune.with_parameters``)."""
+    train_trial(config, TuneReporter(), settings)

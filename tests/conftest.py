@@ -1,0 +1,82 @@
+"""Shared fixtures: one small synthetic MURA dataset and one Ray session per test run, isolated caches."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+SYNTH_STUDIES = 240
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_cache(tmp_path_factory: pytest.TempPathFactory):
+    """Point MURATUNE_CACHE at a session temp folder so tests never touch the user's cache."""
+    previous = os.environ.get("MURATUNE_CACHE")
+    os.environ["MURATUNE_CACHE"] = str(tmp_path_factory.mktemp("muratune-cache"))
+    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+    yield
+    if previous is None:
+        os.environ.pop("MURATUNE_CACHE", None)
+    else:
+        os.environ["MURATUNE_CACHE"] = previous
+
+
+@pytest.fixture(scope="session")
+def synthetic_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A synthetic MURA dataset (easy findings, 256 px), built once per session. Treat it as read-only."""
+    from muratune.data.synth import generate_dataset
+
+    root = tmp_path_factory.mktemp("synthetic")
+    generate_dataset(root, studies=SYNTH_STUDIES, seed=0, difficulty="easy", long_side=256, workers=2)
+    return root
+
+
+@pytest.fixture()
+def synthetic_copy(synthetic_root: Path, tmp_path: Path) -> Path:
+    """A private copy of the synthetic dataset that a test may damage."""
+    target = tmp_path / "data"
+    shutil.copytree(synthetic_root, target)
+    return target
+
+
+@pytest.fixture(scope="session")
+def ray_session(tmp_path_factory: pytest.TempPathFactory):
+    """One small local Ray instance shared by every test that needs it; shut down at the end."""
+    import ray
+
+    token = Path.home() / ".ray" / "auth_token"
+    token_existed = token.exists()
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    ray.init(
+        num_cpus=2,
+        object_store_memory=150 * 1024**2,
+        include_dashboard=False,
+        log_to_driver=False,
+        _temp_dir=str(tmp_path_factory.mktemp("ray")),
+    )
+    yield ray
+    ray.shutdown()
+    if not token_existed and token.exists():
+        token.unlink()
+
+
+def tiny_overrides(root: Path, storage: Path, **extra: object) -> list[str]:
+    """``--set`` overrides that shrink the demo config to a test-sized search."""
+    base = {
+        "data.root": str(root),
+        "storage": str(storage),
+        "data.image_size": 64,
+        "data.num_workers": 0,
+        "budget.num_samples": 2,
+        "budget.max_epochs": 2,
+        "budget.grace_period": 1,
+        "resources.cpus_per_trial": 1,
+        "resources.max_concurrent_trials": 2,
+        "space.backbone": "resnet10t",
+    }
+    base.update(extra)
+    return [f"{key}={value}" for key, value in base.items()]
