@@ -44,6 +44,7 @@ class PrunedAwareOptunaSearch(OptunaSearch):
         epochs = int((result or {}).get(EPOCH, (result or {}).get("training_iteration", 0)) or 0)
         ot_trial.set_user_attr("ray_trial_id", trial_id)
         ot_trial.set_user_attr("epochs", epochs)
+        self._report_final_result(ot_trial, result)
         if error:
             state, value = optuna.trial.TrialState.FAIL, None
         elif self.prune_stopped and epochs < self.max_epochs:
@@ -55,3 +56,15 @@ class PrunedAwareOptunaSearch(OptunaSearch):
         except Exception as exc:  # noqa: BLE001 - Optuna refuses some tells (e.g. already finished); keep searching
             logger.warning("could not record trial %s in Optuna: %s", trial_id, exc)
         self._completed_trials.add(trial_id)
+
+    def _report_final_result(self, ot_trial: Any, result: dict | None) -> None:
+        """Record the last result as an intermediate value; Tune sends it only to ``on_trial_complete``."""
+        if not result or self.metric not in result or isinstance(self.metric, list):
+            return
+        import warnings
+
+        step = int(result.get("training_iteration", 0) or 0)
+        if step:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # Optuna warns (and ignores) when the step was already reported
+                ot_trial.report(result[self.metric], step)

@@ -215,8 +215,6 @@ def build_tuner(config: ExperimentConfig, trainable: Callable | None = None, sea
         parameter_columns=list(HYPERPARAMETERS),
         max_report_frequency=30,
         sort_by_metric=True,
-        metric=METRIC,
-        mode=MODE,
     )
     return tune.Tuner(
         trainable,

@@ -1,0 +1,118 @@
+"""Search tests: real Ray Tune, real Optuna and ASHA; trial states, artifacts, refusal and resume."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import optuna
+import pandas as pd
+import pytest
+from conftest import tiny_overrides
+
+from muratune.config import load_config
+from muratune.errors import UserError
+from muratune.search import tuner
+
+DEMO = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
+
+
+def scripted_trial(config: dict, settings: dict | None = None) -> None:
+    """A cheap trial whose kappa rises with lr, so ASHA has something to rank (no model: tests the bookkeeping)."""
+    import ray.tune
+
+    max_epochs = settings["budget"]["max_epochs"]
+    quality = math.log10(config["lr"]) + 5  # lr 1e-4 -> 1, 1e-2 -> 3
+    for epoch in range(1, max_epochs + 1):
+        ray.tune.report({"epoch": epoch, "val_kappa": quality * epoch / max_epochs / 3})
+
+
+def _scripted_config(tmp_path: Path, synthetic_root: Path, name: str, prune: bool = True):
+    overrides = tiny_overrides(
+        synthetic_root,
+        tmp_path / "runs",
+        name=name,
+        **{
+            "budget.num_samples": 6,
+            "budget.max_epochs": 4,
+            "budget.grace_period": 1,
+            "budget.reduction_factor": 2,
+            "resources.max_concurrent_trials": 1,
+            "space.lr": "{type: loguniform, low: 1.0e-4, high: 1.0e-2}",
+            "optuna.n_startup_trials": 6,
+            "optuna.prune_stopped_trials": prune,
+        },
+    )
+    return load_config(DEMO, overrides)
+
+
+def _optuna_trials(config) -> list[optuna.trial.FrozenTrial]:
+    study = optuna.load_study(study_name=config.name, storage=tuner.optuna_storage_url(config))
+    return study.get_trials(deepcopy=False)
+
+
+@pytest.mark.slow
+def test_asha_stopped_trials_are_pruned_in_optuna(ray_session, tmp_path, synthetic_root):
+    config = _scripted_config(tmp_path, synthetic_root, "pruned")
+    result = tuner.run_search(config, trainable=scripted_trial, echo=lambda _: None)
+
+    trials = _optuna_trials(config)
+    states = [t.state for t in trials]
+    assert len(trials) == 6
+    assert optuna.trial.TrialState.PRUNED in states, "ASHA should have stopped at least one trial"
+    assert optuna.trial.TrialState.COMPLETE in states
+    for trial in trials:
+        epochs = trial.user_attrs["epochs"]
+        assert len(trial.intermediate_values) == epochs
+        if trial.state == optuna.trial.TrialState.PRUNED:
+            assert epochs < config.budget.max_epochs
+        else:
+            assert trial.state == optuna.trial.TrialState.COMPLETE
+            assert epochs == config.budget.max_epochs
+    summary = pd.read_csv(result.experiment_dir / tuner.SUMMARY_CSV)
+    by_id = {t.user_attrs["ray_trial_id"]: t.state.name for t in trials}
+    assert dict(zip(summary.trial_id, summary.state, strict=True)) == by_id
+
+
+@pytest.mark.slow
+def test_stock_optuna_search_records_stopped_trials_as_complete(ray_session, tmp_path, synthetic_root):
+    """The fault muratune fixes: Ray's stock bookkeeping calls truncated runs COMPLETE."""
+    config = _scripted_config(tmp_path, synthetic_root, "stock", prune=False)
+    tuner.run_search(config, trainable=scripted_trial, echo=lambda _: None)
+    trials = _optuna_trials(config)
+    assert {t.state for t in trials} == {optuna.trial.TrialState.COMPLETE}
+    assert any(t.user_attrs["epochs"] < config.budget.max_epochs for t in trials)
+
+
+@pytest.mark.slow
+def test_real_search_writes_experiment(ray_session, tmp_path, synthetic_root):
+    config = load_config(DEMO, tiny_overrides(synthetic_root, tmp_path / "runs", name="real"))
+    result = tuner.run_search(config, echo=lambda _: None)
+    exp = result.experiment_dir
+    assert (exp / tuner.RESOLVED_CONFIG).is_file()
+    assert load_config(exp / tuner.RESOLVED_CONFIG) == config
+    summary = result.summary
+    assert len(summary) == 2
+    assert set(summary.state) <= {"COMPLETE", "PRUNED"}
+    for checkpoint in summary.checkpoint:
+        assert (Path(checkpoint) / "model.safetensors").is_file()
+        assert (Path(checkpoint) / "val_studies.parquet").is_file()
+    assert summary.best_val_kappa.notna().all()
+
+
+def test_existing_experiment_is_refused_without_resume_or_overwrite(tmp_path, synthetic_root):
+    config = load_config(DEMO, tiny_overrides(synthetic_root, tmp_path / "runs", name="taken"))
+    exp = tuner.prepare_experiment(config, resume=False, overwrite=False)
+    marker = exp / "keep.txt"
+    marker.write_text("finished work")
+    with pytest.raises(UserError, match="already exists"):
+        tuner.prepare_experiment(config, resume=False, overwrite=False)
+    assert marker.read_text() == "finished work"
+    with pytest.raises(UserError, match="no search to resume"):
+        tuner.prepare_experiment(config.model_copy(update={"name": "absent"}), resume=True, overwrite=False)
+
+
+def test_too_many_gpus_per_trial_is_refused(ray_session, tmp_path, synthetic_root):
+    config = load_config(DEMO, tiny_overrides(synthetic_root, tmp_path / "runs", **{"resources.gpus_per_trial": 1}))
+    with pytest.raises(UserError, match="gpus_per_trial"):
+        tuner.check_cluster_resources(config)
