@@ -50,7 +50,6 @@ def ray_session(tmp_path_factory: pytest.TempPathFactory):
     token = Path.home() / ".ray" / "auth_token"
     token_existed = token.exists()
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     ray.init(
         num_cpus=2,
         object_store_memory=150 * 1024**2,
@@ -80,3 +79,21 @@ def tiny_overrides(root: Path, storage: Path, **extra: object) -> list[str]:
     }
     base.update(extra)
     return [f"{key}={value}" for key, value in base.items()]
+
+
+@pytest.fixture(scope="session")
+def tiny_experiment(ray_session, synthetic_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A finished real search (3 resnet10t trials, 3 epochs, 64 px) for the stages after search. Read-only."""
+    from muratune.config import load_config
+    from muratune.search.tuner import run_search
+
+    demo = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
+    storage = tmp_path_factory.mktemp("experiments")
+    overrides = tiny_overrides(
+        synthetic_root,
+        storage,
+        name="tiny",
+        **{"budget.num_samples": 3, "budget.max_epochs": 3, "budget.grace_period": 2, "optuna.n_startup_trials": 3},
+    )
+    result = run_search(load_config(demo, overrides), echo=lambda _: None)
+    return result.experiment_dir

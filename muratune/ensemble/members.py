@@ -1,0 +1,71 @@
+"""Loading trained members (one checkpoint each) from safetensors + JSON, never from pickle."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from muratune.data.dataset import Normalizer
+from muratune.errors import UserError
+from muratune.trainables import checkpoint as ckpt
+
+
+@dataclass
+class Member:
+    """One trained model with what is needed to feed it: weights, input size, resize mode and normalisation."""
+
+    name: str
+    model: torch.nn.Module
+    trial: dict
+    weight: float = 1.0
+    normalizer: Normalizer = field(init=False)
+
+    def __post_init__(self) -> None:
+        cfg = self.data_config
+        self.normalizer = Normalizer(cfg["mean"], cfg["std"], cfg["in_chans"])
+
+    @property
+    def data_config(self) -> dict:
+        """``image_size``, ``resize_mode``, ``in_chans``, ``mean`` and ``std`` the member was trained with."""
+        return self.trial["data_config"]
+
+    @property
+    def image_size(self) -> int:
+        """Side of the square input."""
+        return int(self.data_config["image_size"])
+
+    @torch.no_grad()
+    def predict(self, images: np.ndarray | torch.Tensor, device: torch.device | str = "cpu") -> np.ndarray:
+        """Probabilities for a batch of ``N x S x S`` (or ``N x 1 x S x S``) uint8 images at this member's size."""
+        batch = torch.as_tensor(images)
+        if batch.dim() == 3:
+            batch = batch.unsqueeze(1)
+        self.model.eval()
+        logits = self.model(self.normalizer(batch.to(device))).squeeze(1)
+        return torch.sigmoid(logits.float()).cpu().numpy()
+
+
+def build_model(trial: dict, source: str = "trial.json") -> torch.nn.Module:
+    """Rebuild a member's architecture (random weights) from its ``trial.json`` record."""
+    from muratune.trainables.models import create_model
+
+    try:
+        backbone = trial["backbone"]
+        in_chans = int(trial["data_config"]["in_chans"])
+    except (KeyError, TypeError, ValueError):
+        raise UserError(f"{source}: not a muratune trial record (missing backbone or data_config)") from None
+    return create_model(backbone, pretrained=False, in_chans=in_chans)
+
+
+def load_member(directory: str | os.PathLike, weight: float = 1.0, name: str | None = None) -> Member:
+    """Load a member from a folder holding ``model.safetensors`` and ``trial.json``."""
+    directory = Path(directory)
+    trial = ckpt.read_json(directory / ckpt.TRIAL_FILE)
+    model = build_model(trial, str(directory / ckpt.TRIAL_FILE))
+    ckpt.load_weights(model, directory / ckpt.MODEL_FILE)
+    model.eval()
+    return Member(name=name or directory.name, model=model, trial=trial, weight=weight)
