@@ -150,12 +150,12 @@ SetOpt = Annotated[
 def _load(config: Path, data: Path | None, overrides: list[str] | None, name: str | None = None):
     from muratune.config import load_config
 
-    extra = list(overrides or [])
+    values = {}
     if data is not None:
-        extra.append(f"data.root={data}")
+        values["data.root"] = str(data)
     if name is not None:
-        extra.append(f"name={name}")
-    return load_config(config, extra)
+        values["name"] = name
+    return load_config(config, overrides, values)
 
 
 @app.command("train")
@@ -215,6 +215,50 @@ def search_command(
 
     settings = _load(config, data, set_, name)
     run_search(settings, address=address, resume=resume, overwrite=overwrite, echo=typer.echo)
+
+
+# --------------------------------------------------------------------------------------------- ensemble/predict
+@app.command("ensemble")
+def ensemble_command(
+    experiment: Annotated[Path, typer.Argument(help="Experiment folder written by `muratune search`.")],
+    size: Annotated[int, typer.Option("--size", help="Most members per ensemble (greedy picks, top-k K).")] = 5,
+    strategy: Annotated[
+        list[str] | None,
+        typer.Option(help="best-single, top-k-mean, greedy or greedy-per-body-part (repeatable; default: all)."),
+    ] = None,
+    per_body_part: Annotated[
+        bool, typer.Option("--per-body-part", help="Tune one decision threshold per body part on internal val.")
+    ] = False,
+    tta: Annotated[bool, typer.Option("--tta", help="Horizontal-flip test-time augmentation.")] = False,
+    rank_by: Annotated[str, typer.Option(help="top-k-mean ranking on internal val: kappa or loss.")] = "kappa",
+    overwrite: Annotated[bool, typer.Option(help="Replace existing EXPERIMENT/ensemble/<strategy> folders.")] = False,
+) -> None:
+    """Select ensembles of the best checkpoints on internal val, save them, and score them on the test split."""
+    from muratune.ensemble.build import build_ensembles
+
+    build_ensembles(experiment, size, strategy, per_body_part, tta, overwrite, rank_by, echo=typer.echo)
+
+
+@app.command("predict")
+def predict_command(
+    ensemble: Annotated[Path, typer.Argument(help="Ensemble folder (EXPERIMENT/ensemble/<strategy>).")],
+    input_csv: Annotated[Path, typer.Argument(help="Image paths, one per line, no header (valid_image_paths.csv).")],
+    output_csv: Annotated[Path, typer.Argument(help="Output: study path and 0/1 per line, no header.")],
+    root: Annotated[
+        Path | None, typer.Option(help="Folder the image paths are relative to (default: INPUT_CSV's parent's parent).")
+    ] = None,
+    probabilities: Annotated[bool, typer.Option("--probabilities", help="Add a probability column.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing OUTPUT_CSV.")] = False,
+) -> None:
+    """Predict studies in the MURA submission format; unpredictable studies are left out, with a warning."""
+    from muratune.ensemble.predict import predict_csv
+
+    summary = predict_csv(ensemble, input_csv, output_csv, root, probabilities, overwrite, warn=_warn)
+    typer.echo(summary, err=True)
+
+
+def _warn(message: str) -> None:
+    typer.echo(f"muratune: warning: {message}", err=True)
 
 
 # --------------------------------------------------------------------------------------------- entry

@@ -5,6 +5,7 @@ from __future__ import annotations
 import difflib
 import math
 import os
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -119,6 +120,10 @@ class SpaceEntry(_Strict):
         return round(middle) if self.type == "int" else middle
 
 
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
 def _fixed(value: Any) -> SpaceEntry:
     return SpaceEntry(type="fixed", value=value)
 
@@ -140,31 +145,35 @@ class SpaceConfig(_Strict):
         if isinstance(data, dict):
             return {
                 k: v if isinstance(v, dict | SpaceEntry) else {"type": "fixed", "value": v} for k, v in data.items()
-            }  # noqa: E501
+            }
         return data
 
     @model_validator(mode="after")
     def _check_values(self) -> SpaceConfig:
         for value in self.lr.candidate_values():
-            if not isinstance(value, int | float) or value <= 0:
+            if not _is_number(value) or value <= 0:
                 raise ValueError(f"lr: learning rates must be positive numbers (got {value!r})")
         for value in self.weight_decay.candidate_values():
-            if not isinstance(value, int | float) or value < 0:
+            if not _is_number(value) or value < 0:
                 raise ValueError(f"weight_decay: must be a number >= 0 (got {value!r})")
         for value in self.batch_size.candidate_values():
-            if not isinstance(value, int | float) or value < 1:
+            if not _is_number(value) or value < 1 or value != int(value):
                 raise ValueError(f"batch_size: must be a positive integer (got {value!r})")
         for value in self.optimizer.candidate_values():
             if value not in OPTIMIZERS:
                 raise ValueError(f"optimizer: unknown optimizer {value!r}; choose from {', '.join(OPTIMIZERS)}")
         for value in self.finetune_depth.candidate_values():
-            if not (value == "all" or (isinstance(value, int) and value >= 0)):
+            if not (value == "all" or (_is_number(value) and value == int(value) and value >= 0)):
                 raise ValueError(f"finetune_depth: must be 'all' or an integer >= 0 (got {value!r})")
         for name in ("backbone", "augment_policy"):
             entry = getattr(self, name)
             if entry.type not in ("choice", "fixed"):
                 raise ValueError(f"{name}: must be a choice or a fixed value, not a {entry.type} range")
         return self
+
+    def searched(self) -> list[str]:
+        """Names of the hyperparameters that are actually searched (not fixed)."""
+        return [name for name, entry in self.entries().items() if entry.type != "fixed"]
 
     def entries(self) -> dict[str, SpaceEntry]:
         """Return the hyperparameters by name."""
@@ -263,6 +272,28 @@ class ExperimentConfig(_Strict):
 
 
 # ------------------------------------------------------------------------------------------- loading
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that also reads ``1e-4`` (no dot) as a float, as people write learning rates."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+        |\.[0-9_]+(?:[eE][-+][0-9]+)?
+        |[-+]?\.(?:inf|Inf|INF)
+        |\.(?:nan|NaN|NAN))$""",
+        re.X,
+    ),
+    list("-+0123456789."),
+)
+
+
+def _yaml_load(text: str) -> Any:
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+
+
 def _format_validation_error(source: str, err: ValidationError) -> str:
     first = err.errors()[0]
     key = ".".join(str(p) for p in first["loc"] if p not in ("function-after",)) or "(top level)"
@@ -292,7 +323,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not key.strip():
         raise UserError(f"--set {text!r}: empty key")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
+        value = _yaml_load(raw) if raw.strip() else None
     except yaml.YAMLError:
         value = raw
     return key.strip().split("."), value
@@ -302,15 +333,19 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
     """Return ``raw`` with each ``key.sub=value`` override applied."""
     for text in overrides:
         path, value = parse_override(text)
-        node = raw
-        for part in path[:-1]:
-            child = node.get(part)
-            if not isinstance(child, dict):
-                child = {}
-                node[part] = child
-            node = child
-        node[path[-1]] = value
+        _set_path(raw, path, value)
     return raw
+
+
+def _set_path(raw: dict, path: list[str], value: Any) -> None:
+    node = raw
+    for part in path[:-1]:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = {}
+            node[part] = child
+        node = child
+    node[path[-1]] = value
 
 
 def read_yaml(path: str | os.PathLike) -> dict:
@@ -319,7 +354,7 @@ def read_yaml(path: str | os.PathLike) -> dict:
     if not path.is_file():
         raise UserError(f"{path}: config file not found")
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = _yaml_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f":{mark.line + 1}" if mark is not None else ""
@@ -339,10 +374,20 @@ def validate_config(raw: dict, source: str = "config") -> ExperimentConfig:
         raise UserError(_format_validation_error(source, err)) from None
 
 
-def load_config(path: str | os.PathLike | None, overrides: list[str] | None = None) -> ExperimentConfig:
-    """Load a YAML config (or the defaults when ``path`` is None) and apply ``--set`` overrides."""
+def load_config(
+    path: str | os.PathLike | None, overrides: list[str] | None = None, values: dict[str, Any] | None = None
+) -> ExperimentConfig:
+    """Load a YAML config (or the defaults when ``path`` is None) and apply overrides.
+
+    Args:
+        path: the YAML file, or None for the defaults.
+        overrides: ``key.sub=value`` strings (values read as YAML), as given to ``--set``.
+        values: ``{"key.sub": value}`` set as they are, after ``overrides`` (e.g. ``--data`` paths).
+    """
     raw = read_yaml(path) if path is not None else {}
     raw = apply_overrides(raw, overrides or [])
+    for key, value in (values or {}).items():
+        _set_path(raw, key.split("."), value)
     return validate_config(raw, source=str(path) if path is not None else "config")
 
 

@@ -117,8 +117,20 @@ def connect_ray(address: str | None, num_cpus: int | None = None) -> bool:
     return True
 
 
-def check_cluster_resources(config: ExperimentConfig) -> None:
-    """Refuse per-trial requests no node can satisfy (e.g. more GPUs per trial than the cluster has)."""
+def check_cluster_resources(config: ExperimentConfig, autoscaling: bool = False, echo=print) -> None:
+    """Refuse per-trial requests the cluster cannot satisfy (e.g. more GPUs per trial than it has).
+
+    On an existing cluster (``autoscaling``) the autoscaler may still add nodes, so this only warns.
+    """
+    try:
+        _check_resources(config)
+    except UserError as err:
+        if not autoscaling:
+            raise
+        echo(f"warning: {err}; waiting for the autoscaler to add nodes")
+
+
+def _check_resources(config: ExperimentConfig) -> None:
     import ray
 
     total = ray.cluster_resources()
@@ -155,6 +167,11 @@ def build_searcher(config: ExperimentConfig, prune_stopped: bool | None = None) 
     from muratune.search.optuna_search import PrunedAwareOptunaSearch
 
     opt = config.optuna
+    if not config.space.searched():
+        from ray.tune.search import BasicVariantGenerator
+
+        # Nothing to search (one fixed point, e.g. a paper's setup): repeat it num_samples times.
+        return BasicVariantGenerator(max_concurrent=config.resources.max_concurrent_trials)
     if opt.sampler == "tpe":
         sampler = optuna.samplers.TPESampler(seed=opt.seed, n_startup_trials=opt.n_startup_trials)
     else:
@@ -357,11 +374,13 @@ def run_search(
         config = _resumed_config(config)
     preflight(config)
     exp_dir = prepare_experiment(config, resume=resume, overwrite=overwrite)
-    if not is_remote(config.storage) and not config.data.root.startswith(("s3://", "gs://")):  # type: ignore[union-attr]
+    if address is None and not os.environ.get("RAY_ADDRESS"):
+        # Local search: build the cache once here, with a progress bar, so trials only open it. On a cluster
+        # each node builds its own on first use, under a file lock.
         write_json(exp_dir / "cache.json", warm_cache(config))
     started = connect_ray(address, num_cpus)
     try:
-        check_cluster_resources(config)
+        check_cluster_resources(config, autoscaling=not started, echo=echo)
         tuner = restore_tuner(config, trainable) if resume else build_tuner(config, trainable)
         with _SigtermAsSigint():
             results = tuner.fit()
