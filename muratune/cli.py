@@ -236,7 +236,16 @@ def ensemble_command(
     """Select ensembles of the best checkpoints on internal val, save them, and score them on the test split."""
     from muratune.ensemble.build import build_ensembles
 
-    build_ensembles(experiment, size, strategy, per_body_part, tta, overwrite, rank_by, echo=typer.echo)
+    build_ensembles(
+        experiment,
+        size=size,
+        strategies=strategy,
+        tune_thresholds=per_body_part,
+        tta=tta,
+        overwrite=overwrite,
+        by=rank_by,
+        echo=typer.echo,
+    )
 
 
 @app.command("predict")
@@ -259,6 +268,68 @@ def predict_command(
 
 def _warn(message: str) -> None:
     typer.echo(f"muratune: warning: {message}", err=True)
+
+
+@app.command("demo")
+def demo_command(
+    out: Annotated[Path, typer.Option(help="Folder for the data, experiment and report.")] = Path("demo-out"),
+    studies: Annotated[int, typer.Option(help="Synthetic studies to generate.")] = 600,
+    trials: Annotated[int, typer.Option(help="Search trials.")] = 8,
+    open_report: Annotated[bool, typer.Option("--open", help="Open the report in a browser at the end.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace an earlier demo in OUT.")] = False,
+) -> None:
+    """Run the whole pipeline on synthetic data on this machine: data, cache, search, ensemble, CAMs, report."""
+    from muratune.demo import run_demo
+
+    report = run_demo(out, studies=studies, trials=trials, overwrite=overwrite, echo=typer.echo)
+    if open_report:
+        import webbrowser
+
+        webbrowser.open(report.as_uri())
+
+
+# --------------------------------------------------------------------------------------------- cam
+@app.command("cam")
+def cam_command(
+    ensemble: Annotated[Path, typer.Argument(help="Ensemble folder (EXPERIMENT/ensemble/<strategy>) or a checkpoint.")],
+    out: Annotated[Path, typer.Option(help="Folder to write (PNG overlays, JSON, index.html).")],
+    study: Annotated[Path | None, typer.Option(help="A study folder to explain.")] = None,
+    csv: Annotated[Path | None, typer.Option(help="An image list to explain (valid_image_paths.csv style).")] = None,
+    root: Annotated[
+        Path | None, typer.Option(help="Folder image paths are relative to (default for --csv: its parent's parent).")
+    ] = None,
+    abnormal_only: Annotated[
+        bool, typer.Option("--abnormal-only", help="Only studies labelled abnormal (studyN_positive folders).")
+    ] = False,
+    layer: Annotated[
+        str, typer.Option(help="CAM layer: auto, a timm feature-stage index (2, -1) or a module name (layer3).")
+    ] = "auto",
+    method: Annotated[str, typer.Option(help="auto, cam (classic), gradcam or gradcam++.")] = "auto",
+    threshold: Annotated[float, typer.Option(help="Box: largest region above this fraction of the map's max.")] = 0.2,
+    score: Annotated[
+        Path | None, typer.Option("--score", help="boxes.csv of true findings: print and save score.json.")
+    ] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing OUT folder.")] = False,
+) -> None:
+    """Export class activation maps of an ensemble: overlays, boxes, an offline index.html, optional score."""
+    from muratune.cam.export import export_cams
+
+    summary = export_cams(
+        ensemble,
+        out,
+        study=study,
+        csv=csv,
+        root=root,
+        abnormal_only=abnormal_only,
+        overwrite=overwrite,
+        layer=layer,
+        method=method,
+        threshold=threshold,
+        score_boxes=score,
+        warn=_warn,
+    )
+    for line in summary.lines():
+        typer.echo(line)
 
 
 # --------------------------------------------------------------------------------------------- entry

@@ -90,10 +90,11 @@ class LocalCluster:
             env=self.env, stdout=self.log, stderr=subprocess.STDOUT,
         )  # fmt: skip
         self._wait_for_nodes(1)
+        # No graceful drain on the worker: SIGTERM then tears it down at once, like a lost or pre-empted node.
         self.worker = subprocess.Popen(
             [ray, "start", f"--address={self.address}", "--node-ip-address=127.0.0.1", "--num-cpus=1",
              "--block", "--disable-usage-stats"],
-            env=self.env, stdout=self.log, stderr=subprocess.STDOUT,
+            env={**self.env, "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0"}, stdout=self.log, stderr=subprocess.STDOUT,
         )  # fmt: skip
         self._wait_for_nodes(2)
 
