@@ -332,6 +332,39 @@ def cam_command(
         typer.echo(line)
 
 
+# --------------------------------------------------------------------------------------------- report/score
+ReplicatesOpt = Annotated[int, typer.Option(help="Bootstrap replicates per 95% CI (studies resampled per body part).")]
+SeedOpt = Annotated[int, typer.Option(help="Bootstrap random seed.")]
+
+
+@app.command("report")
+def report_command(
+    experiment: Annotated[Path, typer.Argument(help="Experiment folder written by `muratune search`.")],
+    out: Annotated[Path | None, typer.Option(help="Report folder (default: EXPERIMENT/report).")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing report folder.")] = False,
+    replicates: ReplicatesOpt = 1000,
+    seed: SeedOpt = 0,
+    top: Annotated[int, typer.Option(help="Trials on the leaderboard (best internal-val kappa first).")] = 10,
+) -> None:
+    """Write the leaderboard report: index.html, report.md, leaderboard.csv, metrics.json and plots/."""
+    from muratune.report.build import write_report
+
+    write_report(experiment, out, overwrite=overwrite, replicates=replicates, seed=seed, top=top, echo=typer.echo)
+
+
+@app.command("score")
+def score_command(
+    predictions: Annotated[Path, typer.Argument(help="MURA predictions: study path, 0/1[, probability]; no header.")],
+    labeled_studies: Annotated[Path, typer.Argument(help="Labelled studies (valid_labeled_studies.csv).")],
+    replicates: ReplicatesOpt = 1000,
+    seed: SeedOpt = 0,
+) -> None:
+    """Score MURA-format predictions per body part: kappa with bootstrap 95% CIs (and AUC given probabilities)."""
+    from muratune.report.score import format_score, score_file
+
+    typer.echo(format_score(score_file(predictions, labeled_studies, replicates=replicates, seed=seed)))
+
+
 # --------------------------------------------------------------------------------------------- entry
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI; user errors print one line on stderr and exit with code 2."""
