@@ -19,7 +19,7 @@ from muratune.constants import IMAGE_PATH
 from muratune.errors import UserError
 from muratune.fileio import write_json
 
-CACHE_FORMAT_VERSION = 1
+CACHE_FORMAT_VERSION = 2  # 2: geometry of images reduced while decoding is that of the original file
 CACHE_ENV = "MURATUNE_CACHE"
 _CHUNK = 64
 
@@ -96,15 +96,14 @@ class ImageCache:
 
 def _decode_chunk(args: tuple[str, list[tuple[int, str]], int, str]) -> list[tuple[int, int, int, str | None]]:
     """Worker: decode and resize a chunk of images straight into the memory-mapped array."""
-    from muratune.data.images import ImageReadError, read_image, resize_square
+    from muratune.data.images import ImageReadError, read_square
 
     array_path, items, size, mode = args
     images = np.load(array_path, mmap_mode="r+")
     results = []
     for row, file in items:
         try:
-            image = read_image(file, max_side=size)
-            square, geo = resize_square(image, size, mode)
+            square, geo = read_square(file, size, mode)
             images[row] = square
             results.append((row, geo.orig_height, geo.orig_width, None))
         except ImageReadError as err:

@@ -85,7 +85,13 @@ class Normalizer:
 def make_loader(
     dataset: Dataset, batch_size: int, shuffle: bool, num_workers: int, seed: int = 0, drop_last: bool = False
 ) -> DataLoader:
-    """Build a DataLoader with persistent workers and a seeded shuffle."""
+    """Build a DataLoader with persistent workers and a seeded shuffle.
+
+    With workers, OpenCV in this process is set to one thread before they are forked: loader workers already
+    run in parallel, and a worker that reconfigures a thread pool inherited from its parent deadlocks.
+    """
+    if num_workers > 0:
+        _single_thread_opencv()
     generator = torch.Generator()
     generator.manual_seed(seed)
     return DataLoader(
@@ -101,13 +107,22 @@ def make_loader(
     )
 
 
+def _single_thread_opencv() -> None:
+    """Stop OpenCV's thread pool in this process, so forked loader workers inherit none.
+
+    Calling ``cv2.setNumThreads`` in a forked child whose parent's pool had waiting threads hangs forever in
+    ``pthread_cond_destroy``; doing it here, in the parent, is safe, and the children then run OpenCV inline.
+    """
+    import cv2
+
+    if cv2.getNumThreads() != 1:
+        cv2.setNumThreads(1)
+
+
 def _seed_worker(worker_id: int) -> None:
     """Give each loader worker its own seed, including the albumentations pipeline's private generator."""
     import random
 
-    import cv2
-
-    cv2.setNumThreads(1)  # loader workers already run in parallel; OpenCV threads would only contend
     seed = torch.initial_seed() % 2**32
     np.random.seed(seed)
     random.seed(seed)

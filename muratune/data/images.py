@@ -51,6 +51,22 @@ def _to_uint8_gray(img: Image.Image) -> np.ndarray:
     return np.asarray(img.convert("L"), dtype=np.uint8)
 
 
+def _reduce(img: Image.Image, factor: int) -> Image.Image:
+    """Shrink ``img`` by an integer factor (box average), in the modes PIL's ``reduce`` does not support too."""
+    if img.mode == "1":
+        img = img.convert("L")
+    if img.mode.startswith("I;16"):
+        # PIL cannot reduce 16-bit images; average in uint16 with OpenCV and keep the bit depth for scaling.
+        arr = np.asarray(img)
+        small = cv2.resize(
+            arr, (max(1, arr.shape[1] // factor), max(1, arr.shape[0] // factor)), interpolation=cv2.INTER_AREA
+        )
+        return Image.fromarray(small)
+    if img.mode == "P":
+        return img  # palette indices cannot be averaged; converted at full size
+    return img.reduce(factor)
+
+
 def read_image(path: str | os.PathLike, max_side: int | None = None) -> np.ndarray:
     """Read an image file as a 2-D uint8 grayscale array.
 
@@ -64,7 +80,26 @@ def read_image(path: str | os.PathLike, max_side: int | None = None) -> np.ndarr
     Raises:
         ImageReadError: the file is missing, empty, truncated, not an image, or too large.
     """
-    path = Path(path)
+    return _decode(Path(path), max_side)[0]
+
+
+def read_square(path: str | os.PathLike, size: int, mode: str = "pad") -> tuple[np.ndarray, Geometry]:
+    """Read an image file straight into a ``size x size`` uint8 square, as the cache stores it.
+
+    Large images are reduced while decoding (see ``read_image``), but the geometry is that of the original
+    file, so ``unsquare`` maps results back onto the original pixels. Images up to twice ``size`` give exactly
+    ``resize_square(read_image(path), size, mode)``.
+
+    Raises:
+        ImageReadError: the file cannot be read.
+    """
+    image, (orig_height, orig_width) = _decode(Path(path), size)
+    geo = square_geometry(orig_height, orig_width, size, mode)
+    return _place(image, geo), geo
+
+
+def _decode(path: Path, max_side: int | None) -> tuple[np.ndarray, tuple[int, int]]:
+    """Decode ``path`` (reduced if far larger than ``max_side``); return it and the original (height, width)."""
     try:
         if path.stat().st_size == 0:
             raise ImageReadError(f"{path}: empty file (0 bytes)")
@@ -74,16 +109,7 @@ def read_image(path: str | os.PathLike, max_side: int | None = None) -> np.ndarr
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(path) as img:
-                width, height = img.size
-                if width * height > MAX_PIXELS:
-                    raise ImageReadError(f"{path}: image too large ({width}x{height} pixels)")
-                if width < 1 or height < 1:
-                    raise ImageReadError(f"{path}: image has no pixels ({width}x{height})")
-                img.draft("L", (max_side, max_side)) if max_side and img.format == "JPEG" else None
-                img.load()
-                if max_side and max(img.size) > 2 * max_side and img.mode not in ("P", "1"):
-                    img = img.reduce(max(img.size) // max_side // 2 or 1)
-                return _to_uint8_gray(img)
+                return _load(path, img, max_side)
     except ImageReadError:
         raise
     except UnidentifiedImageError:
@@ -91,6 +117,21 @@ def read_image(path: str | os.PathLike, max_side: int | None = None) -> np.ndarr
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise ImageReadError(f"{path}: cannot decode image ({reason})") from None
+
+
+def _load(path: Path, img: Image.Image, max_side: int | None) -> tuple[np.ndarray, tuple[int, int]]:
+    """Check the size of an opened image, then decode it (reduced if far larger than ``max_side``)."""
+    width, height = img.size
+    if width * height > MAX_PIXELS:
+        raise ImageReadError(f"{path}: image too large ({width}x{height} pixels)")
+    if width < 1 or height < 1:
+        raise ImageReadError(f"{path}: image has no pixels ({width}x{height})")
+    if max_side and img.format == "JPEG":
+        img.draft("L", (max_side, max_side))
+    img.load()
+    if max_side and max(img.size) > 2 * max_side:
+        img = _reduce(img, max(img.size) // max_side // 2 or 1)
+    return _to_uint8_gray(img), (height, width)
 
 
 @dataclass(frozen=True)
@@ -129,14 +170,20 @@ def resize_square(image: np.ndarray, size: int, mode: str = "pad") -> tuple[np.n
     """
     height, width = image.shape[:2]
     geo = square_geometry(height, width, size, mode)
-    new_w, new_h = round(width * geo.scale_x), round(height * geo.scale_y)
+    return _place(image, geo), geo
+
+
+def _place(image: np.ndarray, geo: Geometry) -> np.ndarray:
+    """Resize ``image`` (the original or a reduced copy of it) to the geometry's box and pad it to the square."""
+    height, width = image.shape[:2]
+    new_w, new_h = round(geo.orig_width * geo.scale_x), round(geo.orig_height * geo.scale_y)
     interp = cv2.INTER_AREA if new_w < width or new_h < height else cv2.INTER_LINEAR
     resized = cv2.resize(image, (new_w, new_h), interpolation=interp)
-    if mode == "stretch":
-        return resized, geo
-    out = np.zeros((size, size), dtype=np.uint8)
+    if (new_w, new_h) == (geo.size, geo.size):
+        return resized
+    out = np.zeros((geo.size, geo.size), dtype=np.uint8)
     out[geo.pad_y : geo.pad_y + new_h, geo.pad_x : geo.pad_x + new_w] = resized
-    return out, geo
+    return out
 
 
 def unsquare(array: np.ndarray, geo: Geometry, interpolation: int = cv2.INTER_LINEAR) -> np.ndarray:
