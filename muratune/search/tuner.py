@@ -218,8 +218,22 @@ def bind_trainable(config: ExperimentConfig, trainable: Callable | None = None) 
     return tune.with_resources(bound, trial_resources(config))
 
 
-def build_tuner(config: ExperimentConfig, trainable: Callable | None = None, searcher: Any = None) -> Any:
-    """Assemble the Tuner: param space, searcher, scheduler, storage, failure and checkpoint settings."""
+def build_tuner(
+    config: ExperimentConfig,
+    trainable: Callable | None = None,
+    searcher: Any = None,
+    stop: Any = None,
+    verbose: int = 1,
+) -> Any:
+    """Assemble the Tuner: param space, searcher, scheduler, storage, failure and checkpoint settings.
+
+    Args:
+        config: the experiment config.
+        trainable: the trial function (default: muratune's).
+        searcher: replaces the Optuna searcher (benchmarks).
+        stop: a Tune stopping condition (e.g. a shared epoch budget).
+        verbose: Tune's console verbosity.
+    """
     from ray import tune
 
     from muratune.search.space import create_search_space
@@ -257,7 +271,8 @@ def build_tuner(config: ExperimentConfig, trainable: Callable | None = None, sea
                 checkpoint_score_order=MODE,
             ),
             progress_reporter=reporter,
-            verbose=1,
+            stop=stop,
+            verbose=verbose,
         ),
     )
 
