@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from ray.tune import Stopper
 
 METHODS = {
     "a_muratune_tpe_asha_pruned": {"optuna.sampler": "tpe", "optuna.prune_stopped_trials": True},
@@ -23,7 +24,7 @@ METHODS = {
 }
 
 
-class EpochBudget:
+class EpochBudget(Stopper):
     """A Tune stopper that ends the whole search once ``total`` epochs have been trained (over all trials)."""
 
     def __init__(self, total: int) -> None:

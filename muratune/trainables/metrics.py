@@ -39,17 +39,19 @@ def binary_metrics(labels: np.ndarray, probs: np.ndarray, threshold: float = 0.5
     """
     labels = np.asarray(labels, dtype=int)
     probs = np.asarray(probs, dtype=float)
+    if not len(labels):
+        return dict.fromkeys(METRIC_NAMES, math.nan)
     preds = (probs >= threshold).astype(int)
     tn, fp, fn, tp = confusion_matrix(labels, preds, labels=[0, 1]).ravel()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        kappa = float(cohen_kappa_score(labels, preds, labels=[0, 1])) if len(labels) else math.nan
-    if math.isnan(kappa) and len(labels):
+        kappa = float(cohen_kappa_score(labels, preds, labels=[0, 1]))
+    if math.isnan(kappa):
         kappa = 0.0
     both = 0 < labels.sum() < len(labels)
     return {
         "kappa": kappa,
-        "accuracy": float((tp + tn) / len(labels)) if len(labels) else math.nan,
+        "accuracy": float((tp + tn) / len(labels)),
         "auc": float(roc_auc_score(labels, probs)) if both else math.nan,
         "sensitivity": float(tp / (tp + fn)) if tp + fn else math.nan,
         "specificity": float(tn / (tn + fp)) if tn + fp else math.nan,
@@ -86,6 +88,25 @@ def study_metrics(
     return out
 
 
+def kappa_at_thresholds(labels: np.ndarray, probs: np.ndarray, cuts: np.ndarray) -> np.ndarray:
+    """Cohen's kappa of ``probs >= cut`` for every cut at once (0 where kappa is undefined, as in binary_metrics)."""
+    labels = np.asarray(labels, dtype=int)
+    order = np.argsort(probs, kind="stable")
+    sorted_probs = np.asarray(probs, dtype=float)[order]
+    positives_below = np.concatenate([[0], np.cumsum(labels[order])])
+    n, positives = len(labels), int(labels.sum())
+    below = np.searchsorted(sorted_probs, cuts, side="left")  # predicted negative
+    fn = positives_below[below]
+    tp = positives - fn
+    fp = (n - below) - tp
+    tn = below - fn
+    observed = (tp + tn) / n
+    expected = ((tp + fp) * (tp + fn) + (fn + tn) * (fp + tn)) / n**2
+    with np.errstate(divide="ignore", invalid="ignore"):
+        kappa = (observed - expected) / (1 - expected)
+    return np.where(np.isclose(expected, 1.0), 0.0, kappa)
+
+
 def tune_threshold(labels: np.ndarray, probs: np.ndarray) -> float:
     """Return the threshold maximising Cohen's kappa (midpoints between sorted probabilities; ties -> 0.5-nearest)."""
     labels = np.asarray(labels, dtype=int)
@@ -93,10 +114,7 @@ def tune_threshold(labels: np.ndarray, probs: np.ndarray) -> float:
     if len(np.unique(labels)) < 2:
         return 0.5
     values = np.unique(probs)
-    candidates = np.concatenate([[0.5], (values[:-1] + values[1:]) / 2]) if len(values) > 1 else np.array([0.5])
-    best, best_kappa = 0.5, -np.inf
-    for cut in candidates:
-        kappa = binary_metrics(labels, probs, float(cut))["kappa"]
-        if kappa > best_kappa + 1e-12 or (abs(kappa - best_kappa) <= 1e-12 and abs(cut - 0.5) < abs(best - 0.5)):
-            best, best_kappa = float(cut), kappa
-    return best
+    candidates = np.concatenate([[0.5], (values[:-1] + values[1:]) / 2])
+    kappas = kappa_at_thresholds(labels, probs, candidates)
+    best = np.flatnonzero(kappas >= kappas.max() - 1e-12)
+    return float(candidates[best[np.argmin(np.abs(candidates[best] - 0.5))]])

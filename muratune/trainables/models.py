@@ -112,7 +112,7 @@ def set_finetune_depth(model: nn.Module, depth: int | str) -> int:
     groups = parameter_groups(model)
     body, head = groups[:-1], groups[-1]
     trainable = set(head) | head_parameter_names(model)
-    for group in body[len(body) - depth :] if depth else []:
+    for group in body[max(0, len(body) - depth) :] if depth else []:
         trainable.update(group)
     for name, param in model.named_parameters():
         param.requires_grad_(name in trainable)

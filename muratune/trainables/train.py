@@ -90,6 +90,16 @@ def sample_weights(frame: pd.DataFrame, weights: dict[str, tuple[float, float]])
     )
 
 
+def study_weights(dataset, weights: dict[str, tuple[float, float]]) -> torch.Tensor:
+    """Loss weights indexed by the dataset's study index (what its loader yields), not by image position.
+
+    Every view of a study shares its body part and label, so one weight per study is exact.
+    """
+    out = np.zeros(len(dataset.studies), dtype=np.float32)
+    out[dataset.study_index] = sample_weights(dataset.frame, weights)
+    return torch.from_numpy(out)
+
+
 # ------------------------------------------------------------------------------------------------- optim
 def build_optimizer(model: nn.Module, name: str, lr: float, weight_decay: float) -> torch.optim.Optimizer:
     """Adam, AdamW or SGD (momentum 0.9) over the trainable parameters."""
@@ -217,11 +227,19 @@ def inject_fault(settings: ExperimentConfig, backbone: str, epoch: int) -> float
     return math.nan
 
 
-def train_one_epoch(model, loader, optimizer, schedule, scaler, runtime, normalizer, weights_of, clip, fault):
-    """One pass over the training loader; returns the mean loss. Raises TrialFailed on a non-finite loss."""
+def train_one_epoch(
+    model, loader, optimizer, schedule, scaler, runtime, normalizer, weights_of, clip, fault, max_steps=None
+):
+    """One pass over the training loader (at most ``max_steps`` batches); returns the mean loss.
+
+    ``weights_of`` maps the loader's third item (study indices) to per-sample loss weights. Raises TrialFailed
+    on a non-finite loss.
+    """
     model.train()
     total, count = 0.0, 0
     for step, (images, labels, indices) in enumerate(loader):
+        if max_steps is not None and step >= max_steps:
+            break
         batch = runtime.to_input(images, normalizer)
         labels = labels.to(runtime.device)
         weights = weights_of(indices).to(runtime.device)
@@ -304,10 +322,29 @@ class TuneReporter:
         import ray.tune
 
         ray.tune.report(metrics, checkpoint=ray.tune.Checkpoint.from_directory(str(checkpoint_dir)))
-        trial_dir = Path(ray.tune.get_context().get_trial_dir())
-        checkpoints = sorted(trial_dir.glob("checkpoint_*")) if trial_dir.is_dir() else []
+        trial_dir = _persisted_trial_dir()
+        checkpoints = sorted(trial_dir.glob("checkpoint_*")) if trial_dir is not None else []
         if checkpoints:
             ckpt.strip_optimizer_state(trial_dir, keep=checkpoints[-1])
+
+
+def _persisted_trial_dir() -> Path | None:
+    """The trial folder where Tune persists checkpoints, when it is on a local (or NFS) file system; else None.
+
+    ``get_trial_dir()`` is the worker's staging folder, not where checkpoints land, so this asks Ray's storage
+    context (a developer API; best effort: on failure or remote storage the optimizer state is simply kept).
+    """
+    try:
+        import pyarrow.fs
+        from ray.train._internal.session import get_session
+
+        storage = get_session().storage
+        if not isinstance(storage.storage_filesystem, pyarrow.fs.LocalFileSystem):
+            return None
+        path = Path(storage.trial_fs_path)
+    except Exception:  # noqa: BLE001 - an internal API that may move; stripping is only an optimisation
+        return None
+    return path if path.is_dir() else None
 
 
 class FolderReporter:
@@ -399,7 +436,9 @@ def trial_record(hparams: dict, settings: ExperimentConfig, normalizer, epoch: i
     }
 
 
-def train_trial(config: dict, reporter: Reporter | None = None, settings: ExperimentConfig | dict | None = None) -> dict:
+def train_trial(
+    config: dict, reporter: Reporter | None = None, settings: ExperimentConfig | dict | None = None
+) -> dict:
     """Train one configuration for ``budget.max_epochs`` epochs, reporting every epoch.
 
     Args:
@@ -432,11 +471,13 @@ def train_trial(config: dict, reporter: Reporter | None = None, settings: Experi
     normalizer = Normalizer.from_model(model, settings.data.in_chans)
     data = prepare_data(settings)
     train_set, val_set, train_loader, val_loader = _loaders(data, hparams, settings, normalizer)
-    train_weights = torch.from_numpy(sample_weights(train_set.frame, data.class_weights))
+    train_weights = study_weights(train_set, data.class_weights)
     val_weights = sample_weights(val_set.frame, data.class_weights)
     optimizer = build_optimizer(model, hparams["optimizer"], hparams["lr"], hparams["weight_decay"])
     max_epochs = settings.budget.max_epochs
     steps = len(train_loader)
+    if settings.train.max_steps_per_epoch is not None:
+        steps = min(steps, settings.train.max_steps_per_epoch)
     schedule = Schedule(optimizer, settings.train.schedule, max_epochs * steps, settings.train.warmup_epochs * steps)
     scaler = torch.amp.GradScaler(runtime.device.type, enabled=runtime.amp_dtype == torch.float16)
     start_epoch, history = _restore(reporter, model, optimizer, schedule)
@@ -447,7 +488,7 @@ def train_trial(config: dict, reporter: Reporter | None = None, settings: Experi
         fault = inject_fault(settings, hparams["backbone"], epoch)
         train_loss = train_one_epoch(
             model, train_loader, optimizer, schedule, scaler, runtime, normalizer,
-            lambda idx: train_weights[idx], settings.train.grad_clip, fault,
+            lambda idx: train_weights[idx], settings.train.grad_clip, fault, steps,
         )  # fmt: skip
         metrics, val_images, val_studies = evaluate(model, val_loader, val_set, runtime, normalizer, val_weights)
         schedule.step_epoch(metrics[VAL_LOSS])
