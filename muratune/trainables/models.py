@@ -119,6 +119,17 @@ def set_finetune_depth(model: nn.Module, depth: int | str) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
+def freeze_frozen_batchnorm(model: nn.Module) -> None:
+    """Put BatchNorm layers whose parameters are frozen in eval mode, so fine-tuning keeps their statistics.
+
+    Call after ``model.train()``: a frozen pretrained stage should not drift its running mean and variance.
+    """
+    for module in model.modules():
+        params = list(module.parameters(recurse=False))
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and params and not any(p.requires_grad for p in params):
+            module.eval()
+
+
 def count_groups(model: nn.Module) -> int:
     """Number of non-head parameter groups (the largest meaningful finetune depth)."""
     return len(parameter_groups(model)) - 1

@@ -235,7 +235,10 @@ def train_one_epoch(
     ``weights_of`` maps the loader's third item (study indices) to per-sample loss weights. Raises TrialFailed
     on a non-finite loss.
     """
+    from muratune.trainables.models import freeze_frozen_batchnorm
+
     model.train()
+    freeze_frozen_batchnorm(model)
     total, count = 0.0, 0
     for step, (images, labels, indices) in enumerate(loader):
         if max_steps is not None and step >= max_steps:
