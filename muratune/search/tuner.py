@@ -140,23 +140,38 @@ def _check_resources(config: ExperimentConfig) -> None:
             f"resources.gpus_per_trial: {config.resources.gpus_per_trial} GPU(s) per trial requested, "
             f"but the cluster has {total.get('GPU', 0):g}"
         )
-    need_cpus = config.resources.cpus_per_trial * (1 + (config.resources.workers_per_trial > 1))
-    if config.resources.cpus_per_trial > total.get("CPU", 0) or need_cpus > total.get("CPU", 0) + 1e-9:
+    res = config.resources
+    if res.cpus_per_trial > total.get("CPU", 0):
         raise UserError(
-            f"resources.cpus_per_trial: {config.resources.cpus_per_trial} CPU(s) per trial requested, "
+            f"resources.cpus_per_trial: {res.cpus_per_trial} CPU(s) per trial requested, "
             f"but the cluster has {total.get('CPU', 0):g}"
         )
+    if res.workers_per_trial > 1:
+        # Each data-parallel trial holds its driver and all its workers at once; trials that only partly fit
+        # would wait on each other forever (WorkerGroupStartupTimeoutError), so all concurrent ones must fit.
+        per_trial = DDP_DRIVER_CPUS + res.workers_per_trial * res.cpus_per_trial
+        if res.max_concurrent_trials * per_trial > total.get("CPU", 0) + 1e-9:
+            fit = int(total.get("CPU", 0) // per_trial)
+            raise UserError(
+                f"resources.max_concurrent_trials: {res.max_concurrent_trials} data-parallel trials need "
+                f"{res.max_concurrent_trials * per_trial:g} CPUs but the cluster has {total.get('CPU', 0):g}; "
+                f"use at most {fit}"
+            )
 
 
-def trial_resources(config: ExperimentConfig) -> Any:
-    """Resources for one trial (a placement group when it runs data-parallel workers)."""
-    from ray import tune
+DDP_DRIVER_CPUS = 0.25
 
+
+def trial_resources(config: ExperimentConfig) -> dict:
+    """Resources of one trial's Tune actor.
+
+    A data-parallel trial's actor only drives a TorchTrainer, whose workers request their own resources
+    (``cpus_per_trial`` and ``gpus_per_trial`` each), so the actor itself takes a small CPU share.
+    """
     res = config.resources
     if res.workers_per_trial <= 1:
         return {"cpu": res.cpus_per_trial, "gpu": res.gpus_per_trial}
-    bundles = [{"CPU": 1}] + [{"CPU": res.cpus_per_trial, "GPU": res.gpus_per_trial}] * res.workers_per_trial
-    return tune.PlacementGroupFactory(bundles, strategy="PACK")
+    return {"cpu": DDP_DRIVER_CPUS, "gpu": 0}
 
 
 def build_searcher(config: ExperimentConfig, prune_stopped: bool | None = None) -> Any:
@@ -214,6 +229,10 @@ def bind_trainable(config: ExperimentConfig, trainable: Callable | None = None) 
 
     from muratune.trainables.train import tune_trainable
 
+    if trainable is None and config.resources.workers_per_trial > 1:
+        from muratune.trainables.distributed import ddp_tune_trainable
+
+        trainable = ddp_tune_trainable
     bound = tune.with_parameters(trainable or tune_trainable, settings=config.model_dump(mode="json"))
     return tune.with_resources(bound, trial_resources(config))
 
@@ -333,10 +352,18 @@ def _summary_row(result: Any, config: ExperimentConfig) -> dict:
         row.update({k: best_row[k] for k in history.columns if k.startswith(f"{METRIC}/")})
         row["best_epoch"] = int(best_row.get(EPOCH, 0))
     row["time_s"] = float(metrics.get("time_total_s", 0.0) or 0.0)
-    row["checkpoint"] = best.path if best is not None else None
+    row["checkpoint"] = best.path if best is not None else _reported_checkpoint(history)
     row["trial_dir"] = result.path
     row["error"] = _one_line(result.error) if result.error is not None else None
     return row
+
+
+def _reported_checkpoint(history: pd.DataFrame | None) -> str | None:
+    """Best checkpoint of a data-parallel trial: its Train run reports checkpoint paths as a metric."""
+    if history is None or "checkpoint_path" not in history or METRIC not in history:
+        return None
+    with_path = history.dropna(subset=["checkpoint_path"])
+    return str(with_path.loc[with_path[METRIC].idxmax(), "checkpoint_path"]) if len(with_path) else None
 
 
 def _one_line(error: BaseException) -> str:

@@ -182,11 +182,11 @@ class Runtime:
     channels_last: bool
 
     @classmethod
-    def create(cls, settings: ExperimentConfig) -> Runtime:
+    def create(cls, settings: ExperimentConfig, device: torch.device | None = None) -> Runtime:
         """CUDA with AMP (bf16 where supported, else fp16) and channels_last; plain fp32 on the CPU."""
         from muratune.trainables.models import select_device
 
-        device = select_device(prefer_gpu=settings.resources.gpus_per_trial > 0)
+        device = device or select_device(prefer_gpu=settings.resources.gpus_per_trial > 0)
         amp_dtype = None
         if device.type == "cuda" and settings.train.amp:
             amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
@@ -440,7 +440,10 @@ def trial_record(hparams: dict, settings: ExperimentConfig, normalizer, epoch: i
 
 
 def train_trial(
-    config: dict, reporter: Reporter | None = None, settings: ExperimentConfig | dict | None = None
+    config: dict,
+    reporter: Reporter | None = None,
+    settings: ExperimentConfig | dict | None = None,
+    parallel: Any = None,
 ) -> dict:
     """Train one configuration for ``budget.max_epochs`` epochs, reporting every epoch.
 
@@ -449,6 +452,8 @@ def train_trial(
             optimizer``) plus ``settings``: the experiment config (an ExperimentConfig or its dict).
         reporter: where to report; default Ray Tune.
         settings: the experiment config, when not given inside ``config``.
+        parallel: data-parallel hooks (``device()``, ``wrap_model``, ``wrap_loader``) when this runs as one of
+            several Ray Train workers; see ``muratune.trainables.distributed``.
 
     Returns:
         The last epoch's metrics.
@@ -460,7 +465,7 @@ def train_trial(
     hparams, settings = split_config(config, settings)
     seed_everything(settings.train.seed)
     torch.set_num_threads(max(1, int(settings.resources.cpus_per_trial)))
-    runtime = Runtime.create(settings)
+    runtime = Runtime.create(settings, parallel.device() if parallel else None)
     model = create_model(
         hparams["backbone"],
         pretrained=settings.model.pretrained,
@@ -484,13 +489,16 @@ def train_trial(
     schedule = Schedule(optimizer, settings.train.schedule, max_epochs * steps, settings.train.warmup_epochs * steps)
     scaler = torch.amp.GradScaler(runtime.device.type, enabled=runtime.amp_dtype == torch.float16)
     start_epoch, history = _restore(reporter, model, optimizer, schedule)
+    net = parallel.wrap_model(model) if parallel else model  # DDP wraps after restore: it broadcasts rank 0
+    if parallel:
+        train_loader = parallel.wrap_loader(train_loader)
 
     metrics: dict = history[-1] if history else {}
     for epoch in range(start_epoch + 1, max_epochs + 1):
         started = time.perf_counter()
         fault = inject_fault(settings, hparams["backbone"], epoch)
         train_loss = train_one_epoch(
-            model, train_loader, optimizer, schedule, scaler, runtime, normalizer,
+            net, train_loader, optimizer, schedule, scaler, runtime, normalizer,
             lambda idx: train_weights[idx], settings.train.grad_clip, fault, steps,
         )  # fmt: skip
         metrics, val_images, val_studies = evaluate(model, val_loader, val_set, runtime, normalizer, val_weights)

@@ -1,0 +1,34 @@
+"""Data-parallel trials: workers_per_trial=2 runs a TorchTrainer (gloo on the CPU) inside the Tune function."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from conftest import tiny_overrides
+
+from muratune.config import load_config
+from muratune.errors import UserError
+from muratune.search import tuner
+
+DEMO = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
+
+
+def _ddp_config(tmp_path, root, **extra):
+    values = {"resources.workers_per_trial": 2, "resources.cpus_per_trial": 0.5, "resources.max_concurrent_trials": 1,
+              "budget.num_samples": 1, "budget.max_epochs": 1, "train.max_steps_per_epoch": 3, **extra}  # fmt: skip
+    return load_config(DEMO, tiny_overrides(root, tmp_path / "runs", name="ddp", **values))
+
+
+@pytest.mark.slow
+def test_data_parallel_trial_reports_to_tune_with_a_checkpoint(ray_session, tmp_path, synthetic_root):
+    result = tuner.run_search(_ddp_config(tmp_path, synthetic_root), echo=lambda _: None)
+    row = result.summary.iloc[0]
+    assert row.state == "COMPLETE" and row.epochs == 1
+    assert (Path(row.checkpoint) / "model.safetensors").is_file()
+
+
+def test_data_parallel_trials_that_cannot_all_fit_are_refused(ray_session, tmp_path, synthetic_root):
+    config = _ddp_config(tmp_path, synthetic_root, **{"resources.max_concurrent_trials": 2})
+    with pytest.raises(UserError, match="max_concurrent_trials"):
+        tuner.check_cluster_resources(config)
