@@ -16,9 +16,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/muratune data synth $(DEMO_OUT)/data --studies 600 --seed 0 --difficulty easy --overwrite
-	$(BIN)/muratune data check $(DEMO_OUT)/data
-	$(BIN)/muratune search configs/demo.yaml --data $(DEMO_OUT)/data --set storage=$(DEMO_OUT)/runs --overwrite
+	$(BIN)/muratune demo --out $(DEMO_OUT) --overwrite
 
 lint: $(STAMP)
 	$(BIN)/ruff check muratune tests bench

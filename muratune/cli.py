@@ -275,13 +275,14 @@ def demo_command(
     out: Annotated[Path, typer.Option(help="Folder for the data, experiment and report.")] = Path("demo-out"),
     studies: Annotated[int, typer.Option(help="Synthetic studies to generate.")] = 600,
     trials: Annotated[int, typer.Option(help="Search trials.")] = 8,
+    epochs: Annotated[int | None, typer.Option(help="Maximum epochs per trial (default: the demo config's).")] = None,
     open_report: Annotated[bool, typer.Option("--open", help="Open the report in a browser at the end.")] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace an earlier demo in OUT.")] = False,
 ) -> None:
     """Run the whole pipeline on synthetic data on this machine: data, cache, search, ensemble, CAMs, report."""
     from muratune.demo import run_demo
 
-    report = run_demo(out, studies=studies, trials=trials, overwrite=overwrite, echo=typer.echo)
+    report = run_demo(out, studies=studies, trials=trials, overwrite=overwrite, epochs=epochs, echo=typer.echo)
     if open_report:
         import webbrowser
 

@@ -19,18 +19,21 @@ def demo_config_text() -> str:
     return resources.files("muratune.resources").joinpath(DEMO_CONFIG).read_text(encoding="utf-8")
 
 
-def demo_commands(out: Path, studies: int, trials: int, overwrite: bool) -> list[list[str]]:
+def demo_commands(out: Path, studies: int, trials: int, overwrite: bool, epochs: int | None = None) -> list[list[str]]:
     """The demo's muratune commands, in order."""
     data = out / "data"
     dataset = data / "MURA-v1.1"
     exp = out / "runs" / "demo"
     force = ["--overwrite"] if overwrite else []
+    shorter = (
+        ["--set", f"budget.max_epochs={epochs}", "--set", f"budget.grace_period={min(epochs, 3)}"] if epochs else []
+    )
     return [
         ["data", "synth", str(data), "--studies", str(studies), "--seed", "0", "--difficulty", "easy", *force],
         ["data", "check", str(data)],
         ["data", "cache", str(data), "--size", "64"],
         ["search", str(out / DEMO_CONFIG), "--data", str(data), "--set", f"storage={out / 'runs'}",
-         "--set", f"budget.num_samples={trials}", *force],
+         "--set", f"budget.num_samples={trials}", *shorter, *force],
         ["ensemble", str(exp), *force],
         ["cam", str(exp / "ensemble" / "greedy"), "--csv", str(dataset / "valid_image_paths.csv"),
          "--root", str(data), "--abnormal-only", "--out", str(exp / "cams"),
@@ -44,6 +47,7 @@ def run_demo(
     studies: int = 600,
     trials: int = 8,
     overwrite: bool = False,
+    epochs: int | None = None,
     run: Callable[[list[str]], None] | None = None,
     echo: Callable[[str], None] = print,
 ) -> Path:
@@ -54,6 +58,7 @@ def run_demo(
         studies: synthetic studies to generate.
         trials: search trials (at least 8 keeps ASHA and TPE meaningful).
         overwrite: replace an earlier demo in ``out``.
+        epochs: maximum epochs per trial (default: the demo config's).
         run: runs one muratune command given its arguments (default: in this process).
         echo: where the commands and the summary are printed.
     """
@@ -64,7 +69,7 @@ def run_demo(
     write_text(out / DEMO_CONFIG, demo_config_text())
     run = run or _run_in_process
     started = time.perf_counter()
-    for args in demo_commands(out, studies, trials, overwrite):
+    for args in demo_commands(out, studies, trials, overwrite, epochs):
         echo(f"\n$ muratune {shlex.join(args)}")
         step = time.perf_counter()
         run(args)

@@ -1,0 +1,1 @@
+"""Class activation maps of ensembles: heatmaps, boxes, overlays and a localisation score."""

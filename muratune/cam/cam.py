@@ -1,0 +1,275 @@
+"""Class activation maps: classic CAM or Grad-CAM per member, averaged over an ensemble on the original pixels."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from muratune.data.images import Geometry, resize_square, unsquare
+from muratune.ensemble.members import Member
+from muratune.ensemble.select import Weights, weights_for
+from muratune.errors import UserError
+
+if TYPE_CHECKING:
+    from muratune.ensemble.predictor import StudyPredictor
+
+AUTO = "auto"
+CAM = "cam"
+GRADCAM = "gradcam"
+GRADCAM_PP = "gradcam++"
+METHODS: tuple[str, ...] = (AUTO, CAM, GRADCAM, GRADCAM_PP)
+# The coarsest map that still localises: at 64 px the last ResNet stage gives 2x2 and points at grid-cell centres
+# (see notes/cpu-feasibility.md); stage 2 (8x8) localised best there.
+MIN_MAP_SIDE = 8
+
+
+@dataclass(frozen=True)
+class CamSpec:
+    """How one member's map is made.
+
+    Attributes:
+        method: ``cam`` (classic, on the final features), ``gradcam`` or ``gradcam++``.
+        layer: module name of the Grad-CAM layer (``None`` for classic CAM: the final feature map).
+        map_side: side of the activation map at the member's input size (before upsampling).
+    """
+
+    method: str
+    layer: str | None
+    map_side: int
+
+    def describe(self) -> str:
+        """Short text such as ``gradcam@layer2 (8x8)``."""
+        return f"{self.method}@{self.layer or 'features'} ({self.map_side}x{self.map_side})"
+
+
+@dataclass
+class CamResult:
+    """The ensemble map of one image on its original pixels, and the ensemble probability.
+
+    Attributes:
+        heatmap: ``height x width`` float32 in [0, 1] (weighted mean of the members' max-normalised maps).
+        prob: ensemble image probability of abnormality.
+    """
+
+    heatmap: np.ndarray
+    prob: float
+
+
+# ------------------------------------------------------------------------------------------------ layers
+def feature_stages(model: nn.Module) -> list[dict]:
+    """timm's ``feature_info`` of a model (``module``, ``reduction``, ``num_chs`` per stage); empty if it has none."""
+    info = getattr(model, "feature_info", None)
+    if not info:
+        return []
+    return [dict(stage) for stage in info if "module" in stage and "reduction" in stage]
+
+
+def has_gap_linear_head(model: nn.Module) -> bool:
+    """Whether the head is global average pooling then one linear layer (classic CAM is exact then)."""
+    classifier = model.get_classifier() if hasattr(model, "get_classifier") else None
+    pool = getattr(model, "global_pool", None)
+    pool_type = getattr(pool, "pool_type", pool)
+    return (
+        isinstance(classifier, nn.Linear)
+        and pool_type == "avg"
+        and hasattr(model, "forward_features")
+        and getattr(model, "head", None) is None
+    )
+
+
+def map_side(image_size: int, reduction: int) -> int:
+    """Side of a feature map of a stage with total stride ``reduction`` at a square input of ``image_size``."""
+    return max(1, math.ceil(image_size / reduction))
+
+
+def _named_stage(stages: list[dict], layer: str | int, model: nn.Module) -> tuple[str, int | None]:
+    """Resolve ``layer`` (stage index or module name) to a module name and its stride (None if unknown)."""
+    text = str(layer).strip()
+    if text.lstrip("-").isdigit():
+        index = int(text)
+        if not stages or not -len(stages) <= index < len(stages):
+            raise UserError(f"--layer {text}: stage index out of range; this model has {len(stages)} feature stages")
+        return str(stages[index]["module"]), int(stages[index]["reduction"])
+    names = dict(model.named_modules())
+    if text not in names or not text:
+        stage_names = ", ".join(str(s["module"]) for s in stages) or "see model.named_modules()"
+        raise UserError(f"--layer {text!r}: no such module in this model; feature stages are {stage_names}")
+    stride = next((int(s["reduction"]) for s in stages if s["module"] == text), None)
+    return text, stride
+
+
+def resolve_layer(
+    model: nn.Module, image_size: int, layer: str | int = AUTO, method: str = AUTO, min_side: int = MIN_MAP_SIDE
+) -> CamSpec:
+    """Choose the CAM method and layer for one model.
+
+    ``auto`` picks classic CAM when the head is average pooling + linear and the final map has at least
+    ``min_side`` cells per side (the MURA paper's setting: 224 px DenseNet, 7x7 maps, gets classic CAM when
+    ``min_side <= 7``); otherwise Grad-CAM on the deepest timm feature stage whose map has at least ``min_side``
+    cells per side (stage 2 of a ResNet at 64 px), or the finest stage when none is that large.
+
+    Args:
+        model: a timm model with one logit.
+        image_size: the square input side the model runs at.
+        layer: ``auto``, a timm feature-stage index (``2``, ``-1`` = last) or a module name (``layer3``).
+        method: ``auto``, ``cam``, ``gradcam`` or ``gradcam++``.
+        min_side: the smallest map side ``auto`` accepts.
+
+    Raises:
+        UserError: unknown method or layer, or classic CAM asked for where it is not defined.
+    """
+    if method not in METHODS:
+        raise UserError(f"--method {method!r}: choose one of {', '.join(METHODS)}")
+    stages = feature_stages(model)
+    final_side = map_side(image_size, int(stages[-1]["reduction"])) if stages else 1
+    if method == CAM:
+        if str(layer) != AUTO or not has_gap_linear_head(model):
+            raise UserError(
+                "--method cam: classic CAM needs an average-pool + linear head and uses the final feature map; "
+                "use --method gradcam to choose --layer"
+            )
+        return CamSpec(CAM, None, final_side)
+    if method == AUTO and str(layer) == AUTO and final_side >= min_side and has_gap_linear_head(model):
+        return CamSpec(CAM, None, final_side)
+    grad_method = GRADCAM if method == AUTO else method
+    if str(layer) != AUTO:
+        name, stride = _named_stage(stages, layer, model)
+        return CamSpec(grad_method, name, map_side(image_size, stride) if stride else 0)
+    if not stages:
+        raise UserError("this model has no timm feature_info; pass --layer with a module name")
+    sides = [map_side(image_size, int(s["reduction"])) for s in stages]
+    fine = [i for i, side in enumerate(sides) if side >= min_side]
+    index = fine[-1] if fine else int(np.argmax(sides))
+    return CamSpec(grad_method, str(stages[index]["module"]), sides[index])
+
+
+# ------------------------------------------------------------------------------------------------ maps
+def _normalise(maps: np.ndarray) -> np.ndarray:
+    """ReLU, then divide each map by its maximum (all-zero maps stay zero)."""
+    maps = np.maximum(maps, 0.0)
+    peak = maps.reshape(len(maps), -1).max(axis=1).reshape(-1, 1, 1)
+    return (maps / np.where(peak > 0, peak, 1.0)).astype(np.float32)
+
+
+@torch.no_grad()
+def classic_cam(model: nn.Module, inputs: torch.Tensor) -> np.ndarray:
+    """Classic CAM (Zhou et al. 2016) for the single logit: the head's weights applied to the final feature map.
+
+    Returns:
+        ``N x H x W`` maps at the input size, ReLU'd and divided by their maximum.
+    """
+    model.eval()
+    features = model.forward_features(inputs)
+    weight = model.get_classifier().weight[0].to(features.dtype)
+    maps = torch.einsum("c,nchw->nhw", weight, features).unsqueeze(1)
+    maps = F.interpolate(maps.float(), size=inputs.shape[-2:], mode="bilinear", align_corners=False)
+    return _normalise(maps[:, 0].cpu().numpy())
+
+
+def _token_reshape(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Turn transformer tokens ``N x L x C`` into ``N x C x h x w`` maps (prefix tokens dropped); NCHW passes."""
+    prefix = int(getattr(model, "num_prefix_tokens", 0))
+
+    def reshape(tensor: torch.Tensor) -> torch.Tensor:
+        if tensor.dim() != 3:
+            return tensor
+        tokens = tensor[:, prefix:]
+        side = math.isqrt(tokens.shape[1])
+        return tokens[:, : side * side].reshape(tokens.shape[0], side, side, -1).permute(0, 3, 1, 2)
+
+    return reshape
+
+
+def grad_cam(model: nn.Module, inputs: torch.Tensor, layer: str, method: str = GRADCAM) -> np.ndarray:
+    """Grad-CAM (or Grad-CAM++) of the abnormal logit at module ``layer``, via pytorch-grad-cam.
+
+    Returns:
+        ``N x H x W`` maps at the input size in [0, 1].
+    """
+    from pytorch_grad_cam import GradCAM, GradCAMPlusPlus
+    from pytorch_grad_cam.utils.model_targets import BinaryClassifierOutputTarget
+
+    cls = GradCAMPlusPlus if method == GRADCAM_PP else GradCAM
+    target_layer = model.get_submodule(layer)
+    # An input that requires grad gives the activations gradients even when the member's parameters are frozen.
+    inputs = inputs.detach().requires_grad_(True)
+    with cls(model, [target_layer], reshape_transform=_token_reshape(model)) as cam:
+        maps = cam(inputs, targets=[BinaryClassifierOutputTarget(1)] * len(inputs))
+    return _normalise(np.asarray(maps, dtype=np.float32))
+
+
+def member_maps(member: Member, squares: np.ndarray, spec: CamSpec, device: torch.device | str = "cpu") -> np.ndarray:
+    """Maps of one member for a batch of uint8 ``N x S x S`` squares at its input size (``N x S x S``, [0, 1])."""
+    batch = torch.as_tensor(squares).unsqueeze(1).to(device)
+    inputs = member.normalizer(batch)
+    member.model.eval()
+    if spec.method == CAM:
+        return classic_cam(member.model, inputs)
+    return grad_cam(member.model, inputs, str(spec.layer), spec.method)
+
+
+# ------------------------------------------------------------------------------------------------ ensemble
+class EnsembleCam:
+    """Weighted mean of the members' maps (weights per body part), on each image's original pixels."""
+
+    def __init__(
+        self,
+        members: Sequence[Member],
+        weights: Weights,
+        layer: str | int = AUTO,
+        method: str = AUTO,
+        device: torch.device | str | None = None,
+        tta: bool = False,
+    ) -> None:
+        from muratune.trainables.models import select_device
+
+        self.members = list(members)
+        self.weights = weights
+        self.tta = tta
+        self.device = torch.device(device) if device is not None else select_device()
+        self.specs = [resolve_layer(m.model, m.image_size, layer, method) for m in self.members]
+        for member in self.members:
+            member.model.to(self.device)
+
+    @classmethod
+    def from_predictor(cls, predictor: StudyPredictor, layer: str | int = AUTO, method: str = AUTO) -> EnsembleCam:
+        """Explain a loaded ``StudyPredictor`` (its members, weights, TTA setting and device)."""
+        return cls(predictor.members, predictor.weights, layer, method, predictor.device, predictor.tta)
+
+    def describe(self) -> dict[str, str]:
+        """Method and layer of each member, by member name."""
+        return {m.name: spec.describe() for m, spec in zip(self.members, self.specs, strict=True)}
+
+    def __call__(self, images: Sequence[np.ndarray], body_parts: Sequence[str | None]) -> list[CamResult]:
+        """Ensemble maps and probabilities for a batch of original 2-D uint8 images (any sizes)."""
+        rows = weights_for(self.weights, list(body_parts))
+        heatmaps = [np.zeros(img.shape[:2], dtype=np.float32) for img in images]
+        probs = np.zeros(len(images))
+        for j, (member, spec) in enumerate(zip(self.members, self.specs, strict=True)):
+            if not (rows[:, j] > 0).any():
+                continue
+            mode = str(member.data_config["resize_mode"])
+            placed = [resize_square(img, member.image_size, mode) for img in images]
+            squares = np.stack([square for square, _ in placed])
+            maps = member_maps(member, squares, spec, self.device)
+            member_probs = member.predict(squares, self.device)
+            if self.tta:  # as the predictor does: mean over the image and its horizontal flip
+                flipped = np.ascontiguousarray(squares[..., ::-1])
+                member_probs = (member_probs + member.predict(flipped, self.device)) / 2
+            for i, (_, geo) in enumerate(placed):
+                heatmaps[i] += rows[i, j] * original_map(maps[i], geo)
+            probs += rows[:, j] * member_probs
+        total = rows.sum(axis=1)
+        return [CamResult(heatmaps[i] / total[i], float(probs[i] / total[i])) for i in range(len(images))]
+
+
+def original_map(square_map: np.ndarray, geo: Geometry) -> np.ndarray:
+    """A map over the square model input, mapped onto the original pixels (padding removed) and clipped to [0, 1]."""
+    return np.clip(unsquare(square_map.astype(np.float32), geo), 0.0, 1.0)
