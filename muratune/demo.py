@@ -75,9 +75,23 @@ def run_demo(
         run(args)
         echo(f"  ({time.perf_counter() - step:.0f} s)")
     report = out / "runs" / "demo" / "report" / "index.html"
+    echo("\n" + summary_table(report.parent / "leaderboard.csv"))
     echo(f"\ndemo finished in {(time.perf_counter() - started) / 60:.1f} min")
     echo(f"report: {report}")
     return report
+
+
+def summary_table(leaderboard_csv: Path, rows: int = 8) -> str:
+    """A short terminal table of the leaderboard: held-out test kappa with its 95% CI, AUC and internal-val kappa."""
+    import pandas as pd
+
+    board = pd.read_csv(leaderboard_csv)
+    board = board[board["kind"].isin(["ensemble", "trial"])].head(rows)
+    lines = [f"{'model':<24} {'kind':<9} {'test kappa [95% CI]':<22} {'test AUC':>8} {'val kappa':>9}"]
+    for row in board.itertuples():
+        ci = f"{row.kappa_overall:.3f} [{row.kappa_overall_low:.2f}, {row.kappa_overall_high:.2f}]"
+        lines.append(f"{str(row.name)[:24]:<24} {row.kind:<9} {ci:<22} {row.auc:>8.3f} {row.val_kappa:>9.3f}")
+    return "\n".join(lines)
 
 
 def _run_in_process(args: list[str]) -> None:
