@@ -116,3 +116,28 @@ def test_too_many_gpus_per_trial_is_refused(ray_session, tmp_path, synthetic_roo
     config = load_config(DEMO, tiny_overrides(synthetic_root, tmp_path / "runs", **{"resources.gpus_per_trial": 1}))
     with pytest.raises(UserError, match="gpus_per_trial"):
         tuner.check_cluster_resources(config)
+
+
+def failing_trial(config: dict, settings: dict | None = None) -> None:
+    """Fails (a simulated out-of-memory) for small learning rates, after one reported epoch."""
+    import ray.tune
+
+    ray.tune.report({"epoch": 1, "val_kappa": 0.1})
+    if config["lr"] < 1e-3:
+        raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB (simulated)")
+    for epoch in range(2, settings["budget"]["max_epochs"] + 1):
+        ray.tune.report({"epoch": epoch, "val_kappa": 0.1 * epoch})
+
+
+@pytest.mark.slow
+def test_failing_trials_are_recorded_with_their_reason_and_the_search_goes_on(ray_session, tmp_path, synthetic_root):
+    config = _scripted_config(tmp_path, synthetic_root, "failing")
+    config = config.model_copy(update={"failure": config.failure.model_copy(update={"max_failures": 0})})
+    result = tuner.run_search(config, trainable=failing_trial, echo=lambda _: None)
+    summary = result.summary
+    assert len(summary) == 6
+    failed = summary[summary.state == "FAIL"]
+    assert not failed.empty and (summary.state != "FAIL").any()
+    assert failed.error.str.contains("out of memory").all()
+    states = {t.user_attrs["ray_trial_id"]: t.state for t in _optuna_trials(config)}
+    assert all(states[tid] == optuna.trial.TrialState.FAIL for tid in failed.trial_id)
