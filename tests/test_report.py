@@ -303,3 +303,17 @@ def test_cams_are_shown_when_exported(experiment: Path, tmp_path: Path):
     assert page.count("data:image/png;base64,") == len(list((out / "plots").glob("*.png"))) + 1
     assert (out / "cams" / "study1.png").is_file()
     assert json.loads((out / "metrics.json").read_text())["cams"]["mean_iou"] == 0.31
+
+
+def test_failed_trials_are_listed_with_their_reason(experiment: Path, tmp_path: Path):
+    summary_csv = experiment / "search_summary.csv"
+    summary = pd.read_csv(summary_csv)
+    failed = summary.iloc[[0]].copy()
+    failed["trial_id"], failed["state"] = "deadbeef", "FAIL"
+    failed["error"] = "torch.OutOfMemoryError: CUDA out of memory <b>(simulated)</b>"
+    pd.concat([summary, failed]).to_csv(summary_csv, index=False)
+    out = write_report(experiment, tmp_path / "report", replicates=10, echo=lambda _: None)
+    html = (out / "index.html").read_text()
+    assert "Failed trials" in html and "deadbeef" in html
+    assert "CUDA out of memory &lt;b&gt;(simulated)&lt;/b&gt;" in html
+    assert "CUDA out of memory" in (out / "report.md").read_text()

@@ -174,6 +174,23 @@ def _data_uri(png: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
 
 
+def failed_trials(report: Report) -> list[dict[str, str]]:
+    """Trials that failed, with their hyperparameters and the reason (one line)."""
+    summary = report.experiment.summary
+    if summary is None or "state" not in summary or "error" not in summary:
+        return []
+    failed = summary[summary["state"] == "FAIL"]
+    keys = [k for k in ("backbone", "lr", "batch_size", "finetune_depth", "augment_policy") if k in failed]
+    return [
+        {
+            "trial": str(row["trial_id"]),
+            "params": ", ".join(f"{k}={fmt(row[k]) if isinstance(row[k], float) else row[k]}" for k in keys),
+            "error": str(row["error"]),
+        }
+        for _, row in failed.iterrows()
+    ]
+
+
 def template_context(report: Report) -> dict[str, Any]:
     """Everything the HTML template shows; strings are escaped by jinja2's autoescape."""
     figures = [
@@ -192,6 +209,7 @@ def template_context(report: Report) -> dict[str, Any]:
         "best_rows": best_rows(report),
         "reference_note": REFERENCE_NOTE,
         "figures": figures,
+        "failed": failed_trials(report),
         "cam_score": [
             (str(k), fmt(v)) for k, v in (cams.score.items() if cams else []) if not isinstance(v, dict | list)
         ],
@@ -231,6 +249,13 @@ def render_markdown(report: Report) -> str:
     lines = [f"# muratune report: {md(ctx['name'])}", ""]
     lines += [f"- **{md(k)}:** {md(v)}" for k, v in ctx["facts"]] + [""]
     lines += [f"> {md(note)}" + "\n>" for note in ctx["notes"]] + [""]
+    if ctx["failed"]:
+        lines += ["## Failed trials", ""]
+        lines += _md_table(
+            ["trial", "hyperparameters", "reason"],
+            [[f["trial"], f["params"], f["error"]] for f in ctx["failed"]],
+        )
+        lines += [""]
     lines += ["## Leaderboard", ""]
     header = [
         "model",
