@@ -7,6 +7,11 @@ import shutil
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
+
+# Timing varies a lot on shared CI machines: no per-example deadline, and no "too slow" health check.
+settings.register_profile("muratune", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("muratune")
 
 SYNTH_STUDIES = 240
 
