@@ -55,6 +55,9 @@ def ray_session(tmp_path_factory: pytest.TempPathFactory):
     token = Path.home() / ".ray" / "auth_token"
     token_existed = token.exists()
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    # Trial functions defined in test modules are imported by name on Ray's workers: let them find tests/.
+    tests_dir = str(Path(__file__).resolve().parent)
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (tests_dir, os.environ.get("PYTHONPATH")) if p)
     ray.init(
         num_cpus=2,
         object_store_memory=150 * 1024**2,
