@@ -141,3 +141,41 @@ def test_failing_trials_are_recorded_with_their_reason_and_the_search_goes_on(ra
     assert failed.error.str.contains("out of memory").all()
     states = {t.user_attrs["ray_trial_id"]: t.state for t in _optuna_trials(config)}
     assert all(states[tid] == optuna.trial.TrialState.FAIL for tid in failed.trial_id)
+
+
+def flaky_trial(config: dict, settings: dict | None = None) -> None:
+    """Checkpoints every epoch; the first attempt dies at epoch 2 (a transient fault), the retry resumes."""
+    import json
+    import tempfile
+
+    import ray.tune
+
+    start = 0
+    checkpoint = ray.tune.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as folder:
+            start = json.loads((Path(folder) / "state.json").read_text())["epoch"]
+    for epoch in range(start + 1, settings["budget"]["max_epochs"] + 1):
+        if epoch == 2 and checkpoint is None:
+            raise RuntimeError("node lost (simulated transient fault)")
+        with tempfile.TemporaryDirectory() as folder:
+            (Path(folder) / "state.json").write_text(json.dumps({"epoch": epoch}))
+            metrics = {"epoch": epoch, "val_kappa": 0.1 * epoch, "resumed_from": start}
+            ray.tune.report(metrics, checkpoint=ray.tune.Checkpoint.from_directory(folder))
+
+
+@pytest.mark.slow
+def test_max_failures_retries_a_trial_from_its_last_checkpoint(ray_session, tmp_path, synthetic_root):
+    config = _scripted_config(tmp_path, synthetic_root, "flaky")
+    config = config.model_copy(
+        update={
+            "budget": config.budget.model_copy(update={"num_samples": 2, "grace_period": 4}),
+            "failure": config.failure.model_copy(update={"max_failures": 1}),
+        }
+    )
+    result = tuner.run_search(config, trainable=flaky_trial, echo=lambda _: None)
+    assert set(result.summary.state) == {"COMPLETE"}
+    for trial_dir in result.summary.trial_dir:
+        progress = pd.read_csv(Path(trial_dir) / "progress.csv")
+        assert list(progress.epoch) == [1, 2, 3, 4]
+        assert list(progress.resumed_from) == [0, 1, 1, 1]
