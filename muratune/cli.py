@@ -289,6 +289,30 @@ def demo_command(
         webbrowser.open(report.as_uri())
 
 
+# --------------------------------------------------------------------------------------------- serve
+@app.command("serve")
+def serve_command(
+    ensemble: Annotated[Path, typer.Argument(help="Ensemble folder (EXPERIMENT/ensemble/<strategy>) or a checkpoint.")],
+    host: Annotated[str, typer.Option(help="Address to bind; loopback unless you mean to expose it.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="HTTP port.")] = 8000,
+    replicas: Annotated[int, typer.Option(min=1, help="Model replicas (each holds the whole ensemble).")] = 1,
+    cpus_per_replica: Annotated[float, typer.Option(min=0, help="CPUs reserved per model replica.")] = 1.0,
+    gpus_per_replica: Annotated[float, typer.Option(min=0, help="GPUs per model replica (fractions share one).")] = 0.0,
+    max_request_mb: Annotated[float, typer.Option(min=0.01, help="Largest request body; larger ones get 413.")] = 32.0,
+    max_files: Annotated[int, typer.Option(min=1, help="Most views per study.")] = 12,
+    address: Annotated[
+        str | None, typer.Option(help="Ray cluster address, e.g. 'auto' (default: RAY_ADDRESS or local Ray).")
+    ] = None,
+) -> None:
+    """Serve an ensemble over HTTP with Ray Serve: POST /predict and /cam, GET /health and /info, a page at /."""
+    from muratune.serve.app import ServeLimits
+    from muratune.serve.deploy import ServeOptions, serve_until_interrupted
+
+    limits = ServeLimits(max_request_bytes=int(max_request_mb * 1024 * 1024), max_files=max_files)
+    options = ServeOptions(host, port, replicas, cpus_per_replica, gpus_per_replica, limits)
+    serve_until_interrupted(ensemble, options, address, echo=typer.echo)
+
+
 # --------------------------------------------------------------------------------------------- cam
 @app.command("cam")
 def cam_command(

@@ -1,0 +1,215 @@
+"""The HTTP layer: a FastAPI app (predict, cam, health, info, the upload page) over a study-analysis backend."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from importlib import resources
+from typing import Protocol
+
+from fastapi import FastAPI, File, Form, HTTPException, UploadFile
+from fastapi.responses import HTMLResponse, JSONResponse
+from pydantic import BaseModel
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from muratune import __version__
+from muratune.serve.service import InvalidUpload, StudyService, Upload
+
+DEFAULT_MAX_REQUEST_MB = 32.0
+DEFAULT_MAX_FILES = 12
+
+
+@dataclass(frozen=True)
+class ServeLimits:
+    """Request limits: total body size (413 above it) and views per study (422 above it)."""
+
+    max_request_bytes: int = int(DEFAULT_MAX_REQUEST_MB * 1024 * 1024)
+    max_files: int = DEFAULT_MAX_FILES
+
+
+# ------------------------------------------------------------------------------------------------ schema
+class Box(BaseModel):
+    """A box on the view's pixels: ``x0 <= x < x1``, ``y0 <= y < y1``."""
+
+    x0: int
+    y0: int
+    x1: int
+    y1: int
+
+
+class Point(BaseModel):
+    """A pixel ``(x, y)``."""
+
+    x: int
+    y: int
+
+
+class ViewResult(BaseModel):
+    """One view: its ensemble probability and where its class activation map points."""
+
+    filename: str
+    prob: float
+    width: int
+    height: int
+    box: Box | None
+    peak: Point
+    overlay_png: str | None = None
+
+
+class StudyResult(BaseModel):
+    """A study-level prediction: the mean of the views' probabilities against the body part's threshold."""
+
+    prob: float
+    label: int
+    verdict: str
+    threshold: float
+    body_part: str | None
+    body_part_source: str
+    views: list[ViewResult]
+
+
+# ------------------------------------------------------------------------------------------------ backends
+class Backend(Protocol):
+    """Where studies are analysed: in this process, or on Ray Serve replicas."""
+
+    async def analyse(self, uploads: list[Upload], body_part: str | None, overlays: bool) -> dict: ...
+
+    async def info(self) -> dict: ...
+
+
+class LocalBackend:
+    """A ``StudyService`` in this process; the model runs in a worker thread so the event loop stays free."""
+
+    def __init__(self, service: StudyService):
+        self.service = service
+
+    async def analyse(self, uploads: list[Upload], body_part: str | None, overlays: bool) -> dict:
+        from starlette.concurrency import run_in_threadpool
+
+        try:
+            return await run_in_threadpool(self.service.analyse, uploads, body_part, overlays)
+        except InvalidUpload as err:
+            raise HTTPException(status_code=422, detail=str(err)) from None
+
+    async def info(self) -> dict:
+        return self.service.info()
+
+
+# ------------------------------------------------------------------------------------------------ limits
+class BodySizeLimit:
+    """ASGI middleware: answer 413 to requests whose body exceeds ``max_bytes`` (declared or streamed)."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int):
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            await self._reject(send)
+            return
+        body = await self._read_body(receive)
+        if body is None:
+            await self._reject(send)
+            return
+        await self.app(scope, _replay(body), send)
+
+    async def _read_body(self, receive: Receive) -> bytes | None:
+        """The whole body, or None as soon as it grows past the limit."""
+        chunks, size, more = [], 0, True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                break
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_bytes:
+                return None
+            chunks.append(chunk)
+            more = message.get("more_body", False)
+        return b"".join(chunks)
+
+    async def _reject(self, send: Send) -> None:
+        limit_mb = self.max_bytes / (1024 * 1024)
+        response = JSONResponse({"detail": f"request body larger than the {limit_mb:g} MB limit"}, status_code=413)
+        await response({"type": "http"}, _no_receive, send)
+
+
+def _replay(body: bytes) -> Receive:
+    """A receive channel that yields ``body`` once, then waits as a live connection would."""
+    sent = False
+
+    async def receive() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return {"type": "http.disconnect"}
+
+    return receive
+
+
+async def _no_receive() -> Message:
+    return {"type": "http.disconnect"}
+
+
+# ------------------------------------------------------------------------------------------------ app
+def page_html() -> str:
+    """The single upload page (static HTML, CSS and JS; no external resources)."""
+    return resources.files("muratune.serve").joinpath("static/index.html").read_text(encoding="utf-8")
+
+
+def create_app(backend: Backend, limits: ServeLimits | None = None) -> FastAPI:
+    """The FastAPI app: ``POST /predict``, ``POST /cam``, ``GET /health``, ``GET /info`` and the page at ``/``."""
+    limits = limits or ServeLimits()
+    app = FastAPI(
+        title="muratune",
+        version=__version__,
+        description="Study-level abnormality predictions with class activation maps for musculoskeletal "
+        "radiographs. A research tool, not a diagnosis.",
+    )
+    app.add_middleware(BodySizeLimit, max_bytes=limits.max_request_bytes)
+    page = page_html()
+
+    async def read_uploads(files: list[UploadFile]) -> list[Upload]:
+        if len(files) > limits.max_files:
+            raise HTTPException(422, f"{len(files)} files: at most {limits.max_files} views per study")
+        return [Upload(f.filename or f"view{i + 1}", await f.read()) for i, f in enumerate(files)]
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def index() -> str:
+        return page
+
+    @app.get("/health")
+    async def health() -> dict:
+        """Liveness: the server answers."""
+        return {"status": "ok"}
+
+    @app.get("/info")
+    async def info() -> dict:
+        """The ensemble: members, version, weights, thresholds and CAM layers."""
+        return await backend.info()
+
+    @app.post("/predict", response_model=StudyResult, response_model_exclude_unset=True)
+    async def predict(
+        files: list[UploadFile] = File(..., description="one or more views (PNG/JPEG) of one study"),
+        body_part: str | None = Form(
+            None, description="elbow, finger, forearm, hand, humerus, shoulder, wrist or auto"
+        ),
+    ) -> dict:
+        """Study probability, label and threshold, with each view's probability and CAM box and peak."""
+        return await backend.analyse(await read_uploads(files), body_part, False)
+
+    @app.post("/cam", response_model=StudyResult)
+    async def cam(
+        files: list[UploadFile] = File(..., description="one or more views (PNG/JPEG) of one study"),
+        body_part: str | None = Form(
+            None, description="elbow, finger, forearm, hand, humerus, shoulder, wrist or auto"
+        ),
+    ) -> dict:
+        """As /predict, with each view's CAM overlay as a base64 PNG (``overlay_png``)."""
+        return await backend.analyse(await read_uploads(files), body_part, True)
+
+    return app

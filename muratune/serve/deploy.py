@@ -1,0 +1,167 @@
+"""Ray Serve deployments: model replicas holding the ensemble, behind one FastAPI ingress; start and stop them."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from ray import serve
+
+from muratune.serve.app import ServeLimits, create_app
+from muratune.serve.service import InvalidUpload, StudyService, Upload
+
+APP_NAME = "muratune"
+ERROR = "error"
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    """How to serve an ensemble: address, model replicas and their resources, request limits."""
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    replicas: int = 1
+    cpus_per_replica: float = 1.0
+    gpus_per_replica: float = 0.0
+    limits: ServeLimits = field(default_factory=ServeLimits)
+
+    @property
+    def url(self) -> str:
+        """The base URL clients use."""
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "::") else self.host
+        return f"http://{host}:{self.port}"
+
+
+@serve.deployment(name="EnsembleModel")
+class EnsembleModel:
+    """One model replica: loads the ensemble once and analyses studies; errors come back as values, not raises."""
+
+    def __init__(self, ensemble_dir: str):
+        device = "cuda" if _has_gpu() else "cpu"
+        self.service = StudyService(ensemble_dir, device=device)
+
+    def analyse(self, uploads: list[tuple[str, bytes]], body_part: str | None, overlays: bool) -> dict:
+        """``StudyService.analyse`` on ``(filename, bytes)`` pairs; ``{"error": reason}`` for a bad upload."""
+        try:
+            return self.service.analyse([Upload(name, data) for name, data in uploads], body_part, overlays)
+        except InvalidUpload as err:
+            return {ERROR: str(err)}
+
+    def info(self) -> dict:
+        """The ensemble's description (see ``StudyService.info``)."""
+        return self.service.info()
+
+
+class RemoteBackend:
+    """The app's backend on Ray Serve: calls the model deployment through its handle."""
+
+    def __init__(self, handle):
+        self.handle = handle
+
+    async def analyse(self, uploads: list[Upload], body_part: str | None, overlays: bool) -> dict:
+        from fastapi import HTTPException
+
+        pairs = [(u.filename, u.data) for u in uploads]
+        result = await self.handle.analyse.remote(pairs, body_part, overlays)
+        if ERROR in result:
+            raise HTTPException(status_code=422, detail=result[ERROR])
+        return result
+
+    async def info(self) -> dict:
+        return await self.handle.info.remote()
+
+
+@serve.deployment(name="HttpIngress", ray_actor_options={"num_cpus": 0})
+@serve.ingress()
+class HttpIngress:
+    """The HTTP entry point: the FastAPI app, built on the replica around a handle to the model deployment."""
+
+    def __init__(self, model_handle, limits: dict):
+        self.backend = RemoteBackend(model_handle)
+        self.limits = ServeLimits(**limits)
+
+    def __serve_build_asgi_app__(self):
+        return create_app(self.backend, self.limits)
+
+
+def _has_gpu() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def build_application(ensemble_dir: str | os.PathLike, options: ServeOptions):
+    """The Serve application: ``options.replicas`` model replicas (with their CPU/GPU share) and the ingress."""
+    actor_options = {"num_cpus": options.cpus_per_replica, "num_gpus": options.gpus_per_replica}
+    model = EnsembleModel.options(num_replicas=options.replicas, ray_actor_options=actor_options)
+    return HttpIngress.bind(model.bind(str(Path(ensemble_dir).resolve())), asdict(options.limits))
+
+
+def start_server(ensemble_dir: str | os.PathLike, options: ServeOptions) -> str:
+    """Deploy the ensemble on the connected Ray cluster (Ray must be initialised) and return the base URL."""
+    serve.start(http_options={"host": options.host, "port": options.port})
+    serve.run(build_application(ensemble_dir, options), name=APP_NAME, route_prefix="/", blocking=False)
+    return options.url
+
+
+def stop_server() -> None:
+    """Remove the application and shut Serve down on this cluster."""
+    serve.shutdown()
+
+
+def check_replica_resources(options: ServeOptions) -> None:
+    """Refuse replicas the connected cluster can never place (more CPUs or GPUs per replica than it has in all).
+
+    Raises:
+        UserError: a replica asks for more than the cluster's total.
+    """
+    import ray
+
+    from muratune.errors import UserError
+
+    total = ray.cluster_resources()
+    for key, need, flag in (
+        ("GPU", options.gpus_per_replica, "--gpus-per-replica"),
+        ("CPU", options.cpus_per_replica, "--cpus-per-replica"),
+    ):
+        have = float(total.get(key, 0))
+        if need > have:
+            raise UserError(f"{flag} {need:g}: the Ray cluster has {have:g} {key}(s) in all")
+
+
+def serve_until_interrupted(
+    ensemble_dir: str | os.PathLike, options: ServeOptions, address: str | None = None, echo=print
+) -> None:
+    """Check the ensemble here, deploy it on Ray Serve, print the URL and serve until Ctrl-C or SIGTERM.
+
+    Raises:
+        UserError: the ensemble cannot be loaded, or the cluster cannot place a replica.
+    """
+    import signal
+    import threading
+
+    import ray
+
+    from muratune.cam.export import load_ensemble
+    from muratune.search.tuner import connect_ray
+
+    load_ensemble(ensemble_dir, device="cpu")  # a bad ensemble is a one-line error before Ray starts
+    started = connect_ray(address)
+    stop = threading.Event()
+    previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        check_replica_resources(options)
+        url = start_server(ensemble_dir, options)
+        echo(f"muratune: serving {Path(ensemble_dir)} at {url}/ (API docs at {url}/docs); Ctrl-C stops")
+        while not stop.wait(0.5):
+            pass
+    except KeyboardInterrupt:
+        pass
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        echo("muratune: stopping the server")
+        if started:
+            ray.shutdown()  # our own local Ray: Serve goes with it
+        else:
+            serve.delete(APP_NAME)  # a shared cluster: remove only our application

@@ -1,0 +1,173 @@
+"""StudyService: one study's uploaded views in, the ensemble's verdict, per-view probabilities and CAMs out."""
+
+from __future__ import annotations
+
+import base64
+import os
+import re
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+import cv2
+import numpy as np
+
+from muratune import __version__
+from muratune.cam.boxes import DEFAULT_THRESHOLD as BOX_THRESHOLD
+from muratune.cam.boxes import localise
+from muratune.cam.cam import EnsembleCam
+from muratune.cam.export import load_ensemble, overlay
+from muratune.constants import BODY_PARTS
+from muratune.data.images import ImageReadError, read_image
+from muratune.ensemble.predictor import ENSEMBLE_FILE, file_sha256, infer_body_part
+from muratune.errors import UserError
+
+_SUFFIX_RE = re.compile(r"^\.[A-Za-z0-9]{1,5}$")
+
+
+class InvalidUpload(UserError):
+    """An upload that cannot be analysed (not an image, no files, unknown body part); the message says why."""
+
+
+@dataclass(frozen=True)
+class Upload:
+    """One uploaded view: the client's file name (only used for display and body-part inference) and its bytes."""
+
+    filename: str
+    data: bytes
+
+
+def normalise_body_part(value: str | None) -> str | None:
+    """``XR_WRIST`` from ``wrist``, ``XR_WRIST`` or ``xr_wrist``; ``None`` for empty or ``auto``.
+
+    Raises:
+        InvalidUpload: not one of the seven MURA body parts.
+    """
+    text = (value or "").strip().upper()
+    if text in ("", "AUTO"):
+        return None
+    part = text if text.startswith("XR_") else f"XR_{text}"
+    if part not in BODY_PARTS:
+        names = ", ".join(p.removeprefix("XR_").lower() for p in BODY_PARTS)
+        raise InvalidUpload(f"body_part {value!r}: unknown; expected one of {names} (or auto)")
+    return part
+
+
+def infer_upload_body_part(uploads: list[Upload]) -> str | None:
+    """The body part named by the uploads' file names or paths (``.../XR_WRIST/...``), if they agree on one."""
+    parts = {infer_body_part(u.filename) or _part_in_name(u.filename) for u in uploads} - {None}
+    return parts.pop() if len(parts) == 1 else None
+
+
+def _part_in_name(filename: str) -> str | None:
+    """A body part spelled inside a file name, such as ``XR_ELBOW_image1.png``."""
+    name = PurePosixPath(filename.replace("\\", "/")).name.upper()
+    return next((part for part in BODY_PARTS if part in name), None)
+
+
+def png_base64(image: np.ndarray) -> str:
+    """A BGR or gray uint8 image as base64-encoded PNG."""
+    ok, encoded = cv2.imencode(".png", image)
+    if not ok:  # pragma: no cover - cv2 only fails on invalid arrays
+        raise RuntimeError("PNG encoding failed")
+    return base64.b64encode(encoded.tobytes()).decode("ascii")
+
+
+class StudyService:
+    """A loaded ensemble and its CAM, answering one study at a time; uploads live only in a temporary folder."""
+
+    def __init__(
+        self, ensemble_dir: str | os.PathLike, device: str | None = None, box_threshold: float = BOX_THRESHOLD
+    ):
+        self.ensemble_dir = Path(ensemble_dir)
+        self.predictor = load_ensemble(self.ensemble_dir, device)
+        self.cam = EnsembleCam.from_predictor(self.predictor)
+        self.box_threshold = box_threshold
+        self._info = self._describe()
+
+    def info(self) -> dict:
+        """The ensemble's members, version, thresholds and CAM layers."""
+        return self._info
+
+    def _describe(self) -> dict:
+        spec_file = self.ensemble_dir / ENSEMBLE_FILE
+        layers = self.cam.describe()
+        members = [
+            {
+                "name": m.name,
+                "backbone": m.trial.get("config", {}).get("backbone", m.trial.get("backbone")),
+                "image_size": m.image_size,
+                "resize_mode": m.data_config["resize_mode"],
+                "cam": layers[m.name],
+            }
+            for m in self.predictor.members
+        ]
+        return {
+            "ensemble": self.ensemble_dir.name,
+            "ensemble_sha256": file_sha256(spec_file) if spec_file.is_file() else None,
+            "muratune_version": __version__,
+            "members": members,
+            "weights": {part: [float(w) for w in vec] for part, vec in self.predictor.weights.items()},
+            "thresholds": self.predictor.thresholds,
+            "threshold_default": self.predictor.threshold(None),
+            "tta": self.predictor.tta,
+            "device": str(self.predictor.device),
+            "body_parts": list(BODY_PARTS),
+            "box_threshold": self.box_threshold,
+        }
+
+    def analyse(self, uploads: list[Upload], body_part: str | None = None, overlays: bool = False) -> dict:
+        """Predict one study from its uploaded views, with each view's CAM box and peak (and overlay PNGs).
+
+        Raises:
+            InvalidUpload: no files, an unknown body part, or a file that is not a readable image (named).
+        """
+        if not uploads:
+            raise InvalidUpload("no images uploaded; send one or more views of one study as 'files'")
+        part = normalise_body_part(body_part) or infer_upload_body_part(uploads)
+        with tempfile.TemporaryDirectory(prefix="muratune-serve-") as tmp:
+            paths = [_spill(Path(tmp), i, upload) for i, upload in enumerate(uploads)]
+            images = [_decode(path, upload.filename) for path, upload in zip(paths, uploads, strict=True)]
+            study = self.predictor.predict_study(paths, part)
+        cams = self.cam(images, [part] * len(images))
+        views = [
+            self._view(upload, image, prob, cam.heatmap, overlays, part)
+            for upload, image, prob, cam in zip(uploads, images, study["view_probs"], cams, strict=True)
+        ]
+        return {
+            "prob": study["prob"],
+            "label": study["label"],
+            "verdict": "abnormal" if study["label"] else "normal",
+            "threshold": study["threshold"],
+            "body_part": part,
+            "body_part_source": "given" if body_part and part else ("inferred" if part else "none"),
+            "views": views,
+        }
+
+    def _view(
+        self, upload: Upload, image: np.ndarray, prob: float, heatmap: np.ndarray, with_png: bool, part: str | None
+    ) -> dict:
+        loc = localise(heatmap, self.box_threshold)
+        view = {"filename": upload.filename, "prob": float(prob), "width": image.shape[1], "height": image.shape[0]}
+        view.update(loc.to_dict())
+        if with_png:
+            caption = f"{part or 'body part unknown'}  p={prob:.3f}"
+            view["overlay_png"] = png_base64(overlay(image, heatmap, loc, caption))
+        return view
+
+
+def _spill(folder: Path, index: int, upload: Upload) -> Path:
+    """Write one upload into the request's temporary folder under a server-chosen name (never the client's)."""
+    suffix = PurePosixPath(upload.filename.replace("\\", "/")).suffix
+    path = folder / f"view{index + 1}{suffix if _SUFFIX_RE.match(suffix) else '.img'}"
+    path.write_bytes(upload.data)
+    return path
+
+
+def _decode(path: Path, filename: str) -> np.ndarray:
+    """Decode a spilled upload, naming the client's file (not the temporary one) when it is not an image."""
+    try:
+        return read_image(path)
+    except ImageReadError as err:
+        reason = str(err).replace(str(path), "").lstrip(": ").strip() or "not a readable image"
+        raise InvalidUpload(f"{filename}: {reason}") from None

@@ -1,0 +1,233 @@
+"""`muratune serve`: Ray Serve + FastAPI on loopback; answers equal StudyPredictor's, limits, errors, the page."""
+
+from __future__ import annotations
+
+import base64
+import os
+import shutil
+import socket
+import tempfile
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+import pytest
+import requests
+
+from muratune.cli import main
+from muratune.ensemble.predictor import StudyPredictor
+from muratune.serve.app import ServeLimits
+from muratune.serve.service import StudyService, Upload
+
+pytestmark = pytest.mark.slow
+
+LIMIT_BYTES = 3 * 1024 * 1024
+CHROMIUM = Path("/usr/bin/chromium")
+OUTPUT = Path(__file__).resolve().parents[1] / "test-output"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def ensemble(tiny_experiment: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A greedy ensemble with per-body-part thresholds, built in a copy of the tiny experiment."""
+    from muratune.ensemble.build import build_ensembles
+
+    exp = tmp_path_factory.mktemp("serve") / "tiny"
+    shutil.copytree(tiny_experiment, exp)
+    build_ensembles(exp, size=2, strategies=["greedy"], tune_thresholds=True, echo=lambda _: None)
+    return exp / "ensemble" / "greedy"
+
+
+@pytest.fixture(scope="module")
+def server(ray_session, ensemble: Path) -> str:
+    """The ensemble served by Ray Serve on a free loopback port (small request limit, to test 413)."""
+    from ray import serve
+
+    from muratune.serve.deploy import ServeOptions, start_server
+
+    options = ServeOptions(port=_free_port(), limits=ServeLimits(max_request_bytes=LIMIT_BYTES, max_files=4))
+    url = start_server(ensemble, options)
+    yield url
+    serve.shutdown()
+
+
+@pytest.fixture(scope="module")
+def study(synthetic_root: Path) -> list[Path]:
+    """The views of one multi-view wrist study of the test split."""
+    lines = (synthetic_root / "MURA-v1.1" / "valid_image_paths.csv").read_text().split()
+    frame = pd.DataFrame({"image_path": lines, "study": [line.rsplit("/", 1)[0] for line in lines]})
+    wrist = frame[frame["study"].str.contains("XR_WRIST")]
+    counts = wrist["study"].value_counts()
+    chosen = counts[counts > 1].index[0]
+    return [synthetic_root / p for p in wrist.loc[wrist["study"] == chosen, "image_path"]]
+
+
+def _files(paths: list[Path], names: list[str] | None = None) -> list[tuple[str, tuple[str, bytes, str]]]:
+    names = names or [p.name for p in paths]
+    return [("files", (name, p.read_bytes(), "image/png")) for name, p in zip(names, paths, strict=True)]
+
+
+def test_predict_equals_the_study_predictor(server, ensemble, study):
+    response = requests.post(f"{server}/predict", files=_files(study), data={"body_part": "wrist"}, timeout=120)
+    assert response.status_code == 200, response.text
+    got = response.json()
+    expected = StudyPredictor.load(ensemble, device="cpu").predict_study(study, "XR_WRIST")
+    assert got["prob"] == pytest.approx(expected["prob"], abs=1e-6)
+    assert [v["prob"] for v in got["views"]] == pytest.approx(expected["view_probs"], abs=1e-6)
+    assert got["label"] == expected["label"] and got["threshold"] == pytest.approx(expected["threshold"])
+    assert got["body_part"] == "XR_WRIST" and got["body_part_source"] == "given"
+    assert got["verdict"] == ("abnormal" if got["label"] else "normal")
+    for view, path in zip(got["views"], study, strict=True):
+        height, width = cv2.imread(str(path), cv2.IMREAD_UNCHANGED).shape[:2]
+        assert (view["width"], view["height"]) == (width, height)
+        assert 0 <= view["peak"]["x"] < width and 0 <= view["peak"]["y"] < height
+        box = view["box"]
+        assert 0 <= box["x0"] < box["x1"] <= width and 0 <= box["y0"] < box["y1"] <= height
+        assert "overlay_png" not in view
+
+
+def test_body_part_is_inferred_from_the_uploaded_path(server, ensemble, study):
+    names = ["MURA-v1.1/valid/XR_WRIST/patient1/study1_positive/" + p.name for p in study]
+    got = requests.post(f"{server}/predict", files=_files(study, names), timeout=120).json()
+    assert got["body_part"] == "XR_WRIST" and got["body_part_source"] == "inferred"
+    assert got["threshold"] == pytest.approx(StudyPredictor.load(ensemble, device="cpu").threshold("XR_WRIST"))
+
+
+def test_cam_returns_one_overlay_png_per_view(server, study):
+    got = requests.post(f"{server}/cam", files=_files(study), data={"body_part": "auto"}, timeout=120).json()
+    assert len(got["views"]) == len(study)
+    for view in got["views"]:
+        png = base64.b64decode(view["overlay_png"])
+        image = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_COLOR)
+        assert image.shape[1] == view["width"] and image.shape[0] > view["height"]  # caption band on top
+        assert image.shape[2] == 3
+
+
+def test_a_file_that_is_not_an_image_gets_422_naming_it(server, study):
+    files = _files(study[:1]) + [("files", ("notes.png", b"this is text, not a PNG", "image/png"))]
+    response = requests.post(f"{server}/predict", files=files, timeout=120)
+    assert response.status_code == 422
+    assert "notes.png" in response.json()["detail"] and "not a readable image" in response.json()["detail"]
+    truncated = study[0].read_bytes()[:200]
+    response = requests.post(f"{server}/predict", files=[("files", ("cut.png", truncated, "image/png"))], timeout=60)
+    assert response.status_code == 422 and "cut.png" in response.json()["detail"]
+
+
+def test_bad_form_values_get_422(server, study):
+    response = requests.post(f"{server}/predict", files=_files(study[:1]), data={"body_part": "knee"}, timeout=60)
+    assert response.status_code == 422 and "knee" in response.json()["detail"]
+    assert requests.post(f"{server}/predict", timeout=60).status_code == 422  # no files at all
+    five = _files([study[0]] * 5)
+    response = requests.post(f"{server}/predict", files=five, timeout=60)
+    assert response.status_code == 422 and "at most 4" in response.json()["detail"]
+
+
+def test_an_oversize_request_gets_413(server):
+    blob = os.urandom(LIMIT_BYTES + 1024)
+    response = requests.post(f"{server}/predict", files=[("files", ("big.png", blob, "image/png"))], timeout=60)
+    assert response.status_code == 413 and "limit" in response.json()["detail"]
+
+
+def test_health_info_and_openapi(server, ensemble):
+    assert requests.get(f"{server}/health", timeout=30).json() == {"status": "ok"}
+    info = requests.get(f"{server}/info", timeout=30).json()
+    predictor = StudyPredictor.load(ensemble, device="cpu")
+    assert [m["name"] for m in info["members"]] == [m.name for m in predictor.members]
+    assert info["thresholds"] == pytest.approx(predictor.thresholds) and info["muratune_version"]
+    assert all(m["backbone"] == "resnet10t" and m["cam"].startswith("gradcam@") for m in info["members"])
+    paths = requests.get(f"{server}/openapi.json", timeout=30).json()["paths"]
+    assert {"/predict", "/cam", "/health", "/info"} <= set(paths)
+    page = requests.get(f"{server}/", timeout=30)
+    assert page.status_code == 200 and "not a diagnosis" in page.text and "http" not in page.text.split("<script>")[1]
+
+
+def test_uploads_leave_no_files_behind(server, study):
+    before = {p.name for p in Path(tempfile.gettempdir()).glob("muratune-serve-*")}
+    assert requests.post(f"{server}/predict", files=_files(study), timeout=120).status_code == 200
+    assert (
+        requests.post(f"{server}/predict", files=[("files", ("x.png", b"junk", "image/png"))], timeout=60).ok is False
+    )
+    assert {p.name for p in Path(tempfile.gettempdir()).glob("muratune-serve-*")} == before
+
+
+def test_the_server_listens_on_loopback_only(server):
+    import psutil
+
+    port = int(server.rsplit(":", 1)[1])
+    listening = [c.laddr.ip for c in psutil.net_connections("tcp") if c.status == "LISTEN" and c.laddr.port == port]
+    assert listening and set(listening) <= {"127.0.0.1"}
+
+
+def test_service_rejects_an_empty_study(ensemble):
+    from muratune.serve.service import InvalidUpload
+
+    with pytest.raises(InvalidUpload, match="no images"):
+        StudyService(ensemble, device="cpu").analyse([])
+
+
+def test_service_reads_grayscale_and_rgb_uploads_alike(ensemble, study):
+    service = StudyService(ensemble, device="cpu")
+    gray = cv2.imread(str(study[0]), cv2.IMREAD_GRAYSCALE)
+    ok, rgb_png = cv2.imencode(".png", cv2.cvtColor(gray, cv2.COLOR_GRAY2BGR))
+    assert ok
+    from_gray = service.analyse([Upload("a.png", study[0].read_bytes())], "wrist")
+    from_rgb = service.analyse([Upload("a.png", rgb_png.tobytes())], "wrist")
+    assert from_rgb["prob"] == pytest.approx(from_gray["prob"], abs=1e-6)
+
+
+def test_serve_refuses_a_folder_that_is_not_an_ensemble(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["serve", str(tmp_path)])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert str(tmp_path) in err and "Traceback" not in err and err.count("\n") == 1
+
+
+def test_the_page_uploads_a_study_and_shows_verdict_and_overlays(server, study, tmp_path):
+    """Headless Debian Chromium driven by Playwright: choose files, press the button, see the result."""
+    if not CHROMIUM.exists():
+        if os.environ.get("CI"):
+            pytest.fail(f"{CHROMIUM} is missing: .ci/run installs Debian's chromium for this test")
+        pytest.skip(f"{CHROMIUM} not installed (apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    flags = [
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+    ]
+    OUTPUT.mkdir(exist_ok=True)
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=flags)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page.goto(f"{server}/")
+            assert "not a diagnosis" in page.inner_text("#disclaimer")
+            page.select_option("#body_part", "wrist")
+            page.set_input_files("#files", [str(p) for p in study])
+            page.click("#submit")
+            page.wait_for_selector("#verdict-label", timeout=120_000)
+            page.wait_for_function(
+                "document.querySelectorAll('img.overlay').length > 0 && "
+                "Array.from(document.querySelectorAll('img.overlay')).every(i => i.naturalWidth > 0)"
+            )
+            verdict = page.inner_text("#verdict-label")
+            confidence = page.inner_text("#confidence")
+            overlays = page.locator("img.overlay").count()
+            page.screenshot(path=str(OUTPUT / "serve_page.png"), full_page=True)
+        finally:
+            browser.close()
+    assert verdict in ("Abnormal", "Normal")
+    assert "probability of abnormality" in confidence and "wrist" in confidence
+    assert overlays == len(study)
+    assert (OUTPUT / "serve_page.png").stat().st_size > 10_000
