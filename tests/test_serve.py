@@ -92,6 +92,19 @@ def test_predict_equals_the_study_predictor(server, ensemble, study):
         assert "overlay_png" not in view
 
 
+def test_concurrent_requests_all_succeed_with_the_same_answer(server, study):
+    from concurrent.futures import ThreadPoolExecutor
+
+    def post(_: int) -> requests.Response:
+        return requests.post(f"{server}/predict", files=_files(study), data={"body_part": "wrist"}, timeout=180)
+
+    with ThreadPoolExecutor(6) as pool:
+        responses = list(pool.map(post, range(12)))
+    assert [r.status_code for r in responses] == [200] * 12
+    probs = {round(r.json()["prob"], 6) for r in responses}
+    assert len(probs) == 1
+
+
 def test_body_part_is_inferred_from_the_uploaded_path(server, ensemble, study):
     names = ["MURA-v1.1/valid/XR_WRIST/patient1/study1_positive/" + p.name for p in study]
     got = requests.post(f"{server}/predict", files=_files(study, names), timeout=120).json()

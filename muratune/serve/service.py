@@ -6,6 +6,7 @@ import base64
 import os
 import re
 import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -84,6 +85,8 @@ class StudyService:
         self.cam = EnsembleCam.from_predictor(self.predictor)
         self.box_threshold = box_threshold
         self._info = self._describe()
+        # Grad-CAM hooks the shared models and runs backward: one study at a time per service (replicas scale out).
+        self._lock = threading.Lock()
 
     def info(self) -> dict:
         """The ensemble's members, version, thresholds and CAM layers."""
@@ -128,8 +131,9 @@ class StudyService:
         with tempfile.TemporaryDirectory(prefix="muratune-serve-") as tmp:
             paths = [_spill(Path(tmp), i, upload) for i, upload in enumerate(uploads)]
             images = [_decode(path, upload.filename) for path, upload in zip(paths, uploads, strict=True)]
-            study = self.predictor.predict_study(paths, part)
-        cams = self.cam(images, [part] * len(images))
+            with self._lock:
+                study = self.predictor.predict_study(paths, part)
+                cams = self.cam(images, [part] * len(images))
         views = [
             self._view(upload, image, prob, cam.heatmap, overlays, part)
             for upload, image, prob, cam in zip(uploads, images, study["view_probs"], cams, strict=True)
