@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -51,7 +52,9 @@ def curve(trials_dir: Path) -> pd.DataFrame:
     return results[["epochs", "best"]]
 
 
-def run_method(name: str, data: Path, storage: Path, seed: int, budget: int, max_epochs: int) -> pd.DataFrame:
+def run_method(
+    name: str, data: Path, storage: Path, seed: int, budget: int, max_epochs: int, startup: int
+) -> pd.DataFrame:
     """Run one search with the shared epoch budget and return its curve."""
     from muratune.config import load_config
     from muratune.search import tuner
@@ -59,7 +62,7 @@ def run_method(name: str, data: Path, storage: Path, seed: int, budget: int, max
     demo = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
     values = {"data.root": str(data), "storage": str(storage), "name": f"{name}-s{seed}",
               "budget.num_samples": 1000, "budget.max_epochs": max_epochs, "optuna.seed": seed,
-              "train.seed": seed, **METHODS[name]}  # fmt: skip
+              "train.seed": seed, "optuna.n_startup_trials": startup, **METHODS[name]}  # fmt: skip
     config = load_config(demo, values=values)
     tuner.prepare_experiment(config, resume=False, overwrite=True)
     tuner.build_tuner(config, stop=EpochBudget(budget), verbose=0).fit()
@@ -76,31 +79,65 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, help="existing synthetic dataset (default: generate one)")
     parser.add_argument("--studies", type=int, default=300)
+    parser.add_argument(
+        "--difficulty", default="easy", help="synthetic difficulty (learning must start within max-epochs)"
+    )
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--budget", type=int, default=48, help="total epochs per search")
-    parser.add_argument("--max-epochs", type=int, default=8)
+    parser.add_argument("--max-epochs", type=int, default=9, help="epochs of a full trial (ASHA rungs at 3 and 9)")
+    parser.add_argument("--startup", type=int, default=3, help="TPE's random start-up trials")
+    parser.add_argument("--out", type=Path, default=Path("bench-out/search_efficiency"), help="curves.csv, curves.png")
     args = parser.parse_args()
 
     import ray
 
     from muratune.search.tuner import connect_ray
 
+    started = time.perf_counter()
     work = Path(tempfile.mkdtemp(prefix="muratune-eff-"))
     data = args.data
     if data is None:
         from muratune.data.synth import generate_dataset
 
         data = work / "data"
-        generate_dataset(data, studies=args.studies, seed=0, difficulty="medium", long_side=256)
+        generate_dataset(data, studies=args.studies, seed=0, difficulty=args.difficulty, long_side=256)
     connect_ray(None)
     curves: dict[str, list[pd.DataFrame]] = {name: [] for name in METHODS}
     try:
         for seed in range(args.seeds):
             for name in METHODS:
-                curves[name].append(run_method(name, data, work / "runs", seed, args.budget, args.max_epochs))
+                run = run_method(name, data, work / "runs", seed, args.budget, args.max_epochs, args.startup)
+                curves[name].append(run)
     finally:
         ray.shutdown()
+    save_curves(curves, args.out)
     report(curves, args.budget)
+    print(f"wall time {(time.perf_counter() - started) / 60:.1f} min; curves in {args.out}")
+
+
+def save_curves(curves: dict[str, list[pd.DataFrame]], out: Path) -> None:
+    """Write every best-so-far curve to ``curves.csv`` and draw the mean curve of each method to ``curves.png``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out.mkdir(parents=True, exist_ok=True)
+    rows = [f.assign(method=name, seed=seed) for name, frames in curves.items() for seed, f in enumerate(frames)]
+    pd.concat(rows).to_csv(out / "curves.csv", index=False)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, frames in curves.items():
+        longest = max(len(f) for f in frames)
+        grid = np.arange(1, longest + 1)
+        best = [np.interp(grid, f["epochs"], f["best"], right=f["best"].iloc[-1]) for f in frames]
+        ax.plot(grid, np.mean(best, axis=0), label=name)
+    ax.set_xlabel("epochs consumed (all trials)")
+    ax.set_ylabel("best internal-val kappa (mean over seeds)")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out / "curves.png", dpi=120)
+    plt.close(fig)
 
 
 def report(curves: dict[str, list[pd.DataFrame]], budget: int) -> None:

@@ -194,6 +194,15 @@ def test_service_reads_grayscale_and_rgb_uploads_alike(ensemble, study):
     assert from_rgb["prob"] == pytest.approx(from_gray["prob"], abs=1e-6)
 
 
+def test_replicas_asking_for_more_gpus_than_the_cluster_has_are_refused(ray_session):
+    from muratune.errors import UserError
+    from muratune.serve.deploy import ServeOptions, check_replica_resources
+
+    check_replica_resources(ServeOptions(cpus_per_replica=1))
+    with pytest.raises(UserError, match="--gpus-per-replica 1: the Ray cluster has 0 GPU"):
+        check_replica_resources(ServeOptions(gpus_per_replica=1))
+
+
 def test_serve_refuses_a_folder_that_is_not_an_ensemble(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["serve", str(tmp_path)])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from importlib import resources
-from typing import Protocol
+from typing import Annotated, Protocol
 
 from fastapi import FastAPI, File, Form, HTTPException, UploadFile
 from fastapi.responses import HTMLResponse, JSONResponse
@@ -27,6 +27,10 @@ class ServeLimits:
 
 
 # ------------------------------------------------------------------------------------------------ schema
+ViewFiles = Annotated[list[UploadFile], File(description="one or more views (PNG/JPEG) of one study")]
+BodyPart = Annotated[str | None, Form(description="elbow, finger, forearm, hand, humerus, shoulder, wrist or auto")]
+
+
 class Box(BaseModel):
     """A box on the view's pixels: ``x0 <= x < x1``, ``y0 <= y < y1``."""
 
@@ -193,22 +197,12 @@ def create_app(backend: Backend, limits: ServeLimits | None = None) -> FastAPI:
         return await backend.info()
 
     @app.post("/predict", response_model=StudyResult, response_model_exclude_unset=True)
-    async def predict(
-        files: list[UploadFile] = File(..., description="one or more views (PNG/JPEG) of one study"),
-        body_part: str | None = Form(
-            None, description="elbow, finger, forearm, hand, humerus, shoulder, wrist or auto"
-        ),
-    ) -> dict:
+    async def predict(files: ViewFiles, body_part: BodyPart = None) -> dict:
         """Study probability, label and threshold, with each view's probability and CAM box and peak."""
         return await backend.analyse(await read_uploads(files), body_part, False)
 
     @app.post("/cam", response_model=StudyResult)
-    async def cam(
-        files: list[UploadFile] = File(..., description="one or more views (PNG/JPEG) of one study"),
-        body_part: str | None = Form(
-            None, description="elbow, finger, forearm, hand, humerus, shoulder, wrist or auto"
-        ),
-    ) -> dict:
+    async def cam(files: ViewFiles, body_part: BodyPart = None) -> dict:
         """As /predict, with each view's CAM overlay as a base64 PNG (``overlay_png``)."""
         return await backend.analyse(await read_uploads(files), body_part, True)
 

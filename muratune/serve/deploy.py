@@ -37,9 +37,8 @@ class ServeOptions:
 class EnsembleModel:
     """One model replica: loads the ensemble once and analyses studies; errors come back as values, not raises."""
 
-    def __init__(self, ensemble_dir: str):
-        device = "cuda" if _has_gpu() else "cpu"
-        self.service = StudyService(ensemble_dir, device=device)
+    def __init__(self, ensemble_dir: str, use_gpu: bool = False):
+        self.service = StudyService(ensemble_dir, device=_replica_device(use_gpu))
 
     def analyse(self, uploads: list[tuple[str, bytes]], body_part: str | None, overlays: bool) -> dict:
         """``StudyService.analyse`` on ``(filename, bytes)`` pairs; ``{"error": reason}`` for a bad upload."""
@@ -85,17 +84,20 @@ class HttpIngress:
         return create_app(self.backend, self.limits)
 
 
-def _has_gpu() -> bool:
+def _replica_device(use_gpu: bool) -> str:
+    """``cuda`` for a replica given a GPU share (Ray sets CUDA_VISIBLE_DEVICES), else ``cpu``."""
     import torch
 
-    return torch.cuda.is_available()
+    return "cuda" if use_gpu and torch.cuda.is_available() else "cpu"
 
 
 def build_application(ensemble_dir: str | os.PathLike, options: ServeOptions):
     """The Serve application: ``options.replicas`` model replicas (with their CPU/GPU share) and the ingress."""
     actor_options = {"num_cpus": options.cpus_per_replica, "num_gpus": options.gpus_per_replica}
     model = EnsembleModel.options(num_replicas=options.replicas, ray_actor_options=actor_options)
-    return HttpIngress.bind(model.bind(str(Path(ensemble_dir).resolve())), asdict(options.limits))
+    return HttpIngress.bind(
+        model.bind(str(Path(ensemble_dir).resolve()), options.gpus_per_replica > 0), asdict(options.limits)
+    )
 
 
 def start_server(ensemble_dir: str | os.PathLike, options: ServeOptions) -> str:
