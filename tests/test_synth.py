@@ -6,16 +6,23 @@ import hashlib
 from pathlib import Path
 
 import cv2
+import numpy as np
 import pytest
 
 from muratune.constants import BODY_PARTS
+from muratune.data import synth
 from muratune.data.synth import (
     BOXES_HEADER,
     FINDING_KINDS,
     ROOT_NAME,
+    _box_kernel,
+    _gaussian_levels,
+    draw_image,
+    encode_png,
     generate_dataset,
     parse_difficulty,
     plan_dataset,
+    render_image,
 )
 from muratune.errors import UserError
 
@@ -172,3 +179,52 @@ def test_plan_proportions_and_valid_coverage() -> None:
     assert count["XR_WRIST"] > count["XR_HUMERUS"] and count["XR_SHOULDER"] > count["XR_FOREARM"]
     for study in plan:
         assert any(im.finding for im in study.images) == bool(study.label)
+
+
+def test_rendered_images_do_not_share_memory() -> None:
+    # The drawing reuses work arrays between images; what it returns must stay the caller's.
+    first, _ = render_image("XR_WRIST", "lesion", (0, 1), long_side=128)
+    kept = first.copy()
+    second, _ = render_image("XR_WRIST", "lesion", (0, 2), long_side=128)
+    assert np.array_equal(first, kept) and not np.array_equal(first, second)
+    again, _ = render_image("XR_WRIST", "lesion", (0, 1), long_side=128)
+    assert np.array_equal(first, again)
+
+
+def test_png_round_trip_gray_and_rgb() -> None:
+    specs = [im for study in plan_dataset(40, seed=1) for im in study.images]
+    for spec in (next(im for im in specs if not im.rgb), next(im for im in specs if im.rgb)):
+        image, _ = draw_image(spec, 1, 1.0, 96)
+        decoded = cv2.imdecode(np.frombuffer(encode_png(image), np.uint8), cv2.IMREAD_UNCHANGED)
+        assert decoded.shape == image.shape == ((*image.shape[:2], 3) if spec.rgb else image.shape[:2])
+        assert np.array_equal(decoded, image)
+
+
+def test_noise_levels_are_a_unit_gaussian() -> None:
+    levels = _gaussian_levels()
+    assert levels.shape == (256,) and np.all(np.diff(levels) > 0)
+    assert abs(float(levels.mean())) < 1e-6 and abs(float(levels.std()) - 1.0) < 1e-5
+    assert np.allclose(levels, -levels[::-1], atol=1e-5)  # symmetric
+
+
+@pytest.mark.parametrize("width", [1.0, 5.0, 6.0, 6.25, 9.5])
+def test_box_kernel_is_a_centred_box(width: float) -> None:
+    kernel = _box_kernel(width).astype(np.float64)
+    assert kernel.size % 2 == 1 and np.allclose(kernel, kernel[::-1])  # odd and symmetric: no half-pixel shift
+    assert np.isclose(kernel.sum(), 1.0)
+    taps = np.arange(kernel.size) - kernel.size // 2
+    assert abs((kernel * taps**2).sum() - width**2 / 12) < 0.2  # the spread of a continuous box that wide
+    if width % 2 == 1:
+        assert np.allclose(kernel, 1 / width)
+
+
+@pytest.mark.parametrize("body_part", ["XR_HAND", "XR_SHOULDER"])
+def test_low_resolution_tissue_matches_full_resolution(body_part: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The soft tissue is drawn at 1/4 resolution at 512 px; drawn at full resolution it must look the same. Noise
+    # has its own random stream, so the two images differ only by the tissue layer.
+    fast, boxes = render_image(body_part, "fracture", (0, 7), long_side=512)
+    monkeypatch.setattr(synth, "_tissue_factor", lambda long_side: 1)
+    full, full_boxes = render_image(body_part, "fracture", (0, 7), long_side=512)
+    diff = fast.astype(np.int16) - full
+    assert boxes == full_boxes
+    assert abs(diff.mean()) < 0.5 and np.abs(diff).mean() < 0.8 and np.abs(diff).max() <= 24  # gray levels
