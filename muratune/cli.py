@@ -64,7 +64,9 @@ def data_synth(
 def data_check(
     root: Annotated[Path, typer.Argument(help="Folder holding MURA-v1.1/ (or the MURA-v1.1 folder itself).")],
     csv_only: Annotated[bool, typer.Option("--csv-only", help="Check the CSVs only; don't look at images.")] = False,
-    deep: Annotated[bool, typer.Option("--deep", help="Open and decode every image.")] = False,
+    deep: Annotated[
+        bool, typer.Option("--deep", help="Decode every image (default: read only each image's first and last bytes).")
+    ] = False,
 ) -> None:
     """Validate a MURA-format dataset and print its per-body-part table of studies and images."""
     from muratune.data.check import check_dataset
@@ -208,11 +210,17 @@ def search_command(
     ] = None,
     resume: Annotated[bool, typer.Option(help="Continue an interrupted search with this name.")] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing experiment with this name.")] = False,
+    skip_bad_images: Annotated[
+        bool,
+        typer.Option("--skip-bad-images", help="Leave unreadable images out (listed in the experiment's cache.json)."),
+    ] = False,
     set_: SetOpt = None,
 ) -> None:
     """Search hyperparameters with Ray Tune (Optuna TPE searcher, ASHA scheduler)."""
     from muratune.search.tuner import run_search
 
+    if skip_bad_images:
+        set_ = [*(set_ or []), "data.skip_bad_images=true"]
     settings = _load(config, data, set_, name)
     run_search(settings, address=address, resume=resume, overwrite=overwrite, echo=typer.echo)
 
@@ -258,11 +266,20 @@ def predict_command(
     ] = None,
     probabilities: Annotated[bool, typer.Option("--probabilities", help="Add a probability column.")] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing OUTPUT_CSV.")] = False,
+    skip_bad_images: Annotated[
+        bool,
+        typer.Option(
+            "--skip-bad-images",
+            help="Predict around unreadable images (warned about) instead of stopping; studies with none left out.",
+        ),
+    ] = False,
 ) -> None:
-    """Predict studies in the MURA submission format; unpredictable studies are left out, with a warning."""
+    """Predict studies in the MURA submission format; an unreadable image stops it unless --skip-bad-images."""
     from muratune.ensemble.predict import predict_csv
 
-    summary = predict_csv(ensemble, input_csv, output_csv, root, probabilities, overwrite, warn=_warn)
+    summary = predict_csv(
+        ensemble, input_csv, output_csv, root, probabilities, overwrite, warn=_warn, skip_bad_images=skip_bad_images
+    )
     typer.echo(summary, err=True)
 
 

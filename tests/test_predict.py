@@ -65,7 +65,9 @@ def test_unreadable_images_are_reported_and_skipped(greedy, synthetic_root, tmp_
     csv = tmp_path / "images.csv"
     csv.write_text("\n".join(lines) + "\n")
     warnings: list[str] = []
-    summary = predict_csv(greedy, csv, tmp_path / "out.csv", root=data, warn=warnings.append, progress=False)
+    summary = predict_csv(
+        greedy, csv, tmp_path / "out.csv", root=data, warn=warnings.append, progress=False, skip_bad_images=True
+    )
     predicted = pd.read_csv(tmp_path / "out.csv", header=None, names=["study_path", "label"])
     assert partial in set(predicted["study_path"]) and broken not in set(predicted["study_path"])
     assert len(predicted) == studies.nunique() - 1

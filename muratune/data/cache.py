@@ -142,8 +142,7 @@ def _write_cache(tmp: Path, image_paths: list[str], files: list[Path], size: int
     results = _run_decoders(array_path, files, size, mode, workers, progress)
     bad = [(row, err) for row, _, _, err in results if err is not None]
     if bad and not skip_bad_images:
-        more = f" (+{len(bad) - 1} more unreadable)" if len(bad) > 1 else ""
-        raise UserError(f"{bad[0][1]}{more}; fix the files or pass --skip-bad-images to exclude them")
+        raise bad_images_error([err for _, err in bad])
     index = pd.DataFrame(
         {
             IMAGE_PATH: image_paths,
@@ -158,6 +157,19 @@ def _write_cache(tmp: Path, image_paths: list[str], files: list[Path], size: int
     excluded = [{"image_path": image_paths[row], "reason": err} for row, err in bad]
     write_json(tmp / "meta.json", {"version": CACHE_FORMAT_VERSION, "key": key, "size": size, "mode": mode,
                                    "count": len(index), "excluded": excluded})  # fmt: skip
+
+
+def bad_images_error(reasons: list[str]) -> UserError:
+    """The error for unreadable images: the first one's ``path: reason`` and how many more there are."""
+    more = f" (+{len(reasons) - 1} more unreadable)" if len(reasons) > 1 else ""
+    return UserError(f"{reasons[0]}{more}; fix the files or pass --skip-bad-images to exclude them")
+
+
+def _checked(cache: ImageCache, skip_bad_images: bool) -> ImageCache:
+    """Refuse a cache built with ``skip_bad_images`` that left images out, unless skipping is asked for again."""
+    if cache.excluded and not skip_bad_images:
+        raise bad_images_error([str(item["reason"]) for item in cache.excluded])
+    return cache
 
 
 def cache_path_for(root_dir: Path, key: str, size: int, mode: str) -> Path:
@@ -185,7 +197,8 @@ def build_cache(
         mode: ``pad`` (keep aspect ratio, pad to square) or ``stretch``.
         cache_dir: cache root; default ``$MURATUNE_CACHE`` or the user's cache folder.
         workers: decoding processes (0 = all cores).
-        skip_bad_images: exclude unreadable images (listed in ``meta.json``) instead of stopping.
+        skip_bad_images: exclude unreadable images (listed in ``meta.json``) instead of stopping. Without it, an
+            existing cache that excludes images is refused too.
         progress: show a progress bar.
     """
     from muratune.data.images import RESIZE_MODES
@@ -199,11 +212,11 @@ def build_cache(
     root_dir = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
     final = cache_path_for(root_dir, key, size, mode)
     if (final / "meta.json").is_file():
-        return ImageCache.open(final)
+        return _checked(ImageCache.open(final), skip_bad_images)
     root_dir.mkdir(parents=True, exist_ok=True)
     with FileLock(str(final) + ".lock"):
         if (final / "meta.json").is_file():
-            return ImageCache.open(final)
+            return _checked(ImageCache.open(final), skip_bad_images)
         tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=root_dir))
         try:
             workers = workers or os.cpu_count() or 1

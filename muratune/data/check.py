@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +23,7 @@ from muratune.constants import (
     VALID,
     short_part,
 )
-from muratune.data.images import read_image
+from muratune.data.images import read_image, sniff_image
 from muratune.data.index import SPLITS, DatasetRoot, IndexScan, Problem, image_csv_name, scan
 from muratune.errors import UserError
 
@@ -70,8 +70,9 @@ def check_dataset(
     Args:
         root: the folder holding ``MURA-v1.1/``, or the dataset folder itself.
         csv_only: check the CSVs only, without looking at the image files.
-        deep: also open and decode every image (ignored with ``csv_only``).
-        workers: threads used to decode images with ``deep`` (default: the usable cores).
+        deep: decode every image (ignored with ``csv_only``). Without it, only the first and last bytes of each
+            image are read (`sniff_image`): empty, non-image and truncated PNG files are still found.
+        workers: threads used to read images (default: the usable cores).
         progress: show a progress bar while decoding.
 
     Returns:
@@ -87,9 +88,8 @@ def check_dataset(
         missing, unlisted = files_on_disk(result)
         problems.extend(missing)
         problems.extend(unlisted)
-        if deep:
-            skip = {(problem.file, problem.row) for problem in missing}
-            problems.extend(undecodable_images(result, skip, workers, progress))
+        skip = {(problem.file, problem.row) for problem in missing}
+        problems.extend(undecodable_images(result, skip, workers, progress, decode=deep))
     return CheckReport(result.root, count_table(result.frame), problems)
 
 
@@ -155,8 +155,12 @@ def undecodable_images(
     skip: set[tuple[str, int | None]],
     workers: int | None = None,
     progress: bool = True,
+    decode: bool = True,
 ) -> list[Problem]:
-    """Decode every listed image (except those in ``skip``) and report the ones that cannot be read."""
+    """Decode every listed image (except those in ``skip``) and report the ones that cannot be read.
+
+    With ``decode=False`` the images are only sniffed (first and last bytes, see `sniff_image`), which is fast.
+    """
     paths: list[str] = []
     locations: list[tuple[str, int]] = []
     base = result.root.base
@@ -165,9 +169,10 @@ def undecodable_images(
             paths.append(str(base / image_path))
             locations.append(result.image_rows[position])
     found: list[Problem] = []
-    bar = tqdm(total=len(paths), desc="decoding images", unit="img", disable=not progress)
+    check = decode_problem if decode else sniff_image
+    bar = tqdm(total=len(paths), desc="decoding images", unit="img", disable=not progress or not decode)
     with bar:
-        for (file, row), reason in zip(locations, _decode_all(paths, workers), strict=True):
+        for (file, row), reason in zip(locations, _map(check, paths, workers), strict=True):
             bar.update()
             if reason is not None:
                 found.append(Problem(file, row, f"unreadable image {reason}"))
@@ -185,18 +190,18 @@ def decode_problem(path: str) -> str | None:
     return None
 
 
-def _decode_all(paths: list[str], workers: int | None) -> Iterator[str | None]:
-    """Yield the decode result of every path, in order, with a thread pool when it pays off.
+def _map(check: Callable[[str], str | None], paths: list[str], workers: int | None) -> Iterator[str | None]:
+    """Yield the result of ``check`` for every path, in order, with a thread pool when it pays off.
 
     Threads rather than processes: Pillow releases the GIL while decoding, and threads need no re-import of
     ``__main__`` (which breaks spawned processes under notebooks and stdin scripts).
     """
     workers = workers if workers is not None else _usable_cores()
     if workers <= 1 or len(paths) < MIN_IMAGES_FOR_POOL:
-        yield from (decode_problem(path) for path in paths)
+        yield from (check(path) for path in paths)
         return
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        yield from pool.map(decode_problem, paths)
+        yield from pool.map(check, paths)
 
 
 def _usable_cores() -> int:

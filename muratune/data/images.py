@@ -67,6 +67,39 @@ def _reduce(img: Image.Image, factor: int) -> Image.Image:
     return img.reduce(factor)
 
 
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+JPEG_SIGNATURE = b"\xff\xd8\xff"
+# A PNG ends with its IEND chunk; look for it this far from the end, so that a little trailing data is tolerated.
+_PNG_TAIL = 4096
+
+
+def sniff_image(path: str | os.PathLike) -> str | None:
+    """Cheaply check an image file without decoding it; return None if it looks fine, else ``path: reason``.
+
+    Reads only the first and last bytes: finds missing and empty files, files that are not PNG or JPEG (a text file
+    named ``.png``) and PNGs cut short (no IEND chunk at the end). A file that passes can still fail to decode.
+    """
+    path = Path(path)
+    try:
+        with path.open("rb") as handle:
+            head = handle.read(len(PNG_SIGNATURE))
+            if not head:
+                return f"{path}: empty file (0 bytes)"
+            if head.startswith(JPEG_SIGNATURE):
+                return None
+            if head != PNG_SIGNATURE:
+                return f"{path}: not a PNG or JPEG file"
+            size = handle.seek(0, os.SEEK_END)
+            handle.seek(max(0, size - _PNG_TAIL))
+            if b"IEND" not in handle.read():
+                return f"{path}: truncated PNG (no IEND chunk at the end)"
+    except FileNotFoundError:
+        return f"{path}: file not found"
+    except OSError as err:
+        return f"{path}: cannot read the file ({err.strerror or err})"
+    return None
+
+
 def read_image(path: str | os.PathLike, max_side: int | None = None) -> np.ndarray:
     """Read an image file as a 2-D uint8 grayscale array.
 

@@ -21,15 +21,18 @@ TRIALS_DIR = "trials"
 RESOLVED_CONFIG = "resolved_config.yaml"
 OPTUNA_DB = "optuna.db"
 SUMMARY_CSV = "search_summary.csv"
+CACHE_JSON = "cache.json"  # the shared cache a local search used, with the images it left out ("excluded")
+SHOWN_EXCLUDED = 5  # excluded images printed by name; cache.json lists them all
 
 
 @dataclass
 class SearchResult:
-    """What a finished search left behind."""
+    """What a finished (or interrupted) search left behind; ``unfinished`` trials need ``--resume``."""
 
     experiment_dir: Path
     summary: pd.DataFrame
     optuna_storage: str
+    unfinished: int = 0
 
 
 def is_remote(uri: str) -> bool:
@@ -58,16 +61,27 @@ def optuna_storage_url(config: ExperimentConfig) -> str:
 
 
 # ------------------------------------------------------------------------------------------- preparation
+def check_experiment(config: ExperimentConfig, resume: bool, overwrite: bool) -> bool:
+    """Refuse to resume a search that is not there, or to replace one without ``overwrite``; touch nothing.
+
+    Returns:
+        Whether an experiment folder already exists.
+    """
+    exp_dir = experiment_dir(config)
+    exists = (exp_dir / RESOLVED_CONFIG).exists() or (exp_dir / TRIALS_DIR).exists()
+    if resume and not (exp_dir / TRIALS_DIR).exists():
+        raise UserError(f"{exp_dir}: no search to resume here (no {TRIALS_DIR}/ folder)")
+    if not resume and exists and not overwrite:
+        raise UserError(f"{exp_dir}: experiment already exists; pass --resume to continue it or --overwrite")
+    return exists
+
+
 def prepare_experiment(config: ExperimentConfig, resume: bool, overwrite: bool) -> Path:
     """Create (or check) the experiment folder and write the resolved config."""
     exp_dir = experiment_dir(config)
-    exists = (exp_dir / RESOLVED_CONFIG).exists() or (exp_dir / TRIALS_DIR).exists()
+    exists = check_experiment(config, resume, overwrite)
     if resume:
-        if not (exp_dir / TRIALS_DIR).exists():
-            raise UserError(f"{exp_dir}: no search to resume here (no {TRIALS_DIR}/ folder)")
         return exp_dir
-    if exists and not overwrite:
-        raise UserError(f"{exp_dir}: experiment already exists; pass --resume to continue it or --overwrite")
     if exists:
         shutil.rmtree(exp_dir)
     exp_dir.mkdir(parents=True, exist_ok=True)
@@ -75,13 +89,32 @@ def prepare_experiment(config: ExperimentConfig, resume: bool, overwrite: bool) 
     return exp_dir
 
 
-def preflight(config: ExperimentConfig) -> None:
-    """Everything that can be checked before Ray starts: space, data root, dataset index and the cache."""
+def preflight(config: ExperimentConfig, local: bool = True, echo: Callable[[str], None] = print) -> dict | None:
+    """Everything that can be checked before Ray starts and before the experiment folder is touched.
+
+    Checks the space and the data root, then the data: on a local search the dataset index and every image (by
+    building the shared cache, see `warm_cache`); on a cluster only the index, when the dataset is reachable from
+    the driver (each node decodes its own images on first use).
+
+    Returns:
+        What `warm_cache` returns on a local search (written to ``cache.json``), else None.
+
+    Raises:
+        UserError: the space, the CSVs or an image is bad (unreadable images only without ``skip_bad_images``).
+    """
+    from muratune.data.index import load_index
     from muratune.search.space import validate_space
 
     validate_space(config)
     if not config.data.root:
         raise UserError("data.root: no dataset given; set it in the config or pass --data ROOT")
+    if local:
+        return warm_cache(config)
+    if Path(config.data.root).expanduser().exists():
+        load_index(config.data.root)
+    else:
+        echo(f"note: {config.data.root} is not reachable from this machine; the cluster's nodes check the data")
+    return None
 
 
 def warm_cache(config: ExperimentConfig) -> dict:
@@ -321,18 +354,35 @@ class _SigtermAsSigint:
 
 
 # ------------------------------------------------------------------------------------------- summary
-def summarise(results: Any, config: ExperimentConfig) -> pd.DataFrame:
-    """One row per trial: state in Optuna terms, hyperparameters, epochs, best internal-val kappa, checkpoint."""
+def unfinished_trials(results: Any) -> set[str]:
+    """Ids of the trials that neither failed nor finished (interrupted, or cut short by ``budget.time_budget_s``).
+
+    Tune marks the last result of a trial that ran to its end or that ASHA stopped with ``done``; an interrupted
+    trial's last result lacks it, and a trial that never started has no result at all.
+    """
+    unfinished = set()
+    for result in results:
+        metrics = result.metrics or {}
+        if result.error is None and not metrics.get("done", False):
+            unfinished.add(str(metrics.get("trial_id") or Path(result.path).name.removeprefix("trial_")))
+    return unfinished
+
+
+def summarise(results: Any, config: ExperimentConfig, unfinished: set[str] | None = None) -> pd.DataFrame:
+    """One row per trial: state in Optuna terms, hyperparameters, epochs, best internal-val kappa, checkpoint.
+
+    Trials in ``unfinished`` (an interrupted search) are RUNNING, as in Optuna, rather than mistaken for pruned.
+    """
     rows = []
     for result in results:
-        rows.append(_summary_row(result, config))
+        rows.append(_summary_row(result, config, unfinished or set()))
     summary = pd.DataFrame(rows)
     if len(summary):
         summary = summary.sort_values("best_val_kappa", ascending=False, na_position="last").reset_index(drop=True)
     return summary
 
 
-def _summary_row(result: Any, config: ExperimentConfig) -> dict:
+def _summary_row(result: Any, config: ExperimentConfig, unfinished: set[str]) -> dict:
     metrics = result.metrics or {}
     trial_id = metrics.get("trial_id") or Path(result.path).name.removeprefix("trial_")
     epochs = int(metrics.get(EPOCH, 0) or 0)
@@ -341,6 +391,8 @@ def _summary_row(result: Any, config: ExperimentConfig) -> dict:
     best = result.get_best_checkpoint(METRIC, MODE) if result.best_checkpoints else None
     if result.error is not None:
         state = "FAIL"
+    elif str(trial_id) in unfinished:
+        state = "RUNNING"
     elif epochs >= config.budget.max_epochs:
         state = "COMPLETE"
     else:
@@ -414,26 +466,44 @@ def run_search(
 
     if resume:
         config = _resumed_config(config)
-    preflight(config)
-    exp_dir = prepare_experiment(config, resume=resume, overwrite=overwrite)
-    if address is None and not os.environ.get("RAY_ADDRESS"):
-        # Local search: build the cache once here, with a progress bar, so trials only open it. On a cluster
-        # each node builds its own on first use, under a file lock.
-        write_json(exp_dir / "cache.json", warm_cache(config))
+    check_experiment(config, resume=resume, overwrite=overwrite)
+    # Local search: build the cache once here, with a progress bar, so trials only open it. On a cluster each node
+    # builds its own on first use, under a file lock.
+    cache_info = preflight(config, local=address is None and not os.environ.get("RAY_ADDRESS"), echo=echo)
     started = connect_ray(address, num_cpus)
     try:
         check_cluster_resources(config, autoscaling=not started, echo=echo)
+        # Only now that every check has passed is the experiment folder created (or replaced).
+        exp_dir = prepare_experiment(config, resume=resume, overwrite=overwrite)
+        if cache_info is not None:
+            record_cache(exp_dir, cache_info, echo)
         tuner = restore_tuner(config, trainable) if resume else build_tuner(config, trainable)
         with _SigtermAsSigint():
             results = tuner.fit()
     finally:
         if started:
             ray.shutdown()
-    summary = summarise(results, config)
-    summary.to_csv(exp_dir / SUMMARY_CSV, index=False)
+    unfinished = unfinished_trials(results)
+    summary = summarise(results, config, unfinished)
+    write_text(exp_dir / SUMMARY_CSV, summary.to_csv(index=False))
     echo(format_summary(summary))
     echo(f"\nexperiment: {exp_dir}\noptuna study: {optuna_storage_url(config)} (study {config.name!r})")
-    return SearchResult(exp_dir, summary, optuna_storage_url(config))
+    if unfinished:
+        echo(
+            f"search stopped with {len(unfinished)} trial(s) unfinished (RUNNING); the same command with --resume "
+            "continues them"
+        )
+    return SearchResult(exp_dir, summary, optuna_storage_url(config), unfinished=len(unfinished))
+
+
+def record_cache(exp_dir: Path, cache_info: dict, echo: Callable[[str], None] = print) -> None:
+    """Write ``cache.json`` (the cache used and the images it left out) and name the first left-out images."""
+    write_json(exp_dir / CACHE_JSON, cache_info)
+    excluded = cache_info["excluded"]
+    for item in excluded[:SHOWN_EXCLUDED]:
+        echo(f"excluded: {item['reason']}")
+    if excluded:
+        echo(f"{len(excluded)} unreadable image(s) left out of the search; all listed in {exp_dir / CACHE_JSON}")
 
 
 def _resumed_config(config: ExperimentConfig) -> ExperimentConfig:
