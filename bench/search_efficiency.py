@@ -2,14 +2,13 @@
 
 Every method gets the same total budget of training epochs on the same synthetic data, for several seeds. It prints
 the best internal-validation kappa against epochs consumed, and the epochs each method needs to reach the final best
-of random search without early stopping (c). Targets: (a) reaches (c)'s final best with <= 50% of (c)'s epochs;
-(a) is no worse than (b).
+of random search without early stopping (c), on the seed-mean curves and per seed. Targets: (a) reaches (c)'s final
+best with <= 50% of (c)'s epochs; (a) is no worse than (b).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 import time
 from pathlib import Path
@@ -52,20 +51,25 @@ def curve(trials_dir: Path) -> pd.DataFrame:
     return results[["epochs", "best"]]
 
 
-def run_method(
-    name: str, data: Path, storage: Path, seed: int, budget: int, max_epochs: int, startup: int
-) -> pd.DataFrame:
+def run_method(name: str, data: Path, storage: Path, seed: int, args: argparse.Namespace) -> pd.DataFrame:
     """Run one search with the shared epoch budget and return its curve."""
     from muratune.config import load_config
     from muratune.search import tuner
 
     demo = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
-    values = {"data.root": str(data), "storage": str(storage), "name": f"{name}-s{seed}",
-              "budget.num_samples": 1000, "budget.max_epochs": max_epochs, "optuna.seed": seed,
-              "train.seed": seed, "optuna.n_startup_trials": startup, **METHODS[name]}  # fmt: skip
+    values = {
+        "data.root": str(data), "storage": str(storage), "name": f"{name}-s{seed}",
+        "data.val_fraction": args.val_fraction,
+        "space.backbone": {"type": "choice", "values": args.backbones.split(",")},
+        "space.lr": {"type": "loguniform", "low": args.lr_low, "high": args.lr_high},
+        "budget.num_samples": 1000, "budget.max_epochs": args.max_epochs,
+        "budget.grace_period": args.grace_period, "budget.reduction_factor": 3,
+        "resources.cpus_per_trial": 2 / args.concurrency, "resources.max_concurrent_trials": args.concurrency,
+        "optuna.seed": seed, "train.seed": seed, "optuna.n_startup_trials": args.startup, **METHODS[name],
+    }  # fmt: skip
     config = load_config(demo, values=values)
     tuner.prepare_experiment(config, resume=False, overwrite=True)
-    tuner.build_tuner(config, stop=EpochBudget(budget), verbose=0).fit()
+    tuner.build_tuner(config, stop=EpochBudget(args.budget), verbose=0).fit()
     return curve(tuner.experiment_dir(config) / tuner.TRIALS_DIR)
 
 
@@ -78,14 +82,20 @@ def epochs_to_reach(frame: pd.DataFrame, target: float) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, help="existing synthetic dataset (default: generate one)")
-    parser.add_argument("--studies", type=int, default=300)
+    parser.add_argument("--studies", type=int, default=500)
     parser.add_argument(
         "--difficulty", default="easy", help="synthetic difficulty (learning must start within max-epochs)"
     )
+    parser.add_argument("--val-fraction", type=float, default=0.3, help="internal validation share (less kappa noise)")
     parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--budget", type=int, default=48, help="total epochs per search")
-    parser.add_argument("--max-epochs", type=int, default=9, help="epochs of a full trial (ASHA rungs at 3 and 9)")
+    parser.add_argument("--budget", type=int, default=36, help="total epochs per search")
+    parser.add_argument("--max-epochs", type=int, default=9, help="epochs of a full trial")
+    parser.add_argument("--grace-period", type=int, default=3, help="ASHA's first rung (rungs at 3 and 9)")
     parser.add_argument("--startup", type=int, default=3, help="TPE's random start-up trials")
+    parser.add_argument("--backbones", default="resnet10t", help="comma-separated timm backbones searched")
+    parser.add_argument("--lr-low", type=float, default=1e-5, help="learning-rate range searched (log-uniform)")
+    parser.add_argument("--lr-high", type=float, default=1e-2)
+    parser.add_argument("--concurrency", type=int, default=2, help="trials at once (2 CPUs shared between them)")
     parser.add_argument("--out", type=Path, default=Path("bench-out/search_efficiency"), help="curves.csv, curves.png")
     args = parser.parse_args()
 
@@ -106,7 +116,7 @@ def main() -> None:
     try:
         for seed in range(args.seeds):
             for name in METHODS:
-                run = run_method(name, data, work / "runs", seed, args.budget, args.max_epochs, args.startup)
+                run = run_method(name, data, work / "runs", seed, args)
                 curves[name].append(run)
     finally:
         ray.shutdown()
@@ -140,27 +150,55 @@ def save_curves(curves: dict[str, list[pd.DataFrame]], out: Path) -> None:
     plt.close(fig)
 
 
+def best_at(frame: pd.DataFrame, epochs: int) -> float:
+    """Best-so-far kappa after ``epochs`` epochs (NaN before the first result)."""
+    seen = frame[frame["epochs"] <= epochs]["best"]
+    return float(seen.max()) if len(seen) else float("nan")
+
+
+def mean_curve(frames: list[pd.DataFrame], budget: int) -> np.ndarray:
+    """Mean over seeds of the best-so-far kappa after 1..budget epochs."""
+    return np.array([np.nanmean([best_at(f, n) for f in frames]) for n in range(1, budget + 1)])
+
+
+def first_reaching(values: np.ndarray, target: float) -> float:
+    """1-based index of the first value >= target (inf if none)."""
+    hits = np.flatnonzero(values >= target - 1e-12)
+    return float(hits[0] + 1) if len(hits) else float("inf")
+
+
 def report(curves: dict[str, list[pd.DataFrame]], budget: int) -> None:
-    """Print mean best-so-far at budget fractions and epochs-to-target per seed."""
-    checkpoints = [budget // 4, budget // 2, 3 * budget // 4, budget]
+    """Print the mean best-so-far against epochs, epochs to reach (c)'s final best, and the two targets."""
+    names = list(curves)
+    a, b, c = names
+    means = {name: mean_curve(frames, budget) for name, frames in curves.items()}
+    checkpoints = [budget // 6, budget // 3, budget // 2, 2 * budget // 3, 5 * budget // 6, budget]
     print("best internal-val kappa (mean over seeds) after N epochs:")
-    print("method".ljust(30) + "".join(f"{n:>8}" for n in checkpoints))
-    for name, frames in curves.items():
-        means = [np.mean([f[f.epochs <= n]["best"].max() for f in frames]) for n in checkpoints]
-        print(name.ljust(30) + "".join(f"{m:8.3f}" for m in means))
-    summary = {}
-    for seed, random_curve in enumerate(curves["c_random_no_stopping"]):
-        target = random_curve["best"].max()
-        needed = {name: epochs_to_reach(frames[seed], target) for name, frames in curves.items()}
-        summary[seed] = {"target": target, **needed}
-        print(f"seed {seed}: (c) final best {target:.3f}; epochs to reach it: "
-              + ", ".join(f"{k[:1]}={v:g}" for k, v in needed.items()))  # fmt: skip
-    ratio = np.mean([s["a_muratune_tpe_asha_pruned"] / s["c_random_no_stopping"] for s in summary.values()])
-    print(f"(a) epochs / (c) epochs to reach (c)'s final best: {ratio:.2f}  (target <= 0.50)")
-    a_final = np.mean([f["best"].max() for f in curves["a_muratune_tpe_asha_pruned"]])
-    b_final = np.mean([f["best"].max() for f in curves["b_stock_optuna_asha"]])
-    print(f"final best (a) {a_final:.3f} vs (b) {b_final:.3f}  (target: a >= b)")
-    print(json.dumps(summary, default=float))
+    print("method".ljust(30) + "".join(f"{n:>7}" for n in checkpoints))
+    for name in names:
+        print(name.ljust(30) + "".join(f"{means[name][n - 1]:7.3f}" for n in checkpoints))
+    target = means[c][-1]
+    needed = {name: first_reaching(means[name], target) for name in names}
+    print(f"mean curves: (c)'s final best {target:.3f} is reached after " + ", ".join(
+        f"{k[:1]}={v:g}" for k, v in needed.items()) + " epochs")  # fmt: skip
+    per_seed = []
+    for seed, random_curve in enumerate(curves[c]):
+        seed_target = best_at(random_curve, budget)
+        reach = {
+            name: first_reaching(mean_curve([frames[seed]], budget), seed_target) for name, frames in curves.items()
+        }
+        per_seed.append(reach[a] / reach[c])
+        print(f"  seed {seed}: (c) final best {seed_target:.3f}; epochs to reach it: "
+              + ", ".join(f"{k[:1]}={v:g}" for k, v in reach.items()))  # fmt: skip
+    ratio = needed[a] / needed[c]
+    verdict = "met" if ratio <= 0.5 else "NOT MET"
+    print(f"(a) epochs / (c) epochs to reach (c)'s final best, mean curves: {ratio:.2f} (target <= 0.50) -> {verdict}")
+    print(f"  per seed: {', '.join(f'{r:.2f}' for r in per_seed)}")
+    a_final, b_final = means[a][-1], means[b][-1]
+    a_auc, b_auc = means[a].mean(), means[b].mean()
+    verdict = "met" if a_final >= b_final else "NOT MET"
+    print(f"final best (a) {a_final:.3f} vs (b) {b_final:.3f} (target: a >= b) -> {verdict}; "
+          f"area under the curve (a) {a_auc:.3f} vs (b) {b_auc:.3f}")  # fmt: skip
 
 
 if __name__ == "__main__":

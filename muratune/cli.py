@@ -346,7 +346,18 @@ def cam_command(
     layer: Annotated[
         str, typer.Option(help="CAM layer: auto, a timm feature-stage index (2, -1) or a module name (layer3).")
     ] = "auto",
-    method: Annotated[str, typer.Option(help="auto, cam (classic), gradcam or gradcam++.")] = "auto",
+    method: Annotated[
+        str,
+        typer.Option(
+            help="auto (classic CAM on fine final maps, else LayerCAM), cam, gradcam, gradcam++, layercam, hirescam."
+        ),
+    ] = "auto",
+    shifts: Annotated[
+        int,
+        typer.Option(
+            help="Average maps over NxN input shifts of 1/N map cell (1 = off); sharper peaks on coarse maps."
+        ),
+    ] = 2,
     threshold: Annotated[float, typer.Option(help="Box: largest region above this fraction of the map's max.")] = 0.2,
     score: Annotated[
         Path | None, typer.Option("--score", help="boxes.csv of true findings: print and save score.json.")
@@ -366,6 +377,7 @@ def cam_command(
         overwrite=overwrite,
         layer=layer,
         method=method,
+        shifts=shifts,
         threshold=threshold,
         score_boxes=score,
         warn=_warn,

@@ -15,7 +15,21 @@ from timm.layers import SelectAdaptivePool2d
 from torch import nn
 
 from muratune.cam.boxes import Box, largest_component_box, localise, peak
-from muratune.cam.cam import CAM, GRADCAM, GRADCAM_PP, EnsembleCam, classic_cam, grad_cam, original_map, resolve_layer
+from muratune.cam.cam import (
+    CAM,
+    GRADCAM,
+    GRADCAM_PP,
+    HIRESCAM,
+    LAYERCAM,
+    CamSpec,
+    EnsembleCam,
+    classic_cam,
+    grad_cam,
+    member_maps,
+    original_map,
+    resolve_layer,
+    translate,
+)
 from muratune.cam.export import export_cams, overlay
 from muratune.cam.score import CHANCE, MEAN_IOU, POINTING_GAME, Prediction, localisation_score, read_boxes
 from muratune.cli import main
@@ -74,7 +88,7 @@ def _inside(point: tuple[int, int], rows: slice, cols: slice, margin: int = 0) -
 
 
 # ------------------------------------------------------------------------------------------------ maps
-@pytest.mark.parametrize("method", [CAM, GRADCAM, GRADCAM_PP])
+@pytest.mark.parametrize("method", [CAM, GRADCAM, GRADCAM_PP, LAYERCAM, HIRESCAM])
 def test_maps_peak_on_the_bright_patch(method):
     rows, cols = slice(40, 52), slice(8, 20)
     image = _patch_image(64, 64, rows, cols)
@@ -91,7 +105,9 @@ def test_layer_defaults_follow_the_map_size():
 
     resnet = create_model("resnet10t")
     small = resolve_layer(resnet, 64)
-    assert (small.method, small.layer, small.map_side) == (GRADCAM, "layer2", 8)
+    assert (small.method, small.layer, small.map_side, small.shifts) == (LAYERCAM, "layer2", 8, 2)
+    assert small.offsets(64) == [(0, 0), (4, 0), (0, 4), (4, 4)]  # half an 8-pixel cell
+    assert resolve_layer(resnet, 64, shifts=1).offsets(64) == [(0, 0)]
     assert resolve_layer(resnet, 256).method == CAM  # 8x8 final map: the paper's classic CAM
     assert resolve_layer(resnet, 64, layer=3).layer == "layer3"
     assert resolve_layer(resnet, 64, layer="-1", method=GRADCAM_PP) == resolve_layer(resnet, 64, "layer4", GRADCAM_PP)
@@ -103,6 +119,46 @@ def test_layer_defaults_follow_the_map_size():
         resolve_layer(resnet, 64, layer="layer9")
     with pytest.raises(UserError, match="--method"):
         resolve_layer(resnet, 64, method="lime")
+    with pytest.raises(UserError, match="--shifts"):
+        resolve_layer(resnet, 64, shifts=0)
+
+
+class CoarseBrightNet(nn.Module):
+    """Evidence = bright pixels, pooled into 8x8-pixel cells (an 8x8 map at 64 px), then averaged to one logit."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.detect = nn.Conv2d(1, 1, 1)
+        self.cells = nn.Sequential(nn.ReLU(), nn.AvgPool2d(8))
+        with torch.no_grad():
+            self.detect.weight.fill_(1.0)
+            self.detect.bias.fill_(-0.5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.cells(self.detect(x)).mean(dim=(2, 3))
+
+
+def test_translate_moves_content_and_fills_with_zeros():
+    array = np.arange(12, dtype=np.float32).reshape(1, 3, 4)
+    moved = translate(array, 1, -1)  # one column right, one row up
+    np.testing.assert_array_equal(moved[0], [[0, 4, 5, 6], [0, 8, 9, 10], [0, 0, 0, 0]])
+    np.testing.assert_array_equal(translate(translate(array, 2, 1), -2, -1)[0, :2, :2], array[0, :2, :2])
+
+
+@pytest.mark.parametrize("method", [GRADCAM, LAYERCAM])
+def test_shift_averaging_moves_the_peak_off_the_coarse_cell_centre(method):
+    # A 4-pixel patch (half a cell) off the 8-pixel cell grid: one pass peaks on a flat cell, outside the patch;
+    # averaging over half-cell shifts puts the peak on the patch.
+    member = Member("coarse", CoarseBrightNet().eval(), {"data_config": TOY_CONFIG})
+    hits = {1: 0, 2: 0}
+    starts = [(6, 13), (14, 29), (22, 45), (38, 5), (46, 53)]
+    for row, col in starts:
+        rows, cols = slice(row, row + 4), slice(col, col + 4)
+        image = _patch_image(64, 64, rows, cols)
+        for shifts in hits:
+            maps = member_maps(member, image[None], CamSpec(method, "cells", 8, shifts))
+            hits[shifts] += _inside(peak(maps[0]), rows, cols)
+    assert hits == {1: 0, 2: len(starts)}
 
 
 def test_ensemble_map_lands_on_original_pixels_with_per_body_part_weights():
@@ -118,7 +174,10 @@ def test_ensemble_map_lands_on_original_pixels_with_per_body_part_weights():
     assert wrist.heatmap.shape == (100, 200) and 0 <= wrist.prob <= 1
     assert _inside(peak(wrist.heatmap), rows, cols, margin=3)
     assert not _inside(peak(hand.heatmap), rows, cols)
-    assert explainer.describe() == {"bright": "gradcam@stage1 (32x32)", "dark": "gradcam@stage1 (32x32)"}
+    assert explainer.describe() == {
+        "bright": "gradcam@stage1 (32x32, 2x2 shifts)",
+        "dark": "gradcam@stage1 (32x32, 2x2 shifts)",
+    }
 
 
 def test_unsquare_undoes_padding_exactly_for_a_non_square_image():
@@ -194,7 +253,7 @@ def test_overlays_for_gray_and_rgb_pngs(tmp_path: Path):
     Image.fromarray(np.stack([gray, gray // 2, gray], axis=-1)).save(study / "image2.png")  # RGB
     out = tmp_path / "cams"
     summary = export_cams(_resnet_checkpoint(tmp_path / "member"), out, study=study, root=tmp_path, progress=False)
-    assert summary.n_images == 2 and summary.layers == {"member": "gradcam@layer2 (8x8)"}
+    assert summary.n_images == 2 and summary.layers == {"member": "layercam@layer2 (8x8, 2x2 shifts)"}
     for rec in summary.records:
         drawn = cv2.imread(str(out / rec["png"]))
         assert drawn.shape[1:] == (60, 3) and drawn.shape[0] > 90  # caption band on top

@@ -24,10 +24,19 @@ AUTO = "auto"
 CAM = "cam"
 GRADCAM = "gradcam"
 GRADCAM_PP = "gradcam++"
-METHODS: tuple[str, ...] = (AUTO, CAM, GRADCAM, GRADCAM_PP)
+LAYERCAM = "layercam"
+HIRESCAM = "hirescam"
+METHODS: tuple[str, ...] = (AUTO, CAM, GRADCAM, GRADCAM_PP, LAYERCAM, HIRESCAM)
 # The coarsest map that still localises: at 64 px the last ResNet stage gives 2x2 and points at grid-cell centres
 # (see notes/cpu-feasibility.md); stage 2 (8x8) localised best there.
 MIN_MAP_SIDE = 8
+# On an intermediate stage, LayerCAM (Jiang et al. 2021) weighs every location by its own positive gradient instead
+# of one channel-wide mean, which is what keeps shallow-layer maps sharp. On the demo ensembles (64 px resnets,
+# stage 2) its pointing game was 0.54-0.68 against Grad-CAM's 0.32-0.41 and Grad-CAM++'s 0.52-0.57.
+INTERMEDIATE_METHOD = LAYERCAM
+# Maps are averaged over SHIFTS x SHIFTS translations of the input by 1/SHIFTS of a map cell, so the peak is not
+# stuck on the centre of a coarse cell (a cell of an 8x8 map is wider than the planted findings).
+DEFAULT_SHIFTS = 2
 
 
 @dataclass(frozen=True)
@@ -35,18 +44,27 @@ class CamSpec:
     """How one member's map is made.
 
     Attributes:
-        method: ``cam`` (classic, on the final features), ``gradcam`` or ``gradcam++``.
-        layer: module name of the Grad-CAM layer (``None`` for classic CAM: the final feature map).
-        map_side: side of the activation map at the member's input size (before upsampling).
+        method: ``cam`` (classic, on the final features), ``gradcam``, ``gradcam++``, ``layercam`` or ``hirescam``.
+        layer: module name of the gradient-based method's layer (``None`` for classic CAM: the final feature map).
+        map_side: side of the activation map at the member's input size (before upsampling; 0 if unknown).
+        shifts: maps are averaged over ``shifts x shifts`` input translations of ``1/shifts`` of a map cell.
     """
 
     method: str
     layer: str | None
     map_side: int
+    shifts: int = 1
 
     def describe(self) -> str:
-        """Short text such as ``gradcam@layer2 (8x8)``."""
-        return f"{self.method}@{self.layer or 'features'} ({self.map_side}x{self.map_side})"
+        """Short text such as ``layercam@layer2 (8x8, 2x2 shifts)``."""
+        shifted = f", {self.shifts}x{self.shifts} shifts" if self.shifts > 1 else ""
+        return f"{self.method}@{self.layer or 'features'} ({self.map_side}x{self.map_side}{shifted})"
+
+    def offsets(self, image_size: int) -> list[tuple[int, int]]:
+        """The ``(dx, dy)`` input translations in pixels, ``(0, 0)`` first; just that one when a cell is 1 pixel."""
+        cell = image_size / self.map_side if self.map_side else 1.0
+        steps = sorted({round(i * cell / self.shifts) for i in range(self.shifts)}) if cell > 1 else [0]
+        return [(dx, dy) for dy in steps for dx in steps]
 
 
 @dataclass
@@ -106,27 +124,41 @@ def _named_stage(stages: list[dict], layer: str | int, model: nn.Module) -> tupl
 
 
 def resolve_layer(
-    model: nn.Module, image_size: int, layer: str | int = AUTO, method: str = AUTO, min_side: int = MIN_MAP_SIDE
+    model: nn.Module,
+    image_size: int,
+    layer: str | int = AUTO,
+    method: str = AUTO,
+    min_side: int = MIN_MAP_SIDE,
+    shifts: int = DEFAULT_SHIFTS,
 ) -> CamSpec:
     """Choose the CAM method and layer for one model.
 
     ``auto`` picks classic CAM when the head is average pooling + linear and the final map has at least
     ``min_side`` cells per side (the MURA paper's setting: 224 px DenseNet, 7x7 maps, gets classic CAM when
-    ``min_side <= 7``); otherwise Grad-CAM on the deepest timm feature stage whose map has at least ``min_side``
+    ``min_side <= 7``); otherwise LayerCAM on the deepest timm feature stage whose map has at least ``min_side``
     cells per side (stage 2 of a ResNet at 64 px), or the finest stage when none is that large.
 
     Args:
         model: a timm model with one logit.
         image_size: the square input side the model runs at.
         layer: ``auto``, a timm feature-stage index (``2``, ``-1`` = last) or a module name (``layer3``).
-        method: ``auto``, ``cam``, ``gradcam`` or ``gradcam++``.
+        method: ``auto``, ``cam``, ``gradcam``, ``gradcam++``, ``layercam`` or ``hirescam``.
         min_side: the smallest map side ``auto`` accepts.
+        shifts: translations per axis the maps are averaged over (1 = none).
 
     Raises:
         UserError: unknown method or layer, or classic CAM asked for where it is not defined.
     """
     if method not in METHODS:
         raise UserError(f"--method {method!r}: choose one of {', '.join(METHODS)}")
+    if not 1 <= int(shifts) <= 8:
+        raise UserError(f"--shifts {shifts}: choose 1 (no shift averaging) to 8 translations per axis")
+    spec = _resolve_method_and_layer(model, image_size, str(layer), method, min_side)
+    return CamSpec(spec.method, spec.layer, spec.map_side, int(shifts) if spec.map_side else 1)
+
+
+def _resolve_method_and_layer(model: nn.Module, image_size: int, layer: str, method: str, min_side: int) -> CamSpec:
+    """``resolve_layer`` without the shifts."""
     stages = feature_stages(model)
     final_side = map_side(image_size, int(stages[-1]["reduction"])) if stages else 1
     if method == CAM:
@@ -138,7 +170,7 @@ def resolve_layer(
         return CamSpec(CAM, None, final_side)
     if method == AUTO and str(layer) == AUTO and final_side >= min_side and has_gap_linear_head(model):
         return CamSpec(CAM, None, final_side)
-    grad_method = GRADCAM if method == AUTO else method
+    grad_method = INTERMEDIATE_METHOD if method == AUTO else method
     if str(layer) != AUTO:
         name, stride = _named_stage(stages, layer, model)
         return CamSpec(grad_method, name, map_side(image_size, stride) if stride else 0)
@@ -188,15 +220,21 @@ def _token_reshape(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
 
 
 def grad_cam(model: nn.Module, inputs: torch.Tensor, layer: str, method: str = GRADCAM) -> np.ndarray:
-    """Grad-CAM (or Grad-CAM++) of the abnormal logit at module ``layer``, via pytorch-grad-cam.
+    """A gradient-based map of the abnormal logit at module ``layer``, via pytorch-grad-cam.
+
+    Args:
+        model: the network (one logit).
+        inputs: a normalised ``N x C x H x W`` batch.
+        layer: module name of the target layer.
+        method: ``gradcam``, ``gradcam++``, ``layercam`` or ``hirescam``.
 
     Returns:
         ``N x H x W`` maps at the input size in [0, 1].
     """
-    from pytorch_grad_cam import GradCAM, GradCAMPlusPlus
+    from pytorch_grad_cam import GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM
     from pytorch_grad_cam.utils.model_targets import BinaryClassifierOutputTarget
 
-    cls = GradCAMPlusPlus if method == GRADCAM_PP else GradCAM
+    cls = {GRADCAM: GradCAM, GRADCAM_PP: GradCAMPlusPlus, LAYERCAM: LayerCAM, HIRESCAM: HiResCAM}[method]
     target_layer = model.get_submodule(layer)
     # An input that requires grad gives the activations gradients even when the member's parameters are frozen.
     inputs = inputs.detach().requires_grad_(True)
@@ -205,14 +243,38 @@ def grad_cam(model: nn.Module, inputs: torch.Tensor, layer: str, method: str = G
     return _normalise(np.asarray(maps, dtype=np.float32))
 
 
+def translate(array: np.ndarray, dx: int, dy: int) -> np.ndarray:
+    """Move the content of ``... x H x W`` arrays by ``dx`` columns and ``dy`` rows, filling with zeros."""
+    out = np.zeros_like(array)
+    height, width = array.shape[-2:]
+    rows_to, rows_from = _span(dy, height), _span(-dy, height)
+    cols_to, cols_from = _span(dx, width), _span(-dx, width)
+    out[..., rows_to, cols_to] = array[..., rows_from, cols_from]
+    return out
+
+
+def _span(offset: int, length: int) -> slice:
+    """The destination slice of a zero-filled move by ``offset`` along an axis of ``length``."""
+    return slice(max(0, offset), length + min(0, offset))
+
+
 def member_maps(member: Member, squares: np.ndarray, spec: CamSpec, device: torch.device | str = "cpu") -> np.ndarray:
-    """Maps of one member for a batch of uint8 ``N x S x S`` squares at its input size (``N x S x S``, [0, 1])."""
-    batch = torch.as_tensor(squares).unsqueeze(1).to(device)
-    inputs = member.normalizer(batch)
+    """Maps of one member for a batch of uint8 ``N x S x S`` squares at its input size (``N x S x S``, [0, 1]).
+
+    With ``spec.shifts > 1`` every square is also explained translated by fractions of a map cell (all copies in
+    one batch); each map is moved back, normalised, and the copies are averaged.
+    """
+    offsets = spec.offsets(squares.shape[-1])
+    copies = np.concatenate([translate(squares, dx, dy) for dx, dy in offsets])
+    inputs = member.normalizer(torch.as_tensor(copies).unsqueeze(1).to(device))
     member.model.eval()
     if spec.method == CAM:
-        return classic_cam(member.model, inputs)
-    return grad_cam(member.model, inputs, str(spec.layer), spec.method)
+        maps = classic_cam(member.model, inputs)
+    else:
+        maps = grad_cam(member.model, inputs, str(spec.layer), spec.method)
+    maps = maps.reshape(len(offsets), len(squares), *maps.shape[1:])
+    back = [translate(maps[k], -dx, -dy) for k, (dx, dy) in enumerate(offsets)]
+    return _normalise(np.mean(back, axis=0)) if len(offsets) > 1 else maps[0]
 
 
 # ------------------------------------------------------------------------------------------------ ensemble
@@ -227,6 +289,7 @@ class EnsembleCam:
         method: str = AUTO,
         device: torch.device | str | None = None,
         tta: bool = False,
+        shifts: int = DEFAULT_SHIFTS,
     ) -> None:
         from muratune.trainables.models import select_device
 
@@ -234,14 +297,16 @@ class EnsembleCam:
         self.weights = weights
         self.tta = tta
         self.device = torch.device(device) if device is not None else select_device()
-        self.specs = [resolve_layer(m.model, m.image_size, layer, method) for m in self.members]
+        self.specs = [resolve_layer(m.model, m.image_size, layer, method, shifts=shifts) for m in self.members]
         for member in self.members:
             member.model.to(self.device)
 
     @classmethod
-    def from_predictor(cls, predictor: StudyPredictor, layer: str | int = AUTO, method: str = AUTO) -> EnsembleCam:
+    def from_predictor(
+        cls, predictor: StudyPredictor, layer: str | int = AUTO, method: str = AUTO, shifts: int = DEFAULT_SHIFTS
+    ) -> EnsembleCam:
         """Explain a loaded ``StudyPredictor`` (its members, weights, TTA setting and device)."""
-        return cls(predictor.members, predictor.weights, layer, method, predictor.device, predictor.tta)
+        return cls(predictor.members, predictor.weights, layer, method, predictor.device, predictor.tta, shifts)
 
     def describe(self) -> dict[str, str]:
         """Method and layer of each member, by member name."""

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from muratune.cam.boxes import DEFAULT_THRESHOLD, Box, Localisation, localise
-from muratune.cam.cam import AUTO, EnsembleCam
+from muratune.cam.cam import AUTO, DEFAULT_SHIFTS, EnsembleCam
 from muratune.cam.score import Prediction, localisation_score, read_boxes
 from muratune.constants import BODY_PART, IMAGE_PATH, STUDY_PATH
 from muratune.data.images import ImageReadError, read_image
@@ -286,6 +286,7 @@ def export_cams(
     overwrite: bool = False,
     layer: str | int = AUTO,
     method: str = AUTO,
+    shifts: int = DEFAULT_SHIFTS,
     threshold: float = DEFAULT_THRESHOLD,
     score_boxes: str | os.PathLike | None = None,
     batch_size: int = 16,
@@ -308,7 +309,8 @@ def export_cams(
         abnormal_only: explain the studies labelled abnormal only.
         overwrite: replace an existing ``out``.
         layer: CAM layer: ``auto``, a timm feature-stage index or a module name (see ``resolve_layer``).
-        method: ``auto``, ``cam``, ``gradcam`` or ``gradcam++``.
+        method: ``auto``, ``cam``, ``gradcam``, ``gradcam++``, ``layercam`` or ``hirescam``.
+        shifts: average each map over ``shifts x shifts`` input translations of a fraction of a map cell.
         threshold: the box covers the largest component above this fraction of the map's maximum.
         score_boxes: a ``boxes.csv`` of true findings to score peaks and boxes against.
         batch_size: images per forward pass.
@@ -327,7 +329,7 @@ def export_cams(
     truth = read_boxes(score_boxes) if score_boxes is not None else None
     frame, base = select_images(study, csv, root, abnormal_only)
     predictor = load_ensemble(ensemble, device)
-    explainer = EnsembleCam.from_predictor(predictor, layer, method)
+    explainer = EnsembleCam.from_predictor(predictor, layer, method, shifts)
     records: list[dict] = []
     unreadable = 0
     taken: set[str] = set()
