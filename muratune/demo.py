@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shlex
 import time
 from collections.abc import Callable
@@ -28,18 +29,27 @@ def demo_commands(out: Path, studies: int, trials: int, overwrite: bool, epochs:
     shorter = (
         ["--set", f"budget.max_epochs={epochs}", "--set", f"budget.grace_period={min(epochs, 3)}"] if epochs else []
     )
+    # Two trials at once (the demo config), each with half of this machine's cores: 1 each on a 2-core machine.
+    cores = ["--set", f"resources.cpus_per_trial={max(1, usable_cores() // 2)}"]
     return [
         ["data", "synth", str(data), "--studies", str(studies), "--seed", "0", "--difficulty", "easy", *force],
         ["data", "check", str(data)],
         ["data", "cache", str(data), "--size", "64"],
         ["search", str(out / DEMO_CONFIG), "--data", str(data), "--set", f"storage={out / 'runs'}",
-         "--set", f"budget.num_samples={trials}", *shorter, *force],
+         "--set", f"budget.num_samples={trials}", *cores, *shorter, *force],
         ["ensemble", str(exp), *force],
         ["cam", str(exp / "ensemble" / "greedy"), "--csv", str(dataset / "valid_image_paths.csv"),
          "--root", str(data), "--abnormal-only", "--out", str(exp / "cams"),
          "--score", str(dataset / "boxes.csv"), *force],
         ["report", str(exp), *force],
     ]  # fmt: skip
+
+
+def usable_cores() -> int:
+    """Cores this process may run on (its CPU affinity where the OS reports it)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
 def run_demo(

@@ -24,7 +24,8 @@ def scripted_trial(config: dict, settings: dict | None = None) -> None:
     max_epochs = settings["budget"]["max_epochs"]
     quality = math.log10(config["lr"]) + 5  # lr 1e-4 -> 1, 1e-2 -> 3
     for epoch in range(1, max_epochs + 1):
-        ray.tune.report({"epoch": epoch, "val_kappa": quality * epoch / max_epochs / 3})
+        kappa = quality * epoch / max_epochs / 3
+        ray.tune.report({"epoch": epoch, "val_kappa": kappa, "val_auc": 0.5 + kappa / 2})
 
 
 def _scripted_config(tmp_path: Path, synthetic_root: Path, name: str, prune: bool = True):
@@ -122,11 +123,11 @@ def failing_trial(config: dict, settings: dict | None = None) -> None:
     """Fails (a simulated out-of-memory) for small learning rates, after one reported epoch."""
     import ray.tune
 
-    ray.tune.report({"epoch": 1, "val_kappa": 0.1})
+    ray.tune.report({"epoch": 1, "val_kappa": 0.1, "val_auc": 0.55})
     if config["lr"] < 1e-3:
         raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB (simulated)")
     for epoch in range(2, settings["budget"]["max_epochs"] + 1):
-        ray.tune.report({"epoch": epoch, "val_kappa": 0.1 * epoch})
+        ray.tune.report({"epoch": epoch, "val_kappa": 0.1 * epoch, "val_auc": 0.5 + 0.05 * epoch})
 
 
 @pytest.mark.slow
@@ -160,7 +161,7 @@ def flaky_trial(config: dict, settings: dict | None = None) -> None:
             raise RuntimeError("node lost (simulated transient fault)")
         with tempfile.TemporaryDirectory() as folder:
             (Path(folder) / "state.json").write_text(json.dumps({"epoch": epoch}))
-            metrics = {"epoch": epoch, "val_kappa": 0.1 * epoch, "resumed_from": start}
+            metrics = {"epoch": epoch, "val_kappa": 0.1 * epoch, "val_auc": 0.5 + 0.05 * epoch, "resumed_from": start}
             ray.tune.report(metrics, checkpoint=ray.tune.Checkpoint.from_directory(folder))
 
 
@@ -179,3 +180,14 @@ def test_max_failures_retries_a_trial_from_its_last_checkpoint(ray_session, tmp_
         progress = pd.read_csv(Path(trial_dir) / "progress.csv")
         assert list(progress.epoch) == [1, 2, 3, 4]
         assert list(progress.resumed_from) == [0, 1, 1, 1]
+
+
+def test_asha_ranks_rungs_by_its_own_metric_while_the_search_keeps_kappa(tmp_path, synthetic_root):
+    config = load_config(DEMO, tiny_overrides(synthetic_root, tmp_path / "runs"))
+    scheduler = tuner.build_scheduler(config)
+    assert scheduler.set_search_properties("val_kappa", "max")  # TuneConfig's metric is accepted ...
+    assert (scheduler.metric, scheduler._metric_op) == ("val_auc", 1.0)  # ... and the rung metric is kept
+    by_loss = load_config(DEMO, tiny_overrides(synthetic_root, tmp_path / "runs", **{"budget.rung_metric": "val_loss"}))
+    assert tuner.build_scheduler(by_loss)._metric_op == -1.0
+    with pytest.raises(UserError, match="rung_metric"):
+        load_config(DEMO, tiny_overrides(synthetic_root, tmp_path / "runs", **{"budget.rung_metric": "val_f1"}))

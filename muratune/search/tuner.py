@@ -238,13 +238,18 @@ def build_searcher(config: ExperimentConfig, prune_stopped: bool | None = None) 
 
 
 def build_scheduler(config: ExperimentConfig) -> Any:
-    """ASHA over epochs (or FIFO when ``budget.scheduler`` is ``none``)."""
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    """ASHA over epochs, ranking by ``budget.rung_metric`` (or FIFO when ``budget.scheduler`` is ``none``)."""
+    from ray.tune.schedulers import FIFOScheduler
+
+    from muratune.config import RUNG_METRICS
+    from muratune.search.asha import RungMetricASHA
 
     budget = config.budget
     if budget.scheduler == "none":
         return FIFOScheduler()
-    return ASHAScheduler(
+    return RungMetricASHA(
+        metric=budget.rung_metric,
+        mode=RUNG_METRICS[budget.rung_metric],
         time_attr="training_iteration",
         max_t=budget.max_epochs,
         grace_period=budget.grace_period,
