@@ -420,6 +420,23 @@ def score_command(
 
 
 # --------------------------------------------------------------------------------------------- entry
+def _parser_exceptions() -> tuple[tuple[type, ...], tuple[type, ...]]:
+    """The usage-error and abort classes the parser may raise: click's, and since typer 0.20 typer's own copy."""
+    errors: list[type] = [click.ClickException]
+    aborts: list[type] = [click.Abort, KeyboardInterrupt]
+    try:
+        from typer._click import exceptions as vendored  # typer >= 0.20 vendors click under typer._click
+    except ImportError:
+        vendored = None
+    if vendored is not None:
+        errors.append(vendored.ClickException)
+    aborts.append(typer.Abort)
+    return tuple(errors), tuple(dict.fromkeys(aborts))
+
+
+CLICK_ERRORS, CLICK_ABORTS = _parser_exceptions()
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI; user errors print one line on stderr and exit with code 2."""
     command = typer.main.get_command(app)
@@ -428,10 +445,10 @@ def main(argv: list[str] | None = None) -> None:
     except UserError as err:
         typer.echo(f"muratune: error: {err}", err=True)
         sys.exit(err.exit_code)
-    except click.ClickException as err:
+    except CLICK_ERRORS as err:
         err.show()
         sys.exit(err.exit_code)
-    except (click.Abort, KeyboardInterrupt):
+    except CLICK_ABORTS:
         typer.echo("muratune: interrupted", err=True)
         sys.exit(130)
     sys.exit(code if isinstance(code, int) else 0)
