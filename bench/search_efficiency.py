@@ -25,14 +25,22 @@ METHODS = {
 
 
 class EpochBudget(Stopper):
-    """A Tune stopper that ends the whole search once ``total`` epochs have been trained (over all trials)."""
+    """A Tune stopper that ends the whole search once ``total`` epochs have been trained (over all trials).
+
+    It counts distinct (trial, training_iteration) pairs: when a function trainable returns, Tune passes its last
+    result through the stopper a second time (marked done), which must not be charged as another epoch.
+    """
 
     def __init__(self, total: int) -> None:
         self.total = total
-        self.used = 0
+        self.seen: set[tuple[str, int]] = set()
+
+    @property
+    def used(self) -> int:
+        return len(self.seen)
 
     def __call__(self, trial_id: str, result: dict) -> bool:
-        self.used += 1
+        self.seen.add((trial_id, int(result.get("training_iteration", 0))))
         return False
 
     def stop_all(self) -> bool:
@@ -48,7 +56,7 @@ def curve(trials_dir: Path) -> pd.DataFrame:
     results = pd.concat(rows).sort_values("timestamp", kind="stable").reset_index(drop=True)
     results["epochs"] = np.arange(1, len(results) + 1)
     results["best"] = results["val_kappa"].cummax()
-    return results[["epochs", "best"]]
+    return results[["epochs", "best", "trial"]]
 
 
 def run_method(name: str, data: Path, storage: Path, seed: int, args: argparse.Namespace) -> pd.DataFrame:
@@ -59,7 +67,7 @@ def run_method(name: str, data: Path, storage: Path, seed: int, args: argparse.N
     demo = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
     values = {
         "data.root": str(data), "storage": str(storage), "name": f"{name}-s{seed}",
-        "data.val_fraction": args.val_fraction,
+        "data.val_fraction": args.val_fraction, "data.image_size": args.image_size,
         "space.backbone": {"type": "choice", "values": args.backbones.split(",")},
         "space.lr": {"type": "loguniform", "low": args.lr_low, "high": args.lr_high},
         "budget.num_samples": 1000, "budget.max_epochs": args.max_epochs,
@@ -86,9 +94,10 @@ def main() -> None:
     parser.add_argument(
         "--difficulty", default="easy", help="synthetic difficulty (learning must start within max-epochs)"
     )
+    parser.add_argument("--image-size", type=int, default=32, help="input px (32: half the cost of 64, same curve)")
     parser.add_argument("--val-fraction", type=float, default=0.3, help="internal validation share (less kappa noise)")
     parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--budget", type=int, default=36, help="total epochs per search")
+    parser.add_argument("--budget", type=int, default=72, help="total epochs per search (8 full trials)")
     parser.add_argument("--max-epochs", type=int, default=9, help="epochs of a full trial")
     parser.add_argument("--grace-period", type=int, default=3, help="ASHA's first rung (rungs at 3 and 9)")
     parser.add_argument("--startup", type=int, default=3, help="TPE's random start-up trials")
@@ -190,6 +199,9 @@ def report(curves: dict[str, list[pd.DataFrame]], budget: int) -> None:
         per_seed.append(reach[a] / reach[c])
         print(f"  seed {seed}: (c) final best {seed_target:.3f}; epochs to reach it: "
               + ", ".join(f"{k[:1]}={v:g}" for k, v in reach.items()))  # fmt: skip
+    trials = {name: np.mean([f["trial"].nunique() for f in frames]) for name, frames in curves.items()}
+    print("configurations tried per search (mean over seeds): " + ", ".join(
+        f"{k[:1]}={v:.1f}" for k, v in trials.items()))  # fmt: skip
     ratio = needed[a] / needed[c]
     verdict = "met" if ratio <= 0.5 else "NOT MET"
     print(f"(a) epochs / (c) epochs to reach (c)'s final best, mean curves: {ratio:.2f} (target <= 0.50) -> {verdict}")
