@@ -88,6 +88,17 @@ def test_standalone_trial_writes_checkpoints(standalone) -> None:
     assert state["schedule"]["step_count"] == 2 * 4  # max_steps_per_epoch caps each epoch
 
 
+def test_same_seed_repeats_the_trial_exactly(standalone, tmp_path: Path) -> None:
+    """train.seed fixes init, shuffle and augmentation: a rerun matches; another seed does not."""
+    _, settings, first = standalone
+    keys = ("train_loss", "val_loss", "val_auc")
+    again = train_trial({**hyperparameters(settings), "settings": settings}, FolderReporter(tmp_path / "again"))
+    assert {k: again[k] for k in keys} == {k: first[k] for k in keys}
+    reseeded = settings.model_copy(update={"train": settings.train.model_copy(update={"seed": 1})})
+    other = train_trial({**hyperparameters(settings), "settings": reseeded}, FolderReporter(tmp_path / "other"))
+    assert other["train_loss"] != first["train_loss"]
+
+
 def test_standalone_resume_continues_at_epoch_three(standalone, tmp_path: Path) -> None:
     out, settings, _ = standalone
     resumed = tmp_path / "out"

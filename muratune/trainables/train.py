@@ -412,11 +412,12 @@ def _loaders(data: TrialData, hparams: dict, settings: ExperimentConfig, normali
     from muratune.data.augment import create_transform
     from muratune.data.dataset import CachedImageDataset, make_loader
 
-    transform = create_transform(hparams["augment_policy"], settings.data.image_size)
+    seed = settings.train.seed
+    # Seeded: with num_workers 0 no worker_init_fn reseeds the pipeline, and albumentations would draw from OS entropy.
+    transform = create_transform(hparams["augment_policy"], settings.data.image_size, seed=seed)
     train_set = CachedImageDataset(data.cache, data.train, transform=transform)
     val_set = CachedImageDataset(data.cache, data.val)
     workers = settings.data.num_workers
-    seed = settings.train.seed
     drop_last = len(train_set) > hparams["batch_size"]
     train_loader = make_loader(train_set, hparams["batch_size"], True, workers, seed, drop_last=drop_last)
     val_loader = make_loader(val_set, settings.train.eval_batch_size, False, workers, seed)
