@@ -31,6 +31,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--endpoint", choices=["predict", "cam"], default="predict")
     parser.add_argument("--timeout", type=float, default=60.0, help="per-request timeout (s)")
     parser.add_argument("--baseline-calls", type=int, default=20, help="in-process calls for the baseline")
+    parser.add_argument("--cam-shifts", type=int, default=2, help="CAM shift averaging per axis (serve --cam-shifts)")
     return parser.parse_args()
 
 
@@ -45,11 +46,11 @@ def percentiles(latencies: list[float]) -> dict[str, float]:
     return {f"p{q}": float(np.percentile(values, q)) for q in (50, 95, 99)} | {"max": float(values.max())}
 
 
-def in_process_latencies(ensemble: Path, views: list[Path], calls: int) -> list[float]:
+def in_process_latencies(ensemble: Path, views: list[Path], calls: int, cam_shifts: int) -> list[float]:
     """Seconds per ``StudyService.analyse`` call on the same study, in this process."""
     from muratune.serve.service import StudyService, Upload
 
-    service = StudyService(ensemble, device="cpu")
+    service = StudyService(ensemble, device="cpu", cam_shifts=cam_shifts)
     uploads = [Upload(p.name, p.read_bytes()) for p in views]
     service.analyse(uploads)  # warm-up
     out = []
@@ -91,10 +92,10 @@ def main() -> int:
     views = sorted(p for p in args.study.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
     if not views:
         raise SystemExit(f"{args.study}: no PNG or JPEG views")
-    baseline = in_process_latencies(args.ensemble, views, args.baseline_calls)
+    baseline = in_process_latencies(args.ensemble, views, args.baseline_calls, args.cam_shifts)
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, object_store_memory=200 * 1024**2)
     try:
-        options = ServeOptions(port=free_port(), replicas=args.replicas)
+        options = ServeOptions(port=free_port(), replicas=args.replicas, cam_shifts=args.cam_shifts)
         url = f"{start_server(args.ensemble, options)}/{args.endpoint}"
         load(url, views, 5, 1, args.timeout)  # warm-up
         latencies, failures, wall = load(url, views, args.requests, args.concurrency, args.timeout)
@@ -103,7 +104,7 @@ def main() -> int:
         ray.shutdown()
     served = percentiles(latencies) if latencies else {}
     in_proc = percentiles(baseline)
-    print(f"study: {len(views)} view(s) from {args.study}; ensemble {args.ensemble}")
+    print(f"study: {len(views)} view(s) from {args.study}; ensemble {args.ensemble}; CAM shifts {args.cam_shifts}")
     print(
         f"in-process StudyService.analyse: {len(baseline)} calls, p50 {in_proc['p50']:.1f} ms, "
         f"p95 {in_proc['p95']:.1f} ms ({1000 / in_proc['p50']:.1f} studies/s on one thread)"

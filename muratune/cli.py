@@ -320,13 +320,17 @@ def serve_command(
     address: Annotated[
         str | None, typer.Option(help="Ray cluster address, e.g. 'auto' (default: RAY_ADDRESS or local Ray).")
     ] = None,
+    cam_shifts: Annotated[
+        int,
+        typer.Option(min=1, max=8, help="CAM shift averaging per axis (1 = off: about half the CPU time per view)."),
+    ] = 2,
 ) -> None:
     """Serve an ensemble over HTTP with Ray Serve: POST /predict and /cam, GET /health and /info, a page at /."""
     from muratune.serve.app import ServeLimits
     from muratune.serve.deploy import ServeOptions, serve_until_interrupted
 
     limits = ServeLimits(max_request_bytes=int(max_request_mb * 1024 * 1024), max_files=max_files)
-    options = ServeOptions(host, port, replicas, cpus_per_replica, gpus_per_replica, limits)
+    options = ServeOptions(host, port, replicas, cpus_per_replica, gpus_per_replica, limits, cam_shifts)
     serve_until_interrupted(ensemble, options, address, echo=typer.echo)
 
 

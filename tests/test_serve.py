@@ -194,6 +194,21 @@ def test_service_reads_grayscale_and_rgb_uploads_alike(ensemble, study):
     assert from_rgb["prob"] == pytest.approx(from_gray["prob"], abs=1e-6)
 
 
+def test_cam_shifts_trade_cam_passes_for_the_same_probability(ensemble, study):
+    """--cam-shifts 1 turns shift averaging off: the same probability, one CAM pass per view instead of four."""
+    uploads = [Upload(p.name, p.read_bytes()) for p in study]
+    averaged, single = StudyService(ensemble, device="cpu"), StudyService(ensemble, device="cpu", cam_shifts=1)
+    assert all("2x2 shifts" in m["cam"] for m in averaged.info()["members"])
+    assert all("shifts" not in m["cam"] for m in single.info()["members"])
+    assert single.analyse(uploads)["prob"] == pytest.approx(averaged.analyse(uploads)["prob"], abs=1e-6)
+
+
+def test_serve_refuses_cam_shifts_out_of_range(ensemble, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["serve", str(ensemble), "--cam-shifts", "0"])
+    assert exit_info.value.code == 2 and "Traceback" not in capsys.readouterr().err
+
+
 def test_replicas_asking_for_more_gpus_than_the_cluster_has_are_refused(ray_session):
     from muratune.errors import UserError
     from muratune.serve.deploy import ServeOptions, check_replica_resources

@@ -37,6 +37,7 @@ INTERMEDIATE_METHOD = LAYERCAM
 # Maps are averaged over SHIFTS x SHIFTS translations of the input by 1/SHIFTS of a map cell, so the peak is not
 # stuck on the centre of a coarse cell (a cell of an 8x8 map is wider than the planted findings).
 DEFAULT_SHIFTS = 2
+MAX_SHIFTS = 8
 
 
 @dataclass(frozen=True)
@@ -151,8 +152,8 @@ def resolve_layer(
     """
     if method not in METHODS:
         raise UserError(f"--method {method!r}: choose one of {', '.join(METHODS)}")
-    if not 1 <= int(shifts) <= 8:
-        raise UserError(f"--shifts {shifts}: choose 1 (no shift averaging) to 8 translations per axis")
+    if not 1 <= int(shifts) <= MAX_SHIFTS:
+        raise UserError(f"--shifts {shifts}: choose 1 (no shift averaging) to {MAX_SHIFTS} translations per axis")
     spec = _resolve_method_and_layer(model, image_size, str(layer), method, min_side)
     return CamSpec(spec.method, spec.layer, spec.map_side, int(shifts) if spec.map_side else 1)
 

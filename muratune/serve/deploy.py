@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ray import serve
 
+from muratune.cam.cam import DEFAULT_SHIFTS
 from muratune.serve.app import ServeLimits, create_app
 from muratune.serve.service import InvalidUpload, StudyService, Upload
 
@@ -25,6 +26,7 @@ class ServeOptions:
     cpus_per_replica: float = 1.0
     gpus_per_replica: float = 0.0
     limits: ServeLimits = field(default_factory=ServeLimits)
+    cam_shifts: int = DEFAULT_SHIFTS
 
     @property
     def url(self) -> str:
@@ -37,8 +39,8 @@ class ServeOptions:
 class EnsembleModel:
     """One model replica: loads the ensemble once and analyses studies; errors come back as values, not raises."""
 
-    def __init__(self, ensemble_dir: str, use_gpu: bool = False):
-        self.service = StudyService(ensemble_dir, device=_replica_device(use_gpu))
+    def __init__(self, ensemble_dir: str, use_gpu: bool = False, cam_shifts: int = DEFAULT_SHIFTS):
+        self.service = StudyService(ensemble_dir, device=_replica_device(use_gpu), cam_shifts=cam_shifts)
 
     def analyse(self, uploads: list[tuple[str, bytes]], body_part: str | None, overlays: bool) -> dict:
         """``StudyService.analyse`` on ``(filename, bytes)`` pairs; ``{"error": reason}`` for a bad upload."""
@@ -95,9 +97,8 @@ def build_application(ensemble_dir: str | os.PathLike, options: ServeOptions):
     """The Serve application: ``options.replicas`` model replicas (with their CPU/GPU share) and the ingress."""
     actor_options = {"num_cpus": options.cpus_per_replica, "num_gpus": options.gpus_per_replica}
     model = EnsembleModel.options(num_replicas=options.replicas, ray_actor_options=actor_options)
-    return HttpIngress.bind(
-        model.bind(str(Path(ensemble_dir).resolve()), options.gpus_per_replica > 0), asdict(options.limits)
-    )
+    replica = model.bind(str(Path(ensemble_dir).resolve()), options.gpus_per_replica > 0, options.cam_shifts)
+    return HttpIngress.bind(replica, asdict(options.limits))
 
 
 def start_server(ensemble_dir: str | os.PathLike, options: ServeOptions) -> str:

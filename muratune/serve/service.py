@@ -16,7 +16,7 @@ import numpy as np
 from muratune import __version__
 from muratune.cam.boxes import DEFAULT_THRESHOLD as BOX_THRESHOLD
 from muratune.cam.boxes import localise
-from muratune.cam.cam import EnsembleCam
+from muratune.cam.cam import DEFAULT_SHIFTS, EnsembleCam
 from muratune.cam.export import load_ensemble, overlay
 from muratune.constants import BODY_PARTS
 from muratune.data.images import ImageReadError, read_image
@@ -78,11 +78,15 @@ class StudyService:
     """A loaded ensemble and its CAM, answering one study at a time; uploads live only in a temporary folder."""
 
     def __init__(
-        self, ensemble_dir: str | os.PathLike, device: str | None = None, box_threshold: float = BOX_THRESHOLD
+        self,
+        ensemble_dir: str | os.PathLike,
+        device: str | None = None,
+        box_threshold: float = BOX_THRESHOLD,
+        cam_shifts: int = DEFAULT_SHIFTS,
     ):
         self.ensemble_dir = Path(ensemble_dir)
         self.predictor = load_ensemble(self.ensemble_dir, device)
-        self.cam = EnsembleCam.from_predictor(self.predictor)
+        self.cam = EnsembleCam.from_predictor(self.predictor, shifts=cam_shifts)
         self.box_threshold = box_threshold
         self._info = self._describe()
         # Grad-CAM hooks the shared models and runs backward: one study at a time per service (replicas scale out).
