@@ -9,6 +9,7 @@ best with <= 50% of (c)'s epochs; (a) is no worse than (b).
 from __future__ import annotations
 
 import argparse
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -105,6 +106,7 @@ def main() -> None:
     parser.add_argument("--lr-low", type=float, default=1e-5, help="learning-rate range searched (log-uniform)")
     parser.add_argument("--lr-high", type=float, default=1e-2)
     parser.add_argument("--concurrency", type=int, default=2, help="trials at once (2 CPUs shared between them)")
+    parser.add_argument("--keep-work", action="store_true", help="keep the temporary data and checkpoints")
     parser.add_argument("--out", type=Path, default=Path("bench-out/search_efficiency"), help="curves.csv, curves.png")
     args = parser.parse_args()
 
@@ -129,9 +131,20 @@ def main() -> None:
                 curves[name].append(run)
     finally:
         ray.shutdown()
+        keep_trial_logs(work / "runs", args.out / "trials")
+        if not args.keep_work:
+            shutil.rmtree(work, ignore_errors=True)  # checkpoints: about 10 GB per run at the defaults
     save_curves(curves, args.out)
     report(curves, args.budget)
-    print(f"wall time {(time.perf_counter() - started) / 60:.1f} min; curves in {args.out}")
+    print(f"wall time {(time.perf_counter() - started) / 60:.1f} min; curves and trial logs in {args.out}")
+
+
+def keep_trial_logs(runs: Path, out: Path) -> None:
+    """Copy each trial's ``progress.csv`` and ``params.json`` (not its checkpoints) to ``out/<search>/<trial>/``."""
+    for log in [*runs.glob("*/trials/trial_*/progress.csv"), *runs.glob("*/trials/trial_*/params.json")]:
+        search, trial = log.parents[2].name, log.parent.name
+        (out / search / trial).mkdir(parents=True, exist_ok=True)
+        shutil.copy2(log, out / search / trial / log.name)
 
 
 def save_curves(curves: dict[str, list[pd.DataFrame]], out: Path) -> None:
