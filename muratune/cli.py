@@ -427,15 +427,13 @@ def score_command(
 def _parser_exceptions() -> tuple[tuple[type, ...], tuple[type, ...]]:
     """The usage-error and abort classes the parser may raise: click's, and since typer 0.20 typer's own copy."""
     errors: list[type] = [click.ClickException]
-    aborts: list[type] = [click.Abort, KeyboardInterrupt]
     try:
-        from typer._click import exceptions as vendored  # typer >= 0.20 vendors click under typer._click
+        from typer._click.exceptions import ClickException as VendoredClickException  # typer >= 0.20
     except ImportError:
-        vendored = None
-    if vendored is not None:
-        errors.append(vendored.ClickException)
-    aborts.append(typer.Abort)
-    return tuple(errors), tuple(dict.fromkeys(aborts))
+        pass
+    else:
+        errors.append(VendoredClickException)
+    return tuple(errors), (click.Abort, typer.Abort, KeyboardInterrupt)
 
 
 CLICK_ERRORS, CLICK_ABORTS = _parser_exceptions()
