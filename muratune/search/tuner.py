@@ -13,7 +13,7 @@ from typing import Any
 import pandas as pd
 
 from muratune.config import HYPERPARAMETERS, ExperimentConfig, dump_config
-from muratune.constants import EPOCH, METRIC, MODE
+from muratune.constants import EPOCH, METRIC, MODE, VAL_AUC
 from muratune.errors import UserError
 from muratune.fileio import write_json, write_text
 
@@ -374,7 +374,7 @@ def unfinished_trials(results: Any) -> set[str]:
 
 
 def summarise(results: Any, config: ExperimentConfig, unfinished: set[str] | None = None) -> pd.DataFrame:
-    """One row per trial: state in Optuna terms, hyperparameters, epochs, best internal-val kappa, checkpoint.
+    """One row per trial: state in Optuna terms, hyperparameters, epochs, best internal-val kappa and AUC, checkpoint.
 
     Trials in ``unfinished`` (an interrupted search) are RUNNING, as in Optuna, rather than mistaken for pruned.
     """
@@ -393,6 +393,7 @@ def _summary_row(result: Any, config: ExperimentConfig, unfinished: set[str]) ->
     epochs = int(metrics.get(EPOCH, 0) or 0)
     history = result.metrics_dataframe
     best_kappa = float(history[METRIC].max()) if history is not None and METRIC in history else float("nan")
+    best_auc = float(history[VAL_AUC].max()) if history is not None and VAL_AUC in history else float("nan")
     best = result.get_best_checkpoint(METRIC, MODE) if result.best_checkpoints else None
     if result.error is not None:
         state = "FAIL"
@@ -402,7 +403,8 @@ def _summary_row(result: Any, config: ExperimentConfig, unfinished: set[str]) ->
         state = "COMPLETE"
     else:
         state = "PRUNED"
-    row = {"trial_id": trial_id, "state": state, "epochs": epochs, "best_val_kappa": best_kappa}
+    row = {"trial_id": trial_id, "state": state, "epochs": epochs}
+    row.update({"best_val_kappa": best_kappa, "best_val_auc": best_auc})
     row.update({name: result.config.get(name) for name in HYPERPARAMETERS})
     if history is not None and len(history) and METRIC in history:
         best_row = history.loc[history[METRIC].idxmax()]
