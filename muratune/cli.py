@@ -225,6 +225,45 @@ def search_command(
     run_search(settings, address=address, resume=resume, overwrite=overwrite, echo=typer.echo)
 
 
+@app.command("refit")
+def refit_command(
+    experiment: Annotated[Path, typer.Argument(help="Experiment folder of a finished `muratune search`.")],
+    top: Annotated[
+        int | None, typer.Option(help="Configurations to refit: best internal-val kappa, ties by AUC [default: 3].")
+    ] = None,
+    folds: Annotated[
+        int | None, typer.Option(help="Patient-grouped folds of the official train split [default: 5].")
+    ] = None,
+    epochs: Annotated[
+        int | None, typer.Option(help="Epochs per fold model [default: the experiment's budget.max_epochs].")
+    ] = None,
+    size: Annotated[int, typer.Option("--size", help="Most greedy picks in the out-of-fold selection.")] = 5,
+    tune_thresholds: Annotated[
+        bool, typer.Option(help="Tune one threshold per body part on the out-of-fold predictions.")
+    ] = True,
+    address: Annotated[
+        str | None, typer.Option(help="Ray cluster address, e.g. 'auto' (default: RAY_ADDRESS or local Ray).")
+    ] = None,
+    resume: Annotated[bool, typer.Option(help="Continue an interrupted refit; finished folds are not rerun.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing refit and EXPERIMENT/ensemble/cv.")] = False,
+) -> None:
+    """Retrain the best configurations on patient-grouped folds; build ensemble/cv on out-of-fold predictions."""
+    from muratune.refit.run import run_refit
+
+    run_refit(
+        experiment,
+        top=top,
+        folds=folds,
+        epochs=epochs,
+        address=address,
+        resume=resume,
+        overwrite=overwrite,
+        size=size,
+        tune_thresholds=tune_thresholds,
+        echo=typer.echo,
+    )
+
+
 # --------------------------------------------------------------------------------------------- ensemble/predict
 @app.command("ensemble")
 def ensemble_command(

@@ -34,6 +34,10 @@ class DataConfig(_Strict):
     body_parts: list[str] | None = None
     val_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.1
     split_seed: int = 0
+    # Cross-validation (set by `muratune refit`): train on the other folds of the official train split, validate on
+    # fold ``fold`` of ``folds`` (data.split.fold_split) instead of the internal val split.
+    folds: Annotated[int, Field(ge=2)] | None = None
+    fold: Annotated[int, Field(ge=0)] | None = None
     cache_dir: str | None = None
     skip_bad_images: bool = False
     in_chans: Literal[1, 3] = 1
@@ -52,6 +56,14 @@ class DataConfig(_Strict):
         if unknown:
             raise ValueError(f"unknown body part {unknown[0]!r}; choose from {', '.join(BODY_PARTS)}")
         return normalised
+
+    @model_validator(mode="after")
+    def _fold_within_folds(self) -> DataConfig:
+        if (self.folds is None) != (self.fold is None):
+            raise ValueError("folds and fold must be set together (or neither)")
+        if self.folds is not None and self.fold is not None and self.fold >= self.folds:
+            raise ValueError(f"fold ({self.fold}) must be below folds ({self.folds})")
+        return self
 
 
 class ModelConfig(_Strict):

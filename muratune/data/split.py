@@ -154,3 +154,64 @@ def _ensure_both_subsets(chosen: np.ndarray, order: np.ndarray) -> None:
         chosen[order[-1]] = True
     elif chosen.all():
         chosen[order[-1]] = False
+
+
+# ------------------------------------------------------------------------------------------------- folds
+FOLD = "fold"
+
+
+def patient_folds(df: pd.DataFrame, folds: int, seed: int = 0) -> pd.DataFrame:
+    """Assign the official train split's studies to ``folds`` folds, grouped by patient and stratified.
+
+    sklearn's ``StratifiedGroupKFold`` runs on one row per study, with the patient as group and the study's
+    (body part, label) stratum as class, so no patient has studies in two folds. The official valid split (the
+    test set) takes no part: its rows get fold ``-1``.
+
+    Args:
+        df: the index from `load_index` (needs ``study_path``, ``patient_id``, ``body_part``, ``label``, ``split``).
+        folds: the number of folds, at least 2 and at most the number of train patients.
+        seed: the shuffling seed; the same index and seed give the same folds.
+
+    Returns:
+        A copy of ``df`` with a ``fold`` column: ``0 .. folds-1`` on train rows, ``-1`` on valid rows.
+
+    Raises:
+        UserError: ``folds`` is below 2 or above the number of train patients.
+    """
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    out = df.copy()
+    out[FOLD] = -1
+    studies = out.loc[out[SPLIT] == TRAIN].drop_duplicates(STUDY_PATH)
+    patients = studies[PATIENT_ID].nunique()
+    if isinstance(folds, bool) or not isinstance(folds, int) or folds < 2:
+        raise UserError(f"folds must be an integer of at least 2, got {folds!r}")
+    if folds > patients:
+        raise UserError(f"folds: {folds} folds need at least {folds} train patients, the dataset has {patients}")
+    strata = studies[BODY_PART].astype(str) + "/" + studies[LABEL].astype(str)
+    splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
+    fold_of = {}
+    for k, (_, held_out) in enumerate(splitter.split(studies, strata, groups=studies[PATIENT_ID].astype(str))):
+        fold_of.update(dict.fromkeys(studies[STUDY_PATH].iloc[held_out], k))
+    train = out[SPLIT] == TRAIN
+    out.loc[train, FOLD] = out.loc[train, STUDY_PATH].map(fold_of).astype(int)
+    return out
+
+
+def fold_split(df: pd.DataFrame, folds: int, fold: int, seed: int = 0) -> pd.DataFrame:
+    """Hold out one fold of `patient_folds` as the val subset and train on the others; valid stays the test set.
+
+    Returns:
+        A copy of ``df`` with ``fold`` and ``subset`` columns (``train``/``val``/``test``), the same ``subset``
+        values `internal_split` writes, so a trial trains on either without knowing which.
+
+    Raises:
+        UserError: ``fold`` is not in ``0 .. folds-1``, or ``folds`` is invalid (see `patient_folds`).
+    """
+    if isinstance(fold, bool) or not isinstance(fold, int) or not 0 <= fold < folds:
+        raise UserError(f"fold must be an integer in 0..{folds - 1}, got {fold!r}")
+    out = patient_folds(df, folds, seed)
+    out[SUBSET] = SUBSET_TEST
+    train = out[SPLIT] == TRAIN
+    out.loc[train, SUBSET] = np.where(out.loc[train, FOLD] == fold, SUBSET_VAL, SUBSET_TRAIN)
+    return out

@@ -55,10 +55,14 @@ def class_weights_by_part(frame: pd.DataFrame) -> dict[str, tuple[float, float]]
 
 
 def prepare_data(settings: ExperimentConfig) -> TrialData:
-    """Index the dataset, split it internally, open (or build) the shared cache."""
+    """Index the dataset, split it (internally, or into folds with ``data.folds``), open (or build) the shared cache.
+
+    With ``data.folds`` and ``data.fold`` set the trial trains on the other folds of the official train split and
+    validates on fold ``data.fold``, so its val predictions are out-of-fold predictions (see ``muratune refit``).
+    """
     from muratune.data.cache import build_cache
     from muratune.data.index import load_index
-    from muratune.data.split import internal_split
+    from muratune.data.split import fold_split, internal_split
 
     data = settings.data
     if not data.root:
@@ -74,7 +78,10 @@ def prepare_data(settings: ExperimentConfig) -> TrialData:
         skip_bad_images=data.skip_bad_images,
         progress=False,
     )
-    frame = internal_split(index, data.val_fraction, data.split_seed)
+    if data.folds is not None and data.fold is not None:
+        frame = fold_split(index, data.folds, data.fold, data.split_seed)
+    else:
+        frame = internal_split(index, data.val_fraction, data.split_seed)
     if data.body_parts:
         frame = frame[frame[BODY_PART].isin(data.body_parts)]
     train = frame[frame["subset"] == SUBSET_TRAIN].reset_index(drop=True)

@@ -1,0 +1,135 @@
+"""The cv ensemble: strategy, members and thresholds chosen on out-of-fold predictions; all fold models kept."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from muratune import __version__
+from muratune.config import ExperimentConfig
+from muratune.constants import BODY_PART
+from muratune.ensemble.build import (
+    ENSEMBLE_DIR,
+    TEST_METRICS,
+    TEST_STUDIES,
+    Candidate,
+    open_caches,
+    scored_studies,
+    test_frame,
+    test_metrics,
+    tuned_thresholds,
+    used_members,
+    write_artifact,
+)
+from muratune.ensemble.members import load_member
+from muratune.ensemble.predictor import FORMAT_VERSION, member_image_probs
+from muratune.ensemble.select import ValPredictions, Weights, combine, create_strategy
+from muratune.fileio import write_json
+from muratune.refit.oof import assemble_oof
+from muratune.refit.run import RefitPlan, member_id, refit_dir
+from muratune.trainables.metrics import study_metrics
+
+CV = "cv"
+CV_STRATEGIES = ("greedy", "greedy-per-body-part")  # tried in this order; a tie keeps the simpler one
+
+
+def select_on_oof(oof: ValPredictions, size: int, tune: bool) -> tuple[str, Weights, dict[str, float], dict]:
+    """Run each strategy on the out-of-fold predictions; keep the one with the best out-of-fold kappa.
+
+    Returns:
+        The strategy's name, its per-configuration weights, its thresholds and its out-of-fold metrics.
+    """
+    best: tuple[str, Weights, dict[str, float], dict] | None = None
+    parts = list(oof.studies[BODY_PART])
+    for name in CV_STRATEGIES:
+        weights = create_strategy(name, size).select(oof)
+        probs = combine(oof.probs, parts, weights)
+        thresholds = tuned_thresholds(oof.studies, probs) if tune else {}
+        score = study_metrics(oof.studies.assign(prob=probs), prefix="oof", thresholds=thresholds)
+        if best is None or score["oof_kappa"] > best[3]["oof_kappa"]:
+            best = (name, weights, thresholds, score)
+    assert best is not None
+    return best
+
+
+def fold_weights(weights: Weights, used: np.ndarray, folds: int) -> Weights:
+    """Member weights: each used configuration's weight split equally over its fold models (configuration-major)."""
+    return {part: np.repeat(vector[used] / folds, folds) for part, vector in weights.items()}
+
+
+def build_cv_ensemble(
+    exp_dir: Path,
+    config: ExperimentConfig,
+    plan: RefitPlan,
+    summary: pd.DataFrame,
+    size: int,
+    tune: bool,
+    overwrite: bool,
+    echo: Callable[[str], None] = print,
+    batch_size: int = 64,
+) -> dict:
+    """Select on out-of-fold predictions, write ``ensemble/cv`` and score it once on the test split.
+
+    Returns:
+        The ``ensemble.json`` content (without members).
+    """
+    from muratune.data.index import load_index
+
+    names = [c.trial_id for c in plan.configurations]
+    oof = assemble_oof(refit_dir(exp_dir), config, names, plan.folds, plan.split_seed, summary)
+    strategy, weights, thresholds, oof_score = select_on_oof(oof.studies(), size, tune)
+    used = used_members(weights)
+    sources = [
+        Candidate(member_id(names[j], k), Path(_checkpoint(summary, names[j], k)))
+        for j in used
+        for k in range(plan.folds)
+    ]
+    members = [load_member(c.checkpoint, name=c.name) for c in sources]
+    member_weights = fold_weights(weights, used, plan.folds)
+    index = load_index(config.data.root)  # type: ignore[arg-type]
+    test = test_frame(index, config)
+    probs = member_image_probs(
+        members, test, index.attrs["root"], open_caches(index, members, config), False, batch_size,
+        progress=True, on_error=lambda msg: echo(f"warning: {msg}"),
+    )  # fmt: skip
+    studies = scored_studies(test, combine(probs, list(test[BODY_PART]), member_weights), thresholds)
+    metrics = test_metrics(studies, thresholds)
+    spec = {
+        "format": FORMAT_VERSION,
+        "muratune_version": __version__,
+        "strategy": CV,
+        "selected_strategy": strategy,
+        "size": size,
+        "ranked_by": "kappa",
+        "tta": False,
+        "thresholds": thresholds,
+        "threshold_default": 0.5,
+        "thresholds_tuned": tune,
+        "weights": {part: [float(w) for w in vector] for part, vector in member_weights.items()},
+        "data_config": members[0].data_config,
+        "folds": plan.folds,
+        "epochs": plan.epochs,
+        "configurations": {names[j]: float(weights["all"][j]) for j in used},
+        "oof_score": oof_score,
+        "test_score": {k: metrics[k] for k in ("test_kappa", "test_auc", "test_accuracy")},
+    }
+    files = {
+        TEST_STUDIES: lambda path: studies.to_parquet(path, index=False),
+        TEST_METRICS: lambda path: write_json(path, metrics),
+    }
+    write_artifact(exp_dir / ENSEMBLE_DIR / CV, spec, members, sources, files, overwrite)
+    echo(
+        f"cv ensemble ({strategy} on out-of-fold predictions, {len(members)} fold models of "
+        f"{', '.join(names[j] for j in used)}): oof_kappa {oof_score['oof_kappa']:.3f}  "
+        f"test_kappa {metrics['test_kappa']:.3f}  test_auc {metrics['test_auc']:.3f}\n"
+        f"ensemble: {exp_dir / ENSEMBLE_DIR / CV}"
+    )
+    return spec
+
+
+def _checkpoint(summary: pd.DataFrame, configuration: str, fold: int) -> str:
+    rows = summary[(summary["configuration"] == configuration) & (summary["fold"] == fold)]
+    return str(rows["checkpoint"].iloc[0])

@@ -1,0 +1,363 @@
+"""Run (or resume) a refit: one Tune trial per (configuration, fold), on the search's resources and failure rules.
+
+Expected results in the experiment folder::
+
+    EXPERIMENT/refit/
+        refit.json            the plan: configurations (search trial, hyperparameters), folds, epochs, split seed
+        trials/               Tune's run: trial_<search trial>_fold<k>/checkpoint_*/ (the fold model, last epoch;
+                              its val predictions are the out-of-fold predictions of fold k)
+        refit_summary.csv     one row per (configuration, fold): state, epochs, out-of-fold kappa/AUC, checkpoint
+        oof_images.parquet    every train image's out-of-fold probability, per configuration
+    EXPERIMENT/ensemble/cv/   the ensemble selected on out-of-fold predictions (see muratune.refit.ensemble)
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from muratune.config import ExperimentConfig
+from muratune.constants import EPOCH, METRIC, VAL_AUC
+from muratune.errors import UserError
+from muratune.fileio import refuse_existing, write_json, write_text
+from muratune.refit.select import Configuration, select_configurations
+from muratune.search import tuner as search
+from muratune.trainables import checkpoint as ckpt
+
+REFIT_DIR = "refit"
+PLAN_FILE = "refit.json"
+REFIT_SUMMARY = "refit_summary.csv"
+ENTRY = "entry"
+DEFAULT_TOP, DEFAULT_FOLDS = 3, 5
+
+
+@dataclass
+class RefitPlan:
+    """What a refit trains: each configuration on each of ``folds`` folds, for ``epochs`` epochs."""
+
+    configurations: list[Configuration]
+    folds: int
+    epochs: int
+    split_seed: int
+
+    def entries(self) -> list[dict]:
+        """One Tune parameter entry per (configuration, fold), configuration-major."""
+        return [
+            {"trial_id": c.trial_id, "fold": k, "folds": self.folds, "hparams": c.hparams}
+            for c in self.configurations
+            for k in range(self.folds)
+        ]
+
+    def to_json(self) -> dict:
+        """The ``refit.json`` content."""
+        return {
+            "folds": self.folds,
+            "epochs": self.epochs,
+            "split_seed": self.split_seed,
+            "configurations": [c.to_json() for c in self.configurations],
+        }
+
+    @classmethod
+    def read(cls, path: Path) -> RefitPlan:
+        """Read ``refit.json``."""
+        data = ckpt.read_json(path)
+        try:
+            configurations = [Configuration.from_json(c) for c in data["configurations"]]
+            return cls(configurations, int(data["folds"]), int(data["epochs"]), int(data["split_seed"]))
+        except (KeyError, TypeError, ValueError):
+            raise UserError(f"{path}: not a muratune refit plan") from None
+
+
+@dataclass
+class RefitResult:
+    """What a refit left behind; ``unfinished`` folds need ``--resume`` before the cv ensemble is built."""
+
+    refit_dir: Path
+    summary: pd.DataFrame
+    unfinished: int
+    ensemble: dict | None = None
+
+
+def member_id(trial_id: str, fold: int) -> str:
+    """Id of a fold model: ``<search trial>_fold<k>`` (its Tune trial and ensemble member are ``trial_<id>``)."""
+    return f"{trial_id}_fold{fold}"
+
+
+def refit_storage(config: ExperimentConfig) -> tuple[str, str]:
+    """(storage_path, name) of the refit's Tune run: ``<experiment>/refit/trials`` (on remote storage too)."""
+    storage_path, name = search.trials_storage(config)
+    return f"{storage_path}/{REFIT_DIR}", search.TRIALS_DIR
+
+
+def epochs_settings(config: ExperimentConfig, epochs: int) -> dict:
+    """The experiment settings with ``epochs`` epochs per fold and no early stopping (no ASHA in a refit)."""
+    settings = config.model_dump(mode="json")
+    settings["budget"].update(max_epochs=epochs, grace_period=min(epochs, config.budget.grace_period), scheduler="none")
+    return settings
+
+
+def fold_settings(settings: dict, entry: dict) -> dict:
+    """Settings for one entry: train on the other folds, validate (out-of-fold) on ``entry['fold']``."""
+    out = copy.deepcopy(settings)
+    out["data"].update(folds=int(entry["folds"]), fold=int(entry["fold"]))
+    return out
+
+
+def refit_trainable(config: dict, settings: dict | None = None) -> None:
+    """The Tune function trainable of one (configuration, fold); ``settings`` bound with ``tune.with_parameters``."""
+    from muratune.trainables.train import TuneReporter, train_trial
+
+    entry = config[ENTRY]
+    resolved = fold_settings(settings or {}, entry)
+    if int(resolved["resources"]["workers_per_trial"]) > 1:
+        from muratune.trainables.distributed import ddp_tune_trainable
+
+        ddp_tune_trainable(dict(entry["hparams"]), resolved)
+    else:
+        train_trial(dict(entry["hparams"]), TuneReporter(), resolved)
+
+
+def _trial_dirname(trial: Any) -> str:
+    entry = trial.config[ENTRY]
+    return f"trial_{member_id(entry['trial_id'], entry['fold'])}"
+
+
+def _bound(config: ExperimentConfig, epochs: int) -> Any:
+    from ray import tune
+
+    bound = tune.with_parameters(refit_trainable, settings=epochs_settings(config, epochs))
+    return tune.with_resources(bound, search.trial_resources(config))
+
+
+def build_refit_tuner(config: ExperimentConfig, plan: RefitPlan, stop: Any = None, verbose: int = 1) -> Any:
+    """A Tuner over a fixed grid of (configuration, fold) entries: no searcher, no scheduler, latest checkpoint kept.
+
+    Args:
+        config: the experiment config (resources, failure handling, storage).
+        plan: the entries to train.
+        stop: a Tune stopping condition (tests interrupt a refit with one).
+        verbose: Tune's console verbosity.
+    """
+    from ray import tune
+
+    storage_path, name = refit_storage(config)
+    reporter = tune.CLIReporter(
+        metric_columns={EPOCH: "epoch", METRIC: "oof_kappa", VAL_AUC: "oof_auc"},
+        parameter_columns={f"{ENTRY}/trial_id": "configuration", f"{ENTRY}/fold": "fold"},
+        max_report_frequency=30,
+    )
+    return tune.Tuner(
+        _bound(config, plan.epochs),
+        param_space={ENTRY: tune.grid_search(plan.entries())},
+        tune_config=tune.TuneConfig(
+            num_samples=1,
+            max_concurrent_trials=config.resources.max_concurrent_trials,
+            reuse_actors=True,
+            trial_dirname_creator=_trial_dirname,
+            trial_name_creator=_trial_dirname,
+        ),
+        run_config=tune.RunConfig(
+            name=name,
+            storage_path=storage_path,
+            failure_config=tune.FailureConfig(max_failures=config.failure.max_failures),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),  # the last epoch is the fold model
+            progress_reporter=reporter,
+            stop=stop,
+            verbose=verbose,
+        ),
+    )
+
+
+def restore_refit_tuner(config: ExperimentConfig, plan: RefitPlan) -> Any:
+    """Restore an interrupted refit: finished folds are kept, unfinished and errored ones continue from checkpoints."""
+    from ray import tune
+
+    storage_path, name = refit_storage(config)
+    path = f"{storage_path}/{name}"
+    if not tune.Tuner.can_restore(path):
+        raise UserError(f"{path}: no restorable refit state here; run the refit without --resume")
+    return tune.Tuner.restore(path, trainable=_bound(config, plan.epochs), resume_unfinished=True, resume_errored=True)
+
+
+# ------------------------------------------------------------------------------------------- plan
+def refit_dir(exp_dir: Path) -> Path:
+    """The refit folder of an experiment."""
+    return exp_dir / REFIT_DIR
+
+
+def new_plan(exp_dir: Path, config: ExperimentConfig, top: int | None, folds: int | None, epochs: int | None):
+    """Select the configurations and fix the folds and epochs of a new refit."""
+    folds = DEFAULT_FOLDS if folds is None else folds
+    epochs = config.budget.max_epochs if epochs is None else epochs
+    if folds < 2:
+        raise UserError(f"--folds {folds}: must be at least 2")
+    if epochs < 1:
+        raise UserError(f"--epochs {epochs}: must be at least 1")
+    configurations = select_configurations(exp_dir, DEFAULT_TOP if top is None else top)
+    return RefitPlan(configurations, folds, epochs, config.data.split_seed)
+
+
+def resumed_plan(exp_dir: Path, top: int | None, folds: int | None, epochs: int | None) -> RefitPlan:
+    """The plan of the refit to resume; options that contradict it are refused."""
+    path = refit_dir(exp_dir) / PLAN_FILE
+    if not path.is_file():
+        raise UserError(f"{path}: not found; no refit to resume here (run it without --resume)")
+    plan = RefitPlan.read(path)
+    given = {"--top": (top, len(plan.configurations)), "--folds": (folds, plan.folds)}
+    given["--epochs"] = (epochs, plan.epochs)
+    for option, (value, planned) in given.items():
+        if value is not None and value != planned:
+            raise UserError(f"{option} {value}: the refit being resumed was started with {option} {planned}")
+    return plan
+
+
+def check_folds(config: ExperimentConfig, plan: RefitPlan) -> None:
+    """Refuse folds the dataset cannot provide (more folds than train patients), before Ray starts."""
+    from muratune.data.index import load_index
+    from muratune.data.split import patient_folds
+
+    patient_folds(load_index(config.data.root), plan.folds, plan.split_seed)  # type: ignore[arg-type]
+
+
+# ------------------------------------------------------------------------------------------- summary
+def _state(result: Any) -> str:
+    if result.error is not None:
+        return "FAIL"
+    return "COMPLETE" if (result.metrics or {}).get("done", False) else "RUNNING"
+
+
+def _checkpoint_path(result: Any) -> str | None:
+    """The fold model: the trial's latest checkpoint (data-parallel trials report its path as a metric)."""
+    if result.checkpoint is not None:
+        return str(result.checkpoint.path)
+    history = result.metrics_dataframe
+    if history is not None and "checkpoint_path" in history and history["checkpoint_path"].notna().any():
+        return str(history["checkpoint_path"].dropna().iloc[-1])
+    return None
+
+
+def summarise_refit(results: Any) -> pd.DataFrame:
+    """One row per (configuration, fold): ``trial_id`` (the fold model), configuration, fold, state, metrics."""
+    rows = []
+    for result in results:
+        entry = (result.config or {}).get(ENTRY) or {}
+        metrics = result.metrics or {}
+        rows.append(
+            {
+                "trial_id": member_id(str(entry.get("trial_id")), int(entry.get("fold", -1))),
+                "configuration": str(entry.get("trial_id")),
+                "fold": int(entry.get("fold", -1)),
+                "state": _state(result),
+                "epochs": int(metrics.get(EPOCH, 0) or 0),
+                "oof_kappa": metrics.get(METRIC),
+                "oof_auc": metrics.get(VAL_AUC),
+                "time_s": float(metrics.get("time_total_s", 0.0) or 0.0),
+                "checkpoint": _checkpoint_path(result),
+                "trial_dir": result.path,
+                "error": search._one_line(result.error) if result.error is not None else None,
+            }
+        )
+    summary = pd.DataFrame(rows)
+    return summary.sort_values(["configuration", "fold"]).reset_index(drop=True) if len(summary) else summary
+
+
+# ------------------------------------------------------------------------------------------- entry
+def run_refit(
+    experiment: str | os.PathLike,
+    top: int | None = None,
+    folds: int | None = None,
+    epochs: int | None = None,
+    address: str | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    size: int = 5,
+    tune_thresholds: bool = True,
+    num_cpus: int | None = None,
+    stop: Any = None,
+    echo: Callable[[str], None] = print,
+) -> RefitResult:
+    """Refit the best configurations of a finished search on patient-grouped folds and build ``ensemble/cv``.
+
+    Args:
+        experiment: the experiment folder written by ``muratune search``.
+        top: how many configurations (best internal-val kappa, ties by AUC); default 3.
+        folds: folds of the official train split; default 5.
+        epochs: epochs per fold model; default the experiment's ``budget.max_epochs``.
+        address: Ray cluster address; default ``RAY_ADDRESS`` or local Ray.
+        resume: continue an interrupted refit (its ``refit.json`` plan wins; finished folds are not retrained).
+        overwrite: replace an existing refit and ``ensemble/cv``.
+        size: the most greedy picks of the out-of-fold selection.
+        tune_thresholds: tune one threshold per body part on the out-of-fold predictions (else 0.5).
+        num_cpus: CPUs for a local Ray started here (default: all).
+        stop: a Tune stopping condition (tests use one to interrupt a refit).
+        echo: where progress lines go.
+
+    Returns:
+        The refit summary; ``ensemble`` is the cv ensemble's spec once every fold has finished.
+    """
+    from muratune.ensemble.build import ENSEMBLE_DIR, load_experiment_config
+
+    exp_dir = Path(experiment).expanduser().resolve()
+    config = load_experiment_config(exp_dir)
+    refit = refit_dir(exp_dir)
+    refuse_existing(exp_dir / ENSEMBLE_DIR / "cv", overwrite)
+    if resume:
+        plan = resumed_plan(exp_dir, top, folds, epochs)
+    else:
+        if (refit / PLAN_FILE).exists() and not overwrite:
+            raise UserError(f"{refit}: a refit already exists; pass --resume to continue it or --overwrite")
+        plan = new_plan(exp_dir, config, top, folds, epochs)
+    check_folds(config, plan)
+    cache_info = search.preflight(config, local=address is None and not os.environ.get("RAY_ADDRESS"), echo=echo)
+    results = _fit(config, plan, refit, address, resume, num_cpus, stop, cache_info, echo)
+    summary = summarise_refit(results)
+    write_text(refit / REFIT_SUMMARY, summary.to_csv(index=False))
+    shown = summary.drop(columns=["trial_dir", "checkpoint", "error"], errors="ignore")
+    echo(shown.to_string(index=False, float_format="{:.3f}".format))
+    complete = int((summary["state"] == "COMPLETE").sum()) if len(summary) else 0
+    unfinished = len(plan.entries()) - complete
+    if unfinished:
+        echo(f"refit stopped with {unfinished} fold(s) unfinished or failed; the same command with --resume goes on")
+        return RefitResult(refit, summary, unfinished)
+    from muratune.refit.ensemble import build_cv_ensemble
+
+    spec = build_cv_ensemble(exp_dir, config, plan, summary, size, tune_thresholds, overwrite, echo)
+    return RefitResult(refit, summary, 0, spec)
+
+
+def _fit(
+    config: ExperimentConfig,
+    plan: RefitPlan,
+    refit: Path,
+    address: str | None,
+    resume: bool,
+    num_cpus: int | None,
+    stop: Any,
+    cache_info: dict | None,
+    echo: Callable[[str], None],
+) -> Any:
+    """Start (or restore) the Tune run on Ray and wait for it; the refit folder is replaced only after all checks."""
+    import ray
+
+    started = search.connect_ray(address, num_cpus)
+    try:
+        search.check_cluster_resources(config, autoscaling=not started, echo=echo)
+        if not resume:
+            shutil.rmtree(refit, ignore_errors=True)
+            refit.mkdir(parents=True)
+            write_json(refit / PLAN_FILE, plan.to_json())
+        if cache_info is not None:
+            write_json(refit / search.CACHE_JSON, cache_info)
+        tuner = restore_refit_tuner(config, plan) if resume else build_refit_tuner(config, plan, stop)
+        with search._SigtermAsSigint():
+            return tuner.fit()
+    finally:
+        if started:
+            ray.shutdown()

@@ -1,0 +1,114 @@
+"""Pick the configurations to refit: the K best trials of a finished search by internal-val kappa, then AUC."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from muratune.errors import UserError
+from muratune.search.tuner import SUMMARY_CSV, TRIALS_DIR
+from muratune.trainables import checkpoint as ckpt
+
+RANK_COLUMNS = ("best_val_kappa", "best_val_auc")
+
+
+@dataclass
+class Configuration:
+    """One searched configuration to refit: its search trial, hyperparameters and internal-val scores."""
+
+    trial_id: str
+    hparams: dict
+    val_kappa: float
+    val_auc: float
+    checkpoint: str
+
+    def to_json(self) -> dict:
+        """JSON-ready fields (NaN scores become None)."""
+        return {
+            "trial_id": self.trial_id,
+            "hparams": self.hparams,
+            "val_kappa": None if math.isnan(self.val_kappa) else self.val_kappa,
+            "val_auc": None if math.isnan(self.val_auc) else self.val_auc,
+            "checkpoint": self.checkpoint,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict) -> Configuration:
+        """Inverse of `to_json`."""
+        nan = float("nan")
+        kappa, auc = data.get("val_kappa"), data.get("val_auc")
+        return cls(
+            str(data["trial_id"]),
+            dict(data["hparams"]),
+            nan if kappa is None else float(kappa),
+            nan if auc is None else float(auc),
+            str(data.get("checkpoint", "")),
+        )
+
+
+def read_finished_summary(exp_dir: Path) -> pd.DataFrame:
+    """``search_summary.csv`` of a search that has finished: refuses a missing summary or RUNNING trials."""
+    path = exp_dir / SUMMARY_CSV
+    if not path.is_file():
+        raise UserError(f"{path}: not found; the search has not finished (or {exp_dir} is not an experiment)")
+    summary = pd.read_csv(path, dtype={"trial_id": str})
+    running = summary.loc[summary["state"] == "RUNNING", "trial_id"].tolist()
+    if running:
+        raise UserError(
+            f"{path}: {len(running)} trial(s) still RUNNING ({', '.join(running[:5])}); finish the search with "
+            "`muratune search --resume` before refitting"
+        )
+    return summary
+
+
+def rank_trials(summary: pd.DataFrame) -> pd.DataFrame:
+    """Non-failed trials, best first: internal-val kappa, ties broken by AUC (missing AUC last), then trial id."""
+    ranked = summary[summary["state"] != "FAIL"].copy()
+    for column in RANK_COLUMNS:
+        if column not in ranked:
+            ranked[column] = math.nan  # summaries written before best_val_auc existed
+    ranked = ranked.dropna(subset=["best_val_kappa"])
+    ranked = ranked.sort_values(["best_val_kappa", "best_val_auc", "trial_id"], ascending=[False, False, True])
+    return ranked.reset_index(drop=True)
+
+
+def trial_checkpoint(exp_dir: Path, row: pd.Series) -> Path:
+    """The trial's best checkpoint folder, also after the experiment folder was moved; refuses a missing one."""
+    recorded = row.get("checkpoint")
+    if not isinstance(recorded, str) or not recorded:
+        raise UserError(f"{exp_dir / SUMMARY_CSV}: trial {row['trial_id']} has no checkpoint to refit from")
+    path = Path(recorded)
+    if not path.is_dir():
+        path = exp_dir / TRIALS_DIR / f"trial_{row['trial_id']}" / path.name
+    if not (path / ckpt.TRIAL_FILE).is_file():
+        raise UserError(f"{recorded}: checkpoint of trial {row['trial_id']} not found (trials missing?)")
+    return path
+
+
+def select_configurations(exp_dir: Path, top: int) -> list[Configuration]:
+    """The ``top`` best configurations of a finished search, with hyperparameters read from their checkpoints.
+
+    Raises:
+        UserError: the search is unfinished, ``top`` is below 1, or a selected trial's checkpoint is missing.
+    """
+    if top < 1:
+        raise UserError(f"--top {top}: must be at least 1")
+    ranked = rank_trials(read_finished_summary(exp_dir))
+    if ranked.empty:
+        raise UserError(f"{exp_dir / SUMMARY_CSV}: no trial with an internal-val kappa to refit (all failed?)")
+    chosen = []
+    for _, row in ranked.head(top).iterrows():
+        path = trial_checkpoint(exp_dir, row)
+        trial = ckpt.read_json(path / ckpt.TRIAL_FILE)
+        hparams = trial.get("hyperparameters")
+        if not isinstance(hparams, dict):
+            raise UserError(f"{path / ckpt.TRIAL_FILE}: no hyperparameters recorded; not a muratune checkpoint")
+        chosen.append(
+            Configuration(
+                str(row["trial_id"]), hparams, float(row["best_val_kappa"]), float(row["best_val_auc"]), str(path)
+            )
+        )
+    return chosen
