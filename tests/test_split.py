@@ -13,7 +13,7 @@ from mura_fixtures import make_mura, make_mura_csvs
 
 from muratune.constants import BODY_PARTS
 from muratune.data.index import load_index, make_frame
-from muratune.data.split import SUBSET, internal_split
+from muratune.data.split import FOLD, SUBSET, fold_split, internal_split, patient_folds
 from muratune.errors import UserError
 
 
@@ -167,3 +167,52 @@ def test_each_stratum_within_one_study_of_target(big_index: pd.DataFrame) -> Non
     target = studies.groupby(["body_part", "label"]).size() * 0.1
     val = studies.loc[studies["subset"] == "val"].groupby(["body_part", "label"]).size()
     assert (val - target).abs().max() <= 1.0
+
+
+# ------------------------------------------------------------------------------------------------- folds
+@pytest.mark.parametrize(("folds", "seed"), [(5, 0), (3, 1)])
+def test_folds_are_grouped_by_patient_and_stratified(big_index: pd.DataFrame, folds: int, seed: int) -> None:
+    split = patient_folds(big_index, folds, seed)
+    train = split[split["split"] == "train"]
+    assert (train.groupby("patient_id")[FOLD].nunique() == 1).all()
+    assert set(train[FOLD]) == set(range(folds))
+    studies = train.drop_duplicates("study_path")
+    for part in BODY_PARTS:
+        for label in (0, 1):
+            stratum = studies[(studies["body_part"] == part) & (studies["label"] == label)]
+            shares = stratum[FOLD].value_counts(normalize=True).reindex(range(folds), fill_value=0)
+            assert (abs(shares - 1 / folds) <= 0.02).all(), (part, label, shares.to_dict())
+
+
+def test_folds_leave_the_valid_split_out_and_are_deterministic(big_index: pd.DataFrame) -> None:
+    split = patient_folds(big_index, 4, seed=2)
+    assert ((split[FOLD] == -1) == (split["split"] == "valid")).all()
+    pd.testing.assert_series_equal(split[FOLD], patient_folds(big_index, 4, seed=2)[FOLD])
+    assert not split[FOLD].equals(patient_folds(big_index, 4, seed=3)[FOLD])
+    assert FOLD not in big_index.columns
+
+
+def test_each_train_study_is_held_out_by_exactly_one_fold_split(big_index: pd.DataFrame) -> None:
+    held_out = []
+    for fold in range(3):
+        split = fold_split(big_index, 3, fold, seed=0)
+        assert ((split[SUBSET] == "test") == (split["split"] == "valid")).all()
+        val = split[split[SUBSET] == "val"]
+        assert set(val[FOLD]) == {fold}
+        assert not set(val["patient_id"]) & set(split.loc[split[SUBSET] == "train", "patient_id"])
+        held_out.extend(val.drop_duplicates("study_path")["study_path"])
+    train_studies = big_index.loc[big_index["split"] == "train", "study_path"].unique()
+    assert sorted(held_out) == sorted(train_studies)
+
+
+@pytest.mark.parametrize(("folds", "fold", "message"), [(1, 0, "at least 2"), (3, 3, "0..2"), (3, -1, "0..2")])
+def test_invalid_folds(big_index: pd.DataFrame, folds: int, fold: int, message: str) -> None:
+    with pytest.raises(UserError, match=message):
+        fold_split(big_index, folds, fold)
+
+
+def test_more_folds_than_patients_is_refused(tmp_path: Path) -> None:
+    index = load_index(make_mura(tmp_path, patients_per_part=1, write_images=False).base)
+    patients = index.loc[index["split"] == "train", "patient_id"].nunique()
+    with pytest.raises(UserError, match=f"{patients + 1} folds need at least {patients + 1} train patients"):
+        patient_folds(index, patients + 1)

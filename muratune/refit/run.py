@@ -90,10 +90,15 @@ def member_id(trial_id: str, fold: int) -> str:
     return f"{trial_id}_fold{fold}"
 
 
-def refit_storage(config: ExperimentConfig) -> tuple[str, str]:
-    """(storage_path, name) of the refit's Tune run: ``<experiment>/refit/trials`` (on remote storage too)."""
-    storage_path, name = search.trials_storage(config)
-    return f"{storage_path}/{REFIT_DIR}", search.TRIALS_DIR
+def refit_storage(config: ExperimentConfig, exp_dir: Path) -> tuple[str, str]:
+    """(storage_path, name) of the refit's Tune run: ``<experiment>/refit/trials``, on the search's storage.
+
+    On local (or NFS) storage that is the experiment folder as found now, so a moved experiment still refits.
+    """
+    if search.is_remote(config.storage):
+        storage_path, _ = search.trials_storage(config)
+        return f"{storage_path}/{REFIT_DIR}", search.TRIALS_DIR
+    return str(refit_dir(exp_dir)), search.TRIALS_DIR
 
 
 def epochs_settings(config: ExperimentConfig, epochs: int) -> dict:
@@ -136,18 +141,21 @@ def _bound(config: ExperimentConfig, epochs: int) -> Any:
     return tune.with_resources(bound, search.trial_resources(config))
 
 
-def build_refit_tuner(config: ExperimentConfig, plan: RefitPlan, stop: Any = None, verbose: int = 1) -> Any:
+def build_refit_tuner(
+    config: ExperimentConfig, plan: RefitPlan, exp_dir: Path, stop: Any = None, verbose: int = 1
+) -> Any:
     """A Tuner over a fixed grid of (configuration, fold) entries: no searcher, no scheduler, latest checkpoint kept.
 
     Args:
         config: the experiment config (resources, failure handling, storage).
         plan: the entries to train.
+        exp_dir: the experiment folder.
         stop: a Tune stopping condition (tests interrupt a refit with one).
         verbose: Tune's console verbosity.
     """
     from ray import tune
 
-    storage_path, name = refit_storage(config)
+    storage_path, name = refit_storage(config, exp_dir)
     reporter = tune.CLIReporter(
         metric_columns={EPOCH: "epoch", METRIC: "oof_kappa", VAL_AUC: "oof_auc"},
         parameter_columns={f"{ENTRY}/trial_id": "configuration", f"{ENTRY}/fold": "fold"},
@@ -175,11 +183,11 @@ def build_refit_tuner(config: ExperimentConfig, plan: RefitPlan, stop: Any = Non
     )
 
 
-def restore_refit_tuner(config: ExperimentConfig, plan: RefitPlan) -> Any:
+def restore_refit_tuner(config: ExperimentConfig, plan: RefitPlan, exp_dir: Path) -> Any:
     """Restore an interrupted refit: finished folds are kept, unfinished and errored ones continue from checkpoints."""
     from ray import tune
 
-    storage_path, name = refit_storage(config)
+    storage_path, name = refit_storage(config, exp_dir)
     path = f"{storage_path}/{name}"
     if not tune.Tuner.can_restore(path):
         raise UserError(f"{path}: no restorable refit state here; run the refit without --resume")
@@ -316,7 +324,7 @@ def run_refit(
         plan = new_plan(exp_dir, config, top, folds, epochs)
     check_folds(config, plan)
     cache_info = search.preflight(config, local=address is None and not os.environ.get("RAY_ADDRESS"), echo=echo)
-    results = _fit(config, plan, refit, address, resume, num_cpus, stop, cache_info, echo)
+    results = _fit(config, plan, exp_dir, address, resume, num_cpus, stop, cache_info, echo)
     summary = summarise_refit(results)
     write_text(refit / REFIT_SUMMARY, summary.to_csv(index=False))
     shown = summary.drop(columns=["trial_dir", "checkpoint", "error"], errors="ignore")
@@ -335,7 +343,7 @@ def run_refit(
 def _fit(
     config: ExperimentConfig,
     plan: RefitPlan,
-    refit: Path,
+    exp_dir: Path,
     address: str | None,
     resume: bool,
     num_cpus: int | None,
@@ -346,6 +354,7 @@ def _fit(
     """Start (or restore) the Tune run on Ray and wait for it; the refit folder is replaced only after all checks."""
     import ray
 
+    refit = refit_dir(exp_dir)
     started = search.connect_ray(address, num_cpus)
     try:
         search.check_cluster_resources(config, autoscaling=not started, echo=echo)
@@ -355,7 +364,7 @@ def _fit(
             write_json(refit / PLAN_FILE, plan.to_json())
         if cache_info is not None:
             write_json(refit / search.CACHE_JSON, cache_info)
-        tuner = restore_refit_tuner(config, plan) if resume else build_refit_tuner(config, plan, stop)
+        tuner = restore_refit_tuner(config, plan, exp_dir) if resume else build_refit_tuner(config, plan, exp_dir, stop)
         with search._SigtermAsSigint():
             return tuner.fit()
     finally:

@@ -181,6 +181,7 @@ def metrics_document(report: Report) -> dict[str, Any]:
             "kind": entry.kind,
             "split": entry.split,
             "val_kappa": _clean(entry.val_kappa),
+            "oof_kappa": _clean(entry.oof_kappa),
             "cpu_hours": _clean(entry.cpu_hours),
             "gpu_hours": _clean(entry.gpu_hours),
             "details": _clean(entry.details),

@@ -19,6 +19,9 @@ TRIALS_TEST_DIR = "trials_test"
 ENSEMBLE_DIR = "ensemble"
 ENSEMBLE_FILE = "ensemble.json"
 TEST_STUDIES = "test_studies.parquet"
+# Names written by muratune.refit.run (not imported from there either).
+REFIT_DIR = "refit"
+REFIT_SUMMARY = "refit_summary.csv"
 CAM_DIRS = ("cams", "cam")
 CAM_SCORE = "score.json"
 CAM_INDEX = "cams.json"
@@ -55,6 +58,7 @@ class Experiment:
     ensembles: list[Ensemble] = field(default_factory=list)
     histories: dict[str, pd.DataFrame] = field(default_factory=dict)
     cams: Cams | None = None
+    refit_summary: pd.DataFrame | None = None
 
     def resources(self) -> tuple[float, float]:
         """CPUs and accelerators held by one trial (all its workers)."""
@@ -63,8 +67,10 @@ class Experiment:
         return float(res.get("cpus_per_trial", 1) or 0) * workers, float(res.get("gpus_per_trial", 0) or 0) * workers
 
     def trial_hours(self, trial_id: str) -> tuple[float, float]:
-        """CPU hours and accelerator hours one trial used (wall time x resources held)."""
+        """CPU hours and accelerator hours one trial (or refit fold model) used (wall time x resources held)."""
         rows = self.summary.loc[self.summary["trial_id"] == trial_id, "time_s"]
+        if not len(rows) and self.refit_summary is not None:
+            rows = self.refit_summary.loc[self.refit_summary["trial_id"] == trial_id, "time_s"]
         seconds = float(rows.iloc[0]) if len(rows) and not math.isnan(rows.iloc[0]) else 0.0
         cpus, gpus = self.resources()
         return seconds * cpus / 3600.0, seconds * gpus / 3600.0
@@ -129,6 +135,15 @@ def read_ensembles(exp_dir: Path) -> list[Ensemble]:
     return ensembles
 
 
+def read_refit_summary(exp_dir: Path) -> pd.DataFrame | None:
+    """``refit/refit_summary.csv`` (one row per fold model), if ``muratune refit`` ran."""
+    path = exp_dir / REFIT_DIR / REFIT_SUMMARY
+    if not path.is_file():
+        return None
+    summary = pd.read_csv(path, dtype={"trial_id": str, "configuration": str})
+    return summary if "time_s" in summary else summary.assign(time_s=math.nan)
+
+
 def read_cams(exp_dir: Path) -> Cams | None:
     """The first CAM export under ``cams/`` (a folder with ``score.json`` or ``cams.json``) and a few overlays."""
     for name in CAM_DIRS:
@@ -164,4 +179,5 @@ def load_experiment(experiment: str | Path) -> Experiment:
         ensembles=read_ensembles(exp_dir),
         histories=read_histories(exp_dir, list(summary["trial_id"])),
         cams=read_cams(exp_dir),
+        refit_summary=read_refit_summary(exp_dir),
     )

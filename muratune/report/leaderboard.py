@@ -42,6 +42,7 @@ class Entry:
     score: pd.DataFrame | None = None
     kappa: dict[str, float] = field(default_factory=dict)
     val_kappa: float = math.nan
+    oof_kappa: float = math.nan  # a cv ensemble's out-of-fold kappa (what it was selected on)
     details: dict[str, Any] = field(default_factory=dict)
     cpu_hours: float = math.nan
     gpu_hours: float = math.nan
@@ -79,6 +80,9 @@ def _ensemble_entries(exp: Experiment, replicates: int, seed: int, level: float)
             "thresholds": "tuned per body part" if ens.spec.get("thresholds_tuned") else "0.5",
             "tta": bool(ens.spec.get("tta", False)),
         }
+        if ens.spec.get("folds"):  # a cv ensemble: name its configurations, not every fold model
+            configurations = ", ".join(ens.spec.get("configurations") or {})
+            details["members"] = f"{configurations} ({ens.spec['folds']} fold models each, out-of-fold selection)"
         entries.append(
             Entry(
                 name=ens.name,
@@ -86,6 +90,7 @@ def _ensemble_entries(exp: Experiment, replicates: int, seed: int, level: float)
                 split=TEST_SPLIT,
                 score=score_studies(ens.studies, replicates, seed, level),
                 val_kappa=float((ens.spec.get("val_score") or {}).get("val_kappa", math.nan)),
+                oof_kappa=float((ens.spec.get("oof_score") or {}).get("oof_kappa", math.nan)),
                 details=details,
                 cpu_hours=sum(h[0] for h in hours),
                 gpu_hours=sum(h[1] for h in hours),
@@ -148,7 +153,7 @@ def best_entry(entries: list[Entry]) -> Entry | None:
 
 
 def leaderboard_frame(entries: list[Entry]) -> pd.DataFrame:
-    """One row per entry: kappa and CI per body part and overall, other overall metrics, val kappa, cost, details."""
+    """One row per entry: kappa and CI per body part and overall, other metrics, val (or OOF) kappa, cost, details."""
     rows = []
     for entry in entries:
         row: dict[str, Any] = {"name": entry.name, "kind": entry.kind, "split": entry.split}
@@ -161,6 +166,7 @@ def leaderboard_frame(entries: list[Entry]) -> pd.DataFrame:
             scored = entry.score is not None
             row[metric] = float(entry.score.loc[OVERALL, metric]) if scored else math.nan
         row["val_kappa"] = entry.val_kappa
+        row["oof_kappa"] = entry.oof_kappa
         row["cpu_hours"] = entry.cpu_hours
         row["gpu_hours"] = entry.gpu_hours
         row.update(entry.details)
