@@ -1,0 +1,194 @@
+"""muratune refit: fold models as real Tune trials, out-of-fold predictions, ensemble/cv, safety and resume."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from ray import tune
+
+from muratune.config import validate_config
+from muratune.constants import SPLIT, STUDY_PATH, TRAIN
+from muratune.data.index import load_index
+from muratune.data.split import patient_folds
+from muratune.ensemble.build import ENSEMBLE_DIR
+from muratune.ensemble.predictor import ENSEMBLE_FILE, StudyPredictor
+from muratune.errors import UserError
+from muratune.refit.oof import OOF_IMAGES
+from muratune.refit.run import PLAN_FILE, REFIT_DIR, REFIT_SUMMARY, run_refit
+from muratune.search.tuner import SUMMARY_CSV, TRIALS_DIR
+
+FOLDS, EPOCHS, TOP = 2, 2, 2
+
+
+class StopAfterFirstFoldModel(tune.Stopper):
+    """Ends the whole refit once one fold model has trained all its epochs, while ``marker`` exists."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+        self.finished = False
+
+    def __call__(self, trial_id: str, result: dict) -> bool:
+        if int(result.get("epoch", 0)) >= EPOCHS:
+            self.finished = True
+        return False
+
+    def stop_all(self) -> bool:
+        return self.finished and self.marker.exists()
+
+
+def _copy_experiment(tiny_experiment: Path, target: Path) -> Path:
+    shutil.copytree(tiny_experiment, target, ignore=shutil.ignore_patterns(REFIT_DIR, ENSEMBLE_DIR))
+    return target
+
+
+def _epochs_trained(trial_dir: Path) -> list[int]:
+    """Every epoch a trial reported, in order, from Tune's result.json (one line per report, appended on resume)."""
+    lines = (trial_dir / "result.json").read_text().splitlines()
+    return [int(json.loads(line)["epoch"]) for line in lines if line.strip()]
+
+
+@pytest.fixture(scope="module")
+def refit(ray_session, tiny_experiment: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """A refit interrupted after its first fold model, then resumed with --resume."""
+    exp = _copy_experiment(tiny_experiment, tmp_path_factory.mktemp("refit") / "tiny")
+    marker = exp.parent / "interrupt"
+    marker.touch()
+    first = run_refit(exp, top=TOP, folds=FOLDS, epochs=EPOCHS, stop=StopAfterFirstFoldModel(marker), echo=print)
+    trials = exp / REFIT_DIR / TRIALS_DIR
+    before = {p.name: _epochs_trained(p) for p in trials.glob("trial_*") if (p / "result.json").is_file()}
+    marker.unlink()
+    second = run_refit(exp, resume=True, echo=print)
+    return {"exp": exp, "first": first, "second": second, "before": before}
+
+
+def test_an_interrupted_refit_resumes_without_training_any_fold_twice(refit: dict) -> None:
+    first, second, exp = refit["first"], refit["second"], refit["exp"]
+    assert first.unfinished > 0 and first.ensemble is None
+    finished_first = first.summary.loc[first.summary["state"] == "COMPLETE", "trial_id"].tolist()
+    assert finished_first, "the interrupted refit should have finished a fold model"
+    assert second.unfinished == 0 and second.ensemble is not None
+    plan = json.loads((exp / REFIT_DIR / PLAN_FILE).read_text())
+    expected = {f"trial_{c['trial_id']}_fold{k}" for c in plan["configurations"] for k in range(FOLDS)}
+    trial_dirs = sorted(p.name for p in (exp / REFIT_DIR / TRIALS_DIR).glob("trial_*"))
+    assert trial_dirs == sorted(expected)  # one Tune trial per (configuration, fold), none added on resume
+    for name in trial_dirs:
+        assert _epochs_trained(exp / REFIT_DIR / TRIALS_DIR / name) == list(range(1, EPOCHS + 1)), name
+    for trial_id in finished_first:  # finished before the interruption: not one more epoch afterwards
+        assert refit["before"][f"trial_{trial_id}"] == list(range(1, EPOCHS + 1))
+    summary = pd.read_csv(exp / REFIT_DIR / REFIT_SUMMARY)
+    assert len(summary) == TOP * FOLDS and set(summary["state"]) == {"COMPLETE"}
+    assert (summary["epochs"] == EPOCHS).all()
+
+
+def test_refit_takes_the_best_configurations_by_kappa_then_auc(refit: dict) -> None:
+    summary = pd.read_csv(refit["exp"] / SUMMARY_CSV, dtype={"trial_id": str})
+    ranked = summary.sort_values(["best_val_kappa", "best_val_auc"], ascending=False)
+    plan = json.loads((refit["exp"] / REFIT_DIR / PLAN_FILE).read_text())
+    assert [c["trial_id"] for c in plan["configurations"]] == ranked["trial_id"].head(TOP).tolist()
+    assert plan["folds"] == FOLDS and plan["epochs"] == EPOCHS
+
+
+def test_every_train_study_has_exactly_one_out_of_fold_prediction(refit: dict, synthetic_root: Path) -> None:
+    oof = pd.read_parquet(refit["exp"] / REFIT_DIR / OOF_IMAGES)
+    folds = patient_folds(load_index(synthetic_root), FOLDS, seed=0)
+    train = folds[folds[SPLIT] == TRAIN]
+    fold_of = train.drop_duplicates(STUDY_PATH).set_index(STUDY_PATH)["fold"]
+    assert oof["configuration"].nunique() == TOP
+    for _, frame in oof.groupby("configuration"):
+        assert not frame["image_path"].duplicated().any()
+        assert sorted(frame["image_path"]) == sorted(train["image_path"])
+        per_study = frame.groupby(STUDY_PATH)["fold"].agg(["nunique", "first"])
+        assert (per_study["nunique"] == 1).all()
+        assert sorted(per_study.index) == sorted(fold_of.index)
+        # predicted by the fold model that held the study out
+        assert (per_study["first"] == fold_of[per_study.index]).all()
+        assert frame["prob"].between(0, 1).all()
+
+
+def test_cv_ensemble_holds_the_fold_models_and_loads_in_predict_and_serve(refit: dict, synthetic_root: Path) -> None:
+    from muratune.serve.service import StudyService, Upload
+
+    cv = refit["exp"] / ENSEMBLE_DIR / "cv"
+    spec = json.loads((cv / ENSEMBLE_FILE).read_text())
+    assert spec["strategy"] == "cv" and spec["selected_strategy"] in ("greedy", "greedy-per-body-part")
+    assert spec["folds"] == FOLDS and len(spec["members"]) == FOLDS * len(spec["configurations"])
+    assert {"oof_kappa", "oof_auc"} <= set(spec["oof_score"]) and "test_kappa" in spec["test_score"]
+    weights = np.asarray(spec["weights"]["all"])
+    assert weights.sum() == pytest.approx(sum(spec["configurations"].values()))
+    for j in range(0, len(weights), FOLDS):  # each configuration's weight split equally over its folds
+        assert np.allclose(weights[j : j + FOLDS], weights[j])
+    assert (cv / "test_studies.parquet").is_file() and (cv / "test_metrics.json").is_file()
+
+    predictor = StudyPredictor.load(cv, device="cpu")
+    assert len(predictor.members) == len(spec["members"])
+    valid = load_index(synthetic_root)
+    valid = valid[valid[SPLIT] == "valid"].head(12)
+    studies = predictor.predict_frame(valid[["image_path"]], root=valid.attrs["root"])
+    assert studies["prob"].between(0, 1).all() and len(studies) == valid[STUDY_PATH].nunique()
+
+    service = StudyService(cv, device="cpu", cam_shifts=1)
+    files = [
+        Path(valid.attrs["root"]) / p for p in valid.loc[valid[STUDY_PATH] == valid[STUDY_PATH].iloc[0], "image_path"]
+    ]
+    verdict = service.analyse([Upload(f.name, f.read_bytes()) for f in files], body_part=valid["body_part"].iloc[0])
+    assert 0 <= verdict["prob"] <= 1 and len(service.info()["members"]) == len(spec["members"])
+
+
+def test_report_shows_cv_with_its_out_of_fold_kappa_beside_test_kappa(refit: dict, tmp_path: Path) -> None:
+    from muratune.report.build import write_report
+
+    write_report(refit["exp"], tmp_path / "report", replicates=20, echo=lambda _: None)
+    board = pd.read_csv(tmp_path / "report" / "leaderboard.csv")
+    row = board[board["name"] == "cv"].iloc[0]
+    spec = json.loads((refit["exp"] / ENSEMBLE_DIR / "cv" / ENSEMBLE_FILE).read_text())
+    assert row["oof_kappa"] == pytest.approx(spec["oof_score"]["oof_kappa"])
+    assert row["kappa_overall"] == pytest.approx(spec["test_score"]["test_kappa"], abs=1e-6)
+    assert "out-of-fold kappa" in (tmp_path / "report" / "report.md").read_text()
+
+
+# ------------------------------------------------------------------------------------------------ refusals
+def test_an_existing_refit_or_cv_ensemble_is_only_replaced_with_overwrite(refit: dict) -> None:
+    with pytest.raises(UserError, match="ensemble/cv: already exists; pass --overwrite"):
+        run_refit(refit["exp"], top=TOP, folds=FOLDS, epochs=EPOCHS)
+    with pytest.raises(UserError, match="started with --folds 2"):
+        run_refit(refit["exp"], folds=3, resume=True, overwrite=True)
+
+
+def test_a_running_search_is_refused(tiny_experiment: Path, tmp_path: Path) -> None:
+    exp = _copy_experiment(tiny_experiment, tmp_path / "tiny")
+    summary = pd.read_csv(exp / SUMMARY_CSV, dtype={"trial_id": str})
+    summary.loc[0, "state"] = "RUNNING"
+    summary.to_csv(exp / SUMMARY_CSV, index=False)
+    with pytest.raises(UserError, match=r"still RUNNING.*muratune search --resume"):
+        run_refit(exp, top=1, folds=2)
+    (exp / SUMMARY_CSV).unlink()
+    with pytest.raises(UserError, match="search_summary.csv: not found; the search has not finished"):
+        run_refit(exp, top=1, folds=2)
+    assert not (exp / REFIT_DIR).exists()
+
+
+def test_missing_trial_checkpoints_are_refused(tiny_experiment: Path, tmp_path: Path) -> None:
+    exp = _copy_experiment(tiny_experiment, tmp_path / "tiny")
+    summary = pd.read_csv(exp / SUMMARY_CSV, dtype={"trial_id": str})
+    summary["checkpoint"] = [str(tmp_path / "gone" / Path(p).name) for p in summary["checkpoint"]]
+    summary.to_csv(exp / SUMMARY_CSV, index=False)
+    shutil.rmtree(exp / TRIALS_DIR)
+    with pytest.raises(UserError, match="checkpoint of trial .* not found"):
+        run_refit(exp, top=1, folds=2)
+    with pytest.raises(UserError, match="no refit to resume"):
+        run_refit(exp, resume=True)
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [({"folds": 1, "fold": 0}, "greater than or equal to 2"), ({"folds": 3, "fold": 3}, "must be below folds"),
+     ({"folds": 3}, "set together")],
+)  # fmt: skip
+def test_fold_settings_are_validated(data: dict, message: str) -> None:
+    with pytest.raises(UserError, match=message):
+        validate_config({"data": data})
