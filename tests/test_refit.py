@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -25,20 +27,26 @@ from muratune.search.tuner import SUMMARY_CSV, TRIALS_DIR
 FOLDS, EPOCHS, TOP = 2, 2, 2
 
 
-class StopAfterFirstFoldModel(tune.Stopper):
-    """Ends the whole refit once one fold model has trained all its epochs, while ``marker`` exists."""
+class InterruptAfterFirstFoldModel(tune.Stopper):
+    """Interrupts the refit as Ctrl-C would, once one fold model has finished, if ``marker`` exists.
+
+    Tune ends a run on SIGUSR1 as on SIGINT: it saves a restorable state and returns, leaving unfinished trials to
+    ``Tuner.restore`` (a stopper's ``stop_all`` would instead end the experiment for good). The signal goes on the
+    trial's closing result, which Tune sends only after the last epoch's checkpoint is registered.
+    """
 
     def __init__(self, marker: Path) -> None:
         self.marker = marker
-        self.finished = False
+        self.sent = False
 
     def __call__(self, trial_id: str, result: dict) -> bool:
-        if int(result.get("epoch", 0)) >= EPOCHS:
-            self.finished = True
+        if result.get("done") and self.marker.exists() and not self.sent:
+            self.sent = True
+            os.kill(os.getpid(), signal.SIGUSR1)
         return False
 
     def stop_all(self) -> bool:
-        return self.finished and self.marker.exists()
+        return False
 
 
 def _copy_experiment(tiny_experiment: Path, target: Path) -> Path:
@@ -58,7 +66,7 @@ def refit(ray_session, tiny_experiment: Path, tmp_path_factory: pytest.TempPathF
     exp = _copy_experiment(tiny_experiment, tmp_path_factory.mktemp("refit") / "tiny")
     marker = exp.parent / "interrupt"
     marker.touch()
-    first = run_refit(exp, top=TOP, folds=FOLDS, epochs=EPOCHS, stop=StopAfterFirstFoldModel(marker), echo=print)
+    first = run_refit(exp, top=TOP, folds=FOLDS, epochs=EPOCHS, stop=InterruptAfterFirstFoldModel(marker), echo=print)
     trials = exp / REFIT_DIR / TRIALS_DIR
     before = {p.name: _epochs_trained(p) for p in trials.glob("trial_*") if (p / "result.json").is_file()}
     marker.unlink()
@@ -74,12 +82,14 @@ def test_an_interrupted_refit_resumes_without_training_any_fold_twice(refit: dic
     assert second.unfinished == 0 and second.ensemble is not None
     plan = json.loads((exp / REFIT_DIR / PLAN_FILE).read_text())
     expected = {f"trial_{c['trial_id']}_fold{k}" for c in plan["configurations"] for k in range(FOLDS)}
-    trial_dirs = sorted(p.name for p in (exp / REFIT_DIR / TRIALS_DIR).glob("trial_*"))
-    assert trial_dirs == sorted(expected)  # one Tune trial per (configuration, fold), none added on resume
-    for name in trial_dirs:
-        assert _epochs_trained(exp / REFIT_DIR / TRIALS_DIR / name) == list(range(1, EPOCHS + 1)), name
+    trials = exp / REFIT_DIR / TRIALS_DIR
+    assert sorted(p.name for p in trials.glob("trial_*")) == sorted(expected)  # one trial per (configuration, fold)
     for trial_id in finished_first:  # finished before the interruption: not one more epoch afterwards
+        assert _epochs_trained(trials / f"trial_{trial_id}") == refit["before"][f"trial_{trial_id}"]
         assert refit["before"][f"trial_{trial_id}"] == list(range(1, EPOCHS + 1))
+    for name in expected:  # the others went on from their checkpoints: none started over, all reached the end
+        epochs = _epochs_trained(trials / name)
+        assert epochs.count(1) == 1 and epochs == sorted(epochs) and epochs[-1] == EPOCHS, (name, epochs)
     summary = pd.read_csv(exp / REFIT_DIR / REFIT_SUMMARY)
     assert len(summary) == TOP * FOLDS and set(summary["state"]) == {"COMPLETE"}
     assert (summary["epochs"] == EPOCHS).all()

@@ -29,10 +29,10 @@ from muratune.ensemble.predictor import FORMAT_VERSION, member_image_probs
 from muratune.ensemble.select import ValPredictions, Weights, combine, create_strategy
 from muratune.fileio import write_json
 from muratune.refit.oof import assemble_oof
+from muratune.refit.run import CV_ENSEMBLE as CV
 from muratune.refit.run import RefitPlan, member_id, refit_dir
 from muratune.trainables.metrics import study_metrics
 
-CV = "cv"
 CV_STRATEGIES = ("greedy", "greedy-per-body-part")  # tried in this order; a tie keeps the simpler one
 
 

@@ -35,6 +35,7 @@ REFIT_DIR = "refit"
 PLAN_FILE = "refit.json"
 REFIT_SUMMARY = "refit_summary.csv"
 ENTRY = "entry"
+CV_ENSEMBLE = "cv"  # EXPERIMENT/ensemble/cv
 DEFAULT_TOP, DEFAULT_FOLDS = 3, 5
 
 
@@ -235,10 +236,23 @@ def check_folds(config: ExperimentConfig, plan: RefitPlan) -> None:
 
 
 # ------------------------------------------------------------------------------------------- summary
-def _state(result: Any) -> str:
+def checkpoint_epoch(path: str | None) -> int:
+    """The epoch a fold model's checkpoint holds (0 when there is none)."""
+    trial_file = Path(path) / ckpt.TRIAL_FILE if path else None
+    if trial_file is None or not trial_file.is_file():
+        return 0
+    return int(ckpt.read_json(trial_file).get("epoch", 0) or 0)
+
+
+def _state(result: Any, checkpoint_epochs: int, epochs: int) -> str:
+    """FAIL, COMPLETE (its checkpoint holds the last epoch) or RUNNING.
+
+    The checkpoint decides rather than Tune's ``done`` flag, which a trial interrupted right after its last epoch
+    lacks although its fold model is finished.
+    """
     if result.error is not None:
         return "FAIL"
-    return "COMPLETE" if (result.metrics or {}).get("done", False) else "RUNNING"
+    return "COMPLETE" if checkpoint_epochs >= epochs else "RUNNING"
 
 
 def _checkpoint_path(result: Any) -> str | None:
@@ -251,23 +265,28 @@ def _checkpoint_path(result: Any) -> str | None:
     return None
 
 
-def summarise_refit(results: Any) -> pd.DataFrame:
-    """One row per (configuration, fold): ``trial_id`` (the fold model), configuration, fold, state, metrics."""
+def summarise_refit(results: Any, epochs: int) -> pd.DataFrame:
+    """One row per (configuration, fold): ``trial_id`` (the fold model), configuration, fold, state, metrics.
+
+    ``epochs`` is the epochs of a finished fold model; ``epochs`` in the table is what its checkpoint holds.
+    """
     rows = []
     for result in results:
         entry = (result.config or {}).get(ENTRY) or {}
         metrics = result.metrics or {}
+        checkpoint = _checkpoint_path(result)
+        trained = checkpoint_epoch(checkpoint)
         rows.append(
             {
                 "trial_id": member_id(str(entry.get("trial_id")), int(entry.get("fold", -1))),
                 "configuration": str(entry.get("trial_id")),
                 "fold": int(entry.get("fold", -1)),
-                "state": _state(result),
-                "epochs": int(metrics.get(EPOCH, 0) or 0),
+                "state": _state(result, trained, epochs),
+                "epochs": trained,
                 "oof_kappa": metrics.get(METRIC),
                 "oof_auc": metrics.get(VAL_AUC),
                 "time_s": float(metrics.get("time_total_s", 0.0) or 0.0),
-                "checkpoint": _checkpoint_path(result),
+                "checkpoint": checkpoint,
                 "trial_dir": result.path,
                 "error": search._one_line(result.error) if result.error is not None else None,
             }
@@ -315,7 +334,7 @@ def run_refit(
     exp_dir = Path(experiment).expanduser().resolve()
     config = load_experiment_config(exp_dir)
     refit = refit_dir(exp_dir)
-    refuse_existing(exp_dir / ENSEMBLE_DIR / "cv", overwrite)
+    refuse_existing(exp_dir / ENSEMBLE_DIR / CV_ENSEMBLE, overwrite)
     if resume:
         plan = resumed_plan(exp_dir, top, folds, epochs)
     else:
@@ -325,7 +344,7 @@ def run_refit(
     check_folds(config, plan)
     cache_info = search.preflight(config, local=address is None and not os.environ.get("RAY_ADDRESS"), echo=echo)
     results = _fit(config, plan, exp_dir, address, resume, num_cpus, stop, cache_info, echo)
-    summary = summarise_refit(results)
+    summary = summarise_refit(results, plan.epochs)
     write_text(refit / REFIT_SUMMARY, summary.to_csv(index=False))
     shown = summary.drop(columns=["trial_dir", "checkpoint", "error"], errors="ignore")
     echo(shown.to_string(index=False, float_format="{:.3f}".format))
