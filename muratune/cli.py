@@ -423,6 +423,33 @@ def score_command(
     typer.echo(format_score(score_file(predictions, labeled_studies, replicates=replicates, seed=seed)))
 
 
+# --------------------------------------------------------------------------------------------- doctor
+@app.command("doctor")
+def doctor_command(
+    address: Annotated[
+        str | None, typer.Option(help="Ray cluster address, e.g. 'auto' (default: RAY_ADDRESS or local Ray).")
+    ] = None,
+    data: Annotated[Path | None, typer.Option(help="Dataset root to probe (default: a small synthetic one).")] = None,
+    quick: Annotated[bool, typer.Option("--quick", help="Everything small: 32 px, resnet10t, a few steps.")] = False,
+    config: Annotated[
+        Path | None, typer.Option(help="Experiment config whose size, policy, backbone and storage are checked.")
+    ] = None,
+    out: Annotated[Path, typer.Option(help="JSON report to write.")] = Path("doctor.json"),
+    set_: SetOpt = None,
+) -> None:
+    """Check that a Ray cluster is ready for a long search; exit 1 if a check fails."""
+    from rich.console import Console
+
+    from muratune.config import load_config
+    from muratune.doctor import run_doctor
+
+    settings = load_config(config, set_)
+    report = run_doctor(address=address, data=data, quick=quick, config=settings, out=out, echo=typer.echo)
+    Console(width=160).print(report.table())
+    typer.echo(f"report: {out}")
+    raise typer.Exit(code=report.exit_code)
+
+
 # --------------------------------------------------------------------------------------------- entry
 def _parser_exceptions() -> tuple[tuple[type, ...], tuple[type, ...]]:
     """The usage-error and abort classes the parser may raise: click's, and since typer 0.20 typer's own copy."""

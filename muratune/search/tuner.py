@@ -195,14 +195,15 @@ def _check_resources(config: ExperimentConfig) -> None:
 DDP_DRIVER_CPUS = 0.25
 
 
-def trial_resources(config: ExperimentConfig) -> dict:
+def trial_resources(config: ExperimentConfig, data_parallel: bool | None = None) -> dict:
     """Resources of one trial's Tune actor.
 
     A data-parallel trial's actor only drives a TorchTrainer, whose workers request their own resources
     (``cpus_per_trial`` and ``gpus_per_trial`` each), so the actor itself takes a small CPU share.
+    ``data_parallel`` (default: ``workers_per_trial > 1``) also covers a TorchTrainer of one worker.
     """
     res = config.resources
-    if res.workers_per_trial <= 1:
+    if not (res.workers_per_trial > 1 if data_parallel is None else data_parallel):
         return {"cpu": res.cpus_per_trial, "gpu": res.gpus_per_trial}
     return {"cpu": DDP_DRIVER_CPUS, "gpu": 0}
 
@@ -265,14 +266,13 @@ def bind_trainable(config: ExperimentConfig, trainable: Callable | None = None) 
     """The trial function with the experiment settings bound (kept out of the searched config) and resources."""
     from ray import tune
 
+    from muratune.trainables.distributed import ddp_tune_trainable
     from muratune.trainables.train import tune_trainable
 
     if trainable is None and config.resources.workers_per_trial > 1:
-        from muratune.trainables.distributed import ddp_tune_trainable
-
         trainable = ddp_tune_trainable
     bound = tune.with_parameters(trainable or tune_trainable, settings=config.model_dump(mode="json"))
-    return tune.with_resources(bound, trial_resources(config))
+    return tune.with_resources(bound, trial_resources(config, data_parallel=trainable is ddp_tune_trainable))
 
 
 def build_tuner(

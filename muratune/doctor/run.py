@@ -1,0 +1,257 @@
+"""``run_doctor``: connect to Ray, prepare a small work folder (synthetic data unless given), run every check."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from muratune.config import ExperimentConfig, load_config, validate_config
+from muratune.doctor.report import DoctorReport, timed
+from muratune.errors import UserError
+
+QUICK_SIZE = 32
+QUICK_BACKBONE = "resnet10t"
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """How much each check does: a full run takes minutes on a GPU node, ``--quick`` a few on 2 CPU cores."""
+
+    studies: int
+    long_side: int
+    loader_images: int
+    steps: int
+    warmup: int
+    trial_steps: int
+    timeout_s: float
+
+    @classmethod
+    def create(cls, quick: bool, image_size: int) -> Sizes:
+        """The quick or the full sizes (synthetic images drawn at twice the config's size, within 64-1024 px)."""
+        if quick:
+            return cls(studies=80, long_side=64, loader_images=256, steps=5, warmup=2, trial_steps=2, timeout_s=300)
+        side = max(64, min(1024, 2 * image_size))
+        return cls(studies=400, long_side=side, loader_images=1024, steps=30, warmup=5, trial_steps=10, timeout_s=900)
+
+
+@dataclass
+class Context:
+    """What every check reads: the shrunk config, the cluster as Ray sees it, the doctor's folders, earlier results.
+
+    ``local`` is a scratch folder at the same path on every node (synthetic data, the probe checkpoint, CAMs);
+    ``storage`` is where the doctor's searches write, under the config's storage, which every node must reach.
+    """
+
+    config: ExperimentConfig
+    user_config: ExperimentConfig
+    hparams: dict[str, Any]
+    sizes: Sizes
+    quick: bool
+    address: str | None
+    token: str
+    local: Path
+    storage: str
+    nodes: list[dict] = field(default_factory=list)
+    results: dict[str, dict] = field(default_factory=dict)
+    echo: Callable[[str], None] = print
+
+    @property
+    def gpu_nodes(self) -> list[dict]:
+        """Alive nodes that offer GPUs to Ray."""
+        return [n for n in self.nodes if n["Resources"].get("GPU", 0) > 0]
+
+    @property
+    def use_gpu(self) -> bool:
+        """Whether the cluster has a GPU; if not, every GPU path runs on the CPU instead."""
+        return bool(self.gpu_nodes)
+
+    def with_values(self, values: dict[str, Any]) -> ExperimentConfig:
+        """``config`` with dotted keys set (``{"budget.num_samples": 4}``), validated again."""
+        return with_values(self.config, values)
+
+    def probe_resources(self) -> dict[str, float]:
+        """Ray task options of a probe: one core and, on a GPU cluster, one whole GPU."""
+        return {"num_cpus": 1, "num_gpus": 1 if self.use_gpu else 0}
+
+    def result(self, name: str) -> dict:
+        """An earlier check's measurements; raises when that check failed, so this one fails naming it."""
+        if name not in self.results:
+            raise RuntimeError(f"not run: needs the {name} check, which failed")
+        return self.results[name]
+
+
+def with_values(config: ExperimentConfig, values: dict[str, Any]) -> ExperimentConfig:
+    """A copy of ``config`` with dotted keys set, validated again."""
+    raw = config.model_dump(mode="json")
+    for key, value in values.items():
+        node = raw
+        *parents, last = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[last] = value
+    return validate_config(raw, source="doctor")
+
+
+def shrink(config: ExperimentConfig, quick: bool, data_root: Path, storage: str, steps: int) -> ExperimentConfig:
+    """The config the checks run: one epoch of a few steps; with ``quick`` 32 px, resnet10t, no pretrained weights."""
+    values: dict[str, Any] = {
+        "data.root": str(data_root),
+        "storage": storage,
+        "budget.max_epochs": 1,
+        "budget.grace_period": 1,
+        "budget.time_budget_s": None,
+        "train.max_steps_per_epoch": steps,
+        "optuna.storage": None,
+        "failure.max_failures": 0,
+        "debug.fault": None,
+    }
+    if quick:
+        batch = min(int(config.space.batch_size.default()), 16)
+        values.update({"data.image_size": QUICK_SIZE, "data.num_workers": 0, "model.pretrained": False,
+                       "model.weights_dir": None, "space.backbone": {"type": "fixed", "value": QUICK_BACKBONE},
+                       "space.batch_size": {"type": "fixed", "value": batch}})  # fmt: skip
+    return with_values(config, values)
+
+
+def _resolve_config(config: str | os.PathLike | ExperimentConfig | None) -> ExperimentConfig:
+    if isinstance(config, ExperimentConfig):
+        return config
+    return load_config(config) if config is not None else ExperimentConfig()
+
+
+def _is_remote(storage: str) -> bool:
+    return "://" in storage and not storage.startswith("file://")
+
+
+def doctor_paths(storage: str) -> tuple[str, Path, str]:
+    """A fresh token, the node-local scratch folder named after it, and the storage the doctor's searches use.
+
+    The scratch folder has the same path on every node, so synthetic data drawn on each node (the generator is
+    deterministic) and the probe checkpoint copied to each node are found wherever a trial or replica lands.
+    """
+    token = uuid.uuid4().hex[:8]
+    local = Path(tempfile.gettempdir()) / f"muratune-doctor-{token}"
+    if _is_remote(storage):
+        return token, local, f"{storage.rstrip('/')}/.doctor-{token}"
+    return token, local, str(Path(storage.removeprefix("file://")).expanduser().resolve() / f".doctor-{token}")
+
+
+def check_data(data: str | os.PathLike | None) -> Path | None:
+    """The given dataset root, checked here before anything starts (a one-line UserError if bad)."""
+    from muratune.data.index import load_index
+
+    if data is None:
+        return None
+    if not Path(data).expanduser().exists():
+        raise UserError(f"--data {data}: no such folder")
+    load_index(data)
+    return Path(data).expanduser().resolve()
+
+
+def _cleanup(ctx: Context, keep: bool) -> None:
+    """Remove the doctor's scratch folders on every node and its search folder; keep them when a check failed."""
+    from muratune.doctor.checks import on_every_node
+    from muratune.doctor.probes import remove_folder
+
+    if keep:
+        ctx.echo(f"doctor: a check failed; kept for inspection: {ctx.local} (on each node) and {ctx.storage}")
+        return
+    try:
+        on_every_node(ctx, remove_folder, str(ctx.local))
+    except Exception as err:  # noqa: BLE001 - cleaning up must not hide the report
+        ctx.echo(f"doctor: could not remove {ctx.local} on every node ({err})")
+    if _is_remote(ctx.storage):
+        import pyarrow.fs
+
+        fs, path = pyarrow.fs.FileSystem.from_uri(ctx.storage)
+        try:
+            fs.delete_dir(path)
+        except (FileNotFoundError, OSError):
+            pass
+        for name in ("trials", "ddp"):
+            shutil.rmtree(Path("runs") / f"doctor-{ctx.token}-{name}", ignore_errors=True)
+    else:
+        shutil.rmtree(ctx.storage, ignore_errors=True)
+
+
+def all_checks() -> list[tuple[str, Callable[[Context, dict], None]]]:
+    """Every check, in the order it runs: later ones use what earlier ones measured (``Context.results``)."""
+    from muratune.doctor import checks, searches, serving
+
+    return [
+        ("ray_cluster", checks.check_ray_cluster),
+        ("cuda_devices", checks.check_cuda),
+        ("shared_storage", checks.check_shared_storage),
+        ("dataset", checks.check_dataset),
+        ("loader_throughput", checks.check_loader),
+        ("training_probe", checks.check_training),
+        ("cores_per_gpu", checks.check_cores_per_gpu),
+        ("fractional_gpu_trials", searches.check_fractional_trials),
+        ("data_parallel", searches.check_data_parallel),
+        ("cam_export", checks.check_cam),
+        ("serve_replica", serving.check_serve),
+    ]
+
+
+def run_doctor(
+    address: str | None = None,
+    data: str | os.PathLike | None = None,
+    quick: bool = False,
+    config: str | os.PathLike | ExperimentConfig | None = None,
+    out: str | os.PathLike | None = None,
+    echo: Callable[[str], None] = print,
+) -> DoctorReport:
+    """Check that a Ray cluster is ready for a long search, exercising every accelerator path muratune has.
+
+    Args:
+        address: Ray cluster address (``auto``, ``ray://...``); default ``RAY_ADDRESS`` or a local Ray started here
+            (and shut down at the end; a Ray that was already running is left running).
+        data: a MURA-format dataset root; default a small synthetic one written for the run.
+        quick: everything small (32 px, resnet10t, no pretrained weights, a few steps): minutes on 2 CPU cores.
+        config: the experiment config (YAML path or ExperimentConfig) whose size, policy, backbone and storage are
+            checked; default the built-in defaults.
+        out: where to write the JSON report (atomically).
+        echo: where progress lines go.
+
+    Returns:
+        The report; ``report.exit_code`` is 1 when a check failed.
+
+    Raises:
+        UserError: a bad config or ``data`` path (before anything starts).
+    """
+    import ray
+
+    from muratune.search.tuner import connect_ray
+    from muratune.trainables.train import split_config
+
+    started = time.perf_counter()
+    user_config = _resolve_config(config)
+    sizes = Sizes.create(quick, QUICK_SIZE if quick else user_config.data.image_size)
+    given = check_data(data)
+    token, local, storage = doctor_paths(user_config.storage)
+    root = given or local / "data"
+    shrunk = shrink(user_config, quick, root, storage, sizes.trial_steps)
+    hparams, _ = split_config(shrunk.space.defaults(), shrunk)
+    report = DoctorReport(quick=quick, address=address or os.environ.get("RAY_ADDRESS"))
+    ray_started = connect_ray(address)
+    try:
+        ctx = Context(shrunk, user_config, hparams, sizes, quick, address, token, local, storage, echo=echo)
+        ctx.results["data"] = {"given": given is not None}
+        for name, check in all_checks():
+            with timed(report, name, echo) as slot:
+                check(ctx, slot)
+        report.wall_s = time.perf_counter() - started
+        _cleanup(ctx, keep=bool(report.failed))
+    finally:
+        if ray_started:
+            ray.shutdown()
+    if out is not None:
+        report.write(out)
+    return report
