@@ -12,7 +12,7 @@ from muratune.cli import main
 from muratune.config import ExperimentConfig
 from muratune.doctor import Check, DoctorReport, all_checks, run_doctor
 from muratune.doctor.checks import cores_verdict
-from muratune.doctor.probes import loader_cores_needed
+from muratune.doctor.probes import loader_cores_needed, training_probe
 from muratune.doctor.report import timed
 from muratune.doctor.run import doctor_paths, shrink
 
@@ -107,6 +107,34 @@ def test_a_missing_data_folder_is_a_user_error(tmp_path: Path, capsys):
     assert exit_info.value.code == 2
     assert "--data" in capsys.readouterr().err and not (tmp_path / "d.json").exists()
     assert not list((tmp_path / "runs").glob(".doctor-*"))
+
+
+def _probe(root: Path, out: Path, gpus: float) -> dict:
+    from muratune.trainables.train import split_config
+
+    config = ExperimentConfig.model_validate(
+        {"data": {"root": str(root), "image_size": 32, "num_workers": 0}, "resources": {"gpus_per_trial": gpus},
+         "space": {"batch_size": 8}}
+    )  # fmt: skip
+    hparams, _ = split_config(config.space.defaults(), config)
+    return training_probe(config.model_dump(mode="json"), hparams, steps=3, warmup=1, out=str(out))
+
+
+def test_training_probe_on_the_cpu_leaves_a_checkpoint_that_cam_and_serve_load(synthetic_root: Path, tmp_path: Path):
+    from muratune.cam.export import load_ensemble
+
+    got = _probe(synthetic_root, tmp_path / "probe", gpus=0)
+    assert got["device"] == "cpu" and got["amp"] == "None" and got["memory_kind"] == "process_peak_rss"
+    assert got["images_per_s"] > 0 and got["peak_memory_mib"] > 0 and got["batch_size"] == 8
+    assert set(got["files"]) >= {"model.safetensors", "trial.json"}
+    assert len(load_ensemble(tmp_path / "probe", device="cpu").members) == 1
+
+
+@pytest.mark.gpu
+def test_training_probe_on_the_gpu_uses_amp_and_channels_last(synthetic_root: Path, tmp_path: Path):
+    got = _probe(synthetic_root, tmp_path / "probe", gpus=1)
+    assert got["device"] != "cpu" and got["amp"] in ("bfloat16", "float16") and got["channels_last"] is True
+    assert got["memory_kind"] == "cuda_max_allocated" and got["peak_memory_mib"] > 0
 
 
 @pytest.mark.slow
