@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from muratune.constants import BODY_PART, IMAGE_PATH, LABEL, SPLIT, STUDY_PATH, VALID
+from muratune.constants import BODY_PART, IMAGE_PATH, LABEL, SPLIT, STUDY_PATH, SPLIT_VALID
 from muratune.ensemble.predictor import ENSEMBLE_FILE, StudyPredictor, infer_body_part, study_path_of
 from muratune.ensemble.select import (
     GLOBAL,
@@ -126,7 +126,7 @@ def _test_images(root: Path) -> pd.DataFrame:
     from muratune.data.index import load_index
 
     index = load_index(root)
-    return index[index[SPLIT] == VALID].reset_index(drop=True)
+    return index[index[SPLIT] == SPLIT_VALID].reset_index(drop=True)
 
 
 def _copy_artifact(ensembled: Path, tmp_path: Path, strategy: str = "greedy") -> Path:

@@ -13,7 +13,8 @@ from mura_fixtures import make_mura, make_mura_csvs
 
 from muratune.constants import BODY_PARTS
 from muratune.data.index import load_index, make_frame
-from muratune.data.split import SUBSET, internal_split
+from muratune.constants import SUBSET
+from muratune.data.split import internal_split
 from muratune.errors import UserError
 
 

@@ -11,12 +11,12 @@ import pytest
 
 from muratune.constants import BODY_PARTS
 from muratune.data import synth
+from muratune.data.synth.draw import _gaussian_levels
+from muratune.data.synth.geometry import _box_kernel
+from muratune.data.synth.plan import BOXES_HEADER
 from muratune.data.synth import (
-    BOXES_HEADER,
     FINDING_KINDS,
     ROOT_NAME,
-    _box_kernel,
-    _gaussian_levels,
     draw_image,
     encode_png,
     generate_dataset,
@@ -168,7 +168,7 @@ def test_parse_difficulty() -> None:
 
 
 def test_plan_proportions_and_valid_coverage() -> None:
-    plan = plan_dataset(400, seed=0, valid_fraction=0.1)
+    plan = plan_dataset(400, seed=0, valid_share=0.1)
     valid = [s for s in plan if s.split == "valid"]
     assert len(plan) == 400 and len(valid) == 40
     assert {(s.body_part, s.label) for s in valid} == {(p, label) for p in BODY_PARTS for label in (0, 1)}

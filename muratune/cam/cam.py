@@ -13,8 +13,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from muratune.data.images import Geometry, resize_square, unsquare
-from muratune.ensemble.members import Member
 from muratune.ensemble.select import Weights, weights_for
+from muratune.ensemble.trained import TrainedModel
 from muratune.errors import UserError
 
 if TYPE_CHECKING:
@@ -259,7 +259,9 @@ def _span(offset: int, length: int) -> slice:
     return slice(max(0, offset), length + min(0, offset))
 
 
-def member_maps(member: Member, squares: np.ndarray, spec: CamSpec, device: torch.device | str = "cpu") -> np.ndarray:
+def member_maps(
+    member: TrainedModel, squares: np.ndarray, spec: CamSpec, device: torch.device | str = "cpu"
+) -> np.ndarray:
     """Maps of one member for a batch of uint8 ``N x S x S`` squares at its input size (``N x S x S``, [0, 1]).
 
     With ``spec.shifts > 1`` every square is also explained translated by fractions of a map cell (all copies in
@@ -284,7 +286,7 @@ class EnsembleCam:
 
     def __init__(
         self,
-        members: Sequence[Member],
+        members: Sequence[TrainedModel],
         weights: Weights,
         layer: str | int = AUTO,
         method: str = AUTO,

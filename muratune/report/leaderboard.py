@@ -11,6 +11,7 @@ import pandas as pd
 
 from muratune.config import HYPERPARAMETERS
 from muratune.constants import BODY_PARTS, short_part
+from muratune.ensemble.spec import thresholds_were_tuned
 from muratune.report.bootstrap import DEFAULT_LEVEL, DEFAULT_REPLICATES
 from muratune.report.experiment import Experiment
 from muratune.report.scoring import OVERALL, score_studies
@@ -76,7 +77,7 @@ def _ensemble_entries(exp: Experiment, replicates: int, seed: int, level: float)
         hours = [exp.trial_hours(t) for t in members]
         details = {
             "members": ", ".join(members),
-            "thresholds": "tuned per body part" if ens.spec.get("thresholds_tuned") else "0.5",
+            "thresholds": "tuned per body part" if thresholds_were_tuned(ens.spec) else "0.5",
             "tta": bool(ens.spec.get("tta", False)),
         }
         entries.append(

@@ -11,10 +11,10 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from sklearn.metrics import roc_curve
 
-from muratune.constants import BODY_PART, EPOCH, LABEL, METRIC, VAL_LOSS
+from muratune.constants import BODY_PART, EPOCH, LABEL, METRIC, PROB, VAL_LOSS
+from muratune.metrics import binary_metrics
 from muratune.report.leaderboard import COLUMNS, PARTS, Entry
 from muratune.report.scoring import OVERALL, decided, part_order
-from muratune.trainables.metrics import PROB, binary_metrics
 
 DPI = 110
 ROC_COLOURS = ("#d62728", "#1f77b4", "#2ca02c")

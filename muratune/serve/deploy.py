@@ -146,8 +146,8 @@ def serve_until_interrupted(
 
     import ray
 
-    from muratune.cam.export import load_ensemble
-    from muratune.search.tuner import connect_ray
+    from muratune.cluster import connect_ray
+    from muratune.ensemble.load import load_ensemble
 
     load_ensemble(ensemble_dir, device="cpu")  # a bad ensemble is a one-line error before Ray starts
     started = connect_ray(address)
