@@ -30,7 +30,8 @@ from muratune.cam.cam import (
     resolve_layer,
     translate,
 )
-from muratune.cam.export import export_cams, overlay
+from muratune.cam.export import ImageSelection, export_cams
+from muratune.cam.overlay import overlay
 from muratune.cam.score import CHANCE, MEAN_IOU, POINTING_GAME, Prediction, localisation_score, read_boxes
 from muratune.cli import main
 from muratune.data.images import resize_square, unsquare
@@ -252,7 +253,9 @@ def test_overlays_for_gray_and_rgb_pngs(tmp_path: Path):
     Image.fromarray(gray).save(study / "image1.png")
     Image.fromarray(np.stack([gray, gray // 2, gray], axis=-1)).save(study / "image2.png")  # RGB
     out = tmp_path / "cams"
-    summary = export_cams(_resnet_checkpoint(tmp_path / "member"), out, study=study, root=tmp_path, progress=False)
+    summary = export_cams(
+        _resnet_checkpoint(tmp_path / "member"), out, ImageSelection(study=study, root=tmp_path), progress=False
+    )
     assert summary.n_images == 2 and summary.layers == {"member": "layercam@layer2 (8x8, 2x2 shifts)"}
     for rec in summary.records:
         drawn = cv2.imread(str(out / rec["png"]))
@@ -263,7 +266,7 @@ def test_overlays_for_gray_and_rgb_pngs(tmp_path: Path):
     rgb = overlay(np.dstack([gray] * 3), np.zeros(gray.shape), caption="XR_WRIST <b>")
     assert rgb.shape[1:] == (60, 3)
     with pytest.raises(UserError, match="already exists"):
-        export_cams(tmp_path / "member", out, study=study, progress=False)
+        export_cams(tmp_path / "member", out, ImageSelection(study=study), progress=False)
 
 
 def test_cli_errors_are_one_line(tmp_path: Path, capsys):

@@ -10,10 +10,6 @@ import numpy as np
 import pytest
 
 from muratune.constants import BODY_PARTS
-from muratune.data import synth
-from muratune.data.synth.draw import _gaussian_levels
-from muratune.data.synth.geometry import _box_kernel
-from muratune.data.synth.plan import BOXES_HEADER
 from muratune.data.synth import (
     FINDING_KINDS,
     ROOT_NAME,
@@ -24,6 +20,10 @@ from muratune.data.synth import (
     plan_dataset,
     render_image,
 )
+from muratune.data.synth import draw as synth_draw
+from muratune.data.synth.draw import _gaussian_levels
+from muratune.data.synth.geometry import _box_kernel
+from muratune.data.synth.plan import BOXES_HEADER
 from muratune.errors import UserError
 
 SMALL = {"studies": 60, "seed": 3, "difficulty": "easy", "long_side": 256, "workers": 1}
@@ -223,7 +223,7 @@ def test_low_resolution_tissue_matches_full_resolution(body_part: str, monkeypat
     # The soft tissue is drawn at 1/4 resolution at 512 px; drawn at full resolution it must look the same. Noise
     # has its own random stream, so the two images differ only by the tissue layer.
     fast, boxes = render_image(body_part, "fracture", (0, 7), long_side=512)
-    monkeypatch.setattr(synth, "_tissue_factor", lambda long_side: 1)
+    monkeypatch.setattr(synth_draw, "_tissue_factor", lambda long_side: 1)
     full, full_boxes = render_image(body_part, "fracture", (0, 7), long_side=512)
     diff = fast.astype(np.int16) - full
     assert boxes == full_boxes

@@ -1,4 +1,4 @@
-"""Measure the package's structure: import cycles, imports of the tuner and of CLI modules, long functions and modules."""
+"""Measure the package's structure: import cycles, imports of the tuner and of commands, long functions and modules."""
 
 from __future__ import annotations
 

@@ -128,7 +128,5 @@ def predict_csv(
     for path in studies.loc[missing, STUDY_PATH]:
         warn(f"study {path}: no readable image; left out of {output_csv}")
     write_text(output_csv, format_rows(studies[~missing], probabilities))
-    return (
-        f"wrote {int((~missing).sum())} studies to {output_csv} ({len(images)} images, {len(unreadable.located)} unreadable, "
-        f"{int(missing.sum())} studies left out)"
-    )
+    counts = f"{len(images)} images, {len(unreadable.located)} unreadable, {int(missing.sum())} studies left out"
+    return f"wrote {int((~missing).sum())} studies to {output_csv} ({counts})"
