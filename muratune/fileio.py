@@ -58,7 +58,7 @@ def json_safe(value: Any) -> Any:
         return {str(k): json_safe(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [json_safe(v) for v in value]
-    if hasattr(value, "tolist") and callable(value.tolist) and getattr(value, "ndim", 0):
+    if hasattr(value, "tolist") and callable(value.tolist) and getattr(value, "ndim", False):
         return json_safe(value.tolist())
     if hasattr(value, "item") and callable(value.item):
         value = value.item()

@@ -7,6 +7,7 @@ import warnings
 
 import numpy as np
 import pandas as pd
+from numpy.typing import ArrayLike
 from sklearn.metrics import roc_auc_score
 
 from muratune.constants import BODY_PART, BODY_PARTS, LABEL, PROB, STUDY_PATH, short_part
@@ -30,7 +31,7 @@ def aggregate_studies(images: pd.DataFrame, prob_col: str = PROB) -> pd.DataFram
     return studies.reset_index()
 
 
-def kappa_from_counts(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray, tn: np.ndarray) -> np.ndarray:
+def kappa_from_counts(tp: ArrayLike, fp: ArrayLike, fn: ArrayLike, tn: ArrayLike) -> np.ndarray:
     """Cohen's kappa from confusion counts (vectorised over any shape).
 
     Where kappa is undefined (no studies, or labels and predictions constant and equal) it is 0, so that a search

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -92,7 +92,8 @@ def feature_stages(model: nn.Module) -> list[dict]:
 
 def has_gap_linear_head(model: nn.Module) -> bool:
     """Whether the head is global average pooling then one linear layer (classic CAM is exact then)."""
-    classifier = model.get_classifier() if hasattr(model, "get_classifier") else None
+    timm_model: Any = model  # timm's hooks are not on nn.Module's type
+    classifier = timm_model.get_classifier() if hasattr(model, "get_classifier") else None
     pool = getattr(model, "global_pool", None)
     pool_type = getattr(pool, "pool_type", pool)
     return (
@@ -199,8 +200,9 @@ def classic_cam(model: nn.Module, inputs: torch.Tensor) -> np.ndarray:
         ``N x H x W`` maps at the input size, ReLU'd and divided by their maximum.
     """
     model.eval()
-    features = model.forward_features(inputs)
-    weight = model.get_classifier().weight[0].to(features.dtype)
+    timm_model: Any = model
+    features = timm_model.forward_features(inputs)
+    weight = timm_model.get_classifier().weight[0].to(features.dtype)
     maps = torch.einsum("c,nchw->nhw", weight, features).unsqueeze(1)
     maps = F.interpolate(maps.float(), size=inputs.shape[-2:], mode="bilinear", align_corners=False)
     return _normalise(maps[:, 0].cpu().numpy())

@@ -37,10 +37,10 @@ def main(argv: list[str] | None = None) -> None:
     except UserError as err:
         typer.echo(f"muratune: error: {err}", err=True)
         sys.exit(err.exit_code)
-    except CLICK_ERRORS as err:
+    except CLICK_ERRORS as err:  # type: ignore[misc]  # a tuple of exception classes
         err.show()
         sys.exit(err.exit_code)
-    except CLICK_ABORTS:
+    except CLICK_ABORTS:  # type: ignore[misc]
         typer.echo("muratune: interrupted", err=True)
         sys.exit(130)
     sys.exit(code if isinstance(code, int) else 0)

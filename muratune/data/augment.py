@@ -209,12 +209,12 @@ def affine_matrix(
     pixels exactly onto pixels, like ``np.fliplr``.
     """
     centre = ((width - 1) / 2, (height - 1) / 2)
-    matrix = cv2.getRotationMatrix2D(centre, angle, zoom)
+    matrix = np.asarray(cv2.getRotationMatrix2D(centre, angle, zoom), dtype=np.float64)
     if flip:
         # x -> (width - 1) - x before the rotation: negate the x column and move the origin.
         matrix[:, 2] += matrix[:, 0] * (width - 1)
         matrix[:, 0] *= -1
-    matrix[:, 2] += (shift_x, shift_y)
+    matrix[:, 2] += np.array([shift_x, shift_y])
     return matrix
 
 

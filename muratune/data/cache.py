@@ -101,7 +101,7 @@ def _decode_chunk(args: tuple[str, list[tuple[int, str]], int, str]) -> list[tup
 
     array_path, items, size, mode = args
     images = np.load(array_path, mmap_mode="r+")
-    results = []
+    results: list[tuple[int, int, int, str | None]] = []
     for row, file in items:
         try:
             square, geo = read_square(file, size, mode)

@@ -6,6 +6,7 @@ import math
 import os
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -147,7 +148,7 @@ def build_report(
         raise UserError(f"--replicates {replicates}: must be at least 1")
     if top < 0:
         raise UserError(f"--top {top}: must not be negative")
-    exp = load_experiment(experiment)
+    exp = load_experiment(Path(experiment))
     entries = build_entries(exp, top=top, replicates=replicates, seed=seed, level=level)
     best = best_entry(entries)
     study, study_note = load_study(exp)

@@ -155,12 +155,14 @@ def leaderboard_frame(entries: list[Entry]) -> pd.DataFrame:
         row: dict[str, Any] = {"name": entry.name, "kind": entry.kind, "split": entry.split}
         for column, value in entry.kappas().items():
             row[f"kappa_{column}"] = value
-            scored = entry.score is not None and column in entry.score.index
-            row[f"kappa_{column}_low"] = float(entry.score.loc[column, "kappa_low"]) if scored else math.nan
-            row[f"kappa_{column}_high"] = float(entry.score.loc[column, "kappa_high"]) if scored else math.nan
+            score = entry.score
+            low = high = math.nan
+            if score is not None and column in score.index:
+                low, high = float(score.loc[column, "kappa_low"]), float(score.loc[column, "kappa_high"])
+            row[f"kappa_{column}_low"], row[f"kappa_{column}_high"] = low, high
         for metric in ("auc", "sensitivity", "specificity", "accuracy", "n"):
-            scored = entry.score is not None
-            row[metric] = float(entry.score.loc[OVERALL, metric]) if scored else math.nan
+            score = entry.score
+            row[metric] = float(score.loc[OVERALL, metric]) if score is not None else math.nan
         row["val_kappa"] = entry.val_kappa
         row["cpu_hours"] = entry.cpu_hours
         row["gpu_hours"] = entry.gpu_hours

@@ -76,7 +76,7 @@ def read_predictions(path: str | os.PathLike) -> pd.DataFrame:
     """
     path = Path(path)
     records: dict[str, tuple[int, float]] = {}
-    widths = set()
+    widths: set[int] = set()
     for line, row in _rows(path):
         if len(row) not in (2, 3):
             raise UserError(

@@ -78,10 +78,10 @@ def bind_trainable(config: ExperimentConfig, trainable: Callable | None = None) 
     from ray import tune
 
     if trainable is None:
-        if config.resources.workers_per_trial > 1:
-            from muratune.trainables.distributed import ddp_tune_trainable as trainable
-        else:
-            from muratune.trainables.trial import tune_trainable as trainable
+        from muratune.trainables.distributed import ddp_tune_trainable
+        from muratune.trainables.trial import tune_trainable
+
+        trainable = ddp_tune_trainable if config.resources.workers_per_trial > 1 else tune_trainable
     bound = tune.with_parameters(trainable, **{EXPERIMENT_CONFIG_KEY: config.model_dump(mode="json")})
     return tune.with_resources(bound, trial_resources(config))
 

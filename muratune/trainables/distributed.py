@@ -63,7 +63,7 @@ def ddp_tune_trainable(hparams: dict, experiment_config: dict | None = None) -> 
         run_config=ray.train.RunConfig(
             name=f"ddp_{context.get_trial_id()}",
             storage_path=_train_storage(config),
-            callbacks=[TuneReportCallback()],
+            callbacks=[TuneReportCallback()],  # type: ignore[list-item]  # Ray's own bridge to Tune
         ),
     )
     trainer.fit()

@@ -50,7 +50,9 @@ class TuneReporter(CheckpointRestore):
 
         ray.tune.report(metrics, checkpoint=ray.tune.Checkpoint.from_directory(str(checkpoint_dir)))
         trial_dir = _persisted_trial_dir()
-        checkpoints = sorted(trial_dir.glob(f"{CHECKPOINT_PREFIX}*")) if trial_dir is not None else []
+        if trial_dir is None:
+            return
+        checkpoints = sorted(trial_dir.glob(f"{CHECKPOINT_PREFIX}*"))
         if checkpoints:
             ckpt.strip_optimizer_state(trial_dir, keep=checkpoints[-1])
 
@@ -65,7 +67,7 @@ def _persisted_trial_dir() -> Path | None:
         import pyarrow.fs
         from ray.train._internal.session import get_session
 
-        storage = get_session().storage
+        storage = get_session().storage  # type: ignore[union-attr]  # no session: caught below
         if not isinstance(storage.storage_filesystem, pyarrow.fs.LocalFileSystem):
             return None
         path = Path(storage.trial_fs_path)

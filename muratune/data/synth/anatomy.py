@@ -116,7 +116,7 @@ def _elbow(rng: np.random.Generator) -> _Part:
             bones.append(
                 _Bone(_rotate_about(item.a, pivot, bend), _rotate_about(item.b, pivot, bend), item.wa, item.wb)
             )
-        else:
+        elif isinstance(item, _Blob):
             bones.append(_Blob(_rotate_about(item.c, pivot, bend), item.ax, item.ay, item.angle + bend))
     return bones
 

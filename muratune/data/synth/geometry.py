@@ -42,7 +42,7 @@ def _unit_circle(n: int) -> np.ndarray:
     return np.stack([np.cos(t), np.sin(t)], axis=1)
 
 
-def _ellipse(c: Sequence[float], ax: float, ay: float, angle: float = 0.0, n: int = 28) -> np.ndarray:
+def _ellipse(c: Sequence[float] | np.ndarray, ax: float, ay: float, angle: float = 0.0, n: int = 28) -> np.ndarray:
     r = math.radians(angle)
     cos, sin = math.cos(r), math.sin(r)
     return _unit_circle(n) @ np.array([[ax * cos, ax * sin], [-ay * sin, ay * cos]]) + np.asarray(c, np.float64)
