@@ -110,18 +110,18 @@ def test_a_missing_data_folder_is_a_user_error(tmp_path: Path, capsys):
 
 
 def _probe(root: Path, out: Path, gpus: float) -> dict:
-    from muratune.trainables.train import split_config
+    from muratune.trainables.trial import trial_inputs
 
     config = ExperimentConfig.model_validate(
         {"data": {"root": str(root), "image_size": 32, "num_workers": 0}, "resources": {"gpus_per_trial": gpus},
          "space": {"batch_size": 8}}
     )  # fmt: skip
-    hparams, _ = split_config(config.space.defaults(), config)
+    hparams, _ = trial_inputs(config.space.defaults(), config)
     return training_probe(config.model_dump(mode="json"), hparams, steps=3, warmup=1, out=str(out))
 
 
 def test_training_probe_on_the_cpu_leaves_a_checkpoint_that_cam_and_serve_load(synthetic_root: Path, tmp_path: Path):
-    from muratune.cam.export import load_ensemble
+    from muratune.ensemble.load import load_ensemble
 
     got = _probe(synthetic_root, tmp_path / "probe", gpus=0)
     assert got["device"] == "cpu" and got["amp"] == "None" and got["memory_kind"] == "process_peak_rss"

@@ -139,7 +139,7 @@ def loader_probe(config: dict, hparams: dict, images: int) -> dict[str, Any]:
 
     from muratune.data.augment import create_transform
     from muratune.data.dataset import CachedImageDataset, make_loader
-    from muratune.trainables.train import prepare_data
+    from muratune.trainables.data import prepare_data
 
     settings = ExperimentConfig.model_validate(config)
     started = time.perf_counter()
@@ -186,41 +186,35 @@ def _batches(loader, count: int) -> list:
 def training_probe(config: dict, hparams: dict, steps: int, warmup: int, out: str) -> dict[str, Any]:
     """Train the config's backbone for ``steps`` timed steps with muratune's loop, then save a checkpoint.
 
-    Uses the trial's own pieces (``create_model``, ``Runtime`` with AMP and channels_last, ``weighted_bce`` in
-    ``train_one_epoch``) on this task's device: its GPU when Ray gave it one, else the CPU. Batches are drawn
-    once and replayed, so images/s is the trainer's rate. Peak memory is ``torch.cuda.max_memory_allocated``
+    Uses the trial's own pieces (``create_trial_model``, ``Runtime`` with AMP and channels_last, the weighted BCE
+    of ``train_one_epoch``) on this task's device: its GPU when the config asks for one, else the CPU. Batches are
+    drawn once and replayed, so images/s is the trainer's rate. Peak memory is ``torch.cuda.max_memory_allocated``
     on a GPU and the process's peak RSS on the CPU.
     """
     from muratune.data.dataset import CachedImageDataset, Normalizer, make_loader
-    from muratune.trainables import train as loop
-    from muratune.trainables.models import create_model
+    from muratune.trainables.data import prepare_data
+    from muratune.trainables.loop import Runtime, train_one_epoch
+    from muratune.trainables.trial import create_epoch_context, create_trial_model, seed_everything
 
     settings = ExperimentConfig.model_validate(config)
-    loop.seed_everything(settings.train.seed)
-    runtime = loop.Runtime.create(settings)  # the trial's choice: CUDA (AMP, channels_last) when it asks for a GPU
-    model = create_model(
-        hparams["backbone"], pretrained=settings.model.pretrained, weights_dir=settings.model.weights_dir,
-        in_chans=settings.data.in_chans, drop_rate=settings.model.drop_rate, finetune_depth=hparams["finetune_depth"],
-    ).to(runtime.device)  # fmt: skip
-    if runtime.channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    seed_everything(settings.train.seed)
+    runtime = Runtime.create(settings)  # the trial's choice: CUDA (AMP, channels_last) when it asks for a GPU
+    model = create_trial_model(hparams, settings, runtime)
     normalizer = Normalizer.from_model(model, settings.data.in_chans)
-    data = loop.prepare_data(settings)
+    data = prepare_data(settings)
     train_set = CachedImageDataset(data.cache, data.train)
     batch_size = min(int(hparams["batch_size"]), len(train_set))
     batches = _batches(make_loader(train_set, batch_size, True, 0, settings.train.seed, drop_last=True), steps)
-    weights = loop.study_weights(train_set, data.class_weights)
-    optimizer = loop.build_optimizer(model, hparams["optimizer"], hparams["lr"], hparams["weight_decay"])
-    schedule = loop.Schedule(optimizer, "constant", warmup + steps, 0)
-    scaler = torch.amp.GradScaler(runtime.device.type, enabled=runtime.amp_dtype == torch.float16)
-    args = (optimizer, schedule, scaler, runtime, normalizer, lambda idx: weights[idx], settings.train.grad_clip, None)
-    loop.train_one_epoch(model, batches[:warmup], *args)  # cuDNN autotuning and allocator warm-up
+    ctx = create_epoch_context(model, data, train_set, batches, hparams, settings, runtime, normalizer)
+    ctx.max_steps, ctx.loader = None, batches[:warmup]
+    train_one_epoch(ctx)  # cuDNN autotuning and allocator warm-up
     cuda = runtime.device.type == "cuda"
     if cuda:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
+    ctx.loader = batches
     started = time.perf_counter()
-    loss = loop.train_one_epoch(model, batches, *args)
+    loss = train_one_epoch(ctx)
     if cuda:
         torch.cuda.synchronize()
     seconds = time.perf_counter() - started
@@ -241,14 +235,16 @@ def _save(out: str, model, settings, data, hparams, normalizer, runtime, loss: f
     from muratune.constants import EPOCH, TRAIN_LOSS
     from muratune.data.dataset import CachedImageDataset, make_loader
     from muratune.trainables import checkpoint as ckpt
-    from muratune.trainables import train as loop
+    from muratune.trainables.data import sample_weights
+    from muratune.trainables.loop import evaluate
+    from muratune.trainables.trial import trial_record
 
     val_set = CachedImageDataset(data.cache, data.val)
     val_loader = make_loader(val_set, settings.train.eval_batch_size, False, 0, settings.train.seed)
-    val_weights = loop.sample_weights(val_set.frame, data.class_weights)
-    metrics, val_images, val_studies = loop.evaluate(model, val_loader, val_set, runtime, normalizer, val_weights)
+    val_weights = sample_weights(val_set.frame, data.class_weights)
+    metrics, val_images, val_studies = evaluate(model, val_loader, val_set, runtime, normalizer, val_weights)
     metrics = {EPOCH: 1, TRAIN_LOSS: loss, **metrics}
-    record = loop.trial_record(hparams, settings, normalizer, 1, metrics)
+    record = trial_record(hparams, settings, normalizer, 1, metrics)
     ckpt.save_checkpoint(out, model, record, {"epoch": 1, "history": [metrics]}, val_images, val_studies)
     return metrics
 
@@ -256,12 +252,13 @@ def _save(out: str, model, settings, data, hparams, normalizer, runtime, loss: f
 # ------------------------------------------------------------------------------------------------ CAM
 def cam_probe(checkpoint: str, study: str, out: str, use_gpu: bool) -> dict[str, Any]:
     """Export CAMs of one study with the probe's checkpoint, on this task's GPU (``use_gpu``) or the CPU."""
-    from muratune.cam.export import export_cams
+    from muratune.cam.export import CamOptions, ImageSelection, export_cams
 
     device = "cuda" if use_gpu else "cpu"
     warnings: list[str] = []
     started = time.perf_counter()
-    summary = export_cams(checkpoint, out, study=study, device=device, progress=False, warn=warnings.append)
+    selection, options = ImageSelection(study=study), CamOptions(device=device)
+    summary = export_cams(checkpoint, out, selection, options, progress=False, warn=warnings.append)
     return {
         "images": summary.n_images,
         "unreadable": summary.n_unreadable,

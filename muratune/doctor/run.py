@@ -15,6 +15,7 @@ from typing import Any
 from muratune.config import ExperimentConfig, load_config, validate_config
 from muratune.doctor.report import DoctorReport, timed
 from muratune.errors import UserError
+from muratune.layout import is_remote
 
 QUICK_SIZE = 32
 QUICK_BACKBONE = "resnet10t"
@@ -126,10 +127,6 @@ def _resolve_config(config: str | os.PathLike | ExperimentConfig | None) -> Expe
     return load_config(config) if config is not None else ExperimentConfig()
 
 
-def _is_remote(storage: str) -> bool:
-    return "://" in storage and not storage.startswith("file://")
-
-
 def doctor_paths(storage: str) -> tuple[str, Path, str]:
     """A fresh token, the node-local scratch folder named after it, and the storage the doctor's searches use.
 
@@ -138,7 +135,7 @@ def doctor_paths(storage: str) -> tuple[str, Path, str]:
     """
     token = uuid.uuid4().hex[:8]
     local = Path(tempfile.gettempdir()) / f"muratune-doctor-{token}"
-    if _is_remote(storage):
+    if is_remote(storage):
         return token, local, f"{storage.rstrip('/')}/.doctor-{token}"
     return token, local, str(Path(storage.removeprefix("file://")).expanduser().resolve() / f".doctor-{token}")
 
@@ -167,7 +164,7 @@ def _cleanup(ctx: Context, keep: bool) -> None:
         on_every_node(ctx, remove_folder, str(ctx.local))
     except Exception as err:  # noqa: BLE001 - cleaning up must not hide the report
         ctx.echo(f"doctor: could not remove {ctx.local} on every node ({err})")
-    if _is_remote(ctx.storage):
+    if is_remote(ctx.storage):
         import pyarrow.fs
 
         fs, path = pyarrow.fs.FileSystem.from_uri(ctx.storage)
@@ -228,8 +225,8 @@ def run_doctor(
     """
     import ray
 
-    from muratune.search.tuner import connect_ray
-    from muratune.trainables.train import split_config
+    from muratune.cluster import connect_ray
+    from muratune.trainables.trial import trial_inputs
 
     started = time.perf_counter()
     user_config = _resolve_config(config)
@@ -238,7 +235,7 @@ def run_doctor(
     token, local, storage = doctor_paths(user_config.storage)
     root = given or local / "data"
     shrunk = shrink(user_config, quick, root, storage, sizes.trial_steps)
-    hparams, _ = split_config(shrunk.space.defaults(), shrunk)
+    hparams, _ = trial_inputs(shrunk.space.defaults(), shrunk)
     report = DoctorReport(quick=quick, address=address or os.environ.get("RAY_ADDRESS"))
     ray_started = connect_ray(address)
     try:

@@ -33,7 +33,7 @@ def _overlap(trial_dirs: list[str]) -> int | None:
 
 
 def _search(ctx: Context, name: str, values: dict[str, Any], trainable=None):
-    from muratune.search.tuner import run_search
+    from muratune.search.run import run_search
 
     config = ctx.with_values({"name": f"doctor-{ctx.token}-{name}", "budget.time_budget_s": ctx.sizes.timeout_s,
                               "space.backbone": ctx.hparams["backbone"], "space.batch_size": ctx.hparams["batch_size"],
@@ -73,7 +73,7 @@ def check_fractional_trials(ctx: Context, slot: dict) -> None:
 
 def check_data_parallel(ctx: Context, slot: dict) -> None:
     """A data-parallel trial (a TorchTrainer inside Tune): world size 2 on a node with 2 GPUs, else 1; NCCL or gloo."""
-    from muratune.search.tuner import DDP_DRIVER_CPUS
+    from muratune.search.resources import DDP_DRIVER_CPUS
     from muratune.trainables.distributed import ddp_tune_trainable
 
     world = 2 if any(n["Resources"].get("GPU", 0) >= 2 for n in ctx.gpu_nodes) else 1
