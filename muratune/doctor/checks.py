@@ -163,7 +163,7 @@ def check_shared_storage(ctx: Context, slot: dict) -> None:
 
 def check_dataset(ctx: Context, slot: dict) -> None:
     """The dataset the probes use: the given one, or a synthetic one drawn at the same path on every node."""
-    root = ctx.config.data.root
+    root = str(ctx.config.data.root)
     if ctx.results["data"]["given"]:
         from muratune.data.index import load_index
 

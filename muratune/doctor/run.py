@@ -146,10 +146,11 @@ def check_data(data: str | os.PathLike | None) -> Path | None:
 
     if data is None:
         return None
-    if not Path(data).expanduser().exists():
+    root = Path(data).expanduser()
+    if not root.exists():
         raise UserError(f"--data {data}: no such folder")
-    load_index(data)
-    return Path(data).expanduser().resolve()
+    load_index(root)
+    return root.resolve()
 
 
 def _cleanup(ctx: Context, keep: bool) -> None:
