@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from muratune.doctor import probes
+from muratune.doctor.context import Context
 from muratune.doctor.report import FAIL, PASS, SKIP, WARN
-from muratune.doctor.run import Context
 
 NO_GPU = "no GPU in the Ray cluster"
 

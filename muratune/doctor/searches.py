@@ -6,8 +6,8 @@ from pathlib import Path
 from typing import Any
 
 from muratune.doctor.checks import NO_GPU
+from muratune.doctor.context import Context
 from muratune.doctor.report import FAIL, PASS, WARN
-from muratune.doctor.run import Context
 
 
 def _overlap(trial_dirs: list[str]) -> int | None:

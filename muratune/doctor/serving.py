@@ -6,8 +6,8 @@ import socket
 from pathlib import Path
 
 from muratune.doctor.checks import NO_GPU, probe_study
+from muratune.doctor.context import Context
 from muratune.doctor.report import FAIL, PASS
-from muratune.doctor.run import Context
 
 DOCTOR_APP = "muratune-doctor"
 
