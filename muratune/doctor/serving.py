@@ -5,6 +5,8 @@ from __future__ import annotations
 import socket
 from pathlib import Path
 
+from muratune.body_parts import body_part_in_path
+from muratune.constants import BODY_PARTS, short_part
 from muratune.doctor.checks import NO_GPU, probe_study
 from muratune.doctor.context import Context
 from muratune.doctor.report import FAIL, PASS
@@ -58,7 +60,9 @@ def check_serve(ctx: Context, slot: dict) -> None:
         )
         url = f"http://127.0.0.1:{_http_port(options.port)}/{DOCTOR_APP}"
         files = [("files", (name, content, "image/png")) for name, content in views]
-        response = requests.post(f"{url}/predict", files=files, timeout=ctx.sizes.timeout_s)
+        part = body_part_in_path(study)
+        form = {"body_part": short_part(part)} if part in BODY_PARTS else {}
+        response = requests.post(f"{url}/predict", files=files, data=form, timeout=ctx.sizes.timeout_s)
         info = requests.get(f"{url}/info", timeout=60).json()
     finally:
         serve.delete(DOCTOR_APP)
