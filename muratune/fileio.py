@@ -156,7 +156,7 @@ def refuse_foreign(target: Path, kind: str) -> None:
     """Refuse to replace an existing folder that muratune did not make as a ``kind`` output."""
     if target.exists() and not (target.is_dir() and made_by_muratune(target, kind)):
         raise UserError(
-            f"{target}: exists and is not a {kind} folder muratune made (no {MARKER} marker); refusing to replace it"
+            f"{target}: exists and is not a muratune {kind} folder (no {MARKER} marker); refusing to replace it"
         )
 
 
