@@ -14,15 +14,22 @@ import pytest
 from ray import tune
 
 from muratune.config import validate_config
-from muratune.constants import SPLIT, STUDY_PATH, TRAIN
+from muratune.constants import SPLIT, SPLIT_TRAIN, STUDY_PATH
 from muratune.data.index import load_index
 from muratune.data.split import patient_folds
-from muratune.ensemble.build import ENSEMBLE_DIR
-from muratune.ensemble.predictor import ENSEMBLE_FILE, StudyPredictor
+from muratune.ensemble.predictor import StudyPredictor
 from muratune.errors import UserError
-from muratune.refit.oof import OOF_IMAGES
-from muratune.refit.run import PLAN_FILE, REFIT_DIR, REFIT_SUMMARY, run_refit
-from muratune.search.tuner import SUMMARY_CSV, TRIALS_DIR
+from muratune.layout import (
+    ENSEMBLE_DIR,
+    ENSEMBLE_FILE,
+    OOF_IMAGES,
+    REFIT_DIR,
+    REFIT_SUMMARY,
+    SUMMARY_CSV,
+    TRIALS_DIR,
+)
+from muratune.layout import REFIT_PLAN as PLAN_FILE
+from muratune.refit.run import run_refit
 
 FOLDS, EPOCHS, TOP = 2, 2, 2
 
@@ -106,7 +113,7 @@ def test_refit_takes_the_best_configurations_by_kappa_then_auc(refit: dict) -> N
 def test_every_train_study_has_exactly_one_out_of_fold_prediction(refit: dict, synthetic_root: Path) -> None:
     oof = pd.read_parquet(refit["exp"] / REFIT_DIR / OOF_IMAGES)
     folds = patient_folds(load_index(synthetic_root), FOLDS, seed=0)
-    train = folds[folds[SPLIT] == TRAIN]
+    train = folds[folds[SPLIT] == SPLIT_TRAIN]
     fold_of = train.drop_duplicates(STUDY_PATH).set_index(STUDY_PATH)["fold"]
     assert oof["configuration"].nunique() == TOP
     for _, frame in oof.groupby("configuration"):

@@ -12,16 +12,15 @@ from muratune.constants import (
     LABEL,
     PATIENT_ID,
     SPLIT,
+    SPLIT_TRAIN,
+    SPLIT_VALID,
     STUDY_PATH,
+    SUBSET,
     SUBSET_TEST,
     SUBSET_TRAIN,
     SUBSET_VAL,
-    TRAIN,
-    VALID,
 )
 from muratune.errors import UserError
-
-SUBSET = "subset"
 
 
 def internal_split(df: pd.DataFrame, val_fraction: float = 0.1, seed: int = 0) -> pd.DataFrame:
@@ -46,10 +45,10 @@ def internal_split(df: pd.DataFrame, val_fraction: float = 0.1, seed: int = 0) -
     _check_fraction(val_fraction)
     out = df.copy()
     out[SUBSET] = SUBSET_TEST
-    train = out[SPLIT] == TRAIN
-    unknown = sorted(set(out.loc[~train & (out[SPLIT] != VALID), SPLIT]))
+    train = out[SPLIT] == SPLIT_TRAIN
+    unknown = sorted(set(out.loc[~train & (out[SPLIT] != SPLIT_VALID), SPLIT]))
     if unknown:
-        raise UserError(f"unknown split value(s) {unknown}; expected {TRAIN} or {VALID}")
+        raise UserError(f"unknown split value(s) {unknown}; expected {SPLIT_TRAIN} or {SPLIT_VALID}")
     val_patients = assign_val_patients(out.loc[train], val_fraction, seed)
     is_val = out[PATIENT_ID].isin(val_patients)
     out.loc[train, SUBSET] = np.where(is_val[train], SUBSET_VAL, SUBSET_TRAIN)
@@ -182,7 +181,7 @@ def patient_folds(df: pd.DataFrame, folds: int, seed: int = 0) -> pd.DataFrame:
 
     out = df.copy()
     out[FOLD] = -1
-    studies = out.loc[out[SPLIT] == TRAIN].drop_duplicates(STUDY_PATH)
+    studies = out.loc[out[SPLIT] == SPLIT_TRAIN].drop_duplicates(STUDY_PATH)
     patients = studies[PATIENT_ID].nunique()
     if isinstance(folds, bool) or not isinstance(folds, int) or folds < 2:
         raise UserError(f"folds must be an integer of at least 2, got {folds!r}")
@@ -193,7 +192,7 @@ def patient_folds(df: pd.DataFrame, folds: int, seed: int = 0) -> pd.DataFrame:
     fold_of = {}
     for k, (_, held_out) in enumerate(splitter.split(studies, strata, groups=studies[PATIENT_ID].astype(str))):
         fold_of.update(dict.fromkeys(studies[STUDY_PATH].iloc[held_out], k))
-    train = out[SPLIT] == TRAIN
+    train = out[SPLIT] == SPLIT_TRAIN
     out.loc[train, FOLD] = out.loc[train, STUDY_PATH].map(fold_of).astype(int)
     return out
 
@@ -212,6 +211,6 @@ def fold_split(df: pd.DataFrame, folds: int, fold: int, seed: int = 0) -> pd.Dat
         raise UserError(f"fold must be an integer in 0..{folds - 1}, got {fold!r}")
     out = patient_folds(df, folds, seed)
     out[SUBSET] = SUBSET_TEST
-    train = out[SPLIT] == TRAIN
+    train = out[SPLIT] == SPLIT_TRAIN
     out.loc[train, SUBSET] = np.where(out.loc[train, FOLD] == fold, SUBSET_VAL, SUBSET_TRAIN)
     return out

@@ -12,9 +12,6 @@ from muratune import __version__
 from muratune.config import ExperimentConfig
 from muratune.constants import BODY_PART
 from muratune.ensemble.build import (
-    ENSEMBLE_DIR,
-    TEST_METRICS,
-    TEST_STUDIES,
     Candidate,
     open_caches,
     scored_studies,
@@ -24,14 +21,16 @@ from muratune.ensemble.build import (
     used_members,
     write_artifact,
 )
-from muratune.ensemble.members import load_member
-from muratune.ensemble.predictor import FORMAT_VERSION, member_image_probs
+from muratune.ensemble.predictor import member_image_probs
 from muratune.ensemble.select import ValPredictions, Weights, combine, create_strategy
+from muratune.ensemble.spec import FORMAT_VERSION, GLOBAL, TUNE_THRESHOLDS
+from muratune.ensemble.trained import load_trained_model
 from muratune.fileio import write_json
+from muratune.layout import CV_ENSEMBLE as CV
+from muratune.layout import ENSEMBLE_DIR, TEST_METRICS, TEST_STUDIES
+from muratune.metrics import study_metrics
 from muratune.refit.oof import assemble_oof
-from muratune.refit.run import CV_ENSEMBLE as CV
-from muratune.refit.run import RefitPlan, member_id, refit_dir
-from muratune.trainables.metrics import study_metrics
+from muratune.refit.plan import RefitPlan, member_id, refit_dir
 
 CV_STRATEGIES = ("greedy", "greedy-per-body-part")  # tried in this order; a tie keeps the simpler one
 
@@ -58,6 +57,24 @@ def select_on_oof(oof: ValPredictions, size: int, tune: bool) -> tuple[str, Weig
 def fold_weights(weights: Weights, used: np.ndarray, folds: int) -> Weights:
     """Member weights: each used configuration's weight split equally over its fold models (configuration-major)."""
     return {part: np.repeat(vector[used] / folds, folds) for part, vector in weights.items()}
+
+
+def cv_spec(plan: RefitPlan, strategy: str, size: int, thresholds: dict[str, float], tune: bool) -> dict:
+    """The settings part of the cv ensemble's ``ensemble.json``."""
+    return {
+        "format": FORMAT_VERSION,
+        "muratune_version": __version__,
+        "strategy": CV,
+        "selected_strategy": strategy,
+        "size": size,
+        "ranked_by": "kappa",
+        "tta": False,
+        "thresholds": thresholds,
+        "threshold_default": 0.5,
+        TUNE_THRESHOLDS: tune,
+        "folds": plan.folds,
+        "epochs": plan.epochs,
+    }
 
 
 def build_cv_ensemble(
@@ -87,7 +104,7 @@ def build_cv_ensemble(
         for j in used
         for k in range(plan.folds)
     ]
-    members = [load_member(c.checkpoint, name=c.name) for c in sources]
+    members = [load_trained_model(c.checkpoint, name=c.name) for c in sources]
     member_weights = fold_weights(weights, used, plan.folds)
     index = load_index(config.data.root)  # type: ignore[arg-type]
     test = test_frame(index, config)
@@ -98,21 +115,10 @@ def build_cv_ensemble(
     studies = scored_studies(test, combine(probs, list(test[BODY_PART]), member_weights), thresholds)
     metrics = test_metrics(studies, thresholds)
     spec = {
-        "format": FORMAT_VERSION,
-        "muratune_version": __version__,
-        "strategy": CV,
-        "selected_strategy": strategy,
-        "size": size,
-        "ranked_by": "kappa",
-        "tta": False,
-        "thresholds": thresholds,
-        "threshold_default": 0.5,
-        "thresholds_tuned": tune,
+        **cv_spec(plan, strategy, size, thresholds, tune),
         "weights": {part: [float(w) for w in vector] for part, vector in member_weights.items()},
         "data_config": members[0].data_config,
-        "folds": plan.folds,
-        "epochs": plan.epochs,
-        "configurations": {names[j]: float(weights["all"][j]) for j in used},
+        "configurations": {names[j]: float(weights[GLOBAL][j]) for j in used},
         "oof_score": oof_score,
         "test_score": {k: metrics[k] for k in ("test_kappa", "test_auc", "test_accuracy")},
     }

@@ -9,14 +9,13 @@ import numpy as np
 import pandas as pd
 
 from muratune.config import ExperimentConfig
-from muratune.constants import BODY_PART, IMAGE_PATH, SPLIT, STUDY_PATH, TRAIN
+from muratune.constants import BODY_PART, IMAGE_PATH, SPLIT, SPLIT_TRAIN, STUDY_PATH
 from muratune.data.split import FOLD
 from muratune.ensemble.select import ValPredictions, align_image_predictions, study_matrix
 from muratune.errors import UserError
 from muratune.fileio import atomic_path
-from muratune.trainables import checkpoint as ckpt
+from muratune.layout import MODEL_FILE, OOF_IMAGES, VAL_IMAGES_FILE
 
-OOF_IMAGES = "oof_images.parquet"
 CONFIGURATION = "configuration"
 
 
@@ -49,7 +48,7 @@ def fold_checkpoints(summary: pd.DataFrame, configurations: list[str], folds: in
             if len(rows) != 1 or rows["state"].iloc[0] != "COMPLETE":
                 raise UserError(f"configuration {name}, fold {fold}: not trained to the end; rerun with --resume")
             path = Path(str(rows["checkpoint"].iloc[0]))
-            if not (path / ckpt.VAL_IMAGES_FILE).is_file() or not (path / ckpt.MODEL_FILE).is_file():
+            if not (path / VAL_IMAGES_FILE).is_file() or not (path / MODEL_FILE).is_file():
                 raise UserError(f"{path}: fold model or its out-of-fold predictions not found")
             found[(name, fold)] = path
     return found
@@ -63,7 +62,7 @@ def expected_images(config: ExperimentConfig, folds: int, split_seed: int) -> pd
 
     index = load_index(config.data.root)  # type: ignore[arg-type]
     frame = patient_folds(index, folds, split_seed)
-    train = frame[frame[SPLIT] == TRAIN]
+    train = frame[frame[SPLIT] == SPLIT_TRAIN]
     if config.data.body_parts:
         train = train[train[BODY_PART].isin(config.data.body_parts)]
     data = config.data
@@ -76,7 +75,7 @@ def configuration_oof(name: str, checkpoints: dict[tuple[str, int], Path], folds
     """One configuration's out-of-fold image predictions: its fold models' val predictions, with their fold."""
     frames = []
     for fold in range(folds):
-        path = checkpoints[(name, fold)] / ckpt.VAL_IMAGES_FILE
+        path = checkpoints[(name, fold)] / VAL_IMAGES_FILE
         frames.append(pd.read_parquet(path).assign(**{FOLD: fold, CONFIGURATION: name}))
     return pd.concat(frames, ignore_index=True)
 

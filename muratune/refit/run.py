@@ -23,57 +23,22 @@ from typing import Any
 
 import pandas as pd
 
+from muratune import layout
+from muratune.cluster import connect_ray
 from muratune.config import ExperimentConfig
 from muratune.constants import EPOCH, METRIC, VAL_AUC
 from muratune.errors import UserError
 from muratune.fileio import refuse_existing, write_json, write_text
-from muratune.refit.select import Configuration, select_configurations
-from muratune.search import tuner as search
+from muratune.layout import CACHE_JSON, CV_ENSEMBLE, ENSEMBLE_DIR, REFIT_PLAN, REFIT_SUMMARY, TRIAL_FILE, TRIALS_DIR
+from muratune.refit.plan import ENTRY, RefitPlan, member_id, refit_dir
+from muratune.refit.select import select_configurations
+from muratune.search.experiment import preflight
+from muratune.search.resources import check_cluster_resources, trial_resources
+from muratune.search.run import _SigtermAsSigint
+from muratune.search.summary import _one_line
 from muratune.trainables import checkpoint as ckpt
 
-REFIT_DIR = "refit"
-PLAN_FILE = "refit.json"
-REFIT_SUMMARY = "refit_summary.csv"
-ENTRY = "entry"
-CV_ENSEMBLE = "cv"  # EXPERIMENT/ensemble/cv
 DEFAULT_TOP, DEFAULT_FOLDS = 3, 5
-
-
-@dataclass
-class RefitPlan:
-    """What a refit trains: each configuration on each of ``folds`` folds, for ``epochs`` epochs."""
-
-    configurations: list[Configuration]
-    folds: int
-    epochs: int
-    split_seed: int
-
-    def entries(self) -> list[dict]:
-        """One Tune parameter entry per (configuration, fold), configuration-major."""
-        return [
-            {"trial_id": c.trial_id, "fold": k, "folds": self.folds, "hparams": c.hparams}
-            for c in self.configurations
-            for k in range(self.folds)
-        ]
-
-    def to_json(self) -> dict:
-        """The ``refit.json`` content."""
-        return {
-            "folds": self.folds,
-            "epochs": self.epochs,
-            "split_seed": self.split_seed,
-            "configurations": [c.to_json() for c in self.configurations],
-        }
-
-    @classmethod
-    def read(cls, path: Path) -> RefitPlan:
-        """Read ``refit.json``."""
-        data = ckpt.read_json(path)
-        try:
-            configurations = [Configuration.from_json(c) for c in data["configurations"]]
-            return cls(configurations, int(data["folds"]), int(data["epochs"]), int(data["split_seed"]))
-        except (KeyError, TypeError, ValueError):
-            raise UserError(f"{path}: not a muratune refit plan") from None
 
 
 @dataclass
@@ -86,20 +51,15 @@ class RefitResult:
     ensemble: dict | None = None
 
 
-def member_id(trial_id: str, fold: int) -> str:
-    """Id of a fold model: ``<search trial>_fold<k>`` (its Tune trial and ensemble member are ``trial_<id>``)."""
-    return f"{trial_id}_fold{fold}"
-
-
 def refit_storage(config: ExperimentConfig, exp_dir: Path) -> tuple[str, str]:
     """(storage_path, name) of the refit's Tune run: ``<experiment>/refit/trials``, on the search's storage.
 
     On local (or NFS) storage that is the experiment folder as found now, so a moved experiment still refits.
     """
-    if search.is_remote(config.storage):
-        storage_path, _ = search.trials_storage(config)
-        return f"{storage_path}/{REFIT_DIR}", search.TRIALS_DIR
-    return str(refit_dir(exp_dir)), search.TRIALS_DIR
+    if layout.is_remote(config.storage):
+        storage_path, _ = layout.trials_storage(config)
+        return f"{storage_path}/{layout.REFIT_DIR}", TRIALS_DIR
+    return str(refit_dir(exp_dir)), TRIALS_DIR
 
 
 def epochs_settings(config: ExperimentConfig, epochs: int) -> dict:
@@ -116,18 +76,19 @@ def fold_settings(settings: dict, entry: dict) -> dict:
     return out
 
 
-def refit_trainable(config: dict, settings: dict | None = None) -> None:
-    """The Tune function trainable of one (configuration, fold); ``settings`` bound with ``tune.with_parameters``."""
-    from muratune.trainables.train import TuneReporter, train_trial
+def refit_trainable(hparams: dict, experiment_config: dict | None = None) -> None:
+    """Tune function trainable of one (configuration, fold); ``experiment_config`` is bound by ``with_parameters``."""
+    from muratune.trainables.reporters import TuneReporter
+    from muratune.trainables.trial import train_trial
 
-    entry = config[ENTRY]
-    resolved = fold_settings(settings or {}, entry)
+    entry = hparams[ENTRY]
+    resolved = fold_settings(experiment_config or {}, entry)
     if int(resolved["resources"]["workers_per_trial"]) > 1:
         from muratune.trainables.distributed import ddp_tune_trainable
 
         ddp_tune_trainable(dict(entry["hparams"]), resolved)
     else:
-        train_trial(dict(entry["hparams"]), TuneReporter(), resolved)
+        train_trial(dict(entry["hparams"]), resolved, TuneReporter())
 
 
 def _trial_dirname(trial: Any) -> str:
@@ -138,8 +99,8 @@ def _trial_dirname(trial: Any) -> str:
 def _bound(config: ExperimentConfig, epochs: int) -> Any:
     from ray import tune
 
-    bound = tune.with_parameters(refit_trainable, settings=epochs_settings(config, epochs))
-    return tune.with_resources(bound, search.trial_resources(config))
+    bound = tune.with_parameters(refit_trainable, experiment_config=epochs_settings(config, epochs))
+    return tune.with_resources(bound, trial_resources(config))
 
 
 def build_refit_tuner(
@@ -196,11 +157,6 @@ def restore_refit_tuner(config: ExperimentConfig, plan: RefitPlan, exp_dir: Path
 
 
 # ------------------------------------------------------------------------------------------- plan
-def refit_dir(exp_dir: Path) -> Path:
-    """The refit folder of an experiment."""
-    return exp_dir / REFIT_DIR
-
-
 def new_plan(exp_dir: Path, config: ExperimentConfig, top: int | None, folds: int | None, epochs: int | None):
     """Select the configurations and fix the folds and epochs of a new refit."""
     folds = DEFAULT_FOLDS if folds is None else folds
@@ -215,7 +171,7 @@ def new_plan(exp_dir: Path, config: ExperimentConfig, top: int | None, folds: in
 
 def resumed_plan(exp_dir: Path, top: int | None, folds: int | None, epochs: int | None) -> RefitPlan:
     """The plan of the refit to resume; options that contradict it are refused."""
-    path = refit_dir(exp_dir) / PLAN_FILE
+    path = refit_dir(exp_dir) / REFIT_PLAN
     if not path.is_file():
         raise UserError(f"{path}: not found; no refit to resume here (run it without --resume)")
     plan = RefitPlan.read(path)
@@ -225,6 +181,15 @@ def resumed_plan(exp_dir: Path, top: int | None, folds: int | None, epochs: int 
         if value is not None and value != planned:
             raise UserError(f"{option} {value}: the refit being resumed was started with {option} {planned}")
     return plan
+
+
+def _plan(exp_dir: Path, config: ExperimentConfig, top, folds, epochs, resume: bool, overwrite: bool) -> RefitPlan:
+    """The resumed refit's plan, or a new one (refusing to replace an existing refit without ``overwrite``)."""
+    if resume:
+        return resumed_plan(exp_dir, top, folds, epochs)
+    if (refit_dir(exp_dir) / REFIT_PLAN).exists() and not overwrite:
+        raise UserError(f"{refit_dir(exp_dir)}: a refit already exists; pass --resume to continue it or --overwrite")
+    return new_plan(exp_dir, config, top, folds, epochs)
 
 
 def check_folds(config: ExperimentConfig, plan: RefitPlan) -> None:
@@ -238,7 +203,7 @@ def check_folds(config: ExperimentConfig, plan: RefitPlan) -> None:
 # ------------------------------------------------------------------------------------------- summary
 def checkpoint_epoch(path: str | None) -> int:
     """The epoch a fold model's checkpoint holds (0 when there is none)."""
-    trial_file = Path(path) / ckpt.TRIAL_FILE if path else None
+    trial_file = Path(path) / TRIAL_FILE if path else None
     if trial_file is None or not trial_file.is_file():
         return 0
     return int(ckpt.read_json(trial_file).get("epoch", 0) or 0)
@@ -288,7 +253,7 @@ def summarise_refit(results: Any, epochs: int) -> pd.DataFrame:
                 "time_s": float(metrics.get("time_total_s", 0.0) or 0.0),
                 "checkpoint": checkpoint,
                 "trial_dir": result.path,
-                "error": search._one_line(result.error) if result.error is not None else None,
+                "error": _one_line(result.error) if result.error is not None else None,
             }
         )
     summary = pd.DataFrame(rows)
@@ -329,20 +294,15 @@ def run_refit(
     Returns:
         The refit summary; ``ensemble`` is the cv ensemble's spec once every fold has finished.
     """
-    from muratune.ensemble.build import ENSEMBLE_DIR, load_experiment_config
+    from muratune.ensemble.build import load_experiment_config
 
     exp_dir = Path(experiment).expanduser().resolve()
     config = load_experiment_config(exp_dir)
     refit = refit_dir(exp_dir)
     refuse_existing(exp_dir / ENSEMBLE_DIR / CV_ENSEMBLE, overwrite)
-    if resume:
-        plan = resumed_plan(exp_dir, top, folds, epochs)
-    else:
-        if (refit / PLAN_FILE).exists() and not overwrite:
-            raise UserError(f"{refit}: a refit already exists; pass --resume to continue it or --overwrite")
-        plan = new_plan(exp_dir, config, top, folds, epochs)
+    plan = _plan(exp_dir, config, top, folds, epochs, resume, overwrite)
     check_folds(config, plan)
-    cache_info = search.preflight(config, local=address is None and not os.environ.get("RAY_ADDRESS"), echo=echo)
+    cache_info = preflight(config, local=address is None and not os.environ.get("RAY_ADDRESS"), echo=echo)
     results = _fit(config, plan, exp_dir, address, resume, num_cpus, stop, cache_info, echo)
     summary = summarise_refit(results, plan.epochs)
     write_text(refit / REFIT_SUMMARY, summary.to_csv(index=False))
@@ -374,17 +334,17 @@ def _fit(
     import ray
 
     refit = refit_dir(exp_dir)
-    started = search.connect_ray(address, num_cpus)
+    started = connect_ray(address, num_cpus)
     try:
-        search.check_cluster_resources(config, autoscaling=not started, echo=echo)
+        check_cluster_resources(config, autoscaling=not started, echo=echo)
         if not resume:
             shutil.rmtree(refit, ignore_errors=True)
             refit.mkdir(parents=True)
-            write_json(refit / PLAN_FILE, plan.to_json())
+            write_json(refit / REFIT_PLAN, plan.to_json())
         if cache_info is not None:
-            write_json(refit / search.CACHE_JSON, cache_info)
+            write_json(refit / CACHE_JSON, cache_info)
         tuner = restore_refit_tuner(config, plan, exp_dir) if resume else build_refit_tuner(config, plan, exp_dir, stop)
-        with search._SigtermAsSigint():
+        with _SigtermAsSigint():
             return tuner.fit()
     finally:
         if started:

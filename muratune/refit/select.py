@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 
 from muratune.errors import UserError
-from muratune.search.tuner import SUMMARY_CSV, TRIALS_DIR
+from muratune.layout import SUMMARY_CSV, TRIAL_FILE, trial_dir
 from muratune.trainables import checkpoint as ckpt
 
 RANK_COLUMNS = ("best_val_kappa", "best_val_auc")
@@ -82,8 +82,8 @@ def trial_checkpoint(exp_dir: Path, row: pd.Series) -> Path:
         raise UserError(f"{exp_dir / SUMMARY_CSV}: trial {row['trial_id']} has no checkpoint to refit from")
     path = Path(recorded)
     if not path.is_dir():
-        path = exp_dir / TRIALS_DIR / f"trial_{row['trial_id']}" / path.name
-    if not (path / ckpt.TRIAL_FILE).is_file():
+        path = trial_dir(exp_dir, str(row["trial_id"])) / path.name
+    if not (path / TRIAL_FILE).is_file():
         raise UserError(f"{recorded}: checkpoint of trial {row['trial_id']} not found (trials missing?)")
     return path
 
@@ -102,10 +102,10 @@ def select_configurations(exp_dir: Path, top: int) -> list[Configuration]:
     chosen = []
     for _, row in ranked.head(top).iterrows():
         path = trial_checkpoint(exp_dir, row)
-        trial = ckpt.read_json(path / ckpt.TRIAL_FILE)
+        trial = ckpt.read_json(path / TRIAL_FILE)
         hparams = trial.get("hyperparameters")
         if not isinstance(hparams, dict):
-            raise UserError(f"{path / ckpt.TRIAL_FILE}: no hyperparameters recorded; not a muratune checkpoint")
+            raise UserError(f"{path / TRIAL_FILE}: no hyperparameters recorded; not a muratune checkpoint")
         chosen.append(
             Configuration(
                 str(row["trial_id"]), hparams, float(row["best_val_kappa"]), float(row["best_val_auc"]), str(path)
