@@ -187,6 +187,8 @@ def _plan(exp_dir: Path, config: ExperimentConfig, top, folds, epochs, resume: b
     """The resumed refit's plan, or a new one (refusing to replace an existing refit without ``overwrite``)."""
     if resume:
         return resumed_plan(exp_dir, top, folds, epochs)
+    if refit_dir(exp_dir).exists() and not (refit_dir(exp_dir) / REFIT_PLAN).is_file():
+        raise UserError(f"{refit_dir(exp_dir)}: holds no {REFIT_PLAN}; not made by muratune refit, so left alone")
     if (refit_dir(exp_dir) / REFIT_PLAN).exists() and not overwrite:
         raise UserError(f"{refit_dir(exp_dir)}: a refit already exists; pass --resume to continue it or --overwrite")
     return new_plan(exp_dir, config, top, folds, epochs)
