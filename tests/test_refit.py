@@ -157,7 +157,7 @@ def test_cv_ensemble_holds_the_fold_models_and_loads_in_predict_and_serve(refit:
 
 
 def test_report_shows_cv_with_its_out_of_fold_kappa_beside_test_kappa(refit: dict, tmp_path: Path) -> None:
-    from muratune.report.build import write_report
+    from muratune.report.write import write_report
 
     write_report(refit["exp"], tmp_path / "report", replicates=20, echo=lambda _: None)
     board = pd.read_csv(tmp_path / "report" / "leaderboard.csv")
