@@ -67,9 +67,7 @@ def refit_command(
     folds: Annotated[
         int | None, typer.Option(help="Patient-grouped folds of the official train split (default 5).")
     ] = None,
-    epochs: Annotated[
-        int | None, typer.Option(help="Epochs per fold model (default: budget.max_epochs).")
-    ] = None,
+    epochs: Annotated[int | None, typer.Option(help="Epochs per fold model (default: budget.max_epochs).")] = None,
     size: Annotated[int, typer.Option("--size", help="Most greedy picks in the out-of-fold selection.")] = 5,
     tune_thresholds: Annotated[
         bool, typer.Option(help="Tune one threshold per body part on the out-of-fold predictions.")
