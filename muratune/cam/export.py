@@ -31,7 +31,7 @@ IMAGES_DIR = "images"
 INDEX_FILE = "index.html"
 CAMS_FILE = "cams.json"
 SCORE_FILE = "score.json"
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm")
 _POSITIVE_RE = re.compile(r"study\d+_positive$")
 _UNSAFE_RE = re.compile(r"[^A-Za-z0-9_.-]+")
 
@@ -89,7 +89,7 @@ def select_images(
     """The images to explain (``image_path``, ``study_path``, ``body_part``) and the folder their paths are under.
 
     Args:
-        study: a study folder; its PNG/JPEG files are taken.
+        study: a study folder; its PNG/JPEG/DICOM files are taken.
         csv: an image list (``valid_image_paths.csv`` style).
         root: the folder image paths are relative to (default for ``csv``: its parent's parent).
         abnormal_only: keep studies labelled abnormal only (MURA folder names ``studyN_positive``).
@@ -106,7 +106,7 @@ def select_images(
         folder = Path(study)
         files = sorted(p for p in folder.glob("*") if p.suffix.lower() in IMAGE_SUFFIXES) if folder.is_dir() else []
         if not files:
-            raise UserError(f"{folder}: not a study folder with PNG or JPEG images")
+            raise UserError(f"{folder}: not a study folder with PNG, JPEG or DICOM images")
         base = Path(root) if root is not None else None
         paths = [_relative(p, base) for p in files]
         frame = pd.DataFrame({IMAGE_PATH: paths})

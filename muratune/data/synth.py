@@ -23,6 +23,7 @@ from muratune.fileio import atomic_dir
 
 ROOT_NAME = "MURA-v1.1"
 BOXES_CSV = "boxes.csv"
+IMAGE_FORMATS = {"png": ".png", "dicom": ".dcm"}  # --format -> suffix
 BOXES_HEADER = "image_path,x0,y0,x1,y1,kind"
 FINDING_KINDS: tuple[str, ...] = ("fracture", "hardware", "lesion")
 # Named difficulties as finding strengths (1 = easiest, largest and most contrasted findings).
@@ -163,7 +164,9 @@ def _finding_views(rng: np.random.Generator, n_views: int, strength: float) -> l
     return shown
 
 
-def plan_dataset(studies: int, seed: int, strength: float = 1.0, valid_fraction: float = 0.1) -> list[StudySpec]:
+def plan_dataset(
+    studies: int, seed: int, strength: float = 1.0, valid_fraction: float = 0.1, image_format: str = "png"
+) -> list[StudySpec]:
     """Decide every study, patient and image of the dataset, without drawing anything.
 
     Patients belong to one split and one body part; study numbers restart per patient and image numbers
@@ -174,6 +177,7 @@ def plan_dataset(studies: int, seed: int, strength: float = 1.0, valid_fraction:
         seed: random seed.
         strength: finding strength from `parse_difficulty` (changes how many views show a finding).
         valid_fraction: share of the studies that go to the ``valid`` split.
+        image_format: ``png`` or ``dicom``: the images' suffix (``.png`` or ``.dcm``); the plan is otherwise equal.
 
     Returns:
         The studies in the order their rows are written to the CSVs.
@@ -206,7 +210,7 @@ def plan_dataset(studies: int, seed: int, strength: float = 1.0, valid_fraction:
                         images.append(
                             ImageSpec(
                                 index=image_index,
-                                image_path=f"{study_path}image{view + 1}.png",
+                                image_path=f"{study_path}image{view + 1}{IMAGE_FORMATS[image_format]}",
                                 body_part=part,
                                 finding=kind if shown[view] else None,
                                 rgb=bool(rng.random() < RGB_FRACTION),
@@ -765,11 +769,28 @@ def encode_png(image: np.ndarray) -> bytes:
     return png.tobytes()
 
 
+def encode_synthetic_dicom(image: np.ndarray, spec: ImageSpec, seed: int) -> bytes:
+    """Encode a drawn image as MONOCHROME2 DICOM (12 of 16 bits, windowed), with UIDs fixed by seed and path."""
+    from pydicom.uid import generate_uid
+
+    from muratune.data.dicom import encode_dicom
+
+    study_path = spec.image_path.rsplit("/", 1)[0]
+    return encode_dicom(
+        image if image.ndim == 2 else image[..., 0],  # the RGB views are gray repeated over 3 channels
+        study_uid=generate_uid(entropy_srcs=[str(seed), study_path]),
+        instance_uid=generate_uid(entropy_srcs=[str(seed), spec.image_path]),
+        patient_id=study_path.split("/")[3].removeprefix("patient"),
+        body_part=spec.body_part.removeprefix("XR_"),
+    )
+
+
 def _run_job(job: _Job) -> list[str]:
-    """Draw one image, write it as PNG into its study folder (made beforehand), and return its boxes.csv rows."""
+    """Draw one image, write it (PNG or DICOM) into its study folder (made beforehand), return its boxes.csv rows."""
     spec = job.spec
     image, boxes = draw_image(spec, job.seed, job.strength, job.long_side)
-    (Path(job.root) / spec.image_path.removeprefix(f"{ROOT_NAME}/")).write_bytes(encode_png(image))
+    data = encode_synthetic_dicom(image, spec, job.seed) if spec.image_path.endswith(".dcm") else encode_png(image)
+    (Path(job.root) / spec.image_path.removeprefix(f"{ROOT_NAME}/")).write_bytes(data)
     return [f"{spec.image_path},{x0},{y0},{x1},{y1},{spec.finding}" for x0, y0, x1, y1 in boxes]
 
 
@@ -802,6 +823,7 @@ def generate_dataset(
     workers: int = 0,
     overwrite: bool = False,
     valid_fraction: float = 0.1,
+    image_format: str = "png",
 ) -> SynthSummary:
     """Write a synthetic dataset in the MURA v1.1 layout to ``out/MURA-v1.1``, with ``boxes.csv`` for its findings.
 
@@ -816,6 +838,8 @@ def generate_dataset(
         workers: processes used to draw images; 0 means all cores, 1 draws in this process.
         overwrite: replace an existing ``out/MURA-v1.1``.
         valid_fraction: share of the studies in the ``valid`` split.
+        image_format: ``png`` (default) or ``dicom`` (MONOCHROME2, 12 bits stored in 16, with a window centre and
+            width; the same pixels as the PNGs of the same seed).
 
     Returns:
         A summary whose ``str`` is a short human report.
@@ -832,10 +856,12 @@ def generate_dataset(
         raise UserError(f"valid_fraction {valid_fraction}: must be in [0, 1)")
     if workers < 0:
         raise UserError(f"--workers {workers}: must be 0 (all cores) or more")
+    if image_format not in IMAGE_FORMATS:
+        raise UserError(f"--format {image_format!r}: choose one of {', '.join(IMAGE_FORMATS)}")
     workers = workers or os.cpu_count() or 1
     start = time.perf_counter()
     target = Path(out) / ROOT_NAME
-    plan = plan_dataset(studies, seed, strength, valid_fraction)
+    plan = plan_dataset(studies, seed, strength, valid_fraction, image_format)
     with atomic_dir(target, overwrite=overwrite) as tmp:
         for study in plan:  # once per study here rather than once per image in the workers
             (tmp / study.study_path.removeprefix(f"{ROOT_NAME}/")).mkdir(parents=True, exist_ok=True)
