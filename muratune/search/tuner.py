@@ -294,8 +294,10 @@ def build_tuner(
     from ray import tune
 
     from muratune.search.space import create_search_space
+    from muratune.search.tracking import create_mlflow_callback
 
     storage_path, name = trials_storage(config)
+    mlflow_callback = create_mlflow_callback(config, experiment_dir(config))
     trainable = bind_trainable(config, trainable)
     param_space = create_search_space(config.space)
     reporter = tune.CLIReporter(
@@ -328,6 +330,7 @@ def build_tuner(
                 checkpoint_score_order=MODE,
             ),
             progress_reporter=reporter,
+            callbacks=[mlflow_callback] if mlflow_callback is not None else None,
             stop=stop,
             verbose=verbose,
         ),
@@ -373,6 +376,13 @@ def unfinished_trials(results: Any) -> set[str]:
     return unfinished
 
 
+def trial_state(failed: bool, epochs: int, max_epochs: int) -> str:
+    """A finished trial's state in Optuna's terms: FAIL if it errored, COMPLETE at its full budget, else PRUNED."""
+    if failed:
+        return "FAIL"
+    return "COMPLETE" if epochs >= max_epochs else "PRUNED"
+
+
 def summarise(results: Any, config: ExperimentConfig, unfinished: set[str] | None = None) -> pd.DataFrame:
     """One row per trial: state in Optuna terms, hyperparameters, epochs, best internal-val kappa, checkpoint.
 
@@ -394,14 +404,10 @@ def _summary_row(result: Any, config: ExperimentConfig, unfinished: set[str]) ->
     history = result.metrics_dataframe
     best_kappa = float(history[METRIC].max()) if history is not None and METRIC in history else float("nan")
     best = result.get_best_checkpoint(METRIC, MODE) if result.best_checkpoints else None
-    if result.error is not None:
-        state = "FAIL"
-    elif str(trial_id) in unfinished:
+    if str(trial_id) in unfinished and result.error is None:
         state = "RUNNING"
-    elif epochs >= config.budget.max_epochs:
-        state = "COMPLETE"
     else:
-        state = "PRUNED"
+        state = trial_state(result.error is not None, epochs, config.budget.max_epochs)
     row = {"trial_id": trial_id, "state": state, "epochs": epochs, "best_val_kappa": best_kappa}
     row.update({name: result.config.get(name) for name in HYPERPARAMETERS})
     if history is not None and len(history) and METRIC in history:
@@ -469,9 +475,12 @@ def run_search(
     """
     import ray
 
+    from muratune.search.tracking import require_mlflow
+
     if resume:
         config = _resumed_config(config)
     check_experiment(config, resume=resume, overwrite=overwrite)
+    require_mlflow(config)
     # Local search: build the cache once here, with a progress bar, so trials only open it. On a cluster each node
     # builds its own on first use, under a file lock.
     cache_info = preflight(config, local=address is None and not os.environ.get("RAY_ADDRESS"), echo=echo)
