@@ -344,6 +344,18 @@ def serve_command(
     serve_until_interrupted(ensemble, options, address, echo=typer.echo)
 
 
+@app.command("dashboard")
+def dashboard_command(
+    experiment: Annotated[Path, typer.Argument(help="Experiment folder (STORAGE/NAME) holding the Optuna study.")],
+    host: Annotated[str, typer.Option(help="Address to bind; loopback unless you mean to expose it.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535, help="HTTP port (0 = any free one).")] = 8080,
+) -> None:
+    """Open optuna-dashboard on the experiment's Optuna study (needs the `dashboard` extra); Ctrl-C stops it."""
+    from muratune.dashboard import serve_dashboard
+
+    serve_dashboard(experiment, host, port, echo=typer.echo)
+
+
 # --------------------------------------------------------------------------------------------- cam
 @app.command("cam")
 def cam_command(

@@ -3,6 +3,7 @@
 Ray 2.60 keeps the callback in ``ray.air.integrations.mlflow``. It runs on the Tune driver, so only the driver needs
 to reach the tracking URI (workers never talk to MLflow). muratune adds to it, in a small subclass:
 
+- the per-epoch metrics without Tune's copy of the config (``config/lr`` ...): the params already hold it;
 - each run's final state (COMPLETE, PRUNED or FAIL, as in the search summary) as the tag ``state``;
 - the experiment's ``resolved_config.yaml`` as an artifact;
 - on ``--resume``, a restored trial continues its own run (found by its ``trial_name`` tag) instead of a new one;
@@ -136,6 +137,10 @@ class MuratuneMLflowCallback(MLflowLoggerCallback):
             [self.mlflow_util.experiment_id], filter_string=f"tags.{TRIAL_NAME_TAG} = '{trial_name}'", max_results=1
         )
         return runs[0].info.run_id if runs else None
+
+    def log_trial_result(self, iteration: int, trial: Any, result: dict) -> None:
+        """Log a result's metrics as Ray does, less the copy of the trial's config that Tune adds to each result."""
+        super().log_trial_result(iteration, trial, {k: v for k, v in result.items() if k != "config"})
 
     def log_trial_end(self, trial: Any, failed: bool = False) -> None:
         """Tag the run with the trial's final state, then end it as Ray does."""
