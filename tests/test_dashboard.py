@@ -58,7 +58,9 @@ def _experiment_with_a_study(tmp_path: Path) -> Path:
     folder = tmp_path / "mini"
     folder.mkdir()
     (folder / tuner.RESOLVED_CONFIG).write_text(tuner.dump_config(config))
-    study = optuna.create_study(study_name="mini", storage=f"sqlite:///{folder / tuner.OPTUNA_DB}", direction="maximize")
+    study = optuna.create_study(
+        study_name="mini", storage=f"sqlite:///{folder / tuner.OPTUNA_DB}", direction="maximize"
+    )
     study.optimize(lambda trial: trial.suggest_float("lr", 1e-4, 1e-2, log=True), n_trials=2)
     return folder
 

@@ -6,8 +6,8 @@ import json
 import os
 import signal
 import sys
-import threading
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -58,6 +58,7 @@ def test_search_logs_one_mlflow_run_per_trial(ray_session, synthetic_root, tmp_p
         assert [value for _, value in kappa] == pytest.approx(progress["val_kappa"].tolist())
         assert len(_history(uri, run.info.run_id, "val_auc")) == row["epochs"]
         assert run.data.tags[STATE_TAG] == row["state"]
+        print(f"run {run.info.run_name}: params {run.data.params}; val_kappa {kappa}; state {row['state']}")
         assert run.info.status == "FINISHED"
         artifacts = [a.path for a in client.list_artifacts(run.info.run_id)]
         assert artifacts == [tuner.RESOLVED_CONFIG]

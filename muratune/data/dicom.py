@@ -14,7 +14,6 @@ import re
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 from PIL import Image
 
@@ -72,8 +71,7 @@ def read_dicom(path: str | os.PathLike, max_side: int | None = None) -> tuple[np
         raise ImageReadError(f"{path}: cannot decode DICOM pixel data ({_first_line(err)})") from None
     if max_side and max(rows, columns) > 2 * max_side:
         factor = max(rows, columns) // max_side // 2 or 1
-        size = (-(-image.shape[1] // factor), -(-image.shape[0] // factor))  # rounded up, as PIL's reduce does
-        image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+        image = np.asarray(Image.fromarray(image).reduce(factor))  # as images.py reduces a PNG: the same pixels
     return image, (rows, columns)
 
 
