@@ -37,7 +37,7 @@ def study_storage(experiment: str | os.PathLike) -> tuple[str, str]:
         UserError: not an experiment folder, or no Optuna study in it.
     """
     from muratune.config import load_config
-    from muratune.search.tuner import OPTUNA_DB, RESOLVED_CONFIG
+    from muratune.layout import OPTUNA_DB, RESOLVED_CONFIG
 
     folder = Path(experiment)
     resolved = folder / RESOLVED_CONFIG

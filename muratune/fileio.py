@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -48,6 +49,22 @@ def write_bytes(target: str | os.PathLike, data: bytes) -> None:
     """Write bytes atomically."""
     with atomic_path(target) as tmp:
         tmp.write_bytes(data)
+
+
+def json_safe(value: Any) -> Any:
+    """A JSON-serialisable copy: tensors and arrays to lists, numpy scalars to numbers, NaN to null, infinities as
+    the strings ``"inf"`` and ``"-inf"``."""
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    if hasattr(value, "tolist") and callable(value.tolist) and getattr(value, "ndim", False):
+        return json_safe(value.tolist())
+    if hasattr(value, "item") and callable(value.item):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None if math.isnan(value) else ("inf" if value > 0 else "-inf")
+    return value
 
 
 def write_json(target: str | os.PathLike, obj: Any) -> None:

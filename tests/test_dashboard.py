@@ -14,12 +14,12 @@ import optuna
 import pytest
 import requests
 
-from muratune.config import load_config
+from muratune.config import dump_config, load_config
 from muratune.dashboard import create_dashboard_server, study_storage
 from muratune.errors import UserError
-from muratune.search import tuner
+from muratune.layout import OPTUNA_DB, RESOLVED_CONFIG
+from tests.helpers.search import DEMO_CONFIG as DEMO
 
-DEMO = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
 URL_RE = re.compile(r"http://127\.0\.0\.1:(\d+)/dashboard")
 
 
@@ -57,10 +57,8 @@ def _experiment_with_a_study(tmp_path: Path) -> Path:
     config = load_config(DEMO, [f"storage={tmp_path}", "name=mini"])
     folder = tmp_path / "mini"
     folder.mkdir()
-    (folder / tuner.RESOLVED_CONFIG).write_text(tuner.dump_config(config))
-    study = optuna.create_study(
-        study_name="mini", storage=f"sqlite:///{folder / tuner.OPTUNA_DB}", direction="maximize"
-    )
+    (folder / RESOLVED_CONFIG).write_text(dump_config(config))
+    study = optuna.create_study(study_name="mini", storage=f"sqlite:///{folder / OPTUNA_DB}", direction="maximize")
     study.optimize(lambda trial: trial.suggest_float("lr", 1e-4, 1e-2, log=True), n_trials=2)
     return folder
 
@@ -83,10 +81,10 @@ def test_dashboard_refuses_folders_without_a_study_and_busy_ports(tmp_path):
     with pytest.raises(UserError, match="not a muratune experiment"):
         create_dashboard_server(tmp_path)
     folder = _experiment_with_a_study(tmp_path)
-    (folder / tuner.OPTUNA_DB).rename(folder / "moved.db")
+    (folder / OPTUNA_DB).rename(folder / "moved.db")
     with pytest.raises(UserError, match="no Optuna study here"):
         create_dashboard_server(folder)
-    (folder / "moved.db").rename(folder / tuner.OPTUNA_DB)
+    (folder / "moved.db").rename(folder / OPTUNA_DB)
     server = create_dashboard_server(folder, port=0)
     try:
         with pytest.raises(UserError, match=f"--port {server.server_port}: cannot listen there"):
@@ -98,6 +96,6 @@ def test_dashboard_refuses_folders_without_a_study_and_busy_ports(tmp_path):
 def test_configured_storage_is_used(tmp_path):
     folder = _experiment_with_a_study(tmp_path)
     url = f"sqlite:///{tmp_path / 'elsewhere.db'}"
-    config = load_config(folder / tuner.RESOLVED_CONFIG, [f"optuna.storage={url}"])
-    (folder / tuner.RESOLVED_CONFIG).write_text(tuner.dump_config(config))
+    config = load_config(folder / RESOLVED_CONFIG, [f"optuna.storage={url}"])
+    (folder / RESOLVED_CONFIG).write_text(dump_config(config))
     assert study_storage(folder) == (url, "mini")

@@ -11,7 +11,7 @@ import pandas as pd
 import pydicom
 import pytest
 
-from muratune.constants import IMAGE_PATH, SPLIT, STUDY_PATH, VALID
+from muratune.constants import IMAGE_PATH, SPLIT, SPLIT_VALID, STUDY_PATH
 from muratune.data.dicom import encode_dicom
 from muratune.data.images import read_image
 from muratune.data.index import load_index
@@ -51,7 +51,7 @@ def _dicom_copy(png_root: Path, out: Path, photometric: str, window: bool) -> Pa
 
 def _valid(root: Path) -> pd.DataFrame:
     index = load_index(root)
-    return index[index[SPLIT] == VALID].reset_index(drop=True)
+    return index[index[SPLIT] == SPLIT_VALID].reset_index(drop=True)
 
 
 @pytest.mark.parametrize("variant", list(VARIANTS))
@@ -74,18 +74,18 @@ def test_dicom_copies_predict_like_the_pngs(ensemble, synthetic_root, tmp_path, 
 
 
 def test_cam_overlay_of_a_dicom_study_maps_onto_its_pixels(ensemble, synthetic_root, tmp_path):
-    from muratune.cam.export import export_cams
+    from muratune.cam.export import ImageSelection, export_cams
 
     dicom_root = _dicom_copy(synthetic_root, tmp_path / "dicom", "MONOCHROME1", True)
     study = _valid(synthetic_root)[STUDY_PATH].iloc[0]
-    png_cams = export_cams(ensemble, tmp_path / "png-cams", study=synthetic_root / study, progress=False)
-    dcm_cams = export_cams(ensemble, tmp_path / "dcm-cams", study=dicom_root / study, progress=False)
+    png_cams = export_cams(ensemble, tmp_path / "png", ImageSelection(study=synthetic_root / study), progress=False)
+    dcm_cams = export_cams(ensemble, tmp_path / "dcm", ImageSelection(study=dicom_root / study), progress=False)
     assert len(dcm_cams.records) == len(png_cams.records) > 0
     for png_rec, dcm_rec in zip(png_cams.records, dcm_cams.records, strict=True):
         ds = pydicom.dcmread(dicom_root / study / Path(dcm_rec[IMAGE_PATH]).name)
         assert (dcm_rec["width"], dcm_rec["height"]) == (ds.Columns, ds.Rows)
         assert (dcm_rec["box"], dcm_rec["peak"]) == (png_rec["box"], png_rec["peak"])
-        saved = json.loads((tmp_path / "dcm-cams" / dcm_rec["json"]).read_text())
+        saved = json.loads((tmp_path / "dcm" / dcm_rec["json"]).read_text())
         assert (saved["width"], saved["height"]) == (ds.Columns, ds.Rows)
 
 

@@ -13,16 +13,16 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import tiny_overrides
 from mlflow import MlflowClient
 
 from muratune.cli import main
 from muratune.config import HYPERPARAMETERS, load_config
 from muratune.errors import UserError
-from muratune.search import tuner
-from muratune.search.tracking import MLFLOW_ARTIFACTS, MLFLOW_DB, STATE_TAG, TRIAL_NAME_TAG
-
-DEMO = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
+from muratune.layout import MLFLOW_ARTIFACTS, MLFLOW_DB, RESOLVED_CONFIG, TRIALS_DIR
+from muratune.search.mlflow_callback import STATE_TAG, TRIAL_NAME_TAG
+from muratune.search.run import run_search
+from tests.helpers.search import DEMO_CONFIG as DEMO
+from tests.helpers.search import tiny_overrides
 
 
 def _runs(uri: str, name: str) -> list:
@@ -41,7 +41,7 @@ def test_search_logs_one_mlflow_run_per_trial(ray_session, synthetic_root, tmp_p
     uri = f"sqlite:///{tmp_path / 'tracking' / 'mlflow.db'}"
     (tmp_path / "tracking").mkdir()
     overrides = tiny_overrides(synthetic_root, tmp_path / "runs", name="tracked", **{"tracking.mlflow": uri})
-    result = tuner.run_search(load_config(DEMO, overrides), echo=lambda _: None)
+    result = run_search(load_config(DEMO, overrides), echo=lambda _: None)
 
     runs = _runs(uri, "tracked")
     summary = result.summary.set_index("trial_id")
@@ -61,9 +61,9 @@ def test_search_logs_one_mlflow_run_per_trial(ray_session, synthetic_root, tmp_p
         print(f"run {run.info.run_name}: params {run.data.params}; val_kappa {kappa}; state {row['state']}")
         assert run.info.status == "FINISHED"
         artifacts = [a.path for a in client.list_artifacts(run.info.run_id)]
-        assert artifacts == [tuner.RESOLVED_CONFIG]
-        local = client.download_artifacts(run.info.run_id, tuner.RESOLVED_CONFIG, str(tmp_path / run.info.run_id))
-        assert Path(local).read_text() == (result.experiment_dir / tuner.RESOLVED_CONFIG).read_text()
+        assert artifacts == [RESOLVED_CONFIG]
+        local = client.download_artifacts(run.info.run_id, RESOLVED_CONFIG, str(tmp_path / run.info.run_id))
+        assert Path(local).read_text() == (result.experiment_dir / RESOLVED_CONFIG).read_text()
     location = client.get_experiment_by_name("tracked").artifact_location
     assert location == (tmp_path / "tracking" / MLFLOW_ARTIFACTS).as_uri()  # beside the database, not in the cwd
 
@@ -102,17 +102,17 @@ def test_resumed_trials_continue_their_mlflow_runs(ray_session, synthetic_root, 
         "space.lr": "{type: loguniform, low: 1.0e-4, high: 1.0e-2}",
     }
     config = load_config(DEMO, tiny_overrides(synthetic_root, tmp_path / "runs", name="resumed", **extra))
-    trials_dir = tmp_path / "runs" / "resumed" / tuner.TRIALS_DIR
+    trials_dir = tmp_path / "runs" / "resumed" / TRIALS_DIR
     # Ctrl-C once the first checkpoint is written: Tune saves its state and returns, as for a user's interrupt.
     watcher = threading.Thread(target=_interrupt_when, args=(lambda: any(trials_dir.glob("trial_*/checkpoint_*")),))
     watcher.start()
-    first = tuner.run_search(config, trainable=slow_trial, echo=lambda _: None)
+    first = run_search(config, trainable=slow_trial, echo=lambda _: None)
     watcher.join()
     assert first.unfinished > 0
     uri = f"sqlite:///{first.experiment_dir / MLFLOW_DB}"
     assert len(_runs(uri, "resumed")) == 2
 
-    result = tuner.run_search(config, resume=True, trainable=slow_trial, echo=lambda _: None)
+    result = run_search(config, resume=True, trainable=slow_trial, echo=lambda _: None)
     assert set(result.summary.state) == {"COMPLETE"}
 
     runs = _runs(uri, "resumed")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -13,8 +13,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from muratune.data.images import Geometry, resize_square, unsquare
-from muratune.ensemble.members import Member
 from muratune.ensemble.select import Weights, weights_for
+from muratune.ensemble.trained import TrainedModel
 from muratune.errors import UserError
 
 if TYPE_CHECKING:
@@ -92,7 +92,8 @@ def feature_stages(model: nn.Module) -> list[dict]:
 
 def has_gap_linear_head(model: nn.Module) -> bool:
     """Whether the head is global average pooling then one linear layer (classic CAM is exact then)."""
-    classifier = model.get_classifier() if hasattr(model, "get_classifier") else None
+    timm_model: Any = model  # timm's hooks are not on nn.Module's type
+    classifier = timm_model.get_classifier() if hasattr(model, "get_classifier") else None
     pool = getattr(model, "global_pool", None)
     pool_type = getattr(pool, "pool_type", pool)
     return (
@@ -199,8 +200,9 @@ def classic_cam(model: nn.Module, inputs: torch.Tensor) -> np.ndarray:
         ``N x H x W`` maps at the input size, ReLU'd and divided by their maximum.
     """
     model.eval()
-    features = model.forward_features(inputs)
-    weight = model.get_classifier().weight[0].to(features.dtype)
+    timm_model: Any = model
+    features = timm_model.forward_features(inputs)
+    weight = timm_model.get_classifier().weight[0].to(features.dtype)
     maps = torch.einsum("c,nchw->nhw", weight, features).unsqueeze(1)
     maps = F.interpolate(maps.float(), size=inputs.shape[-2:], mode="bilinear", align_corners=False)
     return _normalise(maps[:, 0].cpu().numpy())
@@ -259,7 +261,9 @@ def _span(offset: int, length: int) -> slice:
     return slice(max(0, offset), length + min(0, offset))
 
 
-def member_maps(member: Member, squares: np.ndarray, spec: CamSpec, device: torch.device | str = "cpu") -> np.ndarray:
+def member_maps(
+    member: TrainedModel, squares: np.ndarray, spec: CamSpec, device: torch.device | str = "cpu"
+) -> np.ndarray:
     """Maps of one member for a batch of uint8 ``N x S x S`` squares at its input size (``N x S x S``, [0, 1]).
 
     With ``spec.shifts > 1`` every square is also explained translated by fractions of a map cell (all copies in
@@ -284,7 +288,7 @@ class EnsembleCam:
 
     def __init__(
         self,
-        members: Sequence[Member],
+        members: Sequence[TrainedModel],
         weights: Weights,
         layer: str | int = AUTO,
         method: str = AUTO,

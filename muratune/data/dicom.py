@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from muratune.data.images import MAX_PIXELS, ImageReadError
+from muratune.errors import ImageReadError
 
 DICOM_SUFFIX = ".dcm"
 PREAMBLE_BYTES = 128
@@ -43,8 +43,15 @@ def is_dicom_file(path: str | os.PathLike) -> bool:
         return False
 
 
-def read_dicom(path: str | os.PathLike, max_side: int | None = None) -> tuple[np.ndarray, tuple[int, int]]:
+def read_dicom(
+    path: str | os.PathLike, max_side: int | None = None, max_pixels: int | None = None
+) -> tuple[np.ndarray, tuple[int, int]]:
     """Decode a DICOM file's first frame as 2-D uint8 gray (reduced if far larger than ``max_side``).
+
+    Args:
+        path: the DICOM file.
+        max_side: reduce while decoding when the image is more than twice this size (as for PNGs).
+        max_pixels: refuse images with more pixels than this, from the header, before decoding.
 
     Returns:
         The image and the original (rows, columns), as ``images.read_square`` needs for its geometry.
@@ -59,7 +66,7 @@ def read_dicom(path: str | os.PathLike, max_side: int | None = None) -> tuple[np
     path = Path(path)
     try:
         header = pydicom.dcmread(path, stop_before_pixels=True)
-        rows, columns = _dimensions(path, header)
+        rows, columns = _dimensions(path, header, max_pixels)
         _check_decoder(path, header)
         frame = pydicom.pixels.pixel_array(path, index=0)
         image = to_display_gray(frame, header)
@@ -80,7 +87,7 @@ def _first_line(err: BaseException) -> str:
     return text.splitlines()[0].strip() if text else type(err).__name__
 
 
-def _dimensions(path: Path, header: Any) -> tuple[int, int]:
+def _dimensions(path: Path, header: Any, max_pixels: int | None) -> tuple[int, int]:
     """Rows and columns from the header, refusing images without pixels or too large before any decoding."""
     if "Rows" not in header or "Columns" not in header:
         raise ImageReadError(
@@ -89,7 +96,7 @@ def _dimensions(path: Path, header: Any) -> tuple[int, int]:
     rows, columns = int(header.Rows), int(header.Columns)
     if rows < 1 or columns < 1:
         raise ImageReadError(f"{path}: image has no pixels ({columns}x{rows})")
-    if rows * columns > MAX_PIXELS:
+    if max_pixels is not None and rows * columns > max_pixels:
         raise ImageReadError(f"{path}: image too large ({columns}x{rows} pixels)")
     return rows, columns
 
@@ -236,11 +243,11 @@ def encode_dicom(
 def _cr_dataset(instance_uid: str, study_uid: str, patient_id: str, body_part: str) -> Any:
     """The patient, study, series, equipment and SOP attributes of a minimal CR image."""
     from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+    from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 
     meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = CR_IMAGE_STORAGE
-    meta.MediaStorageSOPInstanceUID = instance_uid
+    meta.MediaStorageSOPClassUID = UID(CR_IMAGE_STORAGE)
+    meta.MediaStorageSOPInstanceUID = UID(instance_uid)
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds = Dataset()
     ds.file_meta = meta

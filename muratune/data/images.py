@@ -12,15 +12,22 @@ import cv2
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from muratune.errors import UserError
+from muratune.errors import ImageReadError, UserError
 
 RESIZE_MODES = ("pad", "stretch")
 # Refuse images beyond this many pixels (a 10,000 x 10,000 image is 1e8 and still allowed).
 MAX_PIXELS = 400_000_000
 
 
-class ImageReadError(UserError):
-    """An image file that cannot be decoded; the message names the file and the reason."""
+def bad_images_error(reasons: list[str], consequence: str = "to exclude them") -> UserError:
+    """The one error for unreadable images: the first one's ``path: reason``, how many more, and the way out.
+
+    Args:
+        reasons: one ``[file:row: ]path: reason`` per unreadable image.
+        consequence: what ``--skip-bad-images`` does in this command, e.g. ``to exclude them``.
+    """
+    more = f" (+{len(reasons) - 1} more unreadable)" if len(reasons) > 1 else ""
+    return UserError(f"{reasons[0]}{more}; fix the files or pass --skip-bad-images {consequence}")
 
 
 def _to_uint8_gray(img: Image.Image) -> np.ndarray:
@@ -149,7 +156,7 @@ def _decode(path: Path, max_side: int | None) -> tuple[np.ndarray, tuple[int, in
     from muratune.data.dicom import is_dicom_file, read_dicom
 
     if is_dicom_file(path):
-        return read_dicom(path, max_side)
+        return read_dicom(path, max_side, MAX_PIXELS)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
