@@ -68,7 +68,7 @@ def test_search_logs_one_mlflow_run_per_trial(ray_session, synthetic_root, tmp_p
     assert location == (tmp_path / "tracking" / MLFLOW_ARTIFACTS).as_uri()  # beside the database, not in the cwd
 
 
-def slow_trial(config: dict, settings: dict | None = None) -> None:
+def slow_trial(config: dict, experiment_config: dict | None = None) -> None:
     """Checkpoints every epoch and takes a while, so that a short time budget interrupts it."""
     import ray.tune
 
@@ -77,7 +77,7 @@ def slow_trial(config: dict, settings: dict | None = None) -> None:
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
             start = json.loads((Path(folder) / "state.json").read_text())["epoch"]
-    for epoch in range(start + 1, settings["budget"]["max_epochs"] + 1):
+    for epoch in range(start + 1, experiment_config["budget"]["max_epochs"] + 1):
         time.sleep(1.0)
         with tempfile.TemporaryDirectory() as folder:
             (Path(folder) / "state.json").write_text(json.dumps({"epoch": epoch}))
