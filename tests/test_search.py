@@ -105,7 +105,8 @@ def test_real_search_writes_experiment(ray_session, tmp_path, synthetic_root):
 
 def test_existing_experiment_is_refused_without_resume_or_overwrite(tmp_path, synthetic_root):
     config = load_config(DEMO, tiny_overrides(synthetic_root, tmp_path / "runs", name="taken"))
-    exp = experiment.prepare_experiment(config, resume=False, overwrite=False)
+    exp, replaced = experiment.prepare_experiment(config, resume=False, overwrite=False)
+    assert replaced is None
     marker = exp / "keep.txt"
     marker.write_text("finished work")
     with pytest.raises(UserError, match="already exists"):

@@ -13,8 +13,9 @@ PACKAGE = "muratune"
 MAX_FUNCTION_LINES = 60
 MAX_MODULE_LINES = 400
 # Command modules: the CLI, the demo, and each stage's entry point (what one command runs). Library code never
-# imports them; only other command modules may.
-COMMAND_PACKAGES = ("muratune.cli",)
+# imports them; only other command modules may. The doctor is a command package: its checks run the other stages'
+# entry points (a search, a CAM export) as a user would.
+COMMAND_PACKAGES = ("muratune.cli", "muratune.doctor")
 COMMAND_MODULES = (
     "muratune.demo",
     "muratune.search.run",
@@ -23,7 +24,6 @@ COMMAND_MODULES = (
     "muratune.cam.export",
     "muratune.report.write",
     "muratune.refit.run",
-    "muratune.doctor.run",
 )
 # The search's runner: no other stage may learn names or helpers from it.
 TUNER_MODULES = ("muratune.search.run", "muratune.search.tuner")

@@ -27,12 +27,11 @@ GRADCAM_PP = "gradcam++"
 LAYERCAM = "layercam"
 HIRESCAM = "hirescam"
 METHODS: tuple[str, ...] = (AUTO, CAM, GRADCAM, GRADCAM_PP, LAYERCAM, HIRESCAM)
-# The coarsest map that still localises: at 64 px the last ResNet stage gives 2x2 and points at grid-cell centres
-# (see notes/cpu-feasibility.md); stage 2 (8x8) localised best there.
+# The coarsest map that still localises: at 64 px the last ResNet stage gives 2x2 and points at grid-cell centres;
+# stage 2 (8x8) localises (docs/cam.md has the measurements).
 MIN_MAP_SIDE = 8
 # On an intermediate stage, LayerCAM (Jiang et al. 2021) weighs every location by its own positive gradient instead
-# of one channel-wide mean, which is what keeps shallow-layer maps sharp. On the demo ensembles (64 px resnets,
-# stage 2) its pointing game was 0.54-0.68 against Grad-CAM's 0.32-0.41 and Grad-CAM++'s 0.52-0.57.
+# of one channel-wide mean, which is what keeps shallow-layer maps sharp (docs/cam.md compares the methods).
 INTERMEDIATE_METHOD = LAYERCAM
 # Maps are averaged over SHIFTS x SHIFTS translations of the input by 1/SHIFTS of a map cell, so the peak is not
 # stuck on the centre of a coarse cell (a cell of an 8x8 map is wider than the planted findings).

@@ -24,7 +24,7 @@ from muratune.data.images import ImageReadError, read_image
 from muratune.ensemble.load import load_ensemble
 from muratune.ensemble.predictor import complete_frame
 from muratune.errors import UserError
-from muratune.fileio import atomic_dir, json_safe, refuse_existing
+from muratune.fileio import Input, atomic_dir, check_output, json_safe, refuse_existing
 from muratune.layout import CAM_IMAGES_DIR, CAM_INDEX_HTML, CAM_SCORE_JSON, CAMS_JSON
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm")
@@ -138,6 +138,18 @@ def _relative(path: Path, base: Path | None) -> str:
 
 
 # ------------------------------------------------------------------------------------------------ output
+def cam_inputs(ensemble: str | os.PathLike, selection: ImageSelection) -> list[Input]:
+    """What `muratune cam` reads, which its output may not touch: the ensemble, the images and their root."""
+    inputs = [Input(ensemble, "the ensemble")]
+    if selection.study is not None:
+        inputs.append(Input(selection.study, "the study"))
+    if selection.csv is not None:
+        inputs += [Input(selection.csv, "the image list"), Input(Path(selection.csv).resolve().parent, "the dataset")]
+    if selection.root is not None:  # the folder above the dataset: outputs may sit beside it, never over it
+        inputs.append(Input(selection.root, "the image root", holds_outputs=True))
+    return inputs
+
+
 def image_slug(image_path: str, taken: set[str]) -> str:
     """A unique, file-system-safe name for an image: its last path parts joined by ``_`` (no extension)."""
     parts = list(PurePosixPath(image_path.replace("\\", "/")).with_suffix("").parts[-5:])
@@ -224,12 +236,13 @@ def export_cams(
     options = options or CamOptions()
     if not 0 < options.threshold < 1:
         raise UserError(f"--threshold {options.threshold}: must be between 0 and 1 (a fraction of the map's maximum)")
-    refuse_existing(out, overwrite)
+    check_output(out, cam_inputs(ensemble, selection))
+    refuse_existing(out, overwrite, kind="cams")
     truth = read_boxes(score_boxes) if score_boxes is not None else None
     frame, base = select_images(selection)
     predictor = load_ensemble(ensemble, options.device)
     explainer = EnsembleCam.from_predictor(predictor, options.layer, options.method, options.shifts)
-    with atomic_dir(out, overwrite) as tmp:
+    with atomic_dir(out, overwrite, kind="cams") as tmp:
         records, unreadable = write_overlays(tmp, frame, base, explainer, options, progress, warn)
         if not records:
             raise UserError(f"{selection.source}: none of the {len(frame)} images could be read")

@@ -11,6 +11,10 @@ from muratune.cli import data, outputs, search  # noqa: F401 - importing registe
 from muratune.cli.app import app, run_in_process
 from muratune.errors import UserError
 
+# isort: off
+from muratune.cli import doctor  # noqa: F401 - registered last, so it is the last command in --help
+# isort: on
+
 __all__ = ["app", "main", "run_in_process"]
 
 

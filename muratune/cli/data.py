@@ -112,8 +112,9 @@ def data_preview(
     from muratune.data.images import read_image
     from muratune.data.index import absolute_image_paths, load_index
     from muratune.data.preview import preview_policy
-    from muratune.fileio import refuse_existing
+    from muratune.fileio import Input, check_output, refuse_existing
 
+    check_output(out, [Input(root, "the dataset")], is_dir=False)
     refuse_existing(out, overwrite)
     index = load_index(root)
     picks = np.random.default_rng(seed).choice(len(index), size=min(images, len(index)), replace=False)

@@ -8,7 +8,6 @@ from typing import Annotated
 import typer
 
 from muratune.cli.app import AddressOpt, ConfigArg, DataOpt, SetOpt, app, load_experiment_config, warn
-from muratune.errors import UserError
 
 
 @app.command("train")
@@ -25,30 +24,14 @@ def train_command(
     overwrite: Annotated[bool, typer.Option(help="Replace an existing OUT folder.")] = False,
 ) -> None:
     """Train one configuration outside Ray Tune (for debugging), printing metrics per epoch."""
-    import shutil
-
     import yaml
 
-    from muratune.config import HYPERPARAMETERS, parse_override
-    from muratune.fileio import refuse_existing
-    from muratune.search.space import validate_space
-    from muratune.trainables.reporters import FolderReporter
-    from muratune.trainables.trial import train_trial
+    from muratune.trainables.standalone import hyperparameters, train_standalone
 
     experiment_config = load_experiment_config(config, data, set_)
-    validate_space(experiment_config)
-    hparams = experiment_config.space.defaults()
-    for text in hp or []:
-        key, value = parse_override(text)
-        if key[0] not in HYPERPARAMETERS or len(key) != 1:
-            raise UserError(f"--hp {text!r}: unknown hyperparameter; choose from {', '.join(HYPERPARAMETERS)}")
-        hparams[key[0]] = value
-    if not resume:
-        refuse_existing(out, overwrite)
-        shutil.rmtree(out, ignore_errors=True)
-    out.mkdir(parents=True, exist_ok=True)
+    hparams = hyperparameters(experiment_config, hp or [])
     typer.echo("hyperparameters: " + yaml.safe_dump(hparams, default_flow_style=True).strip())
-    train_trial(hparams, experiment_config, FolderReporter(out, resume=resume, echo=typer.echo))
+    train_standalone(experiment_config, hparams, out, resume=resume, overwrite=overwrite, echo=typer.echo)
     typer.echo(f"checkpoints: {out}")
 
 

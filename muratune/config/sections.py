@@ -69,8 +69,8 @@ class BudgetConfig(_Strict):
     time_budget_s: Annotated[float, Field(gt=0)] | None = None
     scheduler: Literal["asha", "none"] = "asha"
     # What ASHA ranks trials by at its rungs. Study AUC by default: before a trial's probabilities cross the 0.5
-    # threshold its kappa is 0 whatever it has learnt, so early-rung kappa ranks poorly (Spearman with the trial's
-    # final kappa 0.37, against 0.57 for AUC, over 27 full bench trials). Optuna still optimises val_kappa.
+    # threshold its kappa is 0 whatever it has learnt, so early-rung kappa ranks poorly (docs/performance.md).
+    # Optuna still optimises val_kappa.
     rung_metric: Literal["val_auc", "val_kappa", "val_loss"] = "val_auc"
 
     @model_validator(mode="after")

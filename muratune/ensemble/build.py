@@ -190,7 +190,7 @@ def write_artifact(
         files: extra file name -> writer(path).
         overwrite: replace an existing folder.
     """
-    with atomic_dir(target, overwrite=overwrite) as tmp:
+    with atomic_dir(target, overwrite=overwrite, kind="ensemble") as tmp:
         entries = []
         for member, cand in zip(members, sources, strict=True):
             folder = tmp / MEMBERS_DIR / member.name
@@ -291,7 +291,7 @@ def check_options(exp_dir: Path, names: Sequence[str], size: int, by: str, overw
         raise UserError(f"--rank-by {by!r}: choose kappa or loss")
     for name in names:
         create_strategy(name, size, by)
-        refuse_existing(exp_dir / ENSEMBLE_DIR / name, overwrite)
+        refuse_existing(exp_dir / ENSEMBLE_DIR / name, overwrite, kind="ensemble")
 
 
 def write_strategy(exp_dir: Path, name: str, inputs: EnsembleInputs, options: dict, overwrite: bool) -> dict:

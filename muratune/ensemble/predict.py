@@ -14,7 +14,7 @@ from muratune.data.image_list import default_root, parse_image_list
 from muratune.data.images import bad_images_error, sniff_image
 from muratune.ensemble.predictor import StudyPredictor
 from muratune.errors import UserError
-from muratune.fileio import refuse_existing, write_text
+from muratune.fileio import Input, check_output, refuse_existing, write_text
 
 
 def format_rows(studies: pd.DataFrame, probabilities: bool) -> str:
@@ -114,6 +114,10 @@ def predict_csv(
         UserError: a bad input list, output, ensemble, or (without ``skip_bad_images``) an unreadable image.
     """
     input_csv, output_csv = Path(input_csv), Path(output_csv)
+    inputs = [Input(ensemble, "the ensemble"), Input(input_csv, "the image list")]
+    if (input_csv.parent / "train_image_paths.csv").is_file():
+        inputs.append(Input(input_csv.parent, "the dataset"))
+    check_output(output_csv, inputs, is_dir=False, flag="OUTPUT_CSV")
     refuse_existing(output_csv, overwrite)
     rows = parse_image_list(input_csv, warn)
     images = pd.DataFrame({IMAGE_PATH: [image for _, image in rows]})

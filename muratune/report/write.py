@@ -7,7 +7,7 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-from muratune.fileio import atomic_dir, refuse_existing, write_bytes, write_json, write_text
+from muratune.fileio import Input, atomic_dir, check_output, refuse_existing, write_bytes, write_json, write_text
 from muratune.layout import (
     LEADERBOARD_CSV,
     METRICS_JSON,
@@ -47,9 +47,10 @@ def write_report(
         The report folder.
     """
     target = Path(out) if out is not None else Path(experiment) / REPORT_DIR
-    refuse_existing(target, overwrite)
+    check_output(target, [Input(experiment, "the experiment", holds_outputs=True)])
+    refuse_existing(target, overwrite, kind="report")
     report = build_report(experiment, top=top, replicates=replicates, seed=seed)
-    with atomic_dir(target, overwrite=overwrite) as tmp:
+    with atomic_dir(target, overwrite=overwrite, kind="report") as tmp:
         for key, png in report.figures.items():
             write_bytes(tmp / PLOTS_DIR / f"{key}.png", png)
         cams = report.experiment.cams

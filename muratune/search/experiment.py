@@ -8,9 +8,10 @@ from pathlib import Path
 
 from muratune.config import ExperimentConfig, dump_config, load_config
 from muratune.errors import UserError
-from muratune.fileio import write_json, write_text
+from muratune.fileio import move_aside, refuse_foreign, write_json, write_marker, write_text
 from muratune.layout import CACHE_JSON, RESOLVED_CONFIG, TRIALS_DIR, experiment_dir
 
+EXPERIMENT_KIND = "experiment"
 SHOWN_EXCLUDED = 5  # excluded images printed by name; cache.json lists them all
 
 
@@ -29,17 +30,37 @@ def check_experiment(config: ExperimentConfig, resume: bool, overwrite: bool) ->
     return exists
 
 
-def prepare_experiment(config: ExperimentConfig, resume: bool, overwrite: bool) -> Path:
-    """Create (or check) the experiment folder and write the resolved config."""
+def prepare_experiment(config: ExperimentConfig, resume: bool, overwrite: bool) -> tuple[Path, Path | None]:
+    """Create (or check) the experiment folder, mark it as muratune's and write the resolved config.
+
+    With ``overwrite`` an existing experiment (one muratune made) is moved aside, not deleted: `finish_replacing`
+    deletes it once the new search has finished, so an interrupted search leaves the old one restorable.
+
+    Returns:
+        The experiment folder, and where the replaced experiment was moved (None when nothing was replaced).
+    """
     exp_dir = experiment_dir(config)
     exists = check_experiment(config, resume, overwrite)
     if resume:
-        return exp_dir
+        return exp_dir, None
+    aside = None
     if exists:
-        shutil.rmtree(exp_dir)
+        refuse_foreign(exp_dir, EXPERIMENT_KIND)
+        aside = move_aside(exp_dir)
     exp_dir.mkdir(parents=True, exist_ok=True)
+    write_marker(exp_dir, EXPERIMENT_KIND)
     write_text(exp_dir / RESOLVED_CONFIG, dump_config(config))
-    return exp_dir
+    return exp_dir, aside
+
+
+def finish_replacing(exp_dir: Path, aside: Path | None, finished: bool, echo: Callable[[str], None] = print) -> None:
+    """Delete the experiment a search replaced once the new one has finished; else say where it is kept."""
+    if aside is None:
+        return
+    if finished:
+        shutil.rmtree(aside, ignore_errors=True)
+    else:
+        echo(f"the replaced experiment is kept at {aside} until this one finishes; `mv {aside} {exp_dir}` restores it")
 
 
 def resumed_config(config: ExperimentConfig) -> ExperimentConfig:

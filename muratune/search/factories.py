@@ -77,13 +77,13 @@ def bind_trainable(config: ExperimentConfig, trainable: Callable | None = None) 
     """The trial function with the experiment config bound (kept out of the searched hyperparameters) and resources."""
     from ray import tune
 
-    if trainable is None:
-        from muratune.trainables.distributed import ddp_tune_trainable
-        from muratune.trainables.trial import tune_trainable
+    from muratune.trainables.distributed import ddp_tune_trainable
+    from muratune.trainables.trial import tune_trainable
 
+    if trainable is None:
         trainable = ddp_tune_trainable if config.resources.workers_per_trial > 1 else tune_trainable
     bound = tune.with_parameters(trainable, **{EXPERIMENT_CONFIG_KEY: config.model_dump(mode="json")})
-    return tune.with_resources(bound, trial_resources(config))
+    return tune.with_resources(bound, trial_resources(config, data_parallel=trainable is ddp_tune_trainable))
 
 
 def _trial_dirname(trial: Any) -> str:

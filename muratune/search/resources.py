@@ -11,14 +11,15 @@ from muratune.errors import UserError
 DDP_DRIVER_CPUS = 0.25
 
 
-def trial_resources(config: ExperimentConfig) -> dict:
+def trial_resources(config: ExperimentConfig, data_parallel: bool | None = None) -> dict:
     """Resources of one trial's Tune actor.
 
     A data-parallel trial's actor only drives a TorchTrainer, whose workers request their own resources
     (``cpus_per_trial`` and ``gpus_per_trial`` each), so the actor itself takes a small CPU share.
+    ``data_parallel`` (default: ``workers_per_trial > 1``) also covers a TorchTrainer of one worker.
     """
     res = config.resources
-    if res.workers_per_trial <= 1:
+    if not (res.workers_per_trial > 1 if data_parallel is None else data_parallel):
         return {"cpu": res.cpus_per_trial, "gpu": res.gpus_per_trial}
     return {"cpu": DDP_DRIVER_CPUS, "gpu": 0}
 

@@ -14,7 +14,14 @@ from muratune.cluster import connect_ray, ray_address
 from muratune.config import ExperimentConfig
 from muratune.fileio import write_text
 from muratune.layout import SUMMARY_CSV, optuna_storage_url
-from muratune.search.experiment import check_experiment, preflight, prepare_experiment, record_cache, resumed_config
+from muratune.search.experiment import (
+    check_experiment,
+    finish_replacing,
+    preflight,
+    prepare_experiment,
+    record_cache,
+    resumed_config,
+)
 from muratune.search.factories import create_tuner, restore_tuner
 from muratune.search.resources import check_cluster_resources
 from muratune.search.summary import format_summary, summarise, unfinished_trials
@@ -73,21 +80,27 @@ def run_search(
     # builds its own on first use, under a file lock.
     cache_info = preflight(config, local=ray_address(address) is None, echo=echo)
     started = connect_ray(address, num_cpus)
+    aside = None
     try:
         check_cluster_resources(config, autoscaling=not started, echo=echo)
-        # Only now that every check has passed is the experiment folder created (or replaced).
-        exp_dir = prepare_experiment(config, resume=resume, overwrite=overwrite)
+        # Only now that every check has passed is the experiment folder created (or the old one moved aside).
+        exp_dir, aside = prepare_experiment(config, resume=resume, overwrite=overwrite)
         if cache_info is not None:
             record_cache(exp_dir, cache_info, echo)
         tuner = restore_tuner(config, trainable) if resume else create_tuner(config, trainable)
         with _SigtermAsSigint():
             results = tuner.fit()
+    except BaseException:
+        if aside is not None:
+            finish_replacing(exp_dir, aside, finished=False, echo=echo)
+        raise
     finally:
         if started:
             ray.shutdown()
     unfinished = unfinished_trials(results)
     summary = summarise(results, config, unfinished)
     write_text(exp_dir / SUMMARY_CSV, summary.to_csv(index=False))
+    finish_replacing(exp_dir, aside, finished=not unfinished, echo=echo)
     echo(format_summary(summary))
     echo(f"\nexperiment: {exp_dir}\noptuna study: {optuna_storage_url(config)} (study {config.name!r})")
     if unfinished:

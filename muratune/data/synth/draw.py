@@ -259,7 +259,7 @@ def _expose(cv: _Canvas, rng: np.random.Generator, noise_rng: np.random.Generato
     img = cv2.addWeighted(tissue, tissue_gain * gain, bone, gain, offset * gain, dst=tissue)
     _burn_marker(img, rng, long_side)
     noise_sd = float(rng.uniform(0.012, 0.03))
-    # Gaussian noise from random bytes through a table of Gaussian quantiles: 6x faster than standard_normal.
+    # Gaussian noise from random bytes through a table of Gaussian quantiles (faster: docs/performance.md).
     noise_bytes = np.frombuffer(noise_rng.bytes(h * w), np.uint8).reshape(h, w)
     noise = cv2.LUT(
         noise_bytes, _gaussian_levels() * np.float32(255.0 * noise_sd), _SCRATCH.array("noise", (h, w), np.float32)

@@ -28,7 +28,7 @@ from muratune.data.synth.plan import (
     plan_dataset,
 )
 from muratune.errors import UserError
-from muratune.fileio import atomic_dir
+from muratune.fileio import atomic_dir, check_output
 
 # PNG encoding: the Average filter alone (libpng otherwise tries all five per row) and, for grayscale, Huffman-only
 # deflate (docs/performance.md has the measurement). Three-channel images keep LZ77, which finds repeated gray bytes.
@@ -164,7 +164,8 @@ def generate_dataset(
     start = time.perf_counter()
     target = Path(out) / ROOT_NAME
     plan = plan_dataset(studies, seed, strength, valid_share, image_format)
-    with atomic_dir(target, overwrite=overwrite) as tmp:
+    check_output(out, flag="OUT")
+    with atomic_dir(target, overwrite=overwrite, kind="dataset") as tmp:
         for study in plan:  # once per study here rather than once per image in the workers
             (tmp / study.study_path.removeprefix(f"{ROOT_NAME}/")).mkdir(parents=True, exist_ok=True)
         jobs = [_Job(im, seed, strength, long_side, str(tmp)) for s in plan for im in s.images]
