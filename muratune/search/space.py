@@ -18,6 +18,8 @@ def create_domain(entry: SpaceEntry) -> Any:
         return tune.loguniform(entry.low, entry.high)
     if entry.type == "uniform":
         return tune.uniform(entry.low, entry.high)
+    if entry.type == "int" and entry.log:
+        return tune.lograndint(int(entry.low), int(entry.high) + 1)  # type: ignore[arg-type]
     if entry.type == "int":
         return tune.randint(int(entry.low), int(entry.high) + 1)  # type: ignore[arg-type]
     return entry.value

@@ -207,8 +207,14 @@ def trial_resources(config: ExperimentConfig) -> dict:
     return {"cpu": DDP_DRIVER_CPUS, "gpu": 0}
 
 
-def build_searcher(config: ExperimentConfig, prune_stopped: bool | None = None) -> Any:
-    """Optuna (TPE or random) behind a concurrency limit, with ASHA-stopped trials recorded as PRUNED."""
+def build_searcher(config: ExperimentConfig, prune_stopped: bool | None = None, storage: Any = None) -> Any:
+    """Optuna (TPE or random) behind a concurrency limit, with ASHA-stopped trials recorded as PRUNED.
+
+    Args:
+        config: the experiment config.
+        prune_stopped: overrides ``optuna.prune_stopped_trials``.
+        storage: an Optuna storage for the study (default: `optuna_storage_url`; benchmarks pass an in-memory one).
+    """
     import optuna
     from ray.tune.search import ConcurrencyLimiter
 
@@ -224,7 +230,8 @@ def build_searcher(config: ExperimentConfig, prune_stopped: bool | None = None) 
         sampler = optuna.samplers.TPESampler(seed=opt.seed, n_startup_trials=opt.n_startup_trials)
     else:
         sampler = optuna.samplers.RandomSampler(seed=opt.seed)
-    storage = optuna.storages.RDBStorage(optuna_storage_url(config))
+    if storage is None:
+        storage = optuna.storages.RDBStorage(optuna_storage_url(config))
     searcher = PrunedAwareOptunaSearch(
         metric=METRIC,
         mode=MODE,
