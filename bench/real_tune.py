@@ -1,9 +1,9 @@
 """The scale benchmark in real Ray Tune: the same searcher and scheduler objects, a trainable that sleeps each epoch.
 
 Each trial reads its curve from the surrogate and sleeps the surrogate's epoch time times ``TIME_SCALE``, so trials
-finish out of order as in the simulation. Trials checkpoint their epoch (a small JSON) so that a trial BOHB pauses
-resumes where it stopped. The search ends once ``budget`` epochs have been reported; epochs still in flight then are
-left out, so the curve has exactly ``budget`` epochs, each counted once.
+finish out of order as in the simulation. Under BOHB, trials checkpoint their epoch (a small JSON) so that a
+trial it pauses resumes where it stopped. The search ends once ``budget`` epochs have been reported; epochs still
+in flight then are left out, so the curve has exactly ``budget`` epochs, each counted once.
 """
 
 from __future__ import annotations
@@ -24,8 +24,11 @@ TIME_SCALE = 0.01  # real seconds per surrogate second: a median epoch (about 18
 _SURROGATES: dict[str, Surrogate] = {}
 
 
-def lcbench_trainable(hparams: dict[str, Any], task: int, folder: str, time_scale: float) -> None:
-    """A Tune function trainable: one ``tune.report`` per surrogate epoch, resumable from its checkpoint."""
+def lcbench_trainable(hparams: dict[str, Any], task: int, folder: str, time_scale: float, checkpoints: bool) -> None:
+    """A Tune function trainable: one ``tune.report`` per surrogate epoch, resumable from its checkpoint.
+
+    Only searches that pause trials (BOHB) need ``checkpoints``; the others skip their cost.
+    """
     from ray import tune
 
     surrogate = _SURROGATES.setdefault(folder, Surrogate(folder))
@@ -38,6 +41,9 @@ def lcbench_trainable(hparams: dict[str, Any], task: int, folder: str, time_scal
     for index in range(start, MAX_EPOCHS):
         time.sleep(float(curve.epoch_s[index]) * time_scale)
         metrics = {METRIC: float(curve.accuracy[index]), VAL_LOSS: float(curve.cross_entropy[index]), EPOCH: index + 1}
+        if not checkpoints:
+            tune.report(metrics)
+            continue
         with tempfile.TemporaryDirectory() as folder_out:
             (Path(folder_out) / "state.json").write_text(json.dumps({EPOCH: index + 1}))
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder_out))
@@ -78,17 +84,14 @@ def _stopper(recorder: _EpochRecorder) -> Any:
 def run_tune(
     folder: str | Path, task: int, method: str, seed: int, workers: int, budget: int, time_scale: float = TIME_SCALE
 ) -> list[Event]:
-    """One search in real Ray Tune (a local Ray with ``workers`` CPUs); returns its epochs in order."""
-    import ray
+    """One search in real Ray Tune (`start_ray` first); returns its epochs in the order they were reported."""
     from ray import tune
 
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    started = not ray.is_initialized()
-    if started:
-        ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False, configure_logging=False)
     searcher, scheduler = build_method(method, seed, workers, set_space=False)
     recorder = _EpochRecorder(budget, time_scale)
-    trainable = tune.with_parameters(lcbench_trainable, task=task, folder=str(folder), time_scale=time_scale)
+    trainable = tune.with_parameters(
+        lcbench_trainable, task=task, folder=str(folder), time_scale=time_scale, checkpoints=method == "bohb"
+    )
     with tempfile.TemporaryDirectory(prefix="muratune-scale-") as storage:
         tuner = tune.Tuner(
             tune.with_resources(trainable, {"cpu": 1}),
@@ -106,6 +109,28 @@ def run_tune(
         )
         recorder.start = time.monotonic()
         tuner.fit()
-    if started:
-        ray.shutdown()
     return recorder.events
+
+
+def start_ray(workers: int, attempts: int = 3) -> None:
+    """Start a private local Ray with ``workers`` CPUs; on a loaded machine its startup can time out, so retry."""
+    import ray
+
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    # Trials import this module by name on Ray's workers: let them find bench/ (the repository root).
+    root = str(Path(__file__).resolve().parents[1])
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)
+    for attempt in range(attempts):
+        try:
+            ray.init(
+                num_cpus=workers,
+                object_store_memory=200 * 1024**2,  # trials pass nothing through the object store
+                include_dashboard=False,
+                log_to_driver=False,
+                _temp_dir=tempfile.mkdtemp(prefix="ray-scale-"),  # a private session folder on a shared machine
+            )
+            return
+        except Exception:  # noqa: BLE001 - Ray raises a bare Exception when its node times out during startup
+            ray.shutdown()
+            if attempt == attempts - 1:
+                raise

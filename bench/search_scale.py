@@ -82,7 +82,18 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
 
 def run_jobs(jobs: list[dict[str, Any]], folder: Path, processes: int) -> list[dict[str, Any]]:
     """Run the jobs on ``processes`` processes (in this one when 1)."""
-    if processes <= 1 or jobs and jobs[0]["backend"] == "tune":
+    if jobs and jobs[0]["backend"] == "tune":
+        import ray
+
+        from bench.real_tune import start_ray
+
+        _init_worker(str(folder))
+        start_ray(jobs[0]["workers"])
+        try:
+            return [run_job(job) for job in jobs]
+        finally:
+            ray.shutdown()
+    if processes <= 1:
         _init_worker(str(folder))
         return [run_job(job) for job in jobs]
     with ProcessPoolExecutor(processes, initializer=_init_worker, initargs=(str(folder),)) as pool:

@@ -204,6 +204,7 @@ class BudgetConfig(_Strict):
     reduction_factor: Annotated[float, Field(gt=1)] = 3
     time_budget_s: Annotated[float, Field(gt=0)] | None = None
     scheduler: Literal["asha", "none"] = "asha"
+    brackets: Annotated[int, Field(ge=1)] = 1  # ASHA brackets (Hyperband-style); 1 = plain successive halving
     # What ASHA ranks trials by at its rungs. Study AUC by default: before a trial's probabilities cross the 0.5
     # threshold its kappa is 0 whatever it has learnt, so early-rung kappa ranks poorly (Spearman with the trial's
     # final kappa 0.37, against 0.57 for AUC, over 27 full bench trials). Optuna still optimises val_kappa.
@@ -240,6 +241,8 @@ class OptunaConfig(_Strict):
     storage: str | None = None
     n_startup_trials: Annotated[int, Field(ge=0)] = 4
     prune_stopped_trials: bool = True
+    multivariate: bool = False  # TPE models the hyperparameters jointly rather than one at a time
+    constant_liar: bool = False  # TPE counts running trials as bad, so concurrent suggestions spread out
 
 
 class FailureConfig(_Strict):

@@ -227,7 +227,12 @@ def build_searcher(config: ExperimentConfig, prune_stopped: bool | None = None, 
         # Nothing to search (one fixed point, e.g. a paper's setup): repeat it num_samples times.
         return BasicVariantGenerator(max_concurrent=config.resources.max_concurrent_trials)
     if opt.sampler == "tpe":
-        sampler = optuna.samplers.TPESampler(seed=opt.seed, n_startup_trials=opt.n_startup_trials)
+        sampler = optuna.samplers.TPESampler(
+            seed=opt.seed,
+            n_startup_trials=opt.n_startup_trials,
+            multivariate=opt.multivariate,
+            constant_liar=opt.constant_liar,
+        )
     else:
         sampler = optuna.samplers.RandomSampler(seed=opt.seed)
     if storage is None:
@@ -261,6 +266,7 @@ def build_scheduler(config: ExperimentConfig) -> Any:
         max_t=budget.max_epochs,
         grace_period=budget.grace_period,
         reduction_factor=budget.reduction_factor,
+        brackets=budget.brackets,
     )
 
 
