@@ -239,10 +239,18 @@ class OptunaConfig(_Strict):
     sampler: Literal["tpe", "random"] = "tpe"
     seed: int | None = 0
     storage: str | None = None
+    # Random trials before TPE: at least two per concurrent worker (`startup_trials`), so that TPE's first model
+    # sees two finished waves rather than the first few trials of the first wave.
     n_startup_trials: Annotated[int, Field(ge=0)] = 4
     prune_stopped_trials: bool = True
-    multivariate: bool = False  # TPE models the hyperparameters jointly rather than one at a time
-    constant_liar: bool = False  # TPE counts running trials as bad, so concurrent suggestions spread out
+    # TPE settings written out rather than left to Optuna, whose defaults changed in 5.0 (both on). On LCBench at 8
+    # workers the joint (multivariate) model lost to the independent one; see docs/search-efficiency.md.
+    multivariate: bool = False
+    constant_liar: bool = True  # running trials count as bad, so concurrent suggestions spread out
+
+    def startup_trials(self, workers: int) -> int:
+        """Random start-up trials for ``workers`` concurrent trials: ``n_startup_trials``, at least 2 per worker."""
+        return max(self.n_startup_trials, 2 * workers)
 
 
 class FailureConfig(_Strict):

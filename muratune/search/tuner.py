@@ -229,7 +229,7 @@ def build_searcher(config: ExperimentConfig, prune_stopped: bool | None = None, 
     if opt.sampler == "tpe":
         sampler = optuna.samplers.TPESampler(
             seed=opt.seed,
-            n_startup_trials=opt.n_startup_trials,
+            n_startup_trials=opt.startup_trials(config.resources.max_concurrent_trials),
             multivariate=opt.multivariate,
             constant_liar=opt.constant_liar,
         )
