@@ -112,7 +112,7 @@ def run_tune(
     return recorder.events
 
 
-def start_ray(workers: int, attempts: int = 3) -> None:
+def start_ray(workers: int, attempts: int = 10) -> None:
     """Start a private local Ray with ``workers`` CPUs; on a loaded machine its startup can time out, so retry."""
     import ray
 

@@ -270,3 +270,13 @@ def test_plain_int_range_is_unchanged() -> None:
     domain = create_domain(SpaceEntry.model_validate({"type": "int", "low": 1, "high": 5}))
     assert isinstance(domain.get_sampler(), tune.search.sample.Uniform)
     assert (domain.lower, domain.upper) == (1, 6)
+
+
+def test_startup_trials_scale_with_concurrent_workers() -> None:
+    """TPE's random start-up covers two waves of concurrent trials, and never fewer than configured."""
+    from muratune.config import OptunaConfig
+
+    assert OptunaConfig(n_startup_trials=4).startup_trials(1) == 4
+    assert OptunaConfig(n_startup_trials=4).startup_trials(8) == 16
+    assert OptunaConfig(n_startup_trials=20).startup_trials(8) == 20
+    assert load_config(REPO / "configs" / "mura-wide.yaml").optuna.startup_trials(8) == 16
