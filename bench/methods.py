@@ -17,8 +17,7 @@ from muratune.config import ExperimentConfig, load_config
 from muratune.constants import METRIC, MODE
 
 # muratune's factories: the one place to change when the search module is split (issue 17).
-from muratune.search.tuner import build_scheduler as create_scheduler  # noqa: I001
-from muratune.search.tuner import build_searcher as create_searcher
+from muratune.search.factories import create_scheduler, create_searcher
 
 METHODS = ("muratune", "stock-optuna-asha", "random-asha", "random", "bohb")
 # What the benchmark sets on muratune's defaults: the task's epochs and the search metric's key (LCBench has no AUC,
@@ -53,14 +52,12 @@ def build_method(
         overrides: ``key=value`` settings for muratune's config (``--set``), to compare candidate defaults.
         set_space: set metric, mode and LCBench's space as a Tuner does (the simulation); False for a real Tuner.
     """
-    import optuna
-
     random.seed(seed)
     np.random.seed(seed)  # ASHA draws each trial's bracket from numpy's global generator
     if method in ("muratune", "random-asha", "random"):
         config = bench_config(method, seed, workers, overrides)
-        # Nothing reads the study back from a database here: an in-memory Optuna storage per search.
-        searcher = create_searcher(config, storage=optuna.storages.InMemoryStorage())
+        # Nothing reads the study back from a database here: an in-memory Optuna study per search.
+        searcher = create_searcher(config, storage=None)
         scheduler = create_scheduler(config)
     elif method == "stock-optuna-asha":
         searcher, scheduler = _stock_optuna_asha(seed, workers)

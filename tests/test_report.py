@@ -17,9 +17,9 @@ from sklearn.metrics import cohen_kappa_score
 from muratune.cli import main
 from muratune.constants import BODY_PARTS, short_part
 from muratune.errors import UserError
-from muratune.report.build import write_report
 from muratune.report.score import score_file
 from muratune.report.scoring import score_studies
+from muratune.report.write import write_report
 
 EVIL_NAME = "<img src=x onerror=alert(1)>"
 EVIL_DIR = "x<script>alert(1)<script>"

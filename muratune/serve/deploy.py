@@ -96,9 +96,11 @@ def _replica_device(use_gpu: bool) -> str:
 def build_application(ensemble_dir: str | os.PathLike, options: ServeOptions):
     """The Serve application: ``options.replicas`` model replicas (with their CPU/GPU share) and the ingress."""
     actor_options = {"num_cpus": options.cpus_per_replica, "num_gpus": options.gpus_per_replica}
-    model = EnsembleModel.options(num_replicas=options.replicas, ray_actor_options=actor_options)
+    model = EnsembleModel.options(  # type: ignore[attr-defined]  # @serve.deployment makes it a Deployment
+        num_replicas=options.replicas, ray_actor_options=actor_options
+    )
     replica = model.bind(str(Path(ensemble_dir).resolve()), options.gpus_per_replica > 0, options.cam_shifts)
-    return HttpIngress.bind(replica, asdict(options.limits))
+    return HttpIngress.bind(replica, asdict(options.limits))  # type: ignore[attr-defined]
 
 
 def start_server(ensemble_dir: str | os.PathLike, options: ServeOptions) -> str:
@@ -146,8 +148,8 @@ def serve_until_interrupted(
 
     import ray
 
-    from muratune.cam.export import load_ensemble
-    from muratune.search.tuner import connect_ray
+    from muratune.cluster import connect_ray
+    from muratune.ensemble.load import load_ensemble
 
     load_ensemble(ensemble_dir, device="cpu")  # a bad ensemble is a one-line error before Ray starts
     started = connect_ray(address)
