@@ -1,4 +1,4 @@
-"""User-facing error type: the CLI prints it as one line and exits with code 2."""
+"""User-facing error types: the CLI prints them as one line and exits with code 2."""
 
 
 class UserError(Exception):
@@ -9,3 +9,7 @@ class UserError(Exception):
     """
 
     exit_code = 2
+
+
+class ImageReadError(UserError):
+    """An image file that cannot be decoded; the message names the file and the reason."""

@@ -8,6 +8,7 @@ where a file lives. An experiment folder, ``<storage>/<name>/``, holds after all
         optuna.db                   the Optuna study (ASHA-stopped trials PRUNED)     (search)
         cache.json                  the image cache used and the images it left out   (search, local)
         search_summary.csv          one row per trial: state, hyperparameters, kappa   (search)
+        mlflow.db, mlartifacts/     MLflow runs of the trials (tracking.mlflow: true)  (search)
         trials/                     Ray Tune's run folder                              (search)
             trial_<id>/checkpoint_<n>/
                 model.safetensors   weights
@@ -41,6 +42,8 @@ OPTUNA_DB = "optuna.db"
 CACHE_JSON = "cache.json"  # the shared cache a local search used, with the images it left out ("excluded")
 SUMMARY_CSV = "search_summary.csv"
 TRIALS_DIR = "trials"
+MLFLOW_DB = "mlflow.db"  # the MLflow store of ``tracking.mlflow: true``
+MLFLOW_ARTIFACTS = "mlartifacts"  # artifacts of a local (SQLite) MLflow store, beside its database
 TRIAL_DIR_PREFIX = "trial_"
 PROGRESS_CSV = "progress.csv"  # Ray Tune's per-trial results
 CHECKPOINT_PREFIX = "checkpoint_"

@@ -515,7 +515,7 @@ def test_predict_with_overwrite_on_a_bad_image_leaves_the_existing_output_untouc
     before = (out.stat().st_mtime_ns, out.read_bytes())
     code, _, err = run(_predict(ensemble, data, out, "--overwrite"), capsys)
     assert code == 2
-    assert_one_line_error(err, [data.image, "not a PNG or JPEG", "--skip-bad-images"])
+    assert_one_line_error(err, [data.image, "not a PNG, JPEG or DICOM", "--skip-bad-images"])
     assert (out.stat().st_mtime_ns, out.read_bytes()) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "out.csv"]  # no temporary file left
 

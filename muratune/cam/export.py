@@ -27,7 +27,7 @@ from muratune.errors import UserError
 from muratune.fileio import Input, atomic_dir, check_output, json_safe, refuse_existing
 from muratune.layout import CAM_IMAGES_DIR, CAM_INDEX_HTML, CAM_SCORE_JSON, CAMS_JSON
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm")
 _POSITIVE_RE = re.compile(r"study\d+_positive$")
 _UNSAFE_RE = re.compile(r"[^A-Za-z0-9_.-]+")
 
@@ -98,8 +98,8 @@ class ExportSummary:
 def select_images(selection: ImageSelection) -> tuple[pd.DataFrame, Path | None]:
     """The images to explain (``image_path``, ``study_path``, ``body_part``) and the folder their paths are under.
 
-    A study folder gives its PNG/JPEG files; an image list its rows (paths relative to ``root``, by default the
-    list's parent's parent). ``abnormal_only`` keeps the studies labelled abnormal (``studyN_positive`` folders).
+    A study folder gives its PNG/JPEG/DICOM files; an image list its rows (paths relative to ``root``, by default
+    the list's parent's parent). ``abnormal_only`` keeps the studies labelled abnormal (``studyN_positive`` folders).
 
     Raises:
         UserError: neither or both of ``study`` and ``csv`` given, a missing study folder, or no image left.
@@ -111,7 +111,7 @@ def select_images(selection: ImageSelection) -> tuple[pd.DataFrame, Path | None]
         folder = Path(study)
         files = sorted(p for p in folder.glob("*") if p.suffix.lower() in IMAGE_SUFFIXES) if folder.is_dir() else []
         if not files:
-            raise UserError(f"{folder}: not a study folder with PNG or JPEG images")
+            raise UserError(f"{folder}: not a study folder with PNG, JPEG or DICOM images")
         base = Path(root) if root is not None else None
         paths = [_relative(p, base) for p in files]
         frame = pd.DataFrame({IMAGE_PATH: paths})

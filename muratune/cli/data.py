@@ -21,12 +21,22 @@ def data_synth(
     size: Annotated[int, typer.Option(help="Approximate long side of the images, in pixels.")] = 512,
     workers: Annotated[int, typer.Option(help="Processes used to draw images (0 = all cores).")] = 0,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing dataset in OUT.")] = False,
+    image_format: Annotated[
+        str, typer.Option("--format", help="Image files: png, or dicom (12-bit MONOCHROME2 .dcm, windowed).")
+    ] = "png",
 ) -> None:
     """Write a synthetic dataset in the exact MURA v1.1 layout, with planted findings and boxes.csv."""
     from muratune.data.synth import generate_dataset
 
     summary = generate_dataset(
-        out, studies=studies, seed=seed, difficulty=difficulty, long_side=size, workers=workers, overwrite=overwrite
+        out,
+        studies=studies,
+        seed=seed,
+        difficulty=difficulty,
+        long_side=size,
+        workers=workers,
+        overwrite=overwrite,
+        image_format=image_format,
     )
     typer.echo(summary)
 

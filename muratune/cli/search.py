@@ -1,4 +1,4 @@
-"""`muratune train`, `search`, `ensemble` and `predict`."""
+"""`muratune train`, `search`, `ensemble`, `predict` and `dashboard`."""
 
 from __future__ import annotations
 
@@ -114,3 +114,15 @@ def predict_command(
         ensemble, input_csv, output_csv, root, probabilities, overwrite, warn=warn, skip_bad_images=skip_bad_images
     )
     typer.echo(summary, err=True)
+
+
+@app.command("dashboard")
+def dashboard_command(
+    experiment: Annotated[Path, typer.Argument(help="Experiment folder (STORAGE/NAME) holding the Optuna study.")],
+    host: Annotated[str, typer.Option(help="Address to bind; loopback unless you mean to expose it.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535, help="HTTP port (0 = any free one).")] = 8080,
+) -> None:
+    """Open optuna-dashboard on the experiment's Optuna study (needs the `dashboard` extra); Ctrl-C stops it."""
+    from muratune.dashboard import serve_dashboard
+
+    serve_dashboard(experiment, host, port, echo=typer.echo)

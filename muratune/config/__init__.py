@@ -21,6 +21,7 @@ from muratune.config.sections import (
     ModelConfig,
     OptunaConfig,
     ResourcesConfig,
+    TrackingConfig,
     TrainConfig,
 )
 from muratune.config.space import HYPERPARAMETERS, OPTIMIZERS, SpaceConfig, SpaceEntry
@@ -40,6 +41,7 @@ __all__ = [
     "ResourcesConfig",
     "SpaceConfig",
     "SpaceEntry",
+    "TrackingConfig",
     "TrainConfig",
     "apply_overrides",
     "dump_config",

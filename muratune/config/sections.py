@@ -1,4 +1,4 @@
-"""The experiment config: data, model, training, space, budget, resources, searcher, failures, checkpoints."""
+"""The experiment config: data, model, training, space, budget, resources, searcher, failures, checkpoints, tracking."""
 
 from __future__ import annotations
 
@@ -129,6 +129,20 @@ class CheckpointSettings(_Strict):
     num_to_keep: Annotated[int, Field(ge=1)] = 2
 
 
+class TrackingConfig(_Strict):
+    """Experiment tracking outside muratune's own files."""
+
+    # false: off; true: a SQLite store inside the experiment folder; or a tracking URI (sqlite:///..., http://...).
+    mlflow: bool | str = False
+
+    @field_validator("mlflow")
+    @classmethod
+    def _uri(cls, value: bool | str) -> bool | str:
+        if isinstance(value, str) and not value.strip():
+            raise ValueError("must be false, true, or a tracking URI such as sqlite:///mlflow.db or http://host:5000")
+        return value.strip() if isinstance(value, str) else value
+
+
 class DebugConfig(_Strict):
     """Fault injection for testing failure handling: make matching trials fail on purpose."""
 
@@ -151,6 +165,7 @@ class ExperimentConfig(_Strict):
     optuna: OptunaConfig = Field(default_factory=OptunaConfig)
     failure: FailureConfig = Field(default_factory=FailureConfig)
     checkpoint: CheckpointSettings = Field(default_factory=CheckpointSettings)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     debug: DebugConfig = Field(default_factory=DebugConfig)
 
     @field_validator("name")

@@ -1,1 +1,1 @@
-"""Dataset layer: MURA index, validation, internal split, synthetic generator, cache, augmentation."""
+"""Dataset layer: MURA index, validation, split, synthetic data, cache, augmentation, PNG/JPEG/DICOM reading."""

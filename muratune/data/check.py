@@ -27,7 +27,7 @@ from muratune.data.images import read_image, sniff_image
 from muratune.data.index import SPLITS, DatasetRoot, IndexScan, Problem, image_csv_name, scan
 from muratune.errors import UserError
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm")
 TABLE_COLUMNS: tuple[str, ...] = ("normal", "abnormal", "studies", "images")
 TOTAL = "total"
 # Below this many images a pool costs more than it saves.

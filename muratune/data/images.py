@@ -1,4 +1,4 @@
-"""Reading radiographs of any PNG/JPEG flavour as 8-bit grayscale, and square resizing with a recorded geometry."""
+"""Reading radiographs (PNG, JPEG; DICOM via ``dicom.py``) as 8-bit gray, and square resizing with a geometry."""
 
 from __future__ import annotations
 
@@ -12,15 +12,11 @@ import cv2
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from muratune.errors import UserError
+from muratune.errors import ImageReadError, UserError
 
 RESIZE_MODES = ("pad", "stretch")
 # Refuse images beyond this many pixels (a 10,000 x 10,000 image is 1e8 and still allowed).
 MAX_PIXELS = 400_000_000
-
-
-class ImageReadError(UserError):
-    """An image file that cannot be decoded; the message names the file and the reason."""
 
 
 def bad_images_error(reasons: list[str], consequence: str = "to exclude them") -> UserError:
@@ -80,6 +76,7 @@ def _reduce(img: Image.Image, factor: int) -> Image.Image:
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 JPEG_SIGNATURE = b"\xff\xd8\xff"
+_SNIFF_BYTES = 132  # enough for the DICOM preamble and its "DICM" at byte 128
 # A PNG ends with its IEND chunk; look for it this far from the end, so that a little trailing data is tolerated.
 _PNG_TAIL = 4096
 
@@ -87,19 +84,19 @@ _PNG_TAIL = 4096
 def sniff_image(path: str | os.PathLike) -> str | None:
     """Cheaply check an image file without decoding it; return None if it looks fine, else ``path: reason``.
 
-    Reads only the first and last bytes: finds missing and empty files, files that are not PNG or JPEG (a text file
-    named ``.png``) and PNGs cut short (no IEND chunk at the end). A file that passes can still fail to decode.
+    Reads only the first and last bytes: finds missing and empty files, files that are not PNG, JPEG or DICOM (a text
+    file named ``.png``) and PNGs cut short (no IEND chunk at the end). A file that passes can still fail to decode.
     """
     path = Path(path)
     try:
         with path.open("rb") as handle:
-            head = handle.read(len(PNG_SIGNATURE))
+            head = handle.read(_SNIFF_BYTES)
             if not head:
                 return f"{path}: empty file (0 bytes)"
-            if head.startswith(JPEG_SIGNATURE):
+            if head.startswith(JPEG_SIGNATURE) or _is_dicom(head):
                 return None
-            if head != PNG_SIGNATURE:
-                return f"{path}: not a PNG or JPEG file"
+            if not head.startswith(PNG_SIGNATURE):
+                return f"{path}: not a PNG, JPEG or DICOM file"
             size = handle.seek(0, os.SEEK_END)
             handle.seek(max(0, size - _PNG_TAIL))
             if b"IEND" not in handle.read():
@@ -111,10 +108,17 @@ def sniff_image(path: str | os.PathLike) -> str | None:
     return None
 
 
+def _is_dicom(head: bytes) -> bool:
+    from muratune.data.dicom import is_dicom
+
+    return is_dicom(head)
+
+
 def read_image(path: str | os.PathLike, max_side: int | None = None) -> np.ndarray:
     """Read an image file as a 2-D uint8 grayscale array.
 
-    Handles 8-bit and 16-bit grayscale, RGB, RGBA, palette and 1-bit PNGs (and JPEGs).
+    Handles 8-bit and 16-bit grayscale, RGB, RGBA, palette and 1-bit PNGs, JPEGs, and DICOM files (by their
+    ``DICM`` preamble, whatever their name; see ``muratune.data.dicom`` for the display pipeline).
 
     Args:
         path: the image file.
@@ -149,6 +153,10 @@ def _decode(path: Path, max_side: int | None) -> tuple[np.ndarray, tuple[int, in
             raise ImageReadError(f"{path}: empty file (0 bytes)")
     except FileNotFoundError:
         raise ImageReadError(f"{path}: file not found") from None
+    from muratune.data.dicom import is_dicom_file, read_dicom
+
+    if is_dicom_file(path):
+        return read_dicom(path, max_side, MAX_PIXELS)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)

@@ -26,13 +26,13 @@ from muratune.errors import UserError
 STUDY_ID = "study_id"
 COLUMNS: tuple[str, ...] = (IMAGE_PATH, STUDY_PATH, PATIENT_ID, BODY_PART, LABEL, SPLIT, VIEW, STUDY_ID)
 
-IMAGE_PATTERN = "<dataset>/<split>/XR_<PART>/patient<digits>/study<N>_<positive|negative>/image<N>.png"
+IMAGE_PATTERN = "<dataset>/<split>/XR_<PART>/patient<digits>/study<N>_<positive|negative>/image<N>.<png|jpg|dcm>"
 STUDY_PATTERN = "<dataset>/<split>/XR_<PART>/patient<digits>/study<N>_<positive|negative>/"
 ESCAPES_ROOT = "path escapes the dataset root"
 
 _PATIENT_RE = re.compile(r"patient\d+")
 _STUDY_RE = re.compile(r"study(\d+)_(positive|negative)")
-_IMAGE_RE = re.compile(r"image(\d+)\.(?:png|jpe?g)", re.IGNORECASE)
+_IMAGE_RE = re.compile(r"image(\d+)\.(?:png|jpe?g|dcm)", re.IGNORECASE)
 _DRIVE_RE = re.compile(r"^[A-Za-z]:")
 _HEADER_WORD_RE = re.compile(r"[A-Za-z_ ]+")
 
@@ -165,7 +165,7 @@ def parse_path(path: str, dataset_name: str, split: str, *, is_study: bool) -> P
     if not is_study:
         image_match = _IMAGE_RE.fullmatch(segments[5])
         if image_match is None:
-            return f"image file name {segments[5]!r} does not match image<N>.png"
+            return f"image file name {segments[5]!r} does not match image<N>.png (or .jpg, .dcm)"
         view = int(image_match.group(1))
     folder_label = 1 if study_match.group(2) == "positive" else 0
     return PathParts(split, body_part, patient, study, int(study_match.group(1)), folder_label, view)

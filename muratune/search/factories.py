@@ -8,7 +8,7 @@ from typing import Any
 from muratune.config import HYPERPARAMETERS, RUNG_METRICS, ExperimentConfig
 from muratune.constants import EPOCH, METRIC, MODE, VAL_AUC
 from muratune.errors import UserError
-from muratune.layout import optuna_storage_url, trial_dirname, trials_storage
+from muratune.layout import experiment_dir, optuna_storage_url, trial_dirname, trials_storage
 from muratune.search.resources import trial_resources
 
 # The experiment config reaches every trial through tune.with_parameters under this keyword.
@@ -113,8 +113,10 @@ def create_tuner(
     from ray import tune
 
     from muratune.search.space import create_search_space
+    from muratune.search.tracking import create_mlflow_callback
 
     storage_path, name = trials_storage(config)
+    mlflow_callback = create_mlflow_callback(config, experiment_dir(config))
     reporter = tune.CLIReporter(
         metric_columns={EPOCH: "epoch", METRIC: "val_kappa", VAL_AUC: "val_auc"},
         parameter_columns=list(HYPERPARAMETERS),
@@ -145,6 +147,7 @@ def create_tuner(
                 checkpoint_score_order=MODE,
             ),
             progress_reporter=reporter,
+            callbacks=[mlflow_callback] if mlflow_callback is not None else None,
             stop=stop,
             verbose=verbose,
         ),

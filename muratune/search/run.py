@@ -25,6 +25,7 @@ from muratune.search.experiment import (
 from muratune.search.factories import create_tuner, restore_tuner
 from muratune.search.resources import check_cluster_resources
 from muratune.search.summary import format_summary, summarise, unfinished_trials
+from muratune.search.tracking import require_mlflow
 
 
 @dataclass
@@ -74,6 +75,7 @@ def run_search(
     if resume:
         config = resumed_config(config)
     check_experiment(config, resume=resume, overwrite=overwrite)
+    require_mlflow(config)
     # Local search: build the cache once here, with a progress bar, so trials only open it. On a cluster each node
     # builds its own on first use, under a file lock.
     cache_info = preflight(config, local=ray_address(address) is None, echo=echo)

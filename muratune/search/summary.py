@@ -26,6 +26,13 @@ def unfinished_trials(results: Any) -> set[str]:
     return unfinished
 
 
+def trial_state(failed: bool, epochs: int, max_epochs: int) -> str:
+    """A finished trial's state in Optuna's terms: FAIL if it errored, COMPLETE at its full budget, else PRUNED."""
+    if failed:
+        return "FAIL"
+    return "COMPLETE" if epochs >= max_epochs else "PRUNED"
+
+
 def summarise(results: Any, config: ExperimentConfig, unfinished: set[str] | None = None) -> pd.DataFrame:
     """One row per trial: state in Optuna terms, hyperparameters, epochs, best internal-val kappa, checkpoint.
 
@@ -47,14 +54,10 @@ def _summary_row(result: Any, config: ExperimentConfig, unfinished: set[str]) ->
     history = result.metrics_dataframe
     best_kappa = float(history[METRIC].max()) if history is not None and METRIC in history else float("nan")
     best = result.get_best_checkpoint(METRIC, MODE) if result.best_checkpoints else None
-    if result.error is not None:
-        state = "FAIL"
-    elif str(trial_id) in unfinished:
+    if str(trial_id) in unfinished and result.error is None:
         state = "RUNNING"
-    elif epochs >= config.budget.max_epochs:
-        state = "COMPLETE"
     else:
-        state = "PRUNED"
+        state = trial_state(result.error is not None, epochs, config.budget.max_epochs)
     row = {"trial_id": trial_id, "state": state, "epochs": epochs, "best_val_kappa": best_kappa}
     row.update({name: result.config.get(name) for name in HYPERPARAMETERS})
     if history is not None and len(history) and METRIC in history:

@@ -27,7 +27,7 @@ class ServeLimits:
 
 
 # ------------------------------------------------------------------------------------------------ schema
-ViewFiles = Annotated[list[UploadFile], File(description="one or more views (PNG/JPEG) of one study")]
+ViewFiles = Annotated[list[UploadFile], File(description="one or more views (PNG/JPEG/DICOM) of one study")]
 BodyPart = Annotated[str | None, Form(description="elbow, finger, forearm, hand, humerus, shoulder, wrist or auto")]
 
 

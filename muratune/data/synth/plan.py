@@ -13,6 +13,7 @@ from muratune.errors import UserError
 
 ROOT_NAME = "MURA-v1.1"
 BOXES_CSV = "boxes.csv"
+IMAGE_FORMATS = {"png": ".png", "dicom": ".dcm"}  # --format -> suffix
 BOXES_HEADER = "image_path,x0,y0,x1,y1,kind"
 FINDING_KINDS: tuple[str, ...] = ("fracture", "hardware", "lesion")
 # Named difficulties as finding strengths (1 = easiest, largest and most contrasted findings).
@@ -144,7 +145,9 @@ def _finding_views(rng: np.random.Generator, n_views: int, strength: float) -> l
     return shown
 
 
-def plan_dataset(studies: int, seed: int, strength: float = 1.0, valid_share: float = 0.1) -> list[StudySpec]:
+def plan_dataset(
+    studies: int, seed: int, strength: float = 1.0, valid_share: float = 0.1, image_format: str = "png"
+) -> list[StudySpec]:
     """Decide every study, patient and image of the dataset, without drawing anything.
 
     Patients belong to one split and one body part; study numbers restart per patient and image numbers
@@ -155,6 +158,7 @@ def plan_dataset(studies: int, seed: int, strength: float = 1.0, valid_share: fl
         seed: random seed.
         strength: finding strength from `parse_difficulty` (changes how many views show a finding).
         valid_share: share of the studies that go to the ``valid`` split.
+        image_format: ``png`` or ``dicom``: the images' suffix (``.png`` or ``.dcm``); the plan is otherwise equal.
 
     Returns:
         The studies in the order their rows are written to the CSVs.
@@ -187,7 +191,7 @@ def plan_dataset(studies: int, seed: int, strength: float = 1.0, valid_share: fl
                         images.append(
                             ImageSpec(
                                 index=image_index,
-                                image_path=f"{study_path}image{view + 1}.png",
+                                image_path=f"{study_path}image{view + 1}{IMAGE_FORMATS[image_format]}",
                                 body_part=part,
                                 finding=kind if shown[view] else None,
                                 rgb=bool(rng.random() < RGB_FRACTION),

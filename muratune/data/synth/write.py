@@ -19,6 +19,7 @@ from muratune.data.synth.geometry import _SCRATCH
 from muratune.data.synth.plan import (
     BOXES_CSV,
     BOXES_HEADER,
+    IMAGE_FORMATS,
     ROOT_NAME,
     ImageSpec,
     StudySpec,
@@ -65,11 +66,28 @@ def encode_png(image: np.ndarray) -> bytes:
     return png.tobytes()
 
 
+def encode_synthetic_dicom(image: np.ndarray, spec: ImageSpec, seed: int) -> bytes:
+    """Encode a drawn image as MONOCHROME2 DICOM (12 of 16 bits, windowed), with UIDs fixed by seed and path."""
+    from pydicom.uid import generate_uid
+
+    from muratune.data.dicom import encode_dicom
+
+    study_path = spec.image_path.rsplit("/", 1)[0]
+    return encode_dicom(
+        image if image.ndim == 2 else image[..., 0],  # the RGB views are gray repeated over 3 channels
+        study_uid=generate_uid(entropy_srcs=[str(seed), study_path]),
+        instance_uid=generate_uid(entropy_srcs=[str(seed), spec.image_path]),
+        patient_id=study_path.split("/")[3].removeprefix("patient"),
+        body_part=spec.body_part.removeprefix("XR_"),
+    )
+
+
 def _run_job(job: _Job) -> list[str]:
-    """Draw one image, write it as PNG into its study folder (made beforehand), and return its boxes.csv rows."""
+    """Draw one image, write it (PNG or DICOM) into its study folder (made beforehand), return its boxes.csv rows."""
     spec = job.spec
     image, boxes = draw_image(spec, job.seed, job.strength, job.long_side)
-    (Path(job.root) / spec.image_path.removeprefix(f"{ROOT_NAME}/")).write_bytes(encode_png(image))
+    data = encode_synthetic_dicom(image, spec, job.seed) if spec.image_path.endswith(".dcm") else encode_png(image)
+    (Path(job.root) / spec.image_path.removeprefix(f"{ROOT_NAME}/")).write_bytes(data)
     return [f"{spec.image_path},{x0},{y0},{x1},{y1},{spec.finding}" for x0, y0, x1, y1 in boxes]
 
 
@@ -93,6 +111,20 @@ def _write_csvs(root: Path, plan: list[StudySpec], box_rows: list[str]) -> None:
     (root / BOXES_CSV).write_text("\n".join([BOXES_HEADER, *box_rows]) + "\n", encoding="utf-8")
 
 
+def _check_arguments(studies: int, long_side: int, valid_share: float, workers: int, image_format: str) -> None:
+    """Refuse arguments `generate_dataset` cannot honour, naming the option."""
+    if studies < 1:
+        raise UserError(f"--studies {studies}: need at least 1 study")
+    if not 32 <= long_side <= 8192:
+        raise UserError(f"--size {long_side}: choose an image size between 32 and 8192 pixels")
+    if not 0.0 <= valid_share < 1.0:
+        raise UserError(f"valid_share {valid_share}: must be in [0, 1)")
+    if workers < 0:
+        raise UserError(f"--workers {workers}: must be 0 (all cores) or more")
+    if image_format not in IMAGE_FORMATS:
+        raise UserError(f"--format {image_format!r}: choose one of {', '.join(IMAGE_FORMATS)}")
+
+
 def generate_dataset(
     out: str | os.PathLike,
     studies: int = 600,
@@ -102,6 +134,7 @@ def generate_dataset(
     workers: int = 0,
     overwrite: bool = False,
     valid_share: float = 0.1,
+    image_format: str = "png",
 ) -> SynthSummary:
     """Write a synthetic dataset in the MURA v1.1 layout to ``out/MURA-v1.1``, with ``boxes.csv`` for its findings.
 
@@ -116,6 +149,8 @@ def generate_dataset(
         workers: processes used to draw images; 0 means all cores, 1 draws in this process.
         overwrite: replace an existing ``out/MURA-v1.1``.
         valid_share: share of the studies in the ``valid`` split.
+        image_format: ``png`` (default) or ``dicom`` (MONOCHROME2, 12 bits stored in 16, with a window centre and
+            width; the same pixels as the PNGs of the same seed).
 
     Returns:
         A summary whose ``str`` is a short human report.
@@ -124,18 +159,11 @@ def generate_dataset(
         UserError: bad arguments, or ``out/MURA-v1.1`` exists and ``overwrite`` is not set.
     """
     strength = parse_difficulty(difficulty)
-    if studies < 1:
-        raise UserError(f"--studies {studies}: need at least 1 study")
-    if not 32 <= long_side <= 8192:
-        raise UserError(f"--size {long_side}: choose an image size between 32 and 8192 pixels")
-    if not 0.0 <= valid_share < 1.0:
-        raise UserError(f"valid_share {valid_share}: must be in [0, 1)")
-    if workers < 0:
-        raise UserError(f"--workers {workers}: must be 0 (all cores) or more")
+    _check_arguments(studies, long_side, valid_share, workers, image_format)
     workers = workers or os.cpu_count() or 1
     start = time.perf_counter()
     target = Path(out) / ROOT_NAME
-    plan = plan_dataset(studies, seed, strength, valid_share)
+    plan = plan_dataset(studies, seed, strength, valid_share, image_format)
     check_output(out, flag="OUT")
     with atomic_dir(target, overwrite=overwrite, kind="dataset") as tmp:
         for study in plan:  # once per study here rather than once per image in the workers
