@@ -126,6 +126,18 @@ BROKEN: dict[str, tuple[Callable[[dict], None], tuple[str, ...]]] = {
     "unknown optimizer": (_set("space", "optimizer", "adamm"), ("optimizer", "adamm")),
     "grace beyond budget": (_set("budget", "max_epochs", 2), ("max_epochs", "grace_period")),
     "unknown body part": (_set("data", "body_parts", ["XR_KNEE"]), ("data.body_parts", "XR_KNEE")),
+    "log on a uniform range": (
+        _set("space", "lr", {"type": "uniform", "low": 1e-4, "high": 1e-3, "log": True}),
+        ("space.lr", "'log: true' is for int ranges"),
+    ),
+    "log int from zero": (
+        _set("space", "batch_size", {"type": "int", "low": 0, "high": 64, "log": True}),
+        ("space.batch_size", "'low' >= 1"),
+    ),
+    "fractional int bound": (
+        _set("space", "batch_size", {"type": "int", "low": 8, "high": 64.5}),
+        ("space.batch_size", "whole"),
+    ),
 }
 
 
@@ -223,3 +235,48 @@ def test_cli_reports_a_config_error_in_one_line() -> None:
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1, done.stderr
     assert "budget.num_sampels" in lines[0] and "configs/demo.yaml" in lines[0]
+
+
+# ------------------------------------------------------------------------------------------- space syntax
+def test_log_int_range_samples_log_uniform_integers_within_bounds() -> None:
+    """``{type: int, log: true}`` becomes tune.lograndint: whole numbers, both bounds reachable, small ones common."""
+    import optuna
+    from ray import tune
+    from ray.tune.search.optuna import OptunaSearch
+
+    from muratune.config import SpaceEntry
+    from muratune.search.space import create_domain
+
+    entry = SpaceEntry.model_validate({"type": "int", "low": 16, "high": 512, "log": True})
+    domain = create_domain(entry)
+    assert isinstance(domain, tune.search.sample.Integer)
+    assert isinstance(domain.get_sampler(), tune.search.sample.LogUniform)
+    assert entry.default() == 91  # the geometric middle, as LCBench's own default batch size
+    searcher = OptunaSearch(metric="m", mode="max", sampler=optuna.samplers.RandomSampler(seed=0))
+    assert searcher.set_search_properties("m", "max", {"width": domain})
+    values = [searcher.suggest(f"t{i}")["width"] for i in range(400)]
+    assert all(isinstance(v, int) and 16 <= v <= 512 for v in values)
+    # Log-uniform: about half the draws fall below the geometric middle (a plain randint puts ~15% there).
+    assert 0.4 < sum(v < 91 for v in values) / len(values) < 0.6
+    assert min(values) < 20 and max(values) > 400
+
+
+def test_plain_int_range_is_unchanged() -> None:
+    from ray import tune
+
+    from muratune.config import SpaceEntry
+    from muratune.search.space import create_domain
+
+    domain = create_domain(SpaceEntry.model_validate({"type": "int", "low": 1, "high": 5}))
+    assert isinstance(domain.get_sampler(), tune.search.sample.Uniform)
+    assert (domain.lower, domain.upper) == (1, 6)
+
+
+def test_startup_trials_scale_with_concurrent_workers() -> None:
+    """TPE's random start-up covers two waves of concurrent trials, and never fewer than configured."""
+    from muratune.config import OptunaConfig
+
+    assert OptunaConfig(n_startup_trials=4).startup_trials(1) == 4
+    assert OptunaConfig(n_startup_trials=4).startup_trials(8) == 16
+    assert OptunaConfig(n_startup_trials=20).startup_trials(8) == 20
+    assert load_config(REPO / "configs" / "mura-wide.yaml").optuna.startup_trials(8) == 16

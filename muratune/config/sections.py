@@ -80,6 +80,7 @@ class BudgetConfig(_Strict):
     reduction_factor: Annotated[float, Field(gt=1)] = 3
     time_budget_s: Annotated[float, Field(gt=0)] | None = None
     scheduler: Literal["asha", "none"] = "asha"
+    brackets: Annotated[int, Field(ge=1)] = 1  # ASHA brackets (Hyperband-style); 1 = plain successive halving
     # What ASHA ranks trials by at its rungs. Study AUC by default: before a trial's probabilities cross the 0.5
     # threshold its kappa is 0 whatever it has learnt, so early-rung kappa ranks poorly (docs/performance.md).
     # Optuna still optimises val_kappa.
@@ -114,8 +115,18 @@ class OptunaConfig(_Strict):
     sampler: Literal["tpe", "random"] = "tpe"
     seed: int | None = 0
     storage: str | None = None
+    # Random trials before TPE: at least two per concurrent worker (`startup_trials`), so that TPE's first model
+    # sees two finished waves rather than the first few trials of the first wave.
     n_startup_trials: Annotated[int, Field(ge=0)] = 4
     prune_stopped_trials: bool = True
+    # TPE settings written out rather than left to Optuna, whose defaults changed in 5.0 (both on). On LCBench at 8
+    # workers the joint (multivariate) model lost to the independent one; see docs/search-efficiency.md.
+    multivariate: bool = False
+    constant_liar: bool = True  # running trials count as bad, so concurrent suggestions spread out
+
+    def startup_trials(self, workers: int) -> int:
+        """Random start-up trials for ``workers`` concurrent trials: ``n_startup_trials``, at least 2 per worker."""
+        return max(self.n_startup_trials, 2 * workers)
 
 
 class FailureConfig(_Strict):

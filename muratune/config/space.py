@@ -21,6 +21,7 @@ class SpaceEntry(_Strict):
     low: float | None = None
     high: float | None = None
     value: Any = None
+    log: bool = False  # an ``int`` range sampled log-uniformly (e.g. layer widths 64-1024)
 
     @model_validator(mode="after")
     def _check_shape(self) -> SpaceEntry:
@@ -38,6 +39,12 @@ class SpaceEntry(_Strict):
             raise ValueError(f"'low' ({self.low}) must be below 'high' ({self.high})")
         if self.type == "loguniform" and self.low <= 0:
             raise ValueError(f"a loguniform range needs 'low' > 0 (got {self.low})")
+        if self.log and self.type != "int":
+            raise ValueError(f"'log: true' is for int ranges; use type loguniform for a {self.type} range")
+        if self.log and self.low < 1:
+            raise ValueError(f"a log-scaled int range needs 'low' >= 1 (got {self.low})")
+        if self.type == "int" and (self.low != int(self.low) or self.high != int(self.high)):
+            raise ValueError(f"an int range needs whole 'low' and 'high' (got {self.low}, {self.high})")
         return self
 
     def candidate_values(self) -> list[Any]:
@@ -56,6 +63,8 @@ class SpaceEntry(_Strict):
             return self.value
         if self.type == "loguniform":
             return math.sqrt(self.low * self.high)  # type: ignore[operator]
+        if self.log:
+            return round(math.sqrt(self.low * self.high))  # type: ignore[operator]
         middle = (self.low + self.high) / 2  # type: ignore[operator]
         return round(middle) if self.type == "int" else middle
 

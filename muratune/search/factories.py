@@ -37,7 +37,10 @@ def create_searcher(
     opt = config.optuna
     if opt.sampler == "tpe":
         sampler: optuna.samplers.BaseSampler = optuna.samplers.TPESampler(
-            seed=opt.seed, n_startup_trials=opt.n_startup_trials
+            seed=opt.seed,
+            n_startup_trials=opt.startup_trials(config.resources.max_concurrent_trials),
+            multivariate=opt.multivariate,
+            constant_liar=opt.constant_liar,
         )
     else:
         sampler = optuna.samplers.RandomSampler(seed=opt.seed)
@@ -70,6 +73,7 @@ def create_scheduler(config: ExperimentConfig) -> Any:
         max_t=budget.max_epochs,
         grace_period=budget.grace_period,
         reduction_factor=budget.reduction_factor,
+        brackets=budget.brackets,
     )
 
 

@@ -20,6 +20,8 @@ def create_domain(entry: SpaceEntry) -> Any:
         return tune.loguniform(entry.low, entry.high)
     if entry.type == "uniform":
         return tune.uniform(entry.low, entry.high)
+    if entry.log:
+        return tune.lograndint(int(entry.low), int(entry.high) + 1)
     return tune.randint(int(entry.low), int(entry.high) + 1)
 
 

@@ -1,0 +1,168 @@
+"""YAHPO Gym's LCBench surrogate read with onnxruntime: 52-epoch learning curves of MLPs on OpenML tasks.
+
+YAHPO Gym feeds the ONNX graph raw hyperparameter values (its input and output transforms are inside the graph):
+``x_cat`` is the task's index in ``encoding.json``, ``x_cont`` the epoch and the seven hyperparameters in
+`CONT_NAMES` order, as float32. Outputs are `OUTPUTS`: ``time`` is the cumulative training time in seconds up to
+that epoch, ``val_accuracy`` is in percent.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from muratune.errors import UserError
+from muratune.fileio import write_json
+
+MAX_EPOCHS = 52
+CONT_NAMES = (
+    "epoch",
+    "batch_size",
+    "learning_rate",
+    "momentum",
+    "weight_decay",
+    "num_layers",
+    "max_units",
+    "max_dropout",
+)
+OUTPUTS = (
+    "time",
+    "val_accuracy",
+    "val_cross_entropy",
+    "val_balanced_accuracy",
+    "test_cross_entropy",
+    "test_balanced_accuracy",
+)
+# LCBench's space (config_space.json) in muratune's YAML space syntax.
+SPACE_YAML = """
+batch_size: {type: int, low: 16, high: 512, log: true}
+learning_rate: {type: loguniform, low: 1.0e-4, high: 1.0e-1}
+momentum: {type: uniform, low: 0.1, high: 0.99}
+weight_decay: {type: uniform, low: 1.0e-5, high: 0.1}
+num_layers: {type: int, low: 1, high: 5}
+max_units: {type: int, low: 64, high: 1024, log: true}
+max_dropout: {type: uniform, low: 0.0, high: 1.0}
+"""
+DEV_TASKS = (3945, 7593, 34539, 126025, 126026, 126029, 146212, 167104, 167149, 167152)
+BEST_KNOWN_SAMPLES = 10_000
+BEST_KNOWN_JSON = "best_known.json"
+MIN_EPOCH_S = 0.01  # the surrogate's cumulative time is not always monotone; an epoch never takes less than this
+
+
+def default_surrogate_dir() -> Path | None:
+    """``../shared/data/yahpo-lcbench`` next to the repository (or the working directory), if it exists."""
+    for base in (Path(__file__).resolve().parents[1], Path.cwd()):
+        candidate = base.parent / "shared" / "data" / "yahpo-lcbench"
+        if (candidate / "model.onnx").is_file():
+            return candidate
+    return None
+
+
+def space_entries() -> dict[str, Any]:
+    """LCBench's space as validated muratune `SpaceEntry` objects, by hyperparameter name."""
+    import yaml
+
+    from muratune.config import SpaceEntry
+
+    return {name: SpaceEntry.model_validate(raw) for name, raw in yaml.safe_load(SPACE_YAML).items()}
+
+
+def param_space() -> dict[str, Any]:
+    """LCBench's space as Ray Tune domains, through muratune's converter."""
+    from muratune.search.space import create_domain
+
+    return {name: create_domain(entry) for name, entry in space_entries().items()}
+
+
+@dataclass(frozen=True)
+class Curve:
+    """One configuration's curve: validation accuracy (a fraction), cross-entropy and seconds, per epoch."""
+
+    accuracy: np.ndarray
+    cross_entropy: np.ndarray
+    epoch_s: np.ndarray
+
+
+class Surrogate:
+    """The LCBench ONNX surrogate for a set of OpenML tasks.
+
+    Args:
+        folder: the folder holding ``model.onnx``, ``encoding.json`` and ``config_space.json``.
+    """
+
+    def __init__(self, folder: str | Path) -> None:
+        import onnxruntime as ort
+
+        self.folder = Path(folder)
+        model = self.folder / "model.onnx"
+        if not model.is_file():
+            raise UserError(f"--surrogate {self.folder}: no model.onnx here (see docs/search-efficiency.md)")
+        self.encoding: dict[str, int] = json.loads((self.folder / "encoding.json").read_text())["OpenML_task_id"]
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = 1
+        options.inter_op_num_threads = 1
+        self.session = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
+
+    def tasks(self) -> list[int]:
+        """The OpenML task ids the surrogate knows."""
+        return sorted(int(t) for t in self.encoding if t.isdigit())
+
+    def task_index(self, task: int) -> int:
+        """The task's integer code for ``x_cat``."""
+        code = self.encoding.get(str(task))
+        if code is None:
+            raise UserError(f"--tasks: {task} is not an LCBench task; known: {', '.join(map(str, self.tasks()))}")
+        return code
+
+    def query(self, task: int, rows: np.ndarray) -> np.ndarray:
+        """Raw outputs (`OUTPUTS` columns) for rows of `CONT_NAMES` values."""
+        x_cont = np.asarray(rows, dtype=np.float32).reshape(-1, len(CONT_NAMES))
+        x_cat = np.full((len(x_cont), 1), self.task_index(task), dtype=np.int32)
+        return self.session.run(None, {"x_cat": x_cat, "x_cont": x_cont})[0]
+
+    def curve(self, task: int, hparams: dict[str, Any]) -> Curve:
+        """The configuration's whole 52-epoch curve (one batched query)."""
+        values = [float(hparams[name]) for name in CONT_NAMES[1:]]
+        rows = np.column_stack([np.arange(1, MAX_EPOCHS + 1), np.tile(values, (MAX_EPOCHS, 1))])
+        out = self.query(task, rows)
+        elapsed = np.maximum.accumulate(np.maximum(out[:, 0], 0.0))
+        epoch_s = np.maximum(np.diff(elapsed, prepend=0.0), MIN_EPOCH_S)
+        return Curve(accuracy=out[:, 1] / 100.0, cross_entropy=out[:, 2], epoch_s=epoch_s)
+
+    def random_final_accuracy(self, task: int, samples: int, seed: int = 0) -> np.ndarray:
+        """Epoch-52 validation accuracy (a fraction) of ``samples`` configurations drawn uniformly from the space."""
+        rng = np.random.default_rng(seed)
+        columns = [np.full(samples, float(MAX_EPOCHS))]
+        for name in CONT_NAMES[1:]:
+            columns.append(_draw(space_entries()[name], rng, samples))
+        return self.query(task, np.column_stack(columns))[:, 1] / 100.0
+
+
+def _draw(entry: Any, rng: np.random.Generator, size: int) -> np.ndarray:
+    """Uniform draws from one space entry (log-uniform where the entry says so)."""
+    low, high = float(entry.low), float(entry.high)
+    log = entry.type == "loguniform" or entry.log
+    if entry.type == "int":
+        if log:
+            return np.clip(np.floor(np.exp(rng.uniform(np.log(low), np.log(high + 1), size))), low, high)
+        return rng.integers(int(low), int(high) + 1, size).astype(float)
+    return np.exp(rng.uniform(np.log(low), np.log(high), size)) if log else rng.uniform(low, high, size)
+
+
+def best_known(surrogate: Surrogate, tasks: list[int], cache: Path) -> dict[int, float]:
+    """Each task's best validation accuracy over 10,000 random configurations at epoch 52, cached in ``cache``.
+
+    The cache is keyed by task; tasks missing from it are computed and added.
+    """
+    known = json.loads(cache.read_text()) if cache.is_file() else {}
+    missing = [t for t in tasks if str(t) not in known]
+    for task in missing:
+        known[str(task)] = float(surrogate.random_final_accuracy(task, BEST_KNOWN_SAMPLES, seed=0).max())
+    if missing:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        write_json(cache, dict(sorted(known.items())))
+    return {t: float(known[str(t)]) for t in tasks}

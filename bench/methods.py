@@ -1,0 +1,94 @@
+"""The search methods the scale benchmark compares, each a Ray searcher and scheduler built for LCBench.
+
+``muratune``, ``random-asha`` and ``random`` come from muratune's own factories, given an `ExperimentConfig` as
+``muratune search`` would build it (LCBench's 52 epochs; the space from `bench.lcbench.SPACE_YAML`). The others are
+Ray's stock classes with their own defaults.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import numpy as np
+
+from bench.lcbench import MAX_EPOCHS, param_space
+from muratune.config import ExperimentConfig, load_config
+from muratune.constants import METRIC, MODE
+
+# muratune's factories: the one place to change when the search module is split (issue 17).
+from muratune.search.factories import create_scheduler, create_searcher
+
+METHODS = ("muratune", "stock-optuna-asha", "random-asha", "random", "bohb")
+# What the benchmark sets on muratune's defaults: the task's epochs and the search metric's key (LCBench has no AUC,
+# so ASHA's rungs rank by the search metric, which carries LCBench's validation accuracy here).
+BENCH_VALUES = {"budget.max_epochs": MAX_EPOCHS, "budget.rung_metric": METRIC}
+
+
+def bench_config(method: str, seed: int, workers: int, overrides: list[str] | None = None) -> ExperimentConfig:
+    """The experiment config ``muratune search`` would get for this method; ``overrides`` apply to muratune's."""
+    values: dict[str, Any] = {
+        **BENCH_VALUES,
+        "name": f"lcbench-{method}-s{seed}",
+        "resources.max_concurrent_trials": workers,
+        "optuna.seed": seed,
+    }
+    if method == "random-asha":
+        values["optuna.sampler"] = "random"
+    elif method == "random":
+        values.update({"optuna.sampler": "random", "budget.scheduler": "none"})
+    return load_config(None, overrides=overrides if method == "muratune" else None, values=values)
+
+
+def build_method(
+    method: str, seed: int, workers: int, overrides: list[str] | None = None, set_space: bool = True
+) -> tuple[Any, Any]:
+    """Return (searcher, scheduler) for ``method``.
+
+    Args:
+        method: one of `METHODS`.
+        seed: seeds the sampler (and numpy's and Python's global generators, which Ray's schedulers draw from).
+        workers: concurrent trials.
+        overrides: ``key=value`` settings for muratune's config (``--set``), to compare candidate defaults.
+        set_space: set metric, mode and LCBench's space as a Tuner does (the simulation); False for a real Tuner.
+    """
+    random.seed(seed)
+    np.random.seed(seed)  # ASHA draws each trial's bracket from numpy's global generator
+    if method in ("muratune", "random-asha", "random"):
+        config = bench_config(method, seed, workers, overrides)
+        # Nothing reads the study back from a database here: an in-memory Optuna study per search.
+        searcher = create_searcher(config, storage=None)
+        scheduler = create_scheduler(config)
+    elif method == "stock-optuna-asha":
+        searcher, scheduler = _stock_optuna_asha(seed, workers)
+    elif method == "bohb":
+        searcher, scheduler = _bohb(seed, workers)
+    else:
+        raise ValueError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
+    if set_space:
+        searcher.set_search_properties(METRIC, MODE, param_space())
+        scheduler.set_search_properties(METRIC, MODE)
+    return searcher, scheduler
+
+
+def _stock_optuna_asha(seed: int, workers: int) -> tuple[Any, Any]:
+    """Ray's OptunaSearch (TPE, Optuna's defaults) and Ray's ASHA (its defaults), as Ray's docs pair them."""
+    import optuna
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search import ConcurrencyLimiter
+    from ray.tune.search.optuna import OptunaSearch
+
+    searcher = OptunaSearch(metric=METRIC, mode=MODE, sampler=optuna.samplers.TPESampler(seed=seed))
+    scheduler = ASHAScheduler(time_attr="training_iteration", max_t=MAX_EPOCHS)
+    return ConcurrencyLimiter(searcher, max_concurrent=workers), scheduler
+
+
+def _bohb(seed: int, workers: int) -> tuple[Any, Any]:
+    """Ray's TuneBOHB and HyperBandForBOHB (reduction factor 3, Ray's default)."""
+    from ray.tune.schedulers import HyperBandForBOHB
+    from ray.tune.search import ConcurrencyLimiter
+    from ray.tune.search.bohb import TuneBOHB
+
+    searcher = TuneBOHB(metric=METRIC, mode=MODE, seed=seed)
+    scheduler = HyperBandForBOHB(time_attr="training_iteration", max_t=MAX_EPOCHS)
+    return ConcurrencyLimiter(searcher, max_concurrent=workers), scheduler

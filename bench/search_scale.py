@@ -1,0 +1,179 @@
+"""Benchmark: search efficiency at cluster scale on LCBench's real learning curves (YAHPO Gym surrogate).
+
+Each method searches LCBench's 7-hyperparameter MLP space on one OpenML task for a budget counted in epochs (a full
+trial is 52). ``muratune`` is the searcher and scheduler ``muratune search`` builds from a config; the others are
+Ray's stock pairings (see bench/methods.py). Trials run on ``--workers`` concurrent workers, each epoch taking the
+surrogate's time, in a discrete-event simulation (bench/simulate.py) or, with ``--backend tune``, in real Ray Tune
+(bench/real_tune.py). Measures per task, seed and method: best-so-far accuracy against epochs and simulated time,
+the speedup over random search, and the regret at the budget against the best of 10,000 random configurations.
+
+    python -m bench.search_scale --workers 8 --out runs/bench/scale-w8
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from bench.lcbench import BEST_KNOWN_JSON, DEV_TASKS, MAX_EPOCHS, Surrogate, best_known, default_surrogate_dir
+from bench.measures import RunCurve
+from bench.methods import METHODS, build_method
+from bench.report import CURVE_EVERY, aggregate, format_table, write_curves
+from bench.simulate import Event, SimController
+from muratune.errors import UserError
+from muratune.fileio import write_json
+
+DEFAULT_BUDGET = 30 * MAX_EPOCHS
+QUICK_METHODS = ("muratune", "stock-optuna-asha", "random")
+QUICK = {"tasks": (3945, 7593), "seeds": 2, "budget": 8 * MAX_EPOCHS, "methods": QUICK_METHODS}
+_SURROGATE: Surrogate | None = None
+
+
+def simulate(
+    surrogate: Surrogate,
+    task: int,
+    method: str,
+    seed: int,
+    workers: int,
+    budget: int,
+    overrides: list[str] | None = None,
+) -> tuple[list[Event], SimController]:
+    """One simulated search; returns its epochs in the order they finished, and the controller (its trials)."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    searcher, scheduler = build_method(method, seed, workers, overrides)
+    controller = SimController(searcher, scheduler, lambda h: surrogate.curve(task, h), workers, budget, MAX_EPOCHS)
+    return controller.run(), controller
+
+
+def _init_worker(folder: str) -> None:
+    global _SURROGATE
+    import logging
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    logging.getLogger("ray").setLevel(logging.ERROR)
+    _SURROGATE = Surrogate(folder)
+
+
+def run_job(job: dict[str, Any]) -> dict[str, Any]:
+    """Run one (task, seed, method) search in a pool worker; return its curve and counts."""
+    assert _SURROGATE is not None
+    if job["backend"] == "tune":
+        from bench.real_tune import run_tune
+
+        events = run_tune(_SURROGATE.folder, job["task"], job["method"], job["seed"], job["workers"], job["budget"])
+        trials = len({e.trial_id for e in events})
+    else:
+        events, controller = simulate(
+            _SURROGATE, job["task"], job["method"], job["seed"], job["workers"], job["budget"], job["overrides"]
+        )
+        trials = len(controller.trials)
+    curve = RunCurve.from_events(events)
+    return {**job, "best": curve.best.tolist(), "clock_s": curve.clock_s.tolist(), "trials": trials}
+
+
+def run_jobs(jobs: list[dict[str, Any]], folder: Path, processes: int) -> list[dict[str, Any]]:
+    """Run the jobs on ``processes`` processes (in this one when 1)."""
+    if jobs and jobs[0]["backend"] == "tune":
+        import ray
+
+        from bench.real_tune import start_ray
+
+        _init_worker(str(folder))
+        start_ray(jobs[0]["workers"])
+        try:
+            return [run_job(job) for job in jobs]
+        finally:
+            ray.shutdown()
+    if processes <= 1:
+        _init_worker(str(folder))
+        return [run_job(job) for job in jobs]
+    with ProcessPoolExecutor(processes, initializer=_init_worker, initargs=(str(folder),)) as pool:
+        return list(pool.map(run_job, jobs, chunksize=1))
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line (see the module docstring)."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--tasks", default=",".join(map(str, DEV_TASKS)), help="comma-separated OpenML task ids")
+    parser.add_argument("--seeds", type=int, default=5, help="seeds per task (0..N-1)")
+    parser.add_argument("--workers", type=int, default=8, help="concurrent trials")
+    parser.add_argument("--budget", type=int, default=DEFAULT_BUDGET, help="epochs per search (a full trial is 52)")
+    parser.add_argument("--out", type=Path, default=Path("runs/bench/search-scale"), help="output folder")
+    parser.add_argument("--quick", action="store_true", help="2 tasks, 2 seeds, 8 full trials, 3 methods")
+    parser.add_argument("--surrogate", type=Path, default=None, help="LCBench folder (default ../shared/data/...)")
+    parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated methods")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], help="KEY=VALUE for muratune's config")
+    parser.add_argument("--backend", choices=("sim", "tune"), default="sim", help="simulation or real Ray Tune")
+    parser.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1), help="processes (simulation)")
+    parser.add_argument("--cache", type=Path, default=None, help=f"best-known cache (default OUT/../{BEST_KNOWN_JSON})")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.tasks, args.seeds, args.budget = ",".join(map(str, QUICK["tasks"])), QUICK["seeds"], QUICK["budget"]
+        args.methods = ",".join(QUICK["methods"])
+    return args
+
+
+def _checked(args: argparse.Namespace) -> tuple[Path, list[int], list[str]]:
+    folder = args.surrogate or default_surrogate_dir()
+    if folder is None:
+        raise UserError("--surrogate: no LCBench surrogate found; see docs/search-efficiency.md for where to get it")
+    try:
+        tasks = [int(t) for t in str(args.tasks).split(",") if t.strip()]
+    except ValueError:
+        raise UserError(f"--tasks {args.tasks!r}: expected comma-separated OpenML task ids") from None
+    methods = [m.strip() for m in str(args.methods).split(",") if m.strip()]
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise UserError(f"--methods: unknown method {unknown[0]!r}; choose from {', '.join(METHODS)}")
+    if "random" not in methods:
+        raise UserError("--methods: must include 'random' (speedups are measured against it)")
+    if args.budget < 1 or args.seeds < 1 or args.workers < 1:
+        raise UserError("--budget, --seeds and --workers must be at least 1")
+    return Path(folder), tasks, methods
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Run the benchmark, write summary.json, curves.csv and curves.png, print the table; return the summary."""
+    args = parse_args(argv)
+    folder, tasks, methods = _checked(args)
+    surrogate = Surrogate(folder)
+    for task in tasks:
+        surrogate.task_index(task)
+    start, cpu_start = time.monotonic(), time.process_time()
+    known = best_known(surrogate, tasks, args.cache or args.out.parent / BEST_KNOWN_JSON)
+    jobs = [
+        {"task": t, "seed": s, "method": m, "workers": args.workers, "budget": args.budget}
+        | {"backend": args.backend, "overrides": args.overrides}
+        for t in tasks
+        for s in range(args.seeds)
+        for m in methods
+    ]
+    runs = run_jobs(jobs, folder, args.jobs)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu_s = time.process_time() - cpu_start + children.ru_utime + children.ru_stime
+    summary = aggregate(runs, known, tasks, args.seeds, args.workers, args.budget, methods)
+    summary.update(wall_s=round(time.monotonic() - start, 1), cpu_s=round(cpu_s, 1), backend=args.backend)
+    summary.update(overrides=args.overrides, command=" ".join(["python -m bench.search_scale", *sys.argv[1:]]))
+    args.out.mkdir(parents=True, exist_ok=True)
+    write_json(args.out / "summary.json", summary)
+    write_curves(runs, known, args.out, every=CURVE_EVERY)
+    print(format_table(summary))
+    print(f"\nwrote {args.out}/summary.json, curves.csv, curves.png ({summary['wall_s']} s, CPU {summary['cpu_s']} s)")
+    return summary
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
