@@ -138,16 +138,27 @@ def files_on_disk(result: IndexScan) -> tuple[list[Problem], list[Problem]]:
 
 
 def list_image_files(folder: Path) -> frozenset[str]:
-    """Return the image file names in a folder (hidden files such as macOS ``._*`` are ignored)."""
+    """Return the image file names in a folder (hidden files such as macOS ``._*`` are ignored).
+
+    An entry that cannot be examined (a symlink loop, no permission) counts as a file: reading it later reports why.
+    """
     try:
         with os.scandir(folder) as entries:
             return frozenset(
                 entry.name
                 for entry in entries
-                if entry.is_file() and not entry.name.startswith(".") and entry.name.lower().endswith(IMAGE_SUFFIXES)
+                if not entry.name.startswith(".") and entry.name.lower().endswith(IMAGE_SUFFIXES) and _is_file(entry)
             )
-    except (FileNotFoundError, NotADirectoryError, PermissionError):
+    except (OSError, ValueError):
         return frozenset()
+
+
+def _is_file(entry: os.DirEntry) -> bool:
+    """Whether a folder entry is a file, or cannot be examined (``is_file`` raises on a symlink loop)."""
+    try:
+        return entry.is_file()
+    except OSError:
+        return True
 
 
 def undecodable_images(
