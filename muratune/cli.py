@@ -324,13 +324,37 @@ def serve_command(
         int,
         typer.Option(min=1, max=8, help="CAM shift averaging per axis (1 = off: about half the CPU time per view)."),
     ] = 2,
+    max_pixels: Annotated[
+        int, typer.Option(min=1, help="Largest image in pixels, read from its header before decoding (413 above).")
+    ] = 40_000_000,
+    max_request_pixels: Annotated[
+        int, typer.Option(min=1, help="Most pixels of one request's views together (413 above).")
+    ] = 80_000_000,
+    allowed_host: Annotated[
+        list[str] | None,
+        typer.Option(help="Another Host name clients may use (repeatable); the bound host and loopback always are."),
+    ] = None,
+    api_key: Annotated[
+        str | None,
+        typer.Option(envvar="MURATUNE_API_KEY", show_envvar=True, help="API key; required to bind beyond loopback."),
+    ] = None,
 ) -> None:
     """Serve an ensemble over HTTP with Ray Serve: POST /predict and /cam, GET /health and /info, a page at /."""
+    from PIL import Image
+
     from muratune.serve.app import ServeLimits
     from muratune.serve.deploy import ServeOptions, serve_until_interrupted
 
-    limits = ServeLimits(max_request_bytes=int(max_request_mb * 1024 * 1024), max_files=max_files)
-    options = ServeOptions(host, port, replicas, cpus_per_replica, gpus_per_replica, limits, cam_shifts)
+    if max_pixels > Image.MAX_IMAGE_PIXELS:
+        raise UserError(f"--max-pixels {max_pixels}: above Pillow's bomb limit ({Image.MAX_IMAGE_PIXELS})")
+    limits = ServeLimits(
+        max_request_bytes=int(max_request_mb * 1024 * 1024),
+        max_files=max_files,
+        max_pixels=max_pixels,
+        max_request_pixels=max_request_pixels,
+    )
+    options = ServeOptions(host, port, replicas, cpus_per_replica, gpus_per_replica, limits, cam_shifts,
+                           tuple(allowed_host or ()), api_key or None)  # fmt: skip
     serve_until_interrupted(ensemble, options, address, echo=typer.echo)
 
 

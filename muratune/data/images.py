@@ -169,7 +169,10 @@ def open_image(source: str | os.PathLike | BinaryIO, name: str | None = None) ->
 
 
 def read_header(
-    source: str | os.PathLike | BinaryIO, name: str | None = None, max_pixels: int = MAX_PIXELS, max_side: int = MAX_SIDE
+    source: str | os.PathLike | BinaryIO,
+    name: str | None = None,
+    max_pixels: int = MAX_PIXELS,
+    max_side: int = MAX_SIDE,
 ) -> ImageHeader:
     """Format and size from the header, checked against the caps, without decoding the pixels.
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import io
 import os
 import re
 import tempfile
@@ -19,15 +20,38 @@ from muratune.cam.boxes import localise
 from muratune.cam.cam import DEFAULT_SHIFTS, EnsembleCam
 from muratune.cam.export import load_ensemble, overlay
 from muratune.constants import BODY_PARTS
-from muratune.data.images import ImageReadError, read_image
+from muratune.data.images import (
+    MAX_PIXELS,
+    MAX_SIDE,
+    ImageHeader,
+    ImageReadError,
+    ImageTooLarge,
+    read_header,
+    read_image,
+)
 from muratune.ensemble.predictor import ENSEMBLE_FILE, file_sha256, infer_body_part
 from muratune.errors import UserError
 
 _SUFFIX_RE = re.compile(r"^\.[A-Za-z0-9]{1,5}$")
+# A request's views together: two images at the per-image cap (a study has 1-4 views of ~0.25 megapixels in MURA).
+DEFAULT_REQUEST_PIXELS = 2 * MAX_PIXELS
 
 
 class InvalidUpload(UserError):
     """An upload that cannot be analysed (not an image, no files, unknown body part); the message says why."""
+
+
+class UploadTooLarge(InvalidUpload):
+    """An upload whose header declares more pixels than one image, or the request's views together, may have."""
+
+
+@dataclass(frozen=True)
+class PixelLimits:
+    """Caps read from the image headers before anything is decoded: per image (pixels, side) and per request."""
+
+    max_pixels: int = MAX_PIXELS
+    max_side: int = MAX_SIDE
+    max_request_pixels: int = DEFAULT_REQUEST_PIXELS
 
 
 @dataclass(frozen=True)
@@ -36,6 +60,31 @@ class Upload:
 
     filename: str
     data: bytes
+
+
+def screen_uploads(uploads: list[Upload], limits: PixelLimits) -> list[ImageHeader]:
+    """Read every upload's format and size from its header, refusing any before a single pixel is decoded.
+
+    Raises:
+        UploadTooLarge: an image above the per-image caps, or the views together above the request's budget.
+        InvalidUpload: a file that is not a PNG or JPEG image (named).
+    """
+    headers, total = [], 0
+    for upload in uploads:
+        try:
+            header = read_header(io.BytesIO(upload.data), upload.filename, limits.max_pixels, limits.max_side)
+        except ImageTooLarge as err:
+            raise UploadTooLarge(str(err)) from None
+        except ImageReadError as err:
+            raise InvalidUpload(str(err)) from None
+        total += header.pixels
+        if total > limits.max_request_pixels:
+            raise UploadTooLarge(
+                f"{upload.filename}: the study's views add up to more than {limits.max_request_pixels / 1e6:g} "
+                "megapixels, the limit for one request"
+            )
+        headers.append(header)
+    return headers
 
 
 def normalise_body_part(value: str | None) -> str | None:
@@ -83,8 +132,10 @@ class StudyService:
         device: str | None = None,
         box_threshold: float = BOX_THRESHOLD,
         cam_shifts: int = DEFAULT_SHIFTS,
+        limits: PixelLimits | None = None,
     ):
         self.ensemble_dir = Path(ensemble_dir)
+        self.limits = limits or PixelLimits()
         self.predictor = load_ensemble(self.ensemble_dir, device)
         self.cam = EnsembleCam.from_predictor(self.predictor, shifts=cam_shifts)
         self.box_threshold = box_threshold
@@ -127,15 +178,18 @@ class StudyService:
         """Predict one study from its uploaded views, with each view's CAM box and peak (and overlay PNGs).
 
         Raises:
-            InvalidUpload: no files, an unknown body part, or a file that is not a readable image (named).
+            InvalidUpload: no files, an unknown body part, or a file that is not a readable image (named);
+                ``UploadTooLarge`` for images above the pixel caps (checked from the headers before decoding).
         """
         if not uploads:
             raise InvalidUpload("no images uploaded; send one or more views of one study as 'files'")
         part = normalise_body_part(body_part) or infer_upload_body_part(uploads)
+        screen_uploads(uploads, self.limits)
         with tempfile.TemporaryDirectory(prefix="muratune-serve-") as tmp:
             paths = [_spill(Path(tmp), i, upload) for i, upload in enumerate(uploads)]
-            images = [_decode(path, upload.filename) for path, upload in zip(paths, uploads, strict=True)]
+            # Decoding too is one study at a time, so a replica holds at most one request's pixels at once.
             with self._lock:
+                images = [_decode(path, upload.filename) for path, upload in zip(paths, uploads, strict=True)]
                 study = self.predictor.predict_study(paths, part)
                 cams = self.cam(images, [part] * len(images))
         views = [
@@ -178,4 +232,4 @@ def _decode(path: Path, filename: str) -> np.ndarray:
         return read_image(path)
     except ImageReadError as err:
         reason = str(err).replace(str(path), "").lstrip(": ").strip() or "not a readable image"
-        raise InvalidUpload(f"{filename}: {reason}") from None
+        raise (UploadTooLarge if isinstance(err, ImageTooLarge) else InvalidUpload)(f"{filename}: {reason}") from None
