@@ -146,7 +146,7 @@ def test_every_strategy_is_saved_and_scored_on_test(ensembled: Path):
     for strategy in ("best-single", "top-k-mean", "greedy", "greedy-per-body-part"):
         folder = ensembled / "ensemble" / strategy
         spec = json.loads((folder / ENSEMBLE_FILE).read_text())
-        assert spec["strategy"] == strategy and spec["members"] and spec["thresholds_tuned"]
+        assert spec["strategy"] == strategy and spec["members"] and spec["tune_thresholds"]
         for member in spec["members"]:
             assert (folder / member["path"] / "model.safetensors").is_file()
             assert not Path(member["path"]).is_absolute()

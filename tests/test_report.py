@@ -98,9 +98,10 @@ def make_experiment(root: Path, n_per_part: int = 12) -> Path:
         folder.mkdir(parents=True)
         spec = {
             "strategy": strategy,
-            "members": [{"name": "trial_aaa", "trial_id": "aaa"}],
+            "members": [{"name": "trial_aaa", "trial_id": "aaa", "path": "members/trial_aaa"}],
+            "weights": {"all": [1.0]},
             "val_score": {"val_kappa": 0.7 - 0.1 * j},
-            "thresholds_tuned": False,
+            "thresholds_tuned": False,  # the old key: still read
         }
         (folder / "ensemble.json").write_text(json.dumps(spec))
         studies = make_studies(n_per_part, 0.85, seed=10 + j)

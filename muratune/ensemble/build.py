@@ -271,7 +271,7 @@ def build_strategy(name: str, inputs: EnsembleInputs, size: int, tune: bool, tta
         "tta": tta,
         "thresholds": thresholds,
         "threshold_default": 0.5,
-        "thresholds_tuned": tune,
+        "tune_thresholds": tune,
         "weights": {part: [float(w) for w in vector[used]] for part, vector in weights.items()},
         "data_config": inputs.members[used[0]].data_config,
         "val_score": study_metrics(val_studies, prefix="val", thresholds=thresholds),

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from muratune.data.dataset import Normalizer
-from muratune.errors import UserError
+from muratune.schemas import validate_trial
 from muratune.trainables import checkpoint as ckpt
 
 
@@ -50,19 +50,19 @@ class Member:
 
 
 def build_model(trial: dict, source: str = "trial.json") -> torch.nn.Module:
-    """Rebuild a member's architecture (random weights) from its ``trial.json`` record."""
+    """Rebuild a member's architecture (random weights) from its ``trial.json`` record.
+
+    Raises:
+        UserError: the record is invalid (see ``muratune.schemas.TrialRecord``) or timm does not know the backbone.
+    """
     from muratune.trainables.models import create_model
 
-    try:
-        backbone = trial["backbone"]
-        in_chans = int(trial["data_config"]["in_chans"])
-    except (KeyError, TypeError, ValueError):
-        raise UserError(f"{source}: not a muratune trial record (missing backbone or data_config)") from None
-    return create_model(backbone, pretrained=False, in_chans=in_chans)
+    record = validate_trial(trial, source)
+    return create_model(record.backbone, pretrained=False, in_chans=record.data_config.in_chans)
 
 
 def load_member(directory: str | os.PathLike, weight: float = 1.0, name: str | None = None) -> Member:
-    """Load a member from a folder holding ``model.safetensors`` and ``trial.json``."""
+    """Load a member from a folder holding ``model.safetensors`` and ``trial.json`` (checked against its schema)."""
     directory = Path(directory)
     trial = ckpt.read_json(directory / ckpt.TRIAL_FILE)
     model = build_model(trial, str(directory / ckpt.TRIAL_FILE))

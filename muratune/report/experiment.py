@@ -12,7 +12,9 @@ import pandas as pd
 import yaml
 
 from muratune.errors import UserError
+from muratune.schemas import validate_ensemble
 from muratune.search.tuner import RESOLVED_CONFIG, SUMMARY_CSV, TRIALS_DIR
+from muratune.trainables.checkpoint import read_json
 
 # Names written by muratune.ensemble.build (not imported from there: that module loads torch).
 TRIALS_TEST_DIR = "trials_test"
@@ -124,7 +126,8 @@ def read_ensembles(exp_dir: Path) -> list[Ensemble]:
         spec_path, studies_path = sub / ENSEMBLE_FILE, sub / TEST_STUDIES
         if sub.name.startswith(".") or not (spec_path.is_file() and studies_path.is_file()):
             continue
-        spec = json.loads(spec_path.read_text(encoding="utf-8"))
+        spec = read_json(spec_path)
+        spec["tune_thresholds"] = validate_ensemble(spec, spec_path).tune_thresholds  # old files: thresholds_tuned
         ensembles.append(Ensemble(str(spec.get("strategy", sub.name)), spec, pd.read_parquet(studies_path)))
     return ensembles
 

@@ -76,7 +76,7 @@ def _ensemble_entries(exp: Experiment, replicates: int, seed: int, level: float)
         hours = [exp.trial_hours(t) for t in members]
         details = {
             "members": ", ".join(members),
-            "thresholds": "tuned per body part" if ens.spec.get("thresholds_tuned") else "0.5",
+            "thresholds": "tuned per body part" if ens.spec.get("tune_thresholds") else "0.5",
             "tta": bool(ens.spec.get("tta", False)),
         }
         entries.append(

@@ -126,11 +126,15 @@ def read_json(path: str | os.PathLike) -> dict:
     """Read a JSON file with a clear error when it is missing or malformed."""
     path = Path(path)
     try:
-        return json.loads(path.read_text())
+        return json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise UserError(f"{path}: file not found") from None
     except json.JSONDecodeError as err:
         raise UserError(f"{path}: invalid JSON ({err.msg} at line {err.lineno})") from None
+    except UnicodeDecodeError as err:
+        raise UserError(f"{path}: not UTF-8 text (byte {err.start}); JSON files are UTF-8") from None
+    except OSError as err:
+        raise UserError(f"{path}: cannot read the file ({err.strerror or err})") from None
 
 
 def strip_optimizer_state(trial_dir: str | os.PathLike, keep: str | os.PathLike | None = None) -> int:
