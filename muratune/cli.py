@@ -42,13 +42,13 @@ def _root(
 @data_app.command("synth")
 def data_synth(
     out: Annotated[Path, typer.Argument(help="Folder to write; MURA-v1.1/ is created inside it.")],
-    studies: Annotated[int, typer.Option(help="Number of studies over both splits.")] = 600,
-    seed: Annotated[int, typer.Option(help="Random seed; the same seed gives the same dataset.")] = 0,
+    studies: Annotated[int, typer.Option(min=1, help="Number of studies over both splits.")] = 600,
+    seed: Annotated[int, typer.Option(min=0, help="Random seed; the same seed gives the same dataset.")] = 0,
     difficulty: Annotated[
         str, typer.Option(help="Finding strength: easy, medium, hard, or a number in (0, 1] (1 = easiest).")
     ] = "medium",
-    size: Annotated[int, typer.Option(help="Approximate long side of the images, in pixels.")] = 512,
-    workers: Annotated[int, typer.Option(help="Processes used to draw images (0 = all cores).")] = 0,
+    size: Annotated[int, typer.Option(min=16, help="Approximate long side of the images, in pixels.")] = 512,
+    workers: Annotated[int, typer.Option(min=0, help="Processes used to draw images (0 = all cores).")] = 0,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing dataset in OUT.")] = False,
 ) -> None:
     """Write a synthetic dataset in the exact MURA v1.1 layout, with planted findings and boxes.csv."""
@@ -84,12 +84,12 @@ def data_check(
 @data_app.command("cache")
 def data_cache(
     root: Annotated[Path, typer.Argument(help="Folder holding MURA-v1.1/ (or the MURA-v1.1 folder itself).")],
-    size: Annotated[int, typer.Option(help="Side of the cached square images, in pixels.")] = 224,
+    size: Annotated[int, typer.Option(min=1, help="Side of the cached square images, in pixels.")] = 224,
     mode: Annotated[str, typer.Option(help="Resize mode: pad (keep aspect, pad to square) or stretch.")] = "pad",
     cache_dir: Annotated[
         Path | None, typer.Option(help="Cache root (default $MURATUNE_CACHE or the user cache folder).")
     ] = None,
-    workers: Annotated[int, typer.Option(help="Decoding threads (0 = all cores).")] = 0,
+    workers: Annotated[int, typer.Option(min=0, help="Decoding threads (0 = all cores).")] = 0,
     skip_bad_images: Annotated[
         bool, typer.Option("--skip-bad-images", help="Exclude unreadable images instead of stopping.")
     ] = False,
@@ -119,10 +119,10 @@ def data_preview(
     root: Annotated[Path, typer.Argument(help="Folder holding MURA-v1.1/.")],
     policy: Annotated[str, typer.Option(help="Augmentation policy name (see `muratune data policies`).")],
     out: Annotated[Path, typer.Option(help="PNG file to write.")] = Path("preview.png"),
-    images: Annotated[int, typer.Option(help="How many dataset images (rows).")] = 4,
-    samples: Annotated[int, typer.Option(help="Augmented samples per image (columns).")] = 4,
-    size: Annotated[int, typer.Option(help="Tile size in pixels.")] = 224,
-    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    images: Annotated[int, typer.Option(min=1, help="How many dataset images (rows).")] = 4,
+    samples: Annotated[int, typer.Option(min=1, help="Augmented samples per image (columns).")] = 4,
+    size: Annotated[int, typer.Option(min=1, help="Tile size in pixels.")] = 224,
+    seed: Annotated[int, typer.Option(min=0, help="Random seed.")] = 0,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing OUT file.")] = False,
 ) -> None:
     """Write a PNG grid of augmented samples, to see what a policy does."""
@@ -229,7 +229,7 @@ def search_command(
 @app.command("ensemble")
 def ensemble_command(
     experiment: Annotated[Path, typer.Argument(help="Experiment folder written by `muratune search`.")],
-    size: Annotated[int, typer.Option("--size", help="Most members per ensemble (greedy picks, top-k K).")] = 5,
+    size: Annotated[int, typer.Option("--size", min=1, help="Most members per ensemble (greedy picks, top-k K).")] = 5,
     strategy: Annotated[
         list[str] | None,
         typer.Option(help="best-single, top-k-mean, greedy or greedy-per-body-part (repeatable; default: all)."),
@@ -290,9 +290,11 @@ def _warn(message: str) -> None:
 @app.command("demo")
 def demo_command(
     out: Annotated[Path, typer.Option(help="Folder for the data, experiment and report.")] = Path("demo-out"),
-    studies: Annotated[int, typer.Option(help="Synthetic studies to generate.")] = 600,
-    trials: Annotated[int, typer.Option(help="Search trials.")] = 8,
-    epochs: Annotated[int | None, typer.Option(help="Maximum epochs per trial (default: the demo config's).")] = None,
+    studies: Annotated[int, typer.Option(min=1, help="Synthetic studies to generate.")] = 600,
+    trials: Annotated[int, typer.Option(min=1, help="Search trials.")] = 8,
+    epochs: Annotated[
+        int | None, typer.Option(min=1, help="Maximum epochs per trial (default: the demo config's).")
+    ] = None,
     open_report: Annotated[bool, typer.Option("--open", help="Open the report in a browser at the end.")] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace an earlier demo in OUT.")] = False,
 ) -> None:
@@ -311,7 +313,7 @@ def demo_command(
 def serve_command(
     ensemble: Annotated[Path, typer.Argument(help="Ensemble folder (EXPERIMENT/ensemble/<strategy>) or a checkpoint.")],
     host: Annotated[str, typer.Option(help="Address to bind; loopback unless you mean to expose it.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="HTTP port.")] = 8000,
+    port: Annotated[int, typer.Option(min=1, max=65535, help="HTTP port.")] = 8000,
     replicas: Annotated[int, typer.Option(min=1, help="Model replicas (each holds the whole ensemble).")] = 1,
     cpus_per_replica: Annotated[float, typer.Option(min=0, help="CPUs reserved per model replica.")] = 1.0,
     gpus_per_replica: Annotated[float, typer.Option(min=0, help="GPUs per model replica (fractions share one).")] = 0.0,
@@ -386,7 +388,9 @@ def cam_command(
             help="Average maps over NxN input shifts of 1/N map cell (1 = off); sharper peaks on coarse maps."
         ),
     ] = 2,
-    threshold: Annotated[float, typer.Option(help="Box: largest region above this fraction of the map's max.")] = 0.2,
+    threshold: Annotated[
+        float, typer.Option(min=0.0, max=1.0, help="Box: largest region above this fraction of the map's max.")
+    ] = 0.2,
     score: Annotated[
         Path | None, typer.Option("--score", help="boxes.csv of true findings: print and save score.json.")
     ] = None,
@@ -415,8 +419,10 @@ def cam_command(
 
 
 # --------------------------------------------------------------------------------------------- report/score
-ReplicatesOpt = Annotated[int, typer.Option(help="Bootstrap replicates per 95% CI (studies resampled per body part).")]
-SeedOpt = Annotated[int, typer.Option(help="Bootstrap random seed.")]
+ReplicatesOpt = Annotated[
+    int, typer.Option(min=1, help="Bootstrap replicates per 95% CI (studies resampled per body part).")
+]
+SeedOpt = Annotated[int, typer.Option(min=0, help="Bootstrap random seed.")]
 
 
 @app.command("report")
@@ -426,7 +432,7 @@ def report_command(
     overwrite: Annotated[bool, typer.Option(help="Replace an existing report folder.")] = False,
     replicates: ReplicatesOpt = 1000,
     seed: SeedOpt = 0,
-    top: Annotated[int, typer.Option(help="Trials on the leaderboard (best internal-val kappa first).")] = 10,
+    top: Annotated[int, typer.Option(min=1, help="Trials on the leaderboard (best internal-val kappa first).")] = 10,
 ) -> None:
     """Write the leaderboard report: index.html, report.md, leaderboard.csv, metrics.json and plots/."""
     from muratune.report.build import write_report
@@ -448,19 +454,22 @@ def score_command(
 
 
 # --------------------------------------------------------------------------------------------- entry
-def _parser_exceptions() -> tuple[tuple[type, ...], tuple[type, ...]]:
-    """The usage-error and abort classes the parser may raise: click's, and since typer 0.20 typer's own copy."""
+def _parser_exceptions() -> tuple[tuple[type, ...], tuple[type, ...], tuple[type, ...]]:
+    """The bad-value, usage-error and abort classes the parser may raise: click's, and typer's own copy (>= 0.20)."""
+    values: list[type] = [click.BadParameter]
     errors: list[type] = [click.ClickException]
     try:
-        from typer._click.exceptions import ClickException as VendoredClickException  # typer >= 0.20
+        from typer._click.exceptions import BadParameter as VendoredBadParameter  # typer >= 0.20
+        from typer._click.exceptions import ClickException as VendoredClickException
     except ImportError:
         pass
     else:
+        values.append(VendoredBadParameter)
         errors.append(VendoredClickException)
-    return tuple(errors), (click.Abort, typer.Abort, KeyboardInterrupt)
+    return tuple(values), tuple(errors), (click.Abort, typer.Abort, KeyboardInterrupt)
 
 
-CLICK_ERRORS, CLICK_ABORTS = _parser_exceptions()
+CLICK_BAD_VALUES, CLICK_ERRORS, CLICK_ABORTS = _parser_exceptions()
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -470,6 +479,9 @@ def main(argv: list[str] | None = None) -> None:
         code = command.main(args=argv, prog_name="muratune", standalone_mode=False)
     except UserError as err:
         typer.echo(f"muratune: error: {err}", err=True)
+        sys.exit(err.exit_code)
+    except CLICK_BAD_VALUES as err:  # a value out of range (--size 0, --seed -1): one line naming the option
+        typer.echo(f"muratune: error: {err.format_message()}", err=True)
         sys.exit(err.exit_code)
     except CLICK_ERRORS as err:
         err.show()

@@ -834,6 +834,8 @@ def generate_dataset(
         raise UserError(f"--workers {workers}: must be 0 (all cores) or more")
     workers = workers or os.cpu_count() or 1
     start = time.perf_counter()
+    if Path(out).exists() and not Path(out).is_dir():
+        raise UserError(f"{out}: exists and is not a folder; give a folder to write {ROOT_NAME}/ into")
     target = Path(out) / ROOT_NAME
     plan = plan_dataset(studies, seed, strength, valid_fraction)
     with atomic_dir(target, overwrite=overwrite) as tmp:

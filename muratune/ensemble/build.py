@@ -38,7 +38,7 @@ from muratune.ensemble.select import (
 from muratune.errors import UserError
 from muratune.fileio import atomic_dir, atomic_path, refuse_existing, write_json
 from muratune.trainables import checkpoint as ckpt
-from muratune.trainables.metrics import study_metrics, tune_threshold
+from muratune.trainables.metrics import defined_or_none, study_metrics, tune_threshold
 
 ENSEMBLE_DIR = "ensemble"
 TRIALS_TEST_DIR = "trials_test"
@@ -274,13 +274,13 @@ def build_strategy(name: str, inputs: EnsembleInputs, size: int, tune: bool, tta
         "tune_thresholds": tune,
         "weights": {part: [float(w) for w in vector[used]] for part, vector in weights.items()},
         "data_config": inputs.members[used[0]].data_config,
-        "val_score": study_metrics(val_studies, prefix="val", thresholds=thresholds),
-        "test_score": {k: metrics[k] for k in ("test_kappa", "test_auc", "test_accuracy")},
+        "val_score": defined_or_none(study_metrics(val_studies, prefix="val", thresholds=thresholds)),
+        "test_score": defined_or_none({k: metrics[k] for k in ("test_kappa", "test_auc", "test_accuracy")}),
         "_used": [int(j) for j in used],
     }
     files = {
         TEST_STUDIES: lambda path: studies.to_parquet(path, index=False),
-        TEST_METRICS: lambda path: write_json(path, metrics),
+        TEST_METRICS: lambda path: write_json(path, defined_or_none(metrics)),
     }
     return spec, files
 

@@ -83,7 +83,7 @@ def study_matrix(images: pd.DataFrame, probs: np.ndarray) -> tuple[pd.DataFrame,
 
 
 def fast_kappa(labels: np.ndarray, preds: np.ndarray) -> float:
-    """Cohen's kappa of two 0/1 vectors (0 when both are constant, as ``binary_metrics`` does)."""
+    """Cohen's kappa of two 0/1 vectors, ranked as 0 when both are constant (``binary_metrics`` reports NaN)."""
     n = len(labels)
     if not n:
         return 0.0

@@ -34,8 +34,9 @@ def aggregate_studies(images: pd.DataFrame, prob_col: str = PROB) -> pd.DataFram
 def binary_metrics(labels: np.ndarray, probs: np.ndarray, threshold: float = 0.5) -> dict[str, float]:
     """Kappa, accuracy, AUC, sensitivity and specificity of thresholded probabilities.
 
-    Undefined values (AUC with one class present, sensitivity with no positives) are NaN. Kappa is 0 when
-    both labels and predictions are constant and equal (sklearn would give NaN), so a search can rank it.
+    Undefined values are NaN: AUC with one class present, sensitivity with no positives, and kappa when labels and
+    predictions are constant and equal (no agreement beyond chance can be measured). Reports show NaN as n/a (null
+    in JSON); rankings treat it as the worst value (Ray's checkpoint order, ASHA's nanpercentile, Optuna's FAIL).
     """
     labels = np.asarray(labels, dtype=int)
     probs = np.asarray(probs, dtype=float)
@@ -46,8 +47,6 @@ def binary_metrics(labels: np.ndarray, probs: np.ndarray, threshold: float = 0.5
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         kappa = float(cohen_kappa_score(labels, preds, labels=[0, 1]))
-    if math.isnan(kappa):
-        kappa = 0.0
     both = 0 < labels.sum() < len(labels)
     return {
         "kappa": kappa,
@@ -88,8 +87,13 @@ def study_metrics(
     return out
 
 
+def defined_or_none(metrics: dict[str, float]) -> dict[str, float | None]:
+    """Metrics for JSON: undefined (NaN) values become None (``null``), never 0 and never the invalid ``NaN``."""
+    return {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in metrics.items()}
+
+
 def kappa_at_thresholds(labels: np.ndarray, probs: np.ndarray, cuts: np.ndarray) -> np.ndarray:
-    """Cohen's kappa of ``probs >= cut`` for every cut at once (0 where kappa is undefined, as in binary_metrics)."""
+    """Cohen's kappa of ``probs >= cut`` for every cut at once (0 where undefined: a cut is ranked, not reported)."""
     labels = np.asarray(labels, dtype=int)
     order = np.argsort(probs, kind="stable")
     sorted_probs = np.asarray(probs, dtype=float)[order]
