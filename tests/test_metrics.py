@@ -84,7 +84,9 @@ def test_degenerate_inputs_do_not_crash(labels: list[int], probs: list[float]) -
     if not labels:
         assert all(math.isnan(value) for value in out.values())
     else:
-        one_class_all_right = len(set(labels)) == 1 and all((p >= 0.5) == bool(y) for y, p in zip(labels, probs))
+        one_class_all_right = len(set(labels)) == 1 and all(
+            (p >= 0.5) == bool(y) for y, p in zip(labels, probs, strict=True)
+        )
         assert math.isnan(out["kappa"]) == one_class_all_right  # undefined kappa: NaN, never 0
         assert 0 <= out["accuracy"] <= 1
     if labels and all(label == 1 for label in labels):

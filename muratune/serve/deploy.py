@@ -16,6 +16,7 @@ from muratune.serve.service import InvalidUpload, PixelLimits, StudyService, Upl
 APP_NAME = "muratune"
 ERROR = "error"
 TOO_LARGE = "too_large"
+MAX_ONGOING = 2  # one study in analysis and one waiting (or an /info call) per model replica
 
 
 @dataclass(frozen=True)
@@ -118,8 +119,17 @@ def _replica_device(use_gpu: bool) -> str:
 
 def build_application(ensemble_dir: str | os.PathLike, options: ServeOptions):
     """The Serve application: ``options.replicas`` model replicas (with their CPU/GPU share) and the ingress."""
-    actor_options = {"num_cpus": options.cpus_per_replica, "num_gpus": options.gpus_per_replica}
-    model = EnsembleModel.options(num_replicas=options.replicas, ray_actor_options=actor_options)
+    actor_options = {
+        "num_cpus": options.cpus_per_replica,
+        "num_gpus": options.gpus_per_replica,
+        # glibc gives each thread its own heap arena and keeps what a study freed there; two arenas keep a replica's
+        # memory near one study's working set instead of one per request thread.
+        "runtime_env": {"env_vars": {"MALLOC_ARENA_MAX": "2"}},
+    }
+    # A replica analyses one study at a time (StudyService's lock); more requests wait at the ingress as bytes.
+    model = EnsembleModel.options(
+        num_replicas=options.replicas, ray_actor_options=actor_options, max_ongoing_requests=MAX_ONGOING
+    )
     pixels = asdict(options.limits.pixels)
     replica = model.bind(str(Path(ensemble_dir).resolve()), options.gpus_per_replica > 0, options.cam_shifts, pixels)
     return HttpIngress.bind(replica, asdict(options.limits), asdict(options.access))
