@@ -39,7 +39,7 @@ ENSEMBLE_FORMAT = 1
 GLOBAL_WEIGHTS = "all"
 MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 16, 2048  # as the experiment config allows (data.image_size)
 
-Number = StrictFloat | StrictInt
+Number = StrictFloat  # ints pass (1 -> 1.0); strings and booleans do not
 Unit = Annotated[Number, Field(ge=0, le=1)]
 Name = Annotated[StrictStr, Field(min_length=1)]
 
