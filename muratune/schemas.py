@@ -99,7 +99,7 @@ class EnsembleSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
-    format: Literal[1] = ENSEMBLE_FORMAT
+    format: Literal[1] = 1  # ENSEMBLE_FORMAT
     muratune_version: StrictStr | None = None
     strategy: StrictStr | None = None
     size: Annotated[StrictInt, Field(ge=1)] | None = None
