@@ -1,11 +1,11 @@
-# muratune: `make demo` runs the whole pipeline on synthetic data; `make test` runs lint and the test suite.
+# muratune: `make demo` runs the whole pipeline on synthetic data; `make test` runs lint, types and the test suite.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.muratune-installed
 DEMO_OUT ?= demo-out
 
-.PHONY: install demo test test-fast lint format bench clean
+.PHONY: install demo test test-fast lint typecheck format clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,14 +19,18 @@ demo: $(STAMP)
 	$(BIN)/muratune demo --out $(DEMO_OUT) --overwrite
 
 lint: $(STAMP)
-	$(BIN)/ruff check muratune tests bench
-	$(BIN)/ruff format --check muratune tests bench
+	$(BIN)/ruff check muratune tests bench tools
+	$(BIN)/ruff format --check muratune tests bench tools
 
 format: $(STAMP)
-	$(BIN)/ruff format muratune tests bench
-	$(BIN)/ruff check --fix muratune tests bench
+	$(BIN)/ruff format muratune tests bench tools
+	$(BIN)/ruff check --fix muratune tests bench tools
 
-test: lint
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+test: lint typecheck
+	$(BIN)/python tools/architecture.py
 	$(BIN)/python -m pytest -q
 
 test-fast: $(STAMP)

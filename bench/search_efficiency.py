@@ -62,8 +62,10 @@ def curve(trials_dir: Path) -> pd.DataFrame:
 
 def run_method(name: str, data: Path, storage: Path, seed: int, args: argparse.Namespace) -> pd.DataFrame:
     """Run one search with the shared epoch budget and return its curve."""
+    from muratune import layout
     from muratune.config import load_config
-    from muratune.search import tuner
+    from muratune.search.experiment import prepare_experiment
+    from muratune.search.factories import create_tuner
 
     demo = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
     values = {
@@ -77,9 +79,9 @@ def run_method(name: str, data: Path, storage: Path, seed: int, args: argparse.N
         "optuna.seed": seed, "train.seed": seed, "optuna.n_startup_trials": args.startup, **METHODS[name],
     }  # fmt: skip
     config = load_config(demo, values=values)
-    tuner.prepare_experiment(config, resume=False, overwrite=True)
-    tuner.build_tuner(config, stop=EpochBudget(args.budget), verbose=0).fit()
-    return curve(tuner.experiment_dir(config) / tuner.TRIALS_DIR)
+    prepare_experiment(config, resume=False, overwrite=True)
+    create_tuner(config, stop=EpochBudget(args.budget), verbose=0).fit()
+    return curve(layout.experiment_dir(config) / layout.TRIALS_DIR)
 
 
 def epochs_to_reach(frame: pd.DataFrame, target: float) -> float:
@@ -114,7 +116,7 @@ def main() -> None:
 
     import ray
 
-    from muratune.search.tuner import connect_ray
+    from muratune.cluster import connect_ray
 
     started = time.perf_counter()
     work = Path(tempfile.mkdtemp(prefix="muratune-eff-"))

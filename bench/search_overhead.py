@@ -43,11 +43,11 @@ def _config(data: Path, storage: Path, epochs: int):
 
 def run_plain(config) -> float:
     """The same train function, called in a loop in this process."""
-    from muratune.trainables.train import train_trial
+    from muratune.trainables.trial import train_trial
 
     started = time.perf_counter()
     for point in CONFIGS:
-        train_trial({**point, **COMMON}, _Silent(), config)
+        train_trial({**point, **COMMON}, config, _Silent())
     return time.perf_counter() - started
 
 
@@ -55,11 +55,12 @@ def run_search(config) -> float:
     """The 4 configs through muratune's Tuner (Ray already started, so its start-up is excluded)."""
     from ray.tune.search import BasicVariantGenerator
 
-    from muratune.search import tuner
+    from muratune.search.experiment import prepare_experiment
+    from muratune.search.factories import create_tuner
 
-    tuner.prepare_experiment(config, resume=False, overwrite=True)
+    prepare_experiment(config, resume=False, overwrite=True)
     searcher = BasicVariantGenerator(points_to_evaluate=[{**p, **COMMON} for p in CONFIGS], max_concurrent=1)
-    search = tuner.build_tuner(config, searcher=searcher)
+    search = create_tuner(config, searcher=searcher)
     started = time.perf_counter()
     search.fit()
     return time.perf_counter() - started
@@ -74,7 +75,8 @@ def main() -> None:
 
     import ray
 
-    from muratune.search.tuner import connect_ray, warm_cache
+    from muratune.cluster import connect_ray
+    from muratune.search.experiment import warm_cache
 
     work = Path(tempfile.mkdtemp(prefix="muratune-bench-"))
     data = args.data

@@ -19,11 +19,16 @@ PATIENT_ID = "patient_id"
 BODY_PART = "body_part"
 LABEL = "label"
 SPLIT = "split"
+SUBSET = "subset"
 VIEW = "view"
+PROB = "prob"  # a probability of abnormality (of an image, or of a study: the mean of its views)
+PRED = "pred"  # a 0/1 prediction given as such (a submission file's label column)
+THRESHOLD = "threshold"
 
-# Values of the `split` column. The official MURA `valid` split is our held-out test set.
-TRAIN, VALID = "train", "valid"
-# Values of the `subset` column added by data.split: what the search trains and validates on.
+# Values of the `split` column: the official MURA splits. The official valid split is the held-out test set.
+SPLIT_TRAIN, SPLIT_VALID = "train", "valid"
+# Values of the `subset` column added by data.split: the internal subsets of the official train split that the
+# search trains and validates on, and the test set (all of the official valid split).
 SUBSET_TRAIN, SUBSET_VAL, SUBSET_TEST = "train", "val", "test"
 
 # Metric keys reported by trials, stored in checkpoints and read by the report.

@@ -6,9 +6,9 @@ import os
 import shlex
 import time
 from collections.abc import Callable
-from importlib import resources
 from pathlib import Path
 
+from muratune.config import shipped_config_path
 from muratune.errors import UserError
 from muratune.fileio import write_text
 
@@ -16,8 +16,8 @@ DEMO_CONFIG = "demo.yaml"
 
 
 def demo_config_text() -> str:
-    """The packaged demo config (the same file as configs/demo.yaml)."""
-    return resources.files("muratune.resources").joinpath(DEMO_CONFIG).read_text(encoding="utf-8")
+    """The shipped demo config (``configs/demo.yaml`` in a checkout)."""
+    return shipped_config_path("demo").read_text(encoding="utf-8")
 
 
 def demo_commands(out: Path, studies: int, trials: int, overwrite: bool, epochs: int | None = None) -> list[list[str]]:
@@ -54,22 +54,22 @@ def usable_cores() -> int:
 
 def run_demo(
     out: Path,
+    run: Callable[[list[str]], None],
     studies: int = 600,
     trials: int = 8,
     overwrite: bool = False,
     epochs: int | None = None,
-    run: Callable[[list[str]], None] | None = None,
     echo: Callable[[str], None] = print,
 ) -> Path:
     """Run the whole pipeline and return the report's ``index.html``.
 
     Args:
         out: folder for the data, the experiment and the report.
+        run: runs one muratune command given its arguments (the CLI passes its in-process runner).
         studies: synthetic studies to generate.
         trials: search trials (at least 8 keeps ASHA and TPE meaningful).
         overwrite: replace an earlier demo in ``out``.
         epochs: maximum epochs per trial (default: the demo config's).
-        run: runs one muratune command given its arguments (default: in this process).
         echo: where the commands and the summary are printed.
     """
     out = out.resolve()
@@ -77,7 +77,6 @@ def run_demo(
         raise UserError(f"{out}: a demo already ran here; pass --overwrite to replace it")
     out.mkdir(parents=True, exist_ok=True)
     write_text(out / DEMO_CONFIG, demo_config_text())
-    run = run or _run_in_process
     started = time.perf_counter()
     for args in demo_commands(out, studies, trials, overwrite, epochs):
         echo(f"\n$ muratune {shlex.join(args)}")
@@ -102,15 +101,3 @@ def summary_table(leaderboard_csv: Path, rows: int = 8) -> str:
         ci = f"{row.kappa_overall:.3f} [{row.kappa_overall_low:.2f}, {row.kappa_overall_high:.2f}]"
         lines.append(f"{str(row.name)[:24]:<24} {row.kind:<9} {ci:<22} {row.auc:>8.3f} {row.val_kappa:>9.3f}")
     return "\n".join(lines)
-
-
-def _run_in_process(args: list[str]) -> None:
-    """Run one CLI command in this process, raising on a non-zero exit."""
-    import typer
-
-    from muratune.cli import app
-
-    command = typer.main.get_command(app)
-    code = command.main(args=args, prog_name="muratune", standalone_mode=False)
-    if isinstance(code, int) and code != 0:
-        raise UserError(f"`muratune {shlex.join(args)}` exited with code {code}")

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -50,39 +52,153 @@ def write_bytes(target: str | os.PathLike, data: bytes) -> None:
         tmp.write_bytes(data)
 
 
+def json_safe(value: Any) -> Any:
+    """A JSON-serialisable copy: tensors and arrays to lists, numpy scalars to numbers, NaN to null, infinities as
+    the strings ``"inf"`` and ``"-inf"``."""
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    if hasattr(value, "tolist") and callable(value.tolist) and getattr(value, "ndim", False):
+        return json_safe(value.tolist())
+    if hasattr(value, "item") and callable(value.item):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None if math.isnan(value) else ("inf" if value > 0 else "-inf")
+    return value
+
+
 def write_json(target: str | os.PathLike, obj: Any) -> None:
     """Write JSON atomically, pretty-printed."""
     write_text(target, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
 
 
-@contextmanager
-def atomic_dir(target: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
-    """Yield a temporary directory beside ``target`` and move it into place when the block succeeds.
+# ------------------------------------------------------------------------------------------------ output folders
+# A folder muratune made holds a marker naming its kind. Folders written before markers existed are recognised by
+# the file each kind always writes. Nothing else is ever replaced.
+MARKER = ".muratune"
+SIGNATURES: dict[str, tuple[str, ...]] = {
+    "dataset": ("boxes.csv",),
+    "ensemble": ("ensemble.json",),
+    "cams": ("cams.json",),
+    "report": ("metrics.json", "leaderboard.csv"),
+    "experiment": ("resolved_config.yaml",),
+    "checkpoints": (),
+}
 
-    Refuses to replace an existing ``target`` unless ``overwrite`` is set.
+
+@dataclass(frozen=True)
+class Input:
+    """A path a command reads: its outputs may never be it, or hold it; nor lie inside it, unless ``holds_outputs``.
+
+    Attributes:
+        path: the input file or folder.
+        what: how messages name it, e.g. ``the dataset``.
+        holds_outputs: whether stages write inside it by design (an experiment folder).
+    """
+
+    path: str | os.PathLike
+    what: str
+    holds_outputs: bool = False
+
+
+def write_marker(folder: Path, kind: str) -> None:
+    """Mark a folder as made by muratune (see `made_by_muratune`)."""
+    from muratune import __version__
+
+    (folder / MARKER).write_text(json.dumps({"kind": kind, "muratune_version": __version__}) + "\n", encoding="utf-8")
+
+
+def made_by_muratune(folder: Path, kind: str) -> bool:
+    """Whether ``folder`` is a ``kind`` output muratune made: it holds the marker, or that kind's signature files."""
+    marker = folder / MARKER
+    if marker.is_file():
+        try:
+            return json.loads(marker.read_text(encoding="utf-8")).get("kind") == kind
+        except (OSError, ValueError, AttributeError):
+            return False
+    signature = SIGNATURES.get(kind, ())
+    return bool(signature) and all((folder / name).is_file() for name in signature)
+
+
+def check_output(target: str | os.PathLike, inputs: Sequence[Input] = (), is_dir: bool = True,
+                 flag: str = "--out") -> Path:  # fmt: skip
+    """Refuse, before any work, an output path that would touch an input or a folder that is not the command's.
+
+    Refused: a filesystem root or the home folder; an output that is an input, holds one, or lies inside one (unless
+    the input holds outputs by design); a folder where a file is written, or a file where a folder is.
+
+    Returns:
+        The resolved output path.
+
+    Raises:
+        UserError: one line naming the option, the path and the reason.
+    """
+    out = Path(target).expanduser().resolve()
+    if out == Path(out.anchor):
+        raise UserError(f"{flag} {target}: refusing to write into a filesystem root")
+    if out == Path.home().resolve():
+        raise UserError(f"{flag} {target}: refusing to write into the home folder")
+    for item in inputs:
+        source = Path(item.path).expanduser().resolve()
+        if out == source or source.is_relative_to(out):
+            raise UserError(f"{flag} {target}: is or holds {item.what} ({source}); choose another output")
+        if out.is_relative_to(source) and not item.holds_outputs:
+            raise UserError(f"{flag} {target}: lies inside {item.what} ({source}); choose another output")
+    if is_dir and out.exists() and not out.is_dir():
+        raise UserError(f"{flag} {target}: is a file; a folder is written here")
+    if not is_dir and out.is_dir():
+        raise UserError(f"{flag} {target}: is a folder; a file is written here")
+    return out
+
+
+def refuse_foreign(target: Path, kind: str) -> None:
+    """Refuse to replace an existing folder that muratune did not make as a ``kind`` output."""
+    if target.exists() and not (target.is_dir() and made_by_muratune(target, kind)):
+        raise UserError(
+            f"{target}: exists and is not a muratune {kind} folder (no {MARKER} marker); refusing to replace it"
+        )
+
+
+@contextmanager
+def atomic_dir(target: str | os.PathLike, overwrite: bool = False, kind: str = "output") -> Iterator[Path]:
+    """Yield a temporary directory beside ``target`` and move it into place, marked, when the block succeeds.
+
+    Refuses to replace an existing ``target`` unless ``overwrite`` is set and muratune made it as a ``kind``
+    folder. The replaced folder is renamed aside under a fresh name (never a name that existed) and deleted only
+    once the new one is in place.
     """
     target = Path(target)
     if target.exists() and not overwrite:
         raise UserError(f"{target}: already exists; pass --overwrite to replace it")
+    refuse_foreign(target, kind)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     try:
         yield tmp
+        write_marker(tmp, kind)
         os.chmod(tmp, 0o777 & ~_umask())
-        if target.exists():
-            old = target.with_name(f".{target.name}.old")
+        old = move_aside(target)
+        os.replace(tmp, target)
+        if old is not None:
             shutil.rmtree(old, ignore_errors=True)
-            os.replace(target, old)
-            os.replace(tmp, target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, target)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def refuse_existing(path: str | os.PathLike, overwrite: bool) -> None:
-    """Raise a UserError if ``path`` exists and ``overwrite`` is not set."""
+def move_aside(target: Path) -> Path | None:
+    """Rename an existing ``target`` to a fresh hidden sibling (``.name.replaced-XXXX``); return it (None if absent)."""
+    if not target.exists():
+        return None
+    aside = Path(tempfile.mkdtemp(prefix=f".{target.name}.replaced-", dir=target.parent))
+    os.replace(target, aside)  # over the empty folder mkdtemp made
+    return aside
+
+
+def refuse_existing(path: str | os.PathLike, overwrite: bool, kind: str | None = None) -> None:
+    """Raise a UserError if ``path`` exists and ``overwrite`` is not set (or, with ``kind``, if it is not ours)."""
     if Path(path).exists() and not overwrite:
         raise UserError(f"{path}: already exists; pass --overwrite to replace it")
+    if kind is not None:
+        refuse_foreign(Path(path), kind)

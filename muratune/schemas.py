@@ -13,6 +13,7 @@ Old artifacts still load: ``thresholds_tuned`` (old) or ``tune_thresholds`` (new
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from pathlib import Path
@@ -178,15 +179,26 @@ def validate_trial(raw: Any, source: str | os.PathLike) -> TrialRecord:
     return _validate(TrialRecord, raw, source)
 
 
+def read_json(path: str | os.PathLike) -> dict:
+    """Read a JSON file with a clear error when it is missing or malformed."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError(f"{path}: file not found") from None
+    except json.JSONDecodeError as err:
+        raise UserError(f"{path}: invalid JSON ({err.msg} at line {err.lineno})") from None
+    except UnicodeDecodeError as err:
+        raise UserError(f"{path}: not UTF-8 text (byte {err.start}); JSON files are UTF-8") from None
+    except OSError as err:
+        raise UserError(f"{path}: cannot read the file ({err.strerror or err})") from None
+
+
 def read_ensemble_spec(path: str | os.PathLike) -> EnsembleSpec:
     """Read and check an ``ensemble.json`` file."""
-    from muratune.trainables.checkpoint import read_json
-
     return validate_ensemble(read_json(path), Path(path))
 
 
 def read_trial_record(path: str | os.PathLike) -> TrialRecord:
     """Read and check a ``trial.json`` file."""
-    from muratune.trainables.checkpoint import read_json
-
     return validate_trial(read_json(path), Path(path))

@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, settings
 
+from tests.helpers.search import DEMO_CONFIG, tiny_overrides
+
 # Timing varies a lot on shared CI machines: no per-example deadline, and no "too slow" health check.
 settings.register_profile("muratune", deadline=None, suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile("muratune")
@@ -55,9 +57,10 @@ def ray_session(tmp_path_factory: pytest.TempPathFactory):
     token = Path.home() / ".ray" / "auth_token"
     token_existed = token.exists()
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    # Trial functions defined in test modules are imported by name on Ray's workers: let them find tests/.
-    tests_dir = str(Path(__file__).resolve().parent)
-    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (tests_dir, os.environ.get("PYTHONPATH")) if p)
+    # Trial functions defined in test modules are imported by name (tests.test_x) on Ray's workers: let them find
+    # the tests package.
+    repo = str(Path(__file__).resolve().parents[1])
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (repo, os.environ.get("PYTHONPATH")) if p)
     ray.init(
         num_cpus=2,
         object_store_memory=150 * 1024**2,
@@ -71,31 +74,13 @@ def ray_session(tmp_path_factory: pytest.TempPathFactory):
         token.unlink()
 
 
-def tiny_overrides(root: Path, storage: Path, **extra: object) -> list[str]:
-    """``--set`` overrides that shrink the demo config to a test-sized search."""
-    base = {
-        "data.root": str(root),
-        "storage": str(storage),
-        "data.image_size": 64,
-        "data.num_workers": 0,
-        "budget.num_samples": 2,
-        "budget.max_epochs": 2,
-        "budget.grace_period": 1,
-        "resources.cpus_per_trial": 1,
-        "resources.max_concurrent_trials": 2,
-        "space.backbone": "resnet10t",
-    }
-    base.update(extra)
-    return [f"{key}={value}" for key, value in base.items()]
-
-
 @pytest.fixture(scope="session")
 def tiny_experiment(ray_session, synthetic_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A finished real search (3 resnet10t trials, 3 epochs, 64 px) for the stages after search. Read-only."""
     from muratune.config import load_config
-    from muratune.search.tuner import run_search
+    from muratune.search.run import run_search
 
-    demo = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
+    demo = DEMO_CONFIG
     storage = tmp_path_factory.mktemp("experiments")
     overrides = tiny_overrides(
         synthetic_root,
@@ -105,3 +90,15 @@ def tiny_experiment(ray_session, synthetic_root: Path, tmp_path_factory: pytest.
     )
     result = run_search(load_config(demo, overrides), echo=lambda _: None)
     return result.experiment_dir
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Skip tests marked ``gpu`` when no CUDA device is present."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

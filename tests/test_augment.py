@@ -11,9 +11,9 @@ from muratune.data.augment import (
     affine_matrix,
     create_transform,
     list_policies,
-    preview_policy,
     register_policy,
 )
+from muratune.data.preview import preview_policy
 from muratune.errors import UserError
 
 POLICIES = ["none", "flip", "mura-paper", "light", "medium", "heavy", "histeq-crop-rotate"]

@@ -17,15 +17,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import tiny_overrides
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from mura_fixtures import MuraFixture, edit_lines, make_mura
 from PIL import Image
 
+from muratune import layout
 from muratune.cli import main
 from muratune.data.cache import ImageCache
-from muratune.search import tuner
+from muratune.search import run as search_run
+from tests.helpers.mura import MuraFixture, edit_lines, make_mura
+from tests.helpers.search import tiny_overrides
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "configs" / "demo.yaml"
@@ -401,9 +402,9 @@ def no_ray(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     def build(*args: object, **kwargs: object) -> None:
         raise RayWouldStart
 
-    monkeypatch.setattr(tuner, "connect_ray", connect)
-    monkeypatch.setattr(tuner, "check_cluster_resources", lambda *args, **kwargs: None)
-    monkeypatch.setattr(tuner, "build_tuner", build)
+    monkeypatch.setattr(search_run, "connect_ray", connect)
+    monkeypatch.setattr(search_run, "check_cluster_resources", lambda *args, **kwargs: None)
+    monkeypatch.setattr(search_run, "create_tuner", build)
     return calls
 
 
@@ -425,7 +426,7 @@ def test_search_stops_on_bad_data_before_ray_and_before_the_experiment_folder(tm
             capsys.readouterr()
             with pytest.raises(RayWouldStart):
                 main(_search_args(data.root, storage, *extra, name=f"ok{len(extra)}"))
-            info = json.loads((storage / f"ok{len(extra)}" / tuner.CACHE_JSON).read_text())
+            info = json.loads((storage / f"ok{len(extra)}" / layout.CACHE_JSON).read_text())
             excluded = [item["image_path"] for item in info["excluded"]]
             assert excluded == ([data.image] if outcome == SKIPPABLE else [])
             assert info["images"] == len(data.fixture.images) - len(excluded)
@@ -444,8 +445,8 @@ def test_search_with_overwrite_on_bad_data_leaves_the_existing_experiment_untouc
     data = damaged(tmp_path, "truncated PNG")
     exp = tmp_path / "runs" / "bad"
     exp.mkdir(parents=True)
-    (exp / tuner.RESOLVED_CONFIG).write_text("name: bad\n")
-    (exp / tuner.SUMMARY_CSV).write_text("trial_id,state\nabc,COMPLETE\n")
+    (exp / layout.RESOLVED_CONFIG).write_text("name: bad\n")
+    (exp / layout.SUMMARY_CSV).write_text("trial_id,state\nabc,COMPLETE\n")
     before = _snapshot(exp)
     code, _, err = run([*_search_args(data.root, tmp_path / "runs"), "--overwrite"], capsys)
     assert code == 2
@@ -463,9 +464,9 @@ def test_search_with_overwrite_and_too_many_gpus_leaves_the_existing_experiment_
     fixture = make_mura(tmp_path / "data")
     exp = tmp_path / "runs" / "bad"
     exp.mkdir(parents=True)
-    (exp / tuner.RESOLVED_CONFIG).write_text("name: bad\n")
+    (exp / layout.RESOLVED_CONFIG).write_text("name: bad\n")
     before = _snapshot(exp)
-    monkeypatch.setattr(tuner, "connect_ray", lambda *args, **kwargs: True)  # as if a local Ray had been started
+    monkeypatch.setattr(search_run, "connect_ray", lambda *args, **kwargs: True)  # as if a local Ray had been started
     monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 2.0})
     monkeypatch.setattr(ray, "shutdown", lambda: None)
     args = _search_args(str(fixture.base), tmp_path / "runs", **{"resources.gpus_per_trial": 1})
@@ -520,19 +521,20 @@ def test_search_with_skip_bad_images_runs_and_records_the_excluded_images(ray_se
     assert code == 0, out[-2000:] + err[-2000:]
     exp = storage / "skipped"
     assert f"excluded: {data.fixture.base / data.image}" in out
-    info = json.loads((exp / tuner.CACHE_JSON).read_text())
+    info = json.loads((exp / layout.CACHE_JSON).read_text())
     assert [item["image_path"] for item in info["excluded"]] == [data.image]
     assert "truncated" in info["excluded"][0]["reason"]
-    assert "skip_bad_images: true" in (exp / tuner.RESOLVED_CONFIG).read_text()
-    summary = pd.read_csv(exp / tuner.SUMMARY_CSV)
+    assert "skip_bad_images: true" in (exp / layout.RESOLVED_CONFIG).read_text()
+    summary = pd.read_csv(exp / layout.SUMMARY_CSV)
     assert list(summary.state) == ["COMPLETE"]
 
 
 # ------------------------------------------------------------------------------------------------ predict
 def make_ensemble(folder: Path) -> Path:
     """Write a one-member ensemble (resnet10t, random weights, 32 px) in ``folder``; predict needs no training."""
-    from muratune.ensemble.predictor import ENSEMBLE_FILE, file_sha256
+    from muratune.ensemble.predictor import file_sha256
     from muratune.fileio import write_json
+    from muratune.layout import ENSEMBLE_FILE
     from muratune.trainables import checkpoint as ckpt
     from muratune.trainables.models import create_model
 
@@ -636,8 +638,8 @@ def test_an_image_list_never_lets_an_escaping_path_through(
     tmp_path_factory: pytest.TempPathFactory, lines: list[str], ending: str
 ) -> None:
     """Any list parses into unique rows that stay under the root, or is refused with a UserError naming the file."""
+    from muratune.data.image_list import parse_image_list
     from muratune.data.index import path_escapes_root
-    from muratune.ensemble.predict import parse_image_list
     from muratune.errors import UserError
 
     path = tmp_path_factory.mktemp("lists") / "images.csv"

@@ -10,13 +10,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from mura_fixtures import make_mura
 
 import muratune.data.cache as cache_module
 from muratune.data.cache import build_cache
 from muratune.data.images import read_image, resize_square
 from muratune.data.index import load_index
 from muratune.errors import UserError
+from tests.helpers.mura import make_mura
 
 
 @pytest.fixture()

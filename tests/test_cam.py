@@ -30,11 +30,12 @@ from muratune.cam.cam import (
     resolve_layer,
     translate,
 )
-from muratune.cam.export import export_cams, overlay
+from muratune.cam.export import ImageSelection, export_cams
+from muratune.cam.overlay import overlay
 from muratune.cam.score import CHANCE, MEAN_IOU, POINTING_GAME, Prediction, localisation_score, read_boxes
 from muratune.cli import main
 from muratune.data.images import resize_square, unsquare
-from muratune.ensemble.members import Member
+from muratune.ensemble.trained import TrainedModel
 from muratune.errors import UserError
 from muratune.trainables import checkpoint as ckpt
 
@@ -149,7 +150,7 @@ def test_translate_moves_content_and_fills_with_zeros():
 def test_shift_averaging_moves_the_peak_off_the_coarse_cell_centre(method):
     # A 4-pixel patch (half a cell) off the 8-pixel cell grid: one pass peaks on a flat cell, outside the patch;
     # averaging over half-cell shifts puts the peak on the patch.
-    member = Member("coarse", CoarseBrightNet().eval(), {"data_config": TOY_CONFIG})
+    member = TrainedModel("coarse", CoarseBrightNet().eval(), {"data_config": TOY_CONFIG})
     hits = {1: 0, 2: 0}
     starts = [(6, 13), (14, 29), (22, 45), (38, 5), (46, 53)]
     for row, col in starts:
@@ -165,8 +166,8 @@ def test_ensemble_map_lands_on_original_pixels_with_per_body_part_weights():
     rows, cols = slice(20, 40), slice(150, 180)
     image = _patch_image(100, 200, rows, cols)  # wide image: padded above and below in the square
     members = [
-        Member("bright", BrightPatchNet().eval(), {"data_config": TOY_CONFIG}),
-        Member("dark", BrightPatchNet(dark=True).eval(), {"data_config": TOY_CONFIG}),
+        TrainedModel("bright", BrightPatchNet().eval(), {"data_config": TOY_CONFIG}),
+        TrainedModel("dark", BrightPatchNet(dark=True).eval(), {"data_config": TOY_CONFIG}),
     ]
     weights = {"all": np.array([1.0, 0.0]), "XR_HAND": np.array([0.0, 1.0])}
     explainer = EnsembleCam(members, weights, layer="stage1", method=GRADCAM, device="cpu")
@@ -252,7 +253,9 @@ def test_overlays_for_gray_and_rgb_pngs(tmp_path: Path):
     Image.fromarray(gray).save(study / "image1.png")
     Image.fromarray(np.stack([gray, gray // 2, gray], axis=-1)).save(study / "image2.png")  # RGB
     out = tmp_path / "cams"
-    summary = export_cams(_resnet_checkpoint(tmp_path / "member"), out, study=study, root=tmp_path, progress=False)
+    summary = export_cams(
+        _resnet_checkpoint(tmp_path / "member"), out, ImageSelection(study=study, root=tmp_path), progress=False
+    )
     assert summary.n_images == 2 and summary.layers == {"member": "layercam@layer2 (8x8, 2x2 shifts)"}
     for rec in summary.records:
         drawn = cv2.imread(str(out / rec["png"]))
@@ -263,7 +266,7 @@ def test_overlays_for_gray_and_rgb_pngs(tmp_path: Path):
     rgb = overlay(np.dstack([gray] * 3), np.zeros(gray.shape), caption="XR_WRIST <b>")
     assert rgb.shape[1:] == (60, 3)
     with pytest.raises(UserError, match="already exists"):
-        export_cams(tmp_path / "member", out, study=study, progress=False)
+        export_cams(tmp_path / "member", out, ImageSelection(study=study), progress=False)
 
 
 def test_cli_errors_are_one_line(tmp_path: Path, capsys):

@@ -7,12 +7,12 @@ import sys
 from pathlib import Path
 
 import pytest
-from mura_fixtures import MURA_V11_COUNTS, MuraFixture, edit_lines, make_mura, make_mura_csvs, write_png
 
 from muratune.constants import BODY_PARTS, short_part
 from muratune.data import check as check_module
 from muratune.data.check import check_dataset, count_table
 from muratune.data.index import load_index
+from tests.helpers.mura import MURA_V11_COUNTS, MuraFixture, edit_lines, make_mura, make_mura_csvs, write_png
 
 TRAIN_IMAGES = "train_image_paths.csv"
 TRAIN_STUDIES = "train_labeled_studies.csv"

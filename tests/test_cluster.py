@@ -24,7 +24,7 @@ DRIVER = textwrap.dedent(
     import json, sys, time
     from pathlib import Path
 
-    def scripted_trial(config, settings=None):
+    def scripted_trial(config, experiment_config=None):
         import json, tempfile, time
         from pathlib import Path
         import ray
@@ -36,7 +36,7 @@ DRIVER = textwrap.dedent(
             with checkpoint.as_directory() as d:
                 start = json.loads((Path(d) / "state.json").read_text())["epoch"]
         node = ray.get_runtime_context().get_node_id()
-        for epoch in range(start + 1, settings["budget"]["max_epochs"] + 1):
+        for epoch in range(start + 1, experiment_config["budget"]["max_epochs"] + 1):
             time.sleep(float(config["lr"]) * 1000)  # lr doubles as seconds-per-epoch / 1000 here
             with tempfile.TemporaryDirectory() as d:
                 (Path(d) / "state.json").write_text(json.dumps({"epoch": epoch}))
@@ -48,7 +48,7 @@ DRIVER = textwrap.dedent(
 
     if __name__ == "__main__":
         from muratune.config import load_config
-        from muratune.search.tuner import run_search
+        from muratune.search.run import run_search
 
         address, config_path, out = sys.argv[1], sys.argv[2], sys.argv[3]
         result = run_search(load_config(config_path), address=address, trainable=scripted_trial, echo=print)

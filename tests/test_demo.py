@@ -6,12 +6,14 @@ from pathlib import Path
 
 import pytest
 
+from muratune.cli import run_in_process
 from muratune.demo import demo_config_text, run_demo
 from muratune.errors import UserError
 
 
-def test_packaged_demo_config_is_configs_demo_yaml():
+def test_the_demo_config_has_one_source():
     shipped = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
+    assert shipped.resolve() == (Path(__file__).resolve().parents[1] / "muratune" / "configs" / "demo.yaml")
     assert demo_config_text() == shipped.read_text()
 
 
@@ -19,7 +21,7 @@ def test_packaged_demo_config_is_configs_demo_yaml():
 def test_tiny_demo_writes_every_artifact(ray_session, tmp_path):
     lines: list[str] = []
     out = tmp_path / "demo"
-    report = run_demo(out, studies=80, trials=2, epochs=2, echo=lines.append)
+    report = run_demo(out, run_in_process, studies=80, trials=2, epochs=2, echo=lines.append)
 
     printed = "\n".join(lines)
     for step in ("data synth", "data check", "data cache", "search", "ensemble", "cam", "report"):
@@ -37,4 +39,4 @@ def test_tiny_demo_writes_every_artifact(ray_session, tmp_path):
     assert "Leaderboard" in report.read_text() or "leaderboard" in report.read_text()
 
     with pytest.raises(UserError, match="--overwrite"):
-        run_demo(out, studies=80, trials=2, epochs=2, echo=lines.append)
+        run_demo(out, run_in_process, studies=80, trials=2, epochs=2, echo=lines.append)

@@ -5,11 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import tiny_overrides
 
 from muratune.config import load_config
 from muratune.errors import UserError
-from muratune.search import tuner
+from muratune.search import resources
+from muratune.search import run as search_run
+from tests.helpers.search import tiny_overrides
 
 DEMO = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
 
@@ -22,7 +23,7 @@ def _ddp_config(tmp_path, root, **extra):
 
 @pytest.mark.slow
 def test_data_parallel_trial_reports_to_tune_with_a_checkpoint(ray_session, tmp_path, synthetic_root):
-    result = tuner.run_search(_ddp_config(tmp_path, synthetic_root), echo=lambda _: None)
+    result = search_run.run_search(_ddp_config(tmp_path, synthetic_root), echo=lambda _: None)
     row = result.summary.iloc[0]
     assert row.state == "COMPLETE" and row.epochs == 1
     assert (Path(row.checkpoint) / "model.safetensors").is_file()
@@ -31,4 +32,4 @@ def test_data_parallel_trial_reports_to_tune_with_a_checkpoint(ray_session, tmp_
 def test_data_parallel_trials_that_cannot_all_fit_are_refused(ray_session, tmp_path, synthetic_root):
     config = _ddp_config(tmp_path, synthetic_root, **{"resources.max_concurrent_trials": 2})
     with pytest.raises(UserError, match="max_concurrent_trials"):
-        tuner.check_cluster_resources(config)
+        resources.check_cluster_resources(config)

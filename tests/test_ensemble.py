@@ -12,10 +12,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from muratune.constants import BODY_PART, IMAGE_PATH, LABEL, SPLIT, STUDY_PATH, VALID
-from muratune.ensemble.predictor import ENSEMBLE_FILE, StudyPredictor, infer_body_part, study_path_of
+from muratune.body_parts import body_part_in_path
+from muratune.constants import BODY_PART, IMAGE_PATH, LABEL, SPLIT, SPLIT_VALID, STUDY_PATH
+from muratune.ensemble.predictor import StudyPredictor, study_path_of
 from muratune.ensemble.select import (
-    GLOBAL,
     BestSingle,
     Greedy,
     GreedyPerBodyPart,
@@ -23,11 +23,12 @@ from muratune.ensemble.select import (
     ValPredictions,
     align_image_predictions,
     combine,
-    fast_kappa,
     score,
 )
+from muratune.ensemble.spec import GLOBAL
 from muratune.errors import UserError
-from muratune.trainables.metrics import binary_metrics
+from muratune.layout import ENSEMBLE_FILE
+from muratune.metrics import log_loss
 
 
 # ------------------------------------------------------------------------------------------------ pure selection
@@ -49,12 +50,16 @@ def _complementary() -> ValPredictions:
     return _val(labels, {"A": a, "B": b, "C": c, "D": d})
 
 
-def test_fast_kappa_matches_binary_metrics():
+def test_selection_scores_with_the_one_kappa():
+    from sklearn.metrics import cohen_kappa_score
+
     rng = np.random.default_rng(0)
     for _ in range(20):
-        labels, preds = rng.integers(0, 2, 30), rng.integers(0, 2, 30)
-        assert fast_kappa(labels, preds) == pytest.approx(binary_metrics(labels, preds.astype(float))["kappa"])
-    assert fast_kappa(np.ones(5, int), np.ones(5, int)) == 0.0
+        labels, probs = rng.integers(0, 2, 30), rng.random(30)
+        kappa, neg_loss = score(labels, probs)
+        assert kappa == pytest.approx(cohen_kappa_score(labels, (probs >= 0.5).astype(int)))
+        assert neg_loss == pytest.approx(-log_loss(labels, probs))
+    assert score(np.ones(5, int), np.ones(5))[0] == 0.0  # undefined kappa ranks as 0
 
 
 def test_greedy_picks_the_complementary_pair():
@@ -105,9 +110,9 @@ def test_misaligned_validation_predictions_are_refused():
 
 def test_paths_give_body_part_and_study():
     path = "MURA-v1.1/valid/XR_WRIST/patient11185/study1_positive/image1.png"
-    assert infer_body_part(path) == "XR_WRIST"
+    assert body_part_in_path(path) == "XR_WRIST"
     assert study_path_of(path) == "MURA-v1.1/valid/XR_WRIST/patient11185/study1_positive/"
-    assert infer_body_part("scans/img.png") is None
+    assert body_part_in_path("scans/img.png") is None
 
 
 # ------------------------------------------------------------------------------------------------ artifacts
@@ -126,7 +131,7 @@ def _test_images(root: Path) -> pd.DataFrame:
     from muratune.data.index import load_index
 
     index = load_index(root)
-    return index[index[SPLIT] == VALID].reset_index(drop=True)
+    return index[index[SPLIT] == SPLIT_VALID].reset_index(drop=True)
 
 
 def _copy_artifact(ensembled: Path, tmp_path: Path, strategy: str = "greedy") -> Path:

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import tiny_overrides
-from mura_fixtures import make_mura
-from test_bad_data import DEMO, run
 
-from muratune.search import tuner
+from muratune import layout
+from tests.helpers.mura import make_mura
+from tests.helpers.search import tiny_overrides
+from tests.test_bad_data import DEMO, run
 
 
 @pytest.mark.slow
@@ -42,7 +42,7 @@ def test_a_nan_loss_fails_its_trial_with_the_reason_and_the_search_goes_on(ray_s
         args += ["--set", item]
     code, out, err = run(args, capsys)
     assert code == 0, out[-2000:] + err[-2000:]
-    summary = pd.read_csv(storage / "nan" / tuner.SUMMARY_CSV)
+    summary = pd.read_csv(storage / "nan" / layout.SUMMARY_CSV)
     assert len(summary) == 4
     failed = summary[summary.backbone == "resnet14t"]
     assert not failed.empty and (summary.backbone == "resnet10t").any(), "the seed should sample both backbones"

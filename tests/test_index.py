@@ -8,7 +8,6 @@ import pandas as pd
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from mura_fixtures import MuraFixture, edit_lines, make_mura
 
 from muratune.data.index import (
     COLUMNS,
@@ -28,6 +27,7 @@ from muratune.data.index import (
     split_fields,
 )
 from muratune.errors import UserError
+from tests.helpers.mura import MuraFixture, edit_lines, make_mura
 
 TRAIN_IMAGES = "train_image_paths.csv"
 TRAIN_STUDIES = "train_labeled_studies.csv"

@@ -7,8 +7,6 @@ from types import SimpleNamespace
 
 import pandas as pd
 import pytest
-from mura_fixtures import make_mura
-from test_bad_data import DEMO, TRAIN_IMAGES, make_ensemble, run
 
 import muratune.data.cache as cache_module
 from muratune.config import load_config
@@ -16,7 +14,9 @@ from muratune.data.cache import build_cache
 from muratune.data.index import load_index
 from muratune.ensemble.predictor import StudyPredictor
 from muratune.fileio import atomic_dir, atomic_path
-from muratune.search import tuner
+from muratune.search import summary
+from tests.helpers.mura import make_mura
+from tests.test_bad_data import DEMO, TRAIN_IMAGES, make_ensemble, run
 
 
 @pytest.fixture(scope="module")
@@ -109,10 +109,10 @@ def test_an_interrupted_search_lists_its_unfinished_trials_as_running_not_pruned
         _result("interrupted", 2, done=False),
         _result("pending", 0, done=None),  # never started before the interruption
     ]
-    unfinished = tuner.unfinished_trials(results)
+    unfinished = summary.unfinished_trials(results)
     assert unfinished == {"interrupted", "pending"}
-    summary = tuner.summarise(results, config, unfinished)
-    assert dict(zip(summary.trial_id, summary.state, strict=True)) == {
+    table = summary.summarise(results, config, unfinished)
+    assert dict(zip(table.trial_id, table.state, strict=True)) == {
         "complete": "COMPLETE",
         "pruned": "PRUNED",
         "failed": "FAIL",

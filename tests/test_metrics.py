@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sklearn.metrics import accuracy_score, cohen_kappa_score, confusion_matrix, roc_auc_score
 
-from muratune.trainables.metrics import (
+from muratune.metrics import (
     aggregate_studies,
     binary_metrics,
     kappa_at_thresholds,

@@ -17,9 +17,9 @@ from sklearn.metrics import cohen_kappa_score
 from muratune.cli import main
 from muratune.constants import BODY_PARTS, short_part
 from muratune.errors import UserError
-from muratune.report.build import write_report
 from muratune.report.score import score_file
 from muratune.report.scoring import score_studies
+from muratune.report.write import write_report
 
 EVIL_NAME = "<img src=x onerror=alert(1)>"
 EVIL_DIR = "x<script>alert(1)<script>"
@@ -340,7 +340,7 @@ def test_score_reads_a_bom_and_quoted_fields_and_shows_an_undefined_kappa_as_na(
 
 
 def test_an_undefined_kappa_is_null_in_json():
-    from muratune.trainables.metrics import binary_metrics, defined_or_none
+    from muratune.metrics import binary_metrics, defined_or_none
 
     metrics = binary_metrics(np.array([0, 0]), np.array([0.1, 0.2]))
     assert math.isnan(metrics["kappa"])

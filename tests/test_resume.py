@@ -15,8 +15,8 @@ import optuna
 import pandas as pd
 import pytest
 
+from muratune import layout
 from muratune.config import load_config
-from muratune.search import tuner
 
 DEMO = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
 
@@ -81,13 +81,13 @@ def test_interrupted_search_resumes_to_the_requested_trials(synthetic_root, tmp_
     )
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
 
-    config = load_config(storage / "interrupted" / tuner.RESOLVED_CONFIG)
-    study = optuna.load_study(study_name="interrupted", storage=tuner.optuna_storage_url(config))
+    config = load_config(storage / "interrupted" / layout.RESOLVED_CONFIG)
+    study = optuna.load_study(study_name="interrupted", storage=layout.optuna_storage_url(config))
     trials = study.get_trials(deepcopy=False)
     assert len(trials) == 3, [t.state for t in trials]
     assert all(t.state.is_finished() for t in trials)
     assert len({t.user_attrs.get("ray_trial_id") for t in trials}) == 3
-    summary = pd.read_csv(storage / "interrupted" / tuner.SUMMARY_CSV)
+    summary = pd.read_csv(storage / "interrupted" / layout.SUMMARY_CSV)
     assert len(summary) == 3
     assert set(summary.state) == {"COMPLETE"}
     assert (summary.epochs == 3).all()

@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from mura_fixtures import make_mura
 from safetensors.torch import load_file, save_file
-from test_bad_data import assert_one_line_error, make_ensemble, run
+
+from tests.helpers.mura import make_mura
+from tests.test_bad_data import assert_one_line_error, make_ensemble, run
 
 
 @pytest.fixture(scope="module")

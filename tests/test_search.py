@@ -8,20 +8,22 @@ from pathlib import Path
 import optuna
 import pandas as pd
 import pytest
-from conftest import tiny_overrides
 
+from muratune import layout
 from muratune.config import load_config
 from muratune.errors import UserError
-from muratune.search import tuner
+from muratune.search import experiment, factories, resources
+from muratune.search import run as search_run
+from tests.helpers.search import tiny_overrides
 
 DEMO = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
 
 
-def scripted_trial(config: dict, settings: dict | None = None) -> None:
+def scripted_trial(config: dict, experiment_config: dict | None = None) -> None:
     """A cheap trial whose kappa rises with lr, so ASHA has something to rank (no model: tests the bookkeeping)."""
     import ray.tune
 
-    max_epochs = settings["budget"]["max_epochs"]
+    max_epochs = experiment_config["budget"]["max_epochs"]
     quality = math.log10(config["lr"]) + 5  # lr 1e-4 -> 1, 1e-2 -> 3
     for epoch in range(1, max_epochs + 1):
         kappa = quality * epoch / max_epochs / 3
@@ -48,14 +50,14 @@ def _scripted_config(tmp_path: Path, synthetic_root: Path, name: str, prune: boo
 
 
 def _optuna_trials(config) -> list[optuna.trial.FrozenTrial]:
-    study = optuna.load_study(study_name=config.name, storage=tuner.optuna_storage_url(config))
+    study = optuna.load_study(study_name=config.name, storage=layout.optuna_storage_url(config))
     return study.get_trials(deepcopy=False)
 
 
 @pytest.mark.slow
 def test_asha_stopped_trials_are_pruned_in_optuna(ray_session, tmp_path, synthetic_root):
     config = _scripted_config(tmp_path, synthetic_root, "pruned")
-    result = tuner.run_search(config, trainable=scripted_trial, echo=lambda _: None)
+    result = search_run.run_search(config, trainable=scripted_trial, echo=lambda _: None)
 
     trials = _optuna_trials(config)
     states = [t.state for t in trials]
@@ -70,7 +72,7 @@ def test_asha_stopped_trials_are_pruned_in_optuna(ray_session, tmp_path, synthet
         else:
             assert trial.state == optuna.trial.TrialState.COMPLETE
             assert epochs == config.budget.max_epochs
-    summary = pd.read_csv(result.experiment_dir / tuner.SUMMARY_CSV)
+    summary = pd.read_csv(result.experiment_dir / layout.SUMMARY_CSV)
     by_id = {t.user_attrs["ray_trial_id"]: t.state.name for t in trials}
     assert dict(zip(summary.trial_id, summary.state, strict=True)) == by_id
 
@@ -79,7 +81,7 @@ def test_asha_stopped_trials_are_pruned_in_optuna(ray_session, tmp_path, synthet
 def test_stock_optuna_search_records_stopped_trials_as_complete(ray_session, tmp_path, synthetic_root):
     """The fault muratune fixes: Ray's stock bookkeeping calls truncated runs COMPLETE."""
     config = _scripted_config(tmp_path, synthetic_root, "stock", prune=False)
-    tuner.run_search(config, trainable=scripted_trial, echo=lambda _: None)
+    search_run.run_search(config, trainable=scripted_trial, echo=lambda _: None)
     trials = _optuna_trials(config)
     assert {t.state for t in trials} == {optuna.trial.TrialState.COMPLETE}
     assert any(t.user_attrs["epochs"] < config.budget.max_epochs for t in trials)
@@ -88,10 +90,10 @@ def test_stock_optuna_search_records_stopped_trials_as_complete(ray_session, tmp
 @pytest.mark.slow
 def test_real_search_writes_experiment(ray_session, tmp_path, synthetic_root):
     config = load_config(DEMO, tiny_overrides(synthetic_root, tmp_path / "runs", name="real"))
-    result = tuner.run_search(config, echo=lambda _: None)
+    result = search_run.run_search(config, echo=lambda _: None)
     exp = result.experiment_dir
-    assert (exp / tuner.RESOLVED_CONFIG).is_file()
-    assert load_config(exp / tuner.RESOLVED_CONFIG) == config
+    assert (exp / layout.RESOLVED_CONFIG).is_file()
+    assert load_config(exp / layout.RESOLVED_CONFIG) == config
     summary = result.summary
     assert len(summary) == 2
     assert set(summary.state) <= {"COMPLETE", "PRUNED"}
@@ -103,30 +105,31 @@ def test_real_search_writes_experiment(ray_session, tmp_path, synthetic_root):
 
 def test_existing_experiment_is_refused_without_resume_or_overwrite(tmp_path, synthetic_root):
     config = load_config(DEMO, tiny_overrides(synthetic_root, tmp_path / "runs", name="taken"))
-    exp = tuner.prepare_experiment(config, resume=False, overwrite=False)
+    exp, replaced = experiment.prepare_experiment(config, resume=False, overwrite=False)
+    assert replaced is None
     marker = exp / "keep.txt"
     marker.write_text("finished work")
     with pytest.raises(UserError, match="already exists"):
-        tuner.prepare_experiment(config, resume=False, overwrite=False)
+        experiment.prepare_experiment(config, resume=False, overwrite=False)
     assert marker.read_text() == "finished work"
     with pytest.raises(UserError, match="no search to resume"):
-        tuner.prepare_experiment(config.model_copy(update={"name": "absent"}), resume=True, overwrite=False)
+        experiment.prepare_experiment(config.model_copy(update={"name": "absent"}), resume=True, overwrite=False)
 
 
 def test_too_many_gpus_per_trial_is_refused(ray_session, tmp_path, synthetic_root):
     config = load_config(DEMO, tiny_overrides(synthetic_root, tmp_path / "runs", **{"resources.gpus_per_trial": 1}))
     with pytest.raises(UserError, match="gpus_per_trial"):
-        tuner.check_cluster_resources(config)
+        resources.check_cluster_resources(config)
 
 
-def failing_trial(config: dict, settings: dict | None = None) -> None:
+def failing_trial(config: dict, experiment_config: dict | None = None) -> None:
     """Fails (a simulated out-of-memory) for small learning rates, after one reported epoch."""
     import ray.tune
 
     ray.tune.report({"epoch": 1, "val_kappa": 0.1, "val_auc": 0.55})
     if config["lr"] < 1e-3:
         raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB (simulated)")
-    for epoch in range(2, settings["budget"]["max_epochs"] + 1):
+    for epoch in range(2, experiment_config["budget"]["max_epochs"] + 1):
         ray.tune.report({"epoch": epoch, "val_kappa": 0.1 * epoch, "val_auc": 0.5 + 0.05 * epoch})
 
 
@@ -134,7 +137,7 @@ def failing_trial(config: dict, settings: dict | None = None) -> None:
 def test_failing_trials_are_recorded_with_their_reason_and_the_search_goes_on(ray_session, tmp_path, synthetic_root):
     config = _scripted_config(tmp_path, synthetic_root, "failing")
     config = config.model_copy(update={"failure": config.failure.model_copy(update={"max_failures": 0})})
-    result = tuner.run_search(config, trainable=failing_trial, echo=lambda _: None)
+    result = search_run.run_search(config, trainable=failing_trial, echo=lambda _: None)
     summary = result.summary
     assert len(summary) == 6
     failed = summary[summary.state == "FAIL"]
@@ -144,7 +147,7 @@ def test_failing_trials_are_recorded_with_their_reason_and_the_search_goes_on(ra
     assert all(states[tid] == optuna.trial.TrialState.FAIL for tid in failed.trial_id)
 
 
-def flaky_trial(config: dict, settings: dict | None = None) -> None:
+def flaky_trial(config: dict, experiment_config: dict | None = None) -> None:
     """Checkpoints every epoch; the first attempt dies at epoch 2 (a transient fault), the retry resumes."""
     import json
     import tempfile
@@ -156,7 +159,7 @@ def flaky_trial(config: dict, settings: dict | None = None) -> None:
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
             start = json.loads((Path(folder) / "state.json").read_text())["epoch"]
-    for epoch in range(start + 1, settings["budget"]["max_epochs"] + 1):
+    for epoch in range(start + 1, experiment_config["budget"]["max_epochs"] + 1):
         if epoch == 2 and checkpoint is None:
             raise RuntimeError("node lost (simulated transient fault)")
         with tempfile.TemporaryDirectory() as folder:
@@ -174,7 +177,7 @@ def test_max_failures_retries_a_trial_from_its_last_checkpoint(ray_session, tmp_
             "failure": config.failure.model_copy(update={"max_failures": 1}),
         }
     )
-    result = tuner.run_search(config, trainable=flaky_trial, echo=lambda _: None)
+    result = search_run.run_search(config, trainable=flaky_trial, echo=lambda _: None)
     assert set(result.summary.state) == {"COMPLETE"}
     for trial_dir in result.summary.trial_dir:
         progress = pd.read_csv(Path(trial_dir) / "progress.csv")
@@ -184,10 +187,10 @@ def test_max_failures_retries_a_trial_from_its_last_checkpoint(ray_session, tmp_
 
 def test_asha_ranks_rungs_by_its_own_metric_while_the_search_keeps_kappa(tmp_path, synthetic_root):
     config = load_config(DEMO, tiny_overrides(synthetic_root, tmp_path / "runs"))
-    scheduler = tuner.build_scheduler(config)
+    scheduler = factories.create_scheduler(config)
     assert scheduler.set_search_properties("val_kappa", "max")  # TuneConfig's metric is accepted ...
     assert (scheduler.metric, scheduler._metric_op) == ("val_auc", 1.0)  # ... and the rung metric is kept
     by_loss = load_config(DEMO, tiny_overrides(synthetic_root, tmp_path / "runs", **{"budget.rung_metric": "val_loss"}))
-    assert tuner.build_scheduler(by_loss)._metric_op == -1.0
+    assert factories.create_scheduler(by_loss)._metric_op == -1.0
     with pytest.raises(UserError, match="rung_metric"):
         load_config(DEMO, tiny_overrides(synthetic_root, tmp_path / "runs", **{"budget.rung_metric": "val_f1"}))

@@ -9,12 +9,12 @@ import pandas as pd
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from mura_fixtures import make_mura, make_mura_csvs
 
-from muratune.constants import BODY_PARTS
+from muratune.constants import BODY_PARTS, SUBSET
 from muratune.data.index import load_index, make_frame
-from muratune.data.split import SUBSET, internal_split
+from muratune.data.split import internal_split
 from muratune.errors import UserError
+from tests.helpers.mura import make_mura, make_mura_csvs
 
 
 @pytest.fixture(scope="module")

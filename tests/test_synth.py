@@ -10,13 +10,9 @@ import numpy as np
 import pytest
 
 from muratune.constants import BODY_PARTS
-from muratune.data import synth
 from muratune.data.synth import (
-    BOXES_HEADER,
     FINDING_KINDS,
     ROOT_NAME,
-    _box_kernel,
-    _gaussian_levels,
     draw_image,
     encode_png,
     generate_dataset,
@@ -24,6 +20,10 @@ from muratune.data.synth import (
     plan_dataset,
     render_image,
 )
+from muratune.data.synth import draw as synth_draw
+from muratune.data.synth.draw import _gaussian_levels
+from muratune.data.synth.geometry import _box_kernel
+from muratune.data.synth.plan import BOXES_HEADER
 from muratune.errors import UserError
 
 SMALL = {"studies": 60, "seed": 3, "difficulty": "easy", "long_side": 256, "workers": 1}
@@ -168,7 +168,7 @@ def test_parse_difficulty() -> None:
 
 
 def test_plan_proportions_and_valid_coverage() -> None:
-    plan = plan_dataset(400, seed=0, valid_fraction=0.1)
+    plan = plan_dataset(400, seed=0, valid_share=0.1)
     valid = [s for s in plan if s.split == "valid"]
     assert len(plan) == 400 and len(valid) == 40
     assert {(s.body_part, s.label) for s in valid} == {(p, label) for p in BODY_PARTS for label in (0, 1)}
@@ -223,7 +223,7 @@ def test_low_resolution_tissue_matches_full_resolution(body_part: str, monkeypat
     # The soft tissue is drawn at 1/4 resolution at 512 px; drawn at full resolution it must look the same. Noise
     # has its own random stream, so the two images differ only by the tissue layer.
     fast, boxes = render_image(body_part, "fracture", (0, 7), long_side=512)
-    monkeypatch.setattr(synth, "_tissue_factor", lambda long_side: 1)
+    monkeypatch.setattr(synth_draw, "_tissue_factor", lambda long_side: 1)
     full, full_boxes = render_image(body_part, "fracture", (0, 7), long_side=512)
     diff = fast.astype(np.int16) - full
     assert boxes == full_boxes

@@ -1,4 +1,4 @@
-"""Tests for muratune.trainables.train: real resnet10t trials on the synthetic data, standalone and inside Ray Tune."""
+"""Tests for muratune.trainables: real resnet10t trials on the synthetic data, standalone and inside Ray Tune."""
 
 from __future__ import annotations
 
@@ -10,16 +10,19 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import tiny_overrides
 
 from muratune.config import ExperimentConfig, load_config
 from muratune.trainables import checkpoint as ckpt
+from muratune.trainables.data import prepare_data
+from muratune.trainables.loop import TrialFailed
 from muratune.trainables.models import create_model
-from muratune.trainables.train import FolderReporter, TrialFailed, prepare_data, train_trial, tune_trainable
+from muratune.trainables.reporters import FolderReporter
+from muratune.trainables.trial import train_trial, tune_trainable
+from tests.helpers.search import DEMO_CONFIG, tiny_overrides
 
 pytestmark = pytest.mark.slow
 
-DEMO = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
+DEMO = DEMO_CONFIG
 CHECKPOINT_FILES = {ckpt.MODEL_FILE, ckpt.TRIAL_FILE, ckpt.STATE_FILE, ckpt.VAL_STUDIES_FILE, ckpt.VAL_IMAGES_FILE}
 
 
@@ -53,9 +56,7 @@ def standalone(synthetic_root: Path, tmp_path_factory: pytest.TempPathFactory) -
     base = tmp_path_factory.mktemp("standalone")
     settings = make_settings(synthetic_root, base / "runs")
     lines: list[str] = []
-    metrics = train_trial(
-        {**hyperparameters(settings), "settings": settings}, FolderReporter(base / "out", echo=lines.append)
-    )
+    metrics = train_trial(hyperparameters(settings), settings, FolderReporter(base / "out", echo=lines.append))
     assert len(lines) == 2 and lines[0].startswith("epoch   1")
     return base / "out", settings, metrics
 
@@ -92,10 +93,10 @@ def test_same_seed_repeats_the_trial_exactly(standalone, tmp_path: Path) -> None
     """train.seed fixes init, shuffle and augmentation: a rerun matches; another seed does not."""
     _, settings, first = standalone
     keys = ("train_loss", "val_loss", "val_auc")
-    again = train_trial({**hyperparameters(settings), "settings": settings}, FolderReporter(tmp_path / "again"))
+    again = train_trial(hyperparameters(settings), settings, FolderReporter(tmp_path / "again"))
     assert {k: again[k] for k in keys} == {k: first[k] for k in keys}
     reseeded = settings.model_copy(update={"train": settings.train.model_copy(update={"seed": 1})})
-    other = train_trial({**hyperparameters(settings), "settings": reseeded}, FolderReporter(tmp_path / "other"))
+    other = train_trial(hyperparameters(settings), reseeded, FolderReporter(tmp_path / "other"))
     assert other["train_loss"] != first["train_loss"]
 
 
@@ -105,7 +106,7 @@ def test_standalone_resume_continues_at_epoch_three(standalone, tmp_path: Path) 
     shutil.copytree(out, resumed)
     longer = settings.model_copy(update={"budget": settings.budget.model_copy(update={"max_epochs": 3})})
     reporter = FolderReporter(resumed, resume=True, echo=lambda line: None)
-    metrics = train_trial({**hyperparameters(settings), "settings": longer}, reporter)
+    metrics = train_trial(hyperparameters(settings), longer, reporter)
     assert [row["epoch"] for row in reporter.history] == [3]
     assert metrics["epoch"] == 3
     state = ckpt.read_json(resumed / "checkpoint_000003" / ckpt.STATE_FILE)
@@ -117,7 +118,7 @@ def test_standalone_resume_continues_at_epoch_three(standalone, tmp_path: Path) 
 def test_nan_loss_fails_the_trial(synthetic_root: Path, tmp_path: Path) -> None:
     settings = make_settings(synthetic_root, tmp_path / "runs", **{"debug.fault": "nan", "debug.fault_epoch": 1})
     with pytest.raises(TrialFailed, match="loss became nan"):
-        train_trial({**hyperparameters(settings), "settings": settings}, FolderReporter(tmp_path / "out"))
+        train_trial(hyperparameters(settings), settings, FolderReporter(tmp_path / "out"))
     assert not list((tmp_path / "out").glob("checkpoint_*"))
 
 
@@ -144,7 +145,7 @@ def tune_run(settings: ExperimentConfig, storage: Path, name: str):
     from ray import tune
 
     trainable = tune.with_resources(
-        tune.with_parameters(tune_trainable, settings=settings.model_dump(mode="json")), {"cpu": 1}
+        tune.with_parameters(tune_trainable, experiment_config=settings.model_dump(mode="json")), {"cpu": 1}
     )
     tuner = tune.Tuner(
         trainable,

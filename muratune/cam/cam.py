@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -13,8 +13,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from muratune.data.images import Geometry, resize_square, unsquare
-from muratune.ensemble.members import Member
 from muratune.ensemble.select import Weights, weights_for
+from muratune.ensemble.trained import TrainedModel
 from muratune.errors import UserError
 
 if TYPE_CHECKING:
@@ -27,12 +27,11 @@ GRADCAM_PP = "gradcam++"
 LAYERCAM = "layercam"
 HIRESCAM = "hirescam"
 METHODS: tuple[str, ...] = (AUTO, CAM, GRADCAM, GRADCAM_PP, LAYERCAM, HIRESCAM)
-# The coarsest map that still localises: at 64 px the last ResNet stage gives 2x2 and points at grid-cell centres
-# (see notes/cpu-feasibility.md); stage 2 (8x8) localised best there.
+# The coarsest map that still localises: at 64 px the last ResNet stage gives 2x2 and points at grid-cell centres;
+# stage 2 (8x8) localises (docs/cam.md has the measurements).
 MIN_MAP_SIDE = 8
 # On an intermediate stage, LayerCAM (Jiang et al. 2021) weighs every location by its own positive gradient instead
-# of one channel-wide mean, which is what keeps shallow-layer maps sharp. On the demo ensembles (64 px resnets,
-# stage 2) its pointing game was 0.54-0.68 against Grad-CAM's 0.32-0.41 and Grad-CAM++'s 0.52-0.57.
+# of one channel-wide mean, which is what keeps shallow-layer maps sharp (docs/cam.md compares the methods).
 INTERMEDIATE_METHOD = LAYERCAM
 # Maps are averaged over SHIFTS x SHIFTS translations of the input by 1/SHIFTS of a map cell, so the peak is not
 # stuck on the centre of a coarse cell (a cell of an 8x8 map is wider than the planted findings).
@@ -92,7 +91,8 @@ def feature_stages(model: nn.Module) -> list[dict]:
 
 def has_gap_linear_head(model: nn.Module) -> bool:
     """Whether the head is global average pooling then one linear layer (classic CAM is exact then)."""
-    classifier = model.get_classifier() if hasattr(model, "get_classifier") else None
+    timm_model: Any = model  # timm's hooks are not on nn.Module's type
+    classifier = timm_model.get_classifier() if hasattr(model, "get_classifier") else None
     pool = getattr(model, "global_pool", None)
     pool_type = getattr(pool, "pool_type", pool)
     return (
@@ -199,8 +199,9 @@ def classic_cam(model: nn.Module, inputs: torch.Tensor) -> np.ndarray:
         ``N x H x W`` maps at the input size, ReLU'd and divided by their maximum.
     """
     model.eval()
-    features = model.forward_features(inputs)
-    weight = model.get_classifier().weight[0].to(features.dtype)
+    timm_model: Any = model
+    features = timm_model.forward_features(inputs)
+    weight = timm_model.get_classifier().weight[0].to(features.dtype)
     maps = torch.einsum("c,nchw->nhw", weight, features).unsqueeze(1)
     maps = F.interpolate(maps.float(), size=inputs.shape[-2:], mode="bilinear", align_corners=False)
     return _normalise(maps[:, 0].cpu().numpy())
@@ -259,7 +260,9 @@ def _span(offset: int, length: int) -> slice:
     return slice(max(0, offset), length + min(0, offset))
 
 
-def member_maps(member: Member, squares: np.ndarray, spec: CamSpec, device: torch.device | str = "cpu") -> np.ndarray:
+def member_maps(
+    member: TrainedModel, squares: np.ndarray, spec: CamSpec, device: torch.device | str = "cpu"
+) -> np.ndarray:
     """Maps of one member for a batch of uint8 ``N x S x S`` squares at its input size (``N x S x S``, [0, 1]).
 
     With ``spec.shifts > 1`` every square is also explained translated by fractions of a map cell (all copies in
@@ -284,7 +287,7 @@ class EnsembleCam:
 
     def __init__(
         self,
-        members: Sequence[Member],
+        members: Sequence[TrainedModel],
         weights: Weights,
         layer: str | int = AUTO,
         method: str = AUTO,

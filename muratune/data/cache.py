@@ -16,6 +16,7 @@ import pandas as pd
 from filelock import FileLock
 
 from muratune.constants import IMAGE_PATH
+from muratune.data.images import bad_images_error
 from muratune.errors import UserError
 from muratune.fileio import write_json
 
@@ -107,7 +108,7 @@ def _decode_chunk(args: tuple[str, list[tuple[int, str]], int, str]) -> list[tup
 
     array_path, items, size, mode = args
     images = np.load(array_path, mmap_mode="r+")
-    results = []
+    results: list[tuple[int, int, int, str | None]] = []
     for row, file in items:
         try:
             square, geo = read_square(file, size, mode)
@@ -164,12 +165,6 @@ def _write_cache(tmp: Path, image_paths: list[str], files: list[Path], size: int
     excluded = [{"image_path": image_paths[row], "reason": err} for row, err in bad]
     write_json(tmp / "meta.json", {"version": CACHE_FORMAT_VERSION, "key": key, "size": size, "mode": mode,
                                    "count": len(index), "excluded": excluded})  # fmt: skip
-
-
-def bad_images_error(reasons: list[str]) -> UserError:
-    """The error for unreadable images: the first one's ``path: reason`` and how many more there are."""
-    more = f" (+{len(reasons) - 1} more unreadable)" if len(reasons) > 1 else ""
-    return UserError(f"{reasons[0]}{more}; fix the files or pass --skip-bad-images to exclude them")
 
 
 def _checked(cache: ImageCache, skip_bad_images: bool) -> ImageCache:

@@ -18,9 +18,9 @@ from muratune.constants import (
     LABEL,
     PATIENT_ID,
     SPLIT,
+    SPLIT_TRAIN,
+    SPLIT_VALID,
     STUDY_PATH,
-    TRAIN,
-    VALID,
     short_part,
 )
 from muratune.data.images import read_image, sniff_image
@@ -101,7 +101,7 @@ def empty_splits(result: IndexScan) -> list[Problem]:
     for split in SPLITS:
         if not (result.frame[SPLIT] == split).any():
             csv_path = result.root.csv_path(study_csv_name(split))
-            use = "the held-out test set" if split == VALID else "what the search trains on"
+            use = "the held-out test set" if split == SPLIT_VALID else "what the search trains on"
             found.append(Problem(str(csv_path), None, f"the {split} split has no studies; it is {use}"))
     return found
 
@@ -109,13 +109,13 @@ def empty_splits(result: IndexScan) -> list[Problem]:
 def patients_in_both_splits(result: IndexScan) -> list[Problem]:
     """Report each patient of the valid split who also has studies in the train split."""
     frame = result.frame
-    train_patients = set(frame.loc[frame[SPLIT] == TRAIN, PATIENT_ID])
-    valid = frame.loc[frame[SPLIT] == VALID].drop_duplicates(PATIENT_ID)
+    train_patients = set(frame.loc[frame[SPLIT] == SPLIT_TRAIN, PATIENT_ID])
+    valid = frame.loc[frame[SPLIT] == SPLIT_VALID].drop_duplicates(PATIENT_ID)
     found: list[Problem] = []
     for patient_id, study_path in zip(valid[PATIENT_ID], valid[STUDY_PATH], strict=True):
         if patient_id in train_patients:
             file, row = result.study_rows[study_path]
-            reason = f"patient {patient_id} also has studies in the {TRAIN} split; patients must not cross splits"
+            reason = f"patient {patient_id} also has studies in the {SPLIT_TRAIN} split; patients must not cross splits"
             found.append(Problem(file, row, reason))
     return found
 

@@ -128,5 +128,5 @@ def _seed_worker(worker_id: int) -> None:
     random.seed(seed)
     info = torch.utils.data.get_worker_info()
     transform = getattr(info.dataset, "transform", None) if info is not None else None
-    if hasattr(transform, "set_random_seed"):
+    if transform is not None and hasattr(transform, "set_random_seed"):
         transform.set_random_seed(seed)

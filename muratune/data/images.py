@@ -79,6 +79,17 @@ def _oserror_reason(err: OSError | ValueError) -> str:
     return str(err).splitlines()[0] if str(err) else type(err).__name__
 
 
+def bad_images_error(reasons: list[str], consequence: str = "to exclude them") -> UserError:
+    """The one error for unreadable images: the first one's ``path: reason``, how many more, and the way out.
+
+    Args:
+        reasons: one ``[file:row: ]path: reason`` per unreadable image.
+        consequence: what ``--skip-bad-images`` does in this command, e.g. ``to exclude them``.
+    """
+    more = f" (+{len(reasons) - 1} more unreadable)" if len(reasons) > 1 else ""
+    return UserError(f"{reasons[0]}{more}; fix the files or pass --skip-bad-images {consequence}")
+
+
 def _to_uint8_gray(img: Image.Image) -> np.ndarray:
     """Convert any PIL mode to a 2-D uint8 array, scaling high bit depths by their actual bit depth."""
     mode = img.mode

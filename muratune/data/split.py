@@ -12,16 +12,15 @@ from muratune.constants import (
     LABEL,
     PATIENT_ID,
     SPLIT,
+    SPLIT_TRAIN,
+    SPLIT_VALID,
     STUDY_PATH,
+    SUBSET,
     SUBSET_TEST,
     SUBSET_TRAIN,
     SUBSET_VAL,
-    TRAIN,
-    VALID,
 )
 from muratune.errors import UserError
-
-SUBSET = "subset"
 
 
 def internal_split(df: pd.DataFrame, val_fraction: float = 0.1, seed: int = 0) -> pd.DataFrame:
@@ -46,10 +45,10 @@ def internal_split(df: pd.DataFrame, val_fraction: float = 0.1, seed: int = 0) -
     _check_fraction(val_fraction)
     out = df.copy()
     out[SUBSET] = SUBSET_TEST
-    train = out[SPLIT] == TRAIN
-    unknown = sorted(set(out.loc[~train & (out[SPLIT] != VALID), SPLIT]))
+    train = out[SPLIT] == SPLIT_TRAIN
+    unknown = sorted(set(out.loc[~train & (out[SPLIT] != SPLIT_VALID), SPLIT]))
     if unknown:
-        raise UserError(f"unknown split value(s) {unknown}; expected {TRAIN} or {VALID}")
+        raise UserError(f"unknown split value(s) {unknown}; expected {SPLIT_TRAIN} or {SPLIT_VALID}")
     val_patients = assign_val_patients(out.loc[train], val_fraction, seed)
     is_val = out[PATIENT_ID].isin(val_patients)
     out.loc[train, SUBSET] = np.where(is_val[train], SUBSET_VAL, SUBSET_TRAIN)

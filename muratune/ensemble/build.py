@@ -12,19 +12,10 @@ import numpy as np
 import pandas as pd
 
 from muratune import __version__
-from muratune.config import ExperimentConfig
-from muratune.constants import BODY_PART, LABEL, SPLIT, STUDY_PATH, VALID
+from muratune.config import ExperimentConfig, load_config
+from muratune.constants import BODY_PART, LABEL, PRED, PROB, SPLIT, SPLIT_VALID, STUDY_PATH
 from muratune.data.cache import ImageCache
-from muratune.ensemble.members import Member, load_member
-from muratune.ensemble.predictor import (
-    ENSEMBLE_FILE,
-    FORMAT_VERSION,
-    MEMBERS_DIR,
-    PROB,
-    aggregate,
-    file_sha256,
-    member_image_probs,
-)
+from muratune.ensemble.predictor import aggregate, file_sha256, member_image_probs
 from muratune.ensemble.select import (
     STRATEGIES,
     ValPredictions,
@@ -35,16 +26,26 @@ from muratune.ensemble.select import (
     ranking,
     study_matrix,
 )
+from muratune.ensemble.spec import FORMAT_VERSION, TUNE_THRESHOLDS
+from muratune.ensemble.trained import TrainedModel, load_trained_model
 from muratune.errors import UserError
 from muratune.fileio import atomic_dir, atomic_path, refuse_existing, write_json
-from muratune.trainables import checkpoint as ckpt
-from muratune.trainables.metrics import defined_or_none, study_metrics, tune_threshold
-
-ENSEMBLE_DIR = "ensemble"
-TRIALS_TEST_DIR = "trials_test"
-TEST_STUDIES = "test_studies.parquet"
-TEST_METRICS = "test_metrics.json"
-PRED = "pred"
+from muratune.layout import (
+    ENSEMBLE_DIR,
+    ENSEMBLE_FILE,
+    MEMBERS_DIR,
+    MODEL_FILE,
+    RESOLVED_CONFIG,
+    SUMMARY_CSV,
+    TEST_METRICS,
+    TEST_STUDIES,
+    TRIAL_FILE,
+    TRIALS_TEST_DIR,
+    TRIALS_TEST_METRICS,
+    VAL_IMAGES_FILE,
+    trial_dir,
+)
+from muratune.metrics import defined_or_none, study_metrics, tune_threshold
 
 
 @dataclass
@@ -56,15 +57,13 @@ class Candidate:
 
     @property
     def name(self) -> str:
-        """Member name, also its folder name in an ensemble: ``trial_<id>``."""
+        """TrainedModel name, also its folder name in an ensemble: ``trial_<id>``."""
         return f"trial_{self.trial_id}"
 
 
 # ------------------------------------------------------------------------------------------------ inputs
 def read_candidates(exp_dir: Path) -> list[Candidate]:
     """Candidates from ``search_summary.csv``: every trial not FAILed that has a best checkpoint on disk."""
-    from muratune.search.tuner import SUMMARY_CSV, TRIALS_DIR
-
     summary_path = exp_dir / SUMMARY_CSV
     if not summary_path.is_file():
         raise UserError(f"{summary_path}: not found; run `muratune search` first (is {exp_dir} an experiment?)")
@@ -75,8 +74,8 @@ def read_candidates(exp_dir: Path) -> list[Candidate]:
             continue
         path = Path(row.checkpoint)
         if not path.is_dir():  # the experiment folder was moved: look for the checkpoint where it is now
-            path = exp_dir / TRIALS_DIR / f"trial_{row.trial_id}" / path.name
-        if not (path / ckpt.MODEL_FILE).is_file():
+            path = trial_dir(exp_dir, str(row.trial_id)) / path.name
+        if not (path / MODEL_FILE).is_file():
             raise UserError(f"{row.checkpoint}: checkpoint of trial {row.trial_id} not found")
         candidates.append(Candidate(str(row.trial_id), path))
     if not candidates:
@@ -86,20 +85,17 @@ def read_candidates(exp_dir: Path) -> list[Candidate]:
 
 def load_experiment_config(exp_dir: Path) -> ExperimentConfig:
     """The experiment's resolved config."""
-    from muratune.config import load_config
-    from muratune.search.tuner import RESOLVED_CONFIG
-
     path = exp_dir / RESOLVED_CONFIG
     if not path.is_file():
         raise UserError(f"{path}: not found; is {exp_dir} a muratune experiment folder?")
     return load_config(path)
 
 
-def open_caches(index: pd.DataFrame, members: Sequence[Member], config: ExperimentConfig) -> list[ImageCache]:
-    """Open (building if needed) the image cache at each members' input size and resize mode."""
+def open_caches(index: pd.DataFrame, models: Sequence[TrainedModel], config: ExperimentConfig) -> list[ImageCache]:
+    """Open (building if needed) the image cache at each model's input size and resize mode."""
     from muratune.data.cache import build_cache
 
-    keys = sorted({(m.image_size, str(m.data_config["resize_mode"])) for m in members})
+    keys = sorted({(m.image_size, str(m.data_config["resize_mode"])) for m in models})
     return [
         build_cache(index, size, mode, cache_dir=config.data.cache_dir, skip_bad_images=True, progress=False)
         for size, mode in keys
@@ -110,7 +106,7 @@ def val_predictions(candidates: Sequence[Candidate]) -> tuple[pd.DataFrame, np.n
     """Image rows and ``n_images x n_candidates`` internal-val probabilities saved with the checkpoints."""
     frames = []
     for cand in candidates:
-        path = cand.checkpoint / ckpt.VAL_IMAGES_FILE
+        path = cand.checkpoint / VAL_IMAGES_FILE
         if not path.is_file():
             raise UserError(f"{path}: internal-validation predictions of trial {cand.trial_id} not found")
         frames.append(pd.read_parquet(path))
@@ -119,11 +115,11 @@ def val_predictions(candidates: Sequence[Candidate]) -> tuple[pd.DataFrame, np.n
 
 def test_frame(index: pd.DataFrame, config: ExperimentConfig) -> pd.DataFrame:
     """The held-out test split (the official valid split), restricted to the experiment's body parts."""
-    test = index[index[SPLIT] == VALID]
+    test = index[index[SPLIT] == SPLIT_VALID]
     if config.data.body_parts:
         test = test[test[BODY_PART].isin(config.data.body_parts)]
     if test.empty:
-        raise UserError(f"{config.data.root}: the test split (official {VALID}) has no images")
+        raise UserError(f"{config.data.root}: the test split (official {SPLIT_VALID}) has no images")
     return test.reset_index(drop=True)
 
 
@@ -165,7 +161,7 @@ def write_trials_test(
             {"trial_id": cand.trial_id, "checkpoint": str(cand.checkpoint), "tta": tta, **test_metrics(studies, {})}
         )
     table = pd.DataFrame(rows)
-    with atomic_path(folder / "metrics.csv") as tmp:
+    with atomic_path(folder / TRIALS_TEST_METRICS) as tmp:
         table.to_csv(tmp, index=False)
     return table
 
@@ -179,7 +175,7 @@ def used_members(weights: Weights) -> np.ndarray:
 def write_artifact(
     target: Path,
     spec: dict,
-    members: Sequence[Member],
+    members: Sequence[TrainedModel],
     sources: Sequence[Candidate],
     files: dict[str, Callable[[Path], None]],
     overwrite: bool,
@@ -194,13 +190,13 @@ def write_artifact(
         files: extra file name -> writer(path).
         overwrite: replace an existing folder.
     """
-    with atomic_dir(target, overwrite=overwrite) as tmp:
+    with atomic_dir(target, overwrite=overwrite, kind="ensemble") as tmp:
         entries = []
         for member, cand in zip(members, sources, strict=True):
             folder = tmp / MEMBERS_DIR / member.name
             folder.mkdir(parents=True)
-            shutil.copy2(cand.checkpoint / ckpt.MODEL_FILE, folder / ckpt.MODEL_FILE)
-            shutil.copy2(cand.checkpoint / ckpt.TRIAL_FILE, folder / ckpt.TRIAL_FILE)
+            shutil.copy2(cand.checkpoint / MODEL_FILE, folder / MODEL_FILE)
+            shutil.copy2(cand.checkpoint / TRIAL_FILE, folder / TRIAL_FILE)
             entries.append(
                 {
                     "name": member.name,
@@ -208,7 +204,7 @@ def write_artifact(
                     "trial_id": cand.trial_id,
                     "backbone": member.trial.get("backbone"),
                     "data_config": member.data_config,
-                    "sha256": file_sha256(folder / ckpt.MODEL_FILE),
+                    "sha256": file_sha256(folder / MODEL_FILE),
                     "source": str(cand.checkpoint),
                 }
             )
@@ -223,7 +219,7 @@ class EnsembleInputs:
     """Everything the strategies are chosen and scored on."""
 
     candidates: list[Candidate]
-    members: list[Member]
+    models: list[TrainedModel]
     val: ValPredictions
     test: pd.DataFrame
     test_probs: np.ndarray
@@ -236,27 +232,29 @@ def prepare_inputs(
     from muratune.data.index import load_index
 
     candidates = read_candidates(exp_dir)
-    members = [load_member(c.checkpoint, name=c.name) for c in candidates]
+    models = [load_trained_model(c.checkpoint, name=c.name) for c in candidates]
     val_images, val_probs = val_predictions(candidates)
     index = load_index(config.data.root)  # type: ignore[arg-type]
-    caches = open_caches(index, members, config)
+    caches = open_caches(index, models, config)
     root = index.attrs["root"]
     if tta:  # the saved predictions are without TTA: recompute them so selection and thresholds see TTA too
-        val_probs = member_image_probs(members, val_images, root, caches, True, batch_size)
+        val_probs = member_image_probs(models, val_images, root, caches, True, batch_size)
     studies, study_probs = study_matrix(val_images, val_probs)
     test = test_frame(index, config)
     test_probs = member_image_probs(
-        members, test, root, caches, tta, batch_size, progress=True, on_error=lambda msg: warn(f"warning: {msg}")
+        models, test, root, caches, tta, batch_size, progress=True, on_error=lambda msg: warn(f"warning: {msg}")
     )
     val = ValPredictions(studies, study_probs, [c.name for c in candidates])
-    return EnsembleInputs(candidates, members, val, test, test_probs)
+    return EnsembleInputs(candidates, models, val, test, test_probs)
 
 
-def build_strategy(name: str, inputs: EnsembleInputs, size: int, tune: bool, tta: bool, by: str) -> tuple[dict, dict]:
+def build_strategy(
+    name: str, inputs: EnsembleInputs, size: int, tune_thresholds: bool, tta: bool, by: str
+) -> tuple[dict, dict]:
     """Select one strategy's weights; return its ``ensemble.json`` spec and extra files."""
     weights = create_strategy(name, size, by).select(inputs.val)
     val_probs = combine(inputs.val.probs, list(inputs.val.studies[BODY_PART]), weights)
-    thresholds = tuned_thresholds(inputs.val.studies, val_probs) if tune else {}
+    thresholds = tuned_thresholds(inputs.val.studies, val_probs) if tune_thresholds else {}
     val_studies = inputs.val.studies.assign(prob=val_probs)
     test_probs = combine(inputs.test_probs, list(inputs.test[BODY_PART]), weights)
     studies = scored_studies(inputs.test, test_probs, thresholds)
@@ -271,9 +269,9 @@ def build_strategy(name: str, inputs: EnsembleInputs, size: int, tune: bool, tta
         "tta": tta,
         "thresholds": thresholds,
         "threshold_default": 0.5,
-        "tune_thresholds": tune,
+        TUNE_THRESHOLDS: tune_thresholds,
         "weights": {part: [float(w) for w in vector[used]] for part, vector in weights.items()},
-        "data_config": inputs.members[used[0]].data_config,
+        "data_config": inputs.models[used[0]].data_config,
         "val_score": defined_or_none(study_metrics(val_studies, prefix="val", thresholds=thresholds)),
         "test_score": defined_or_none({k: metrics[k] for k in ("test_kappa", "test_auc", "test_accuracy")}),
         "_used": [int(j) for j in used],
@@ -283,6 +281,32 @@ def build_strategy(name: str, inputs: EnsembleInputs, size: int, tune: bool, tta
         TEST_METRICS: lambda path: write_json(path, defined_or_none(metrics)),
     }
     return spec, files
+
+
+def check_options(exp_dir: Path, names: Sequence[str], size: int, by: str, overwrite: bool) -> None:
+    """Refuse bad options and existing ensemble folders before any model is loaded."""
+    if size < 1:
+        raise UserError(f"--size {size}: must be at least 1")
+    if by not in ("kappa", "loss"):
+        raise UserError(f"--rank-by {by!r}: choose kappa or loss")
+    for name in names:
+        create_strategy(name, size, by)
+        refuse_existing(exp_dir / ENSEMBLE_DIR / name, overwrite, kind="ensemble")
+
+
+def write_strategy(exp_dir: Path, name: str, inputs: EnsembleInputs, options: dict, overwrite: bool) -> dict:
+    """Build, write and test-score one strategy's ensemble; return its row of the printed table."""
+    spec, files = build_strategy(name, inputs, **options)
+    used = spec.pop("_used")
+    members = [inputs.models[j] for j in used]
+    sources = [inputs.candidates[j] for j in used]
+    write_artifact(exp_dir / ENSEMBLE_DIR / name, spec, members, sources, files, overwrite)
+    return {
+        "strategy": name,
+        "members": ",".join(m.name for m in members),
+        "val_kappa": spec["val_score"]["val_kappa"],
+        "test_kappa": spec["test_score"]["test_kappa"],
+    }
 
 
 def build_ensembles(
@@ -313,37 +337,16 @@ def build_ensembles(
         echo: where progress lines go.
 
     Returns:
-        One row per strategy (and one for the best single trial on test): members, val and test kappa.
+        One row per strategy: members, val and test kappa.
     """
     exp_dir = Path(experiment).expanduser().resolve()
     names = list(dict.fromkeys(strategies or STRATEGIES))
-    if size < 1:
-        raise UserError(f"--size {size}: must be at least 1")
-    if by not in ("kappa", "loss"):
-        raise UserError(f"--rank-by {by!r}: choose kappa or loss")
-    for name in names:
-        create_strategy(name, size, by)
-        refuse_existing(exp_dir / ENSEMBLE_DIR / name, overwrite)
+    check_options(exp_dir, names, size, by, overwrite)
     config = load_experiment_config(exp_dir)
     inputs = prepare_inputs(exp_dir, config, tta, batch_size, echo)
     trials = write_trials_test(exp_dir, inputs.candidates, inputs.test, inputs.test_probs, tta)
-    rows = []
-    for name in names:
-        spec, files = build_strategy(name, inputs, size, tune_thresholds, tta, by)
-        used = spec.pop("_used")
-        members = [inputs.members[j] for j in used]
-        write_artifact(
-            exp_dir / ENSEMBLE_DIR / name, spec, members, [inputs.candidates[j] for j in used], files, overwrite
-        )
-        rows.append(
-            {
-                "strategy": name,
-                "members": ",".join(m.name for m in members),
-                "val_kappa": spec["val_score"]["val_kappa"],
-                "test_kappa": spec["test_score"]["test_kappa"],
-            }
-        )
-    table = pd.DataFrame(rows)
+    options = {"size": size, "tune_thresholds": tune_thresholds, "tta": tta, "by": by}
+    table = pd.DataFrame([write_strategy(exp_dir, name, inputs, options, overwrite) for name in names])
     echo(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     best = trials.loc[trials["trial_id"] == inputs.candidates[ranking(inputs.val)[0]].trial_id].iloc[0]
     echo(f"best single trial on internal val: {best['trial_id']} (test_kappa {best['test_kappa']:.3f})")

@@ -10,64 +10,13 @@ from pathlib import Path
 
 import pandas as pd
 
-from muratune.constants import BODY_PARTS, IMAGE_PATH, LABEL, STUDY_PATH
-from muratune.data.images import sniff_image
-from muratune.data.index import ESCAPES_ROOT, looks_like_header, path_escapes_root, split_fields
-from muratune.ensemble.predictor import PROB, StudyPredictor, infer_body_part
+from muratune.body_parts import body_part_in_path
+from muratune.constants import BODY_PARTS, IMAGE_PATH, LABEL, PROB, STUDY_PATH
+from muratune.data.image_list import default_root, parse_image_list
+from muratune.data.images import bad_images_error, sniff_image
+from muratune.ensemble.predictor import StudyPredictor
 from muratune.errors import UserError
-from muratune.fileio import refuse_existing, write_text
-
-
-def parse_image_list(path: Path, warn: Callable[[str], None] | None = None) -> list[tuple[int, str]]:
-    """Read a ``valid_image_paths.csv``-style list into ``(row, image_path)`` pairs (rows are 1-based lines).
-
-    Blank lines, CRLF endings, a UTF-8 BOM and quoted fields (a quoted path may hold a comma) are accepted; a
-    header line (a first line of words only, such as ``path`` or ``image_path``) is skipped, and a duplicated path
-    is kept once, each with a warning.
-
-    Raises:
-        UserError: the file is missing, unreadable or lists no image, or a path is absolute, has a ``..`` segment
-            (it could read files outside the image root) or holds a control character such as NUL.
-    """
-    try:
-        lines = path.read_text(encoding="utf-8-sig").splitlines()
-    except (OSError, UnicodeDecodeError) as err:
-        raise UserError(f"{path}: cannot read the image list ({type(err).__name__}: {err})") from None
-    say = warn or (lambda _: None)
-    rows = [(row, (split_fields(line) or [""])[0]) for row, line in enumerate(lines, start=1)]
-    rows = [(row, image) for row, image in rows if image]
-    if rows and looks_like_header([rows[0][1]]):
-        say(f"{path}:{rows[0][0]}: {rows[0][1]!r} looks like a header row; skipped")
-        rows = rows[1:]
-    if not rows:
-        raise UserError(f"{path}: no image paths in the file")
-    first: dict[str, int] = {}
-    for row, image in rows:
-        if path_escapes_root(image):
-            raise UserError(f"{path}:{row}: {image!r}: {ESCAPES_ROOT} (absolute or with '..'); refusing to read it")
-        if not image.isprintable():
-            raise UserError(f"{path}:{row}: {image!r}: the image path holds a control character (such as NUL)")
-        if image in first:
-            say(f"{path}:{row}: duplicate of row {first[image]}; predicted once")
-        else:
-            first[image] = row
-    return [(row, image) for image, row in first.items()]
-
-
-def read_image_list(path: Path, warn: Callable[[str], None] | None = None) -> pd.DataFrame:
-    """Read a ``valid_image_paths.csv``-style list as a frame with one ``image_path`` per distinct image.
-
-    See `parse_image_list` for what is accepted, warned about and refused.
-    """
-    return pd.DataFrame({IMAGE_PATH: [image for _, image in parse_image_list(path, warn)]})
-
-
-def default_root(input_csv: Path, first_image: str) -> Path:
-    """The folder image paths are relative to: the CSV's parent's parent (``MURA-v1.1/..``), else the cwd."""
-    root = input_csv.resolve().parent.parent
-    if not (root / first_image).exists() and Path(first_image).exists():
-        return Path.cwd()
-    return root
+from muratune.fileio import Input, check_output, refuse_existing, write_text
 
 
 def format_rows(studies: pd.DataFrame, probabilities: bool) -> str:
@@ -82,10 +31,7 @@ def format_rows(studies: pd.DataFrame, probabilities: bool) -> str:
 
 def unreadable_error(reasons: list[str]) -> UserError:
     """The error for unreadable listed images: the first one's ``file:row: path: reason`` and a count."""
-    more = f" (+{len(reasons) - 1} more unreadable)" if len(reasons) > 1 else ""
-    return UserError(
-        f"{reasons[0]}{more}; fix the files or pass --skip-bad-images to predict studies from their other views"
-    )
+    return bad_images_error(reasons, "to predict studies from their other views")
 
 
 def check_images(rows: list[tuple[int, str]], base: Path, input_csv: Path) -> None:
@@ -107,7 +53,7 @@ def warn_unknown_body_parts(rows: list[tuple[int, str]], input_csv: Path, warn: 
     """Warn once per unknown body part (or missing ``XR_<PART>`` folder), naming the first row and a count."""
     seen: dict[str | None, list[int]] = {}
     for row, image in rows:
-        part = infer_body_part(image)
+        part = body_part_in_path(image)
         if part not in BODY_PARTS:
             seen.setdefault(part, []).append(row)
     for part, where in seen.items():
@@ -116,6 +62,22 @@ def warn_unknown_body_parts(rows: list[tuple[int, str]], input_csv: Path, warn: 
             f"{input_csv}:{where[0]}: {what} ({len(where)} image(s)); predicted with the ensemble's overall weights "
             f"and the default threshold"
         )
+
+
+class UnreadableImages:
+    """The error handler of a prediction: locates an unreadable image at its CSV row, then stops or warns."""
+
+    def __init__(self, input_csv: Path, row_of: dict[str, int], skip: bool, warn: Callable[[str], None]) -> None:
+        self.input_csv, self.row_of, self.skip, self.warn = input_csv, row_of, skip, warn
+        self.located: list[str] = []
+
+    def __call__(self, message: str) -> None:
+        file = message.split(": ", 1)[0]
+        located = f"{self.input_csv}:{self.row_of[file]}: {message}" if file in self.row_of else message
+        if not self.skip:
+            raise unreadable_error([located])
+        self.located.append(located)
+        self.warn(f"unreadable image: {located}")
 
 
 def predict_csv(
@@ -155,6 +117,10 @@ def predict_csv(
         UserError: a bad input list, output, ensemble, or (without ``skip_bad_images``) an unreadable image.
     """
     input_csv, output_csv = Path(input_csv), Path(output_csv)
+    inputs = [Input(ensemble, "the ensemble"), Input(input_csv, "the image list")]
+    if (input_csv.parent / "train_image_paths.csv").is_file():
+        inputs.append(Input(input_csv.parent, "the dataset"))
+    check_output(output_csv, inputs, is_dir=False, flag="OUTPUT_CSV")
     refuse_existing(output_csv, overwrite)
     rows = parse_image_list(input_csv, warn)
     images = pd.DataFrame({IMAGE_PATH: [image for _, image in rows]})
@@ -163,23 +129,11 @@ def predict_csv(
         check_images(rows, base, input_csv)
     warn_unknown_body_parts(rows, input_csv, warn)
     predictor = StudyPredictor.load(ensemble)
-    row_of = {str(base / image): row for row, image in rows}
-    unreadable: list[str] = []
-
-    def on_error(message: str) -> None:
-        file = message.split(": ", 1)[0]
-        located = f"{input_csv}:{row_of[file]}: {message}" if file in row_of else message
-        if not skip_bad_images:
-            raise unreadable_error([located])
-        unreadable.append(located)
-        warn(f"unreadable image: {located}")
-
-    studies = predictor.predict_frame(images, root=base, progress=progress, on_error=on_error)
+    unreadable = UnreadableImages(input_csv, {str(base / image): row for row, image in rows}, skip_bad_images, warn)
+    studies = predictor.predict_frame(images, root=base, progress=progress, on_error=unreadable)
     missing = studies[PROB].isna()
     for path in studies.loc[missing, STUDY_PATH]:
         warn(f"study {path}: no readable image; left out of {output_csv}")
     write_text(output_csv, format_rows(studies[~missing], probabilities))
-    return (
-        f"wrote {int((~missing).sum())} studies to {output_csv} ({len(images)} images, {len(unreadable)} unreadable, "
-        f"{int(missing.sum())} studies left out)"
-    )
+    counts = f"{len(images)} images, {len(unreadable.located)} unreadable, {int(missing.sum())} studies left out"
+    return f"wrote {int((~missing).sum())} studies to {output_csv} ({counts})"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 from collections.abc import Callable, Sequence
 from pathlib import Path, PurePosixPath
 
@@ -12,37 +11,25 @@ import numpy as np
 import pandas as pd
 import torch
 
-from muratune.constants import BODY_PART, IMAGE_PATH, LABEL, STUDY_PATH
+from muratune.body_parts import body_part_in_path
+from muratune.constants import BODY_PART, IMAGE_PATH, LABEL, PROB, STUDY_PATH, THRESHOLD
 from muratune.data.cache import ImageCache
 from muratune.data.images import ImageReadError, read_square
-from muratune.ensemble.members import Member, load_member
 from muratune.ensemble.select import Weights, combine
+from muratune.ensemble.trained import TrainedModel, load_trained_model
 from muratune.errors import UserError
+from muratune.layout import ENSEMBLE_FILE
 from muratune.schemas import MemberEntry, read_ensemble_spec
 from muratune.trainables import checkpoint as ckpt
 
-ENSEMBLE_FILE = "ensemble.json"
-MEMBERS_DIR = "members"
-FORMAT_VERSION = 1
 DEFAULT_THRESHOLD = 0.5
-PROB = "prob"
-THRESHOLD = "threshold"
 N_VIEWS = "n_views"
 N_UNREADABLE = "n_unreadable"
-_PART_RE = re.compile(r"^XR_[A-Z]+$")
 
 ErrorHandler = Callable[[str], None]
 
 
 # ------------------------------------------------------------------------------------------------ paths
-def infer_body_part(path: str | os.PathLike) -> str | None:
-    """The ``XR_<PART>`` segment of a MURA path (``None`` when there is none)."""
-    for part in reversed(PurePosixPath(str(path).replace("\\", "/")).parts):
-        if _PART_RE.match(part):
-            return part
-    return None
-
-
 def study_path_of(image_path: str) -> str:
     """The study folder of an image, written as the dataset writes it: relative, with a trailing slash."""
     return str(PurePosixPath(image_path.replace("\\", "/")).parent) + "/"
@@ -67,7 +54,7 @@ def complete_frame(frame: pd.DataFrame) -> pd.DataFrame:
     if STUDY_PATH not in out:
         out[STUDY_PATH] = [study_path_of(p) for p in out[IMAGE_PATH]]
     if BODY_PART not in out:
-        out[BODY_PART] = [infer_body_part(p) for p in out[IMAGE_PATH]]
+        out[BODY_PART] = [body_part_in_path(p) for p in out[IMAGE_PATH]]
     return out
 
 
@@ -102,7 +89,9 @@ class ImageSource:
         return out, ok
 
 
-def _member_probs(member: Member, squares: np.ndarray, batch_size: int, tta: bool, device: torch.device) -> np.ndarray:
+def _member_probs(
+    member: TrainedModel, squares: np.ndarray, batch_size: int, tta: bool, device: torch.device
+) -> np.ndarray:
     """Probabilities of one member for uint8 squares, in batches; with TTA the mean over a horizontal flip."""
     outputs = []
     for start in range(0, len(squares), batch_size):
@@ -115,7 +104,7 @@ def _member_probs(member: Member, squares: np.ndarray, batch_size: int, tta: boo
 
 
 def member_image_probs(
-    members: Sequence[Member],
+    members: Sequence[TrainedModel],
     frame: pd.DataFrame,
     root: str | os.PathLike | None = None,
     caches: Sequence[ImageCache] = (),
@@ -203,7 +192,7 @@ class StudyPredictor:
 
     def __init__(
         self,
-        members: Sequence[Member],
+        members: Sequence[TrainedModel],
         weights: Weights,
         thresholds: dict[str, float] | None = None,
         tta: bool = False,
@@ -230,7 +219,7 @@ class StudyPredictor:
         directory = Path(directory)
         source = directory / ENSEMBLE_FILE
         spec = read_ensemble_spec(source)
-        members = [_load_member(directory, entry, source) for entry in spec.members]
+        members = [_load_ensemble_member(directory, entry, source) for entry in spec.members]
         weights = {part: np.asarray(vector, dtype=float) for part, vector in spec.weights.items()}
         thresholds = {part: float(value) for part, value in spec.thresholds.items()}
         return cls(members, weights, thresholds, tta=spec.tta, device=device)
@@ -302,7 +291,7 @@ class StudyPredictor:
         paths = [str(p) for p in image_paths]
         if not paths:
             raise UserError("predict_study: no image paths given")
-        part = body_part or infer_body_part(paths[0])
+        part = body_part or body_part_in_path(paths[0])
         frame = pd.DataFrame({IMAGE_PATH: paths, STUDY_PATH: "study", BODY_PART: part})
         view_probs = self.image_probs(frame)
         prob = float(np.mean(view_probs))
@@ -326,11 +315,11 @@ def _member_dir(directory: Path, relative: str, source: Path) -> Path:
     return target
 
 
-def _load_member(directory: Path, entry: MemberEntry, source: Path) -> Member:
+def _load_ensemble_member(directory: Path, entry: MemberEntry, source: Path) -> TrainedModel:
     folder = _member_dir(directory, entry.path, source)
     weights_file = folder / ckpt.MODEL_FILE
     if not weights_file.is_file():
         raise UserError(f"{weights_file}: member weights not found (listed in {source})")
     if entry.sha256 and file_sha256(weights_file) != entry.sha256:
         raise UserError(f"{weights_file}: checksum does not match {source}; the weights are corrupted or replaced")
-    return load_member(folder, name=entry.name)
+    return load_trained_model(folder, name=entry.name)

@@ -9,9 +9,10 @@ import numpy as np
 import pandas as pd
 
 from muratune.constants import BODY_PART, IMAGE_PATH, LABEL, STUDY_PATH
+from muratune.ensemble.spec import GLOBAL
 from muratune.errors import UserError
+from muratune.metrics import kappa, log_loss
 
-GLOBAL = "all"  # key of the weights used for every body part without weights of its own
 Weights = dict[str, np.ndarray]
 
 
@@ -82,28 +83,9 @@ def study_matrix(images: pd.DataFrame, probs: np.ndarray) -> tuple[pd.DataFrame,
     return meta, grouped[columns].mean().to_numpy(dtype=float)
 
 
-def fast_kappa(labels: np.ndarray, preds: np.ndarray) -> float:
-    """Cohen's kappa of two 0/1 vectors, ranked as 0 when both are constant (``binary_metrics`` reports NaN)."""
-    n = len(labels)
-    if not n:
-        return 0.0
-    tp = float(np.sum(labels & preds))
-    tn = float(np.sum(~labels.astype(bool) & ~preds.astype(bool)))
-    pos_true, pos_pred = float(labels.sum()), float(preds.sum())
-    observed = (tp + tn) / n
-    expected = (pos_true * pos_pred + (n - pos_true) * (n - pos_pred)) / n**2
-    return 0.0 if expected >= 1.0 else (observed - expected) / (1.0 - expected)
-
-
-def log_loss(labels: np.ndarray, probs: np.ndarray) -> float:
-    """Mean binary cross-entropy of study probabilities."""
-    clipped = np.clip(probs, 1e-7, 1 - 1e-7)
-    return float(-np.mean(labels * np.log(clipped) + (1 - labels) * np.log(1 - clipped))) if len(labels) else 0.0
-
-
 def score(labels: np.ndarray, probs: np.ndarray) -> tuple[float, float]:
     """Selection score: (study kappa at 0.5, minus log loss); larger is better, log loss breaks ties."""
-    return fast_kappa(labels, (probs >= 0.5).astype(int)), -log_loss(labels, probs)
+    return kappa(labels, probs >= 0.5), -log_loss(labels, probs)
 
 
 def ranking(preds: ValPredictions, by: str = "kappa") -> list[int]:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from muratune.metrics import kappa_from_counts
+
 DEFAULT_REPLICATES = 1000
 DEFAULT_LEVEL = 0.95
 
@@ -30,17 +32,6 @@ def resample_counts(strata: np.ndarray, replicates: int, seed: int) -> np.ndarra
         n = len(columns)
         counts[:, columns] = rng.multinomial(n, np.full(n, 1.0 / n), size=replicates)
     return counts
-
-
-def kappa_from_counts(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray, tn: np.ndarray) -> np.ndarray:
-    """Cohen's kappa from confusion counts (vectorised); 0 where it is undefined, as in ``binary_metrics``."""
-    tp, fp, fn, tn = (np.asarray(x, dtype=float) for x in (tp, fp, fn, tn))
-    n = tp + fp + fn + tn
-    with np.errstate(divide="ignore", invalid="ignore"):
-        observed = (tp + tn) / n
-        expected = ((tp + fp) * (tp + fn) + (fn + tn) * (fp + tn)) / n**2
-        kappa = (observed - expected) / (1.0 - expected)
-    return np.where(np.isclose(expected, 1.0) | (n == 0), 0.0, kappa)
 
 
 def replicate_kappas(labels: np.ndarray, preds: np.ndarray, counts: np.ndarray) -> np.ndarray:

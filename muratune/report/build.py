@@ -1,11 +1,9 @@
-"""The report stage: score the leaderboard, draw the figures, and write HTML, Markdown, CSV and JSON atomically."""
+"""Building a report: read the experiment, score the leaderboard, draw the figures (nothing is written here)."""
 
 from __future__ import annotations
 
 import math
 import os
-import shutil
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -14,8 +12,9 @@ from typing import Any
 import pandas as pd
 
 from muratune import __version__
+from muratune.constants import PRED
 from muratune.errors import UserError
-from muratune.fileio import atomic_dir, refuse_existing, write_bytes, write_json, write_text
+from muratune.fileio import json_safe
 from muratune.report import plots
 from muratune.report.bootstrap import DEFAULT_LEVEL, DEFAULT_REPLICATES
 from muratune.report.experiment import Experiment, load_experiment
@@ -29,15 +28,6 @@ from muratune.report.leaderboard import (
     build_entries,
     leaderboard_frame,
 )
-from muratune.report.scoring import PRED
-
-REPORT_DIR = "report"
-INDEX_HTML = "index.html"
-REPORT_MD = "report.md"
-LEADERBOARD_CSV = "leaderboard.csv"
-METRICS_JSON = "metrics.json"
-PLOTS_DIR = "plots"
-CAMS_DIR = "cams"
 
 
 @dataclass
@@ -158,7 +148,7 @@ def build_report(
         raise UserError(f"--replicates {replicates}: must be at least 1")
     if top < 0:
         raise UserError(f"--top {top}: must not be negative")
-    exp = load_experiment(experiment)
+    exp = load_experiment(Path(experiment))
     entries = build_entries(exp, top=top, replicates=replicates, seed=seed, level=level)
     best = best_entry(entries)
     study, study_note = load_study(exp)
@@ -180,15 +170,15 @@ def metrics_document(report: Report) -> dict[str, Any]:
             "name": entry.name,
             "kind": entry.kind,
             "split": entry.split,
-            "val_kappa": _clean(entry.val_kappa),
-            "cpu_hours": _clean(entry.cpu_hours),
-            "gpu_hours": _clean(entry.gpu_hours),
-            "details": _clean(entry.details),
+            "val_kappa": json_safe(entry.val_kappa),
+            "cpu_hours": json_safe(entry.cpu_hours),
+            "gpu_hours": json_safe(entry.gpu_hours),
+            "details": json_safe(entry.details),
         }
         if entry.score is not None:
-            item["metrics"] = _clean(entry.score.to_dict(orient="index"))
+            item["metrics"] = json_safe(entry.score.to_dict(orient="index"))
         else:
-            item["kappa"] = _clean(entry.kappas())
+            item["kappa"] = json_safe(entry.kappas())
         entries.append(item)
     return {
         "experiment": exp.name,
@@ -204,62 +194,6 @@ def metrics_document(report: Report) -> dict[str, Any]:
         "best": report.best.name if report.best is not None else None,
         "notes": report.notes,
         "parameter_importance": report.importances,
-        "cams": _clean(exp.cams.score) if exp.cams is not None else None,
+        "cams": json_safe(exp.cams.score) if exp.cams is not None else None,
         "entries": entries,
     }
-
-
-def _clean(value: Any) -> Any:
-    """JSON-safe copy: NaN to None, numpy scalars to Python numbers."""
-    if isinstance(value, dict):
-        return {str(k): _clean(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_clean(v) for v in value]
-    if hasattr(value, "item") and callable(value.item):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
-def write_report(
-    experiment: str | os.PathLike,
-    out: str | os.PathLike | None = None,
-    overwrite: bool = False,
-    replicates: int = DEFAULT_REPLICATES,
-    seed: int = 0,
-    top: int = DEFAULT_TOP,
-    echo: Callable[[str], None] = print,
-) -> Path:
-    """Write ``index.html``, ``report.md``, ``leaderboard.csv``, ``metrics.json`` and ``plots/`` atomically.
-
-    Args:
-        experiment: the experiment folder.
-        out: report folder (default ``EXPERIMENT/report``).
-        overwrite: replace an existing report folder.
-        replicates: bootstrap replicates per CI.
-        seed: bootstrap seed.
-        top: trials shown on the leaderboard.
-        echo: where the summary line goes.
-
-    Returns:
-        The report folder.
-    """
-    from muratune.report.render import render_html, render_markdown
-
-    target = Path(out) if out is not None else Path(experiment) / REPORT_DIR
-    refuse_existing(target, overwrite)
-    report = build_report(experiment, top=top, replicates=replicates, seed=seed)
-    with atomic_dir(target, overwrite=overwrite) as tmp:
-        for key, png in report.figures.items():
-            write_bytes(tmp / PLOTS_DIR / f"{key}.png", png)
-        cams = report.experiment.cams
-        for image in cams.images if cams is not None else []:
-            (tmp / CAMS_DIR).mkdir(exist_ok=True)
-            shutil.copy2(image, tmp / CAMS_DIR / image.name)
-        report.leaderboard.to_csv(tmp / LEADERBOARD_CSV, index=False)
-        write_json(tmp / METRICS_JSON, metrics_document(report))
-        write_text(tmp / REPORT_MD, render_markdown(report))
-        write_text(tmp / INDEX_HTML, render_html(report))
-    echo(f"report: {target / INDEX_HTML}")
-    return target

@@ -12,18 +12,22 @@ import pandas as pd
 import yaml
 
 from muratune.errors import UserError
-from muratune.schemas import validate_ensemble
-from muratune.search.tuner import RESOLVED_CONFIG, SUMMARY_CSV, TRIALS_DIR
-from muratune.trainables.checkpoint import read_json
+from muratune.layout import (
+    CAM_SCORE_JSON,
+    CAMS_DIR,
+    CAMS_JSON,
+    ENSEMBLE_DIR,
+    ENSEMBLE_FILE,
+    PROGRESS_CSV,
+    RESOLVED_CONFIG,
+    SUMMARY_CSV,
+    TEST_STUDIES,
+    TRIALS_TEST_DIR,
+    trial_dir,
+)
+from muratune.schemas import read_json, validate_ensemble
 
-# Names written by muratune.ensemble.build (not imported from there: that module loads torch).
-TRIALS_TEST_DIR = "trials_test"
-ENSEMBLE_DIR = "ensemble"
-ENSEMBLE_FILE = "ensemble.json"
-TEST_STUDIES = "test_studies.parquet"
-CAM_DIRS = ("cams", "cam")
-CAM_SCORE = "score.json"
-CAM_INDEX = "cams.json"
+CAM_DIRS = (CAMS_DIR, "cam")  # "cam" is where muratune 0.1's README put them
 MAX_CAM_IMAGES = 4
 
 
@@ -101,7 +105,7 @@ def read_histories(exp_dir: Path, trial_ids: list[str]) -> dict[str, pd.DataFram
     """Per-epoch results of each trial from Tune's ``progress.csv``."""
     histories = {}
     for trial_id in trial_ids:
-        path = exp_dir / TRIALS_DIR / f"trial_{trial_id}" / "progress.csv"
+        path = trial_dir(exp_dir, trial_id) / PROGRESS_CSV
         if path.is_file() and path.stat().st_size:
             try:
                 histories[trial_id] = pd.read_csv(path)
@@ -127,7 +131,7 @@ def read_ensembles(exp_dir: Path) -> list[Ensemble]:
         if sub.name.startswith(".") or not (spec_path.is_file() and studies_path.is_file()):
             continue
         spec = read_json(spec_path)
-        spec["tune_thresholds"] = validate_ensemble(spec, spec_path).tune_thresholds  # old files: thresholds_tuned
+        validate_ensemble(spec, spec_path)  # a tampered ensemble.json is one line naming the field, not a wrong table
         ensembles.append(Ensemble(str(spec.get("strategy", sub.name)), spec, pd.read_parquet(studies_path)))
     return ensembles
 
@@ -138,12 +142,12 @@ def read_cams(exp_dir: Path) -> Cams | None:
         root = exp_dir / name
         if not root.is_dir():
             continue
-        folders = sorted({p.parent for marker in (CAM_SCORE, CAM_INDEX) for p in root.rglob(marker)})
+        folders = sorted({p.parent for marker in (CAM_SCORE_JSON, CAMS_JSON) for p in root.rglob(marker)})
         for folder in folders:
             score: Any = {}
-            if (folder / CAM_SCORE).is_file():
+            if (folder / CAM_SCORE_JSON).is_file():
                 try:
-                    score = json.loads((folder / CAM_SCORE).read_text(encoding="utf-8"))
+                    score = json.loads((folder / CAM_SCORE_JSON).read_text(encoding="utf-8"))
                 except (OSError, json.JSONDecodeError):
                     score = {}
             images = sorted(folder.rglob("*.png"))[:MAX_CAM_IMAGES]

@@ -6,9 +6,9 @@ import logging
 import warnings
 from typing import Any
 
+from muratune.layout import OPTUNA_DB
 from muratune.report.experiment import Experiment
 
-OPTUNA_DB = "optuna.db"
 MIN_COMPLETE_TRIALS = 3
 
 

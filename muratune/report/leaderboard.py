@@ -11,6 +11,7 @@ import pandas as pd
 
 from muratune.config import HYPERPARAMETERS
 from muratune.constants import BODY_PARTS, short_part
+from muratune.ensemble.spec import thresholds_were_tuned
 from muratune.report.bootstrap import DEFAULT_LEVEL, DEFAULT_REPLICATES
 from muratune.report.experiment import Experiment
 from muratune.report.scoring import OVERALL, score_studies
@@ -76,7 +77,7 @@ def _ensemble_entries(exp: Experiment, replicates: int, seed: int, level: float)
         hours = [exp.trial_hours(t) for t in members]
         details = {
             "members": ", ".join(members),
-            "thresholds": "tuned per body part" if ens.spec.get("tune_thresholds") else "0.5",
+            "thresholds": "tuned per body part" if thresholds_were_tuned(ens.spec) else "0.5",
             "tta": bool(ens.spec.get("tta", False)),
         }
         entries.append(
@@ -154,12 +155,14 @@ def leaderboard_frame(entries: list[Entry]) -> pd.DataFrame:
         row: dict[str, Any] = {"name": entry.name, "kind": entry.kind, "split": entry.split}
         for column, value in entry.kappas().items():
             row[f"kappa_{column}"] = value
-            scored = entry.score is not None and column in entry.score.index
-            row[f"kappa_{column}_low"] = float(entry.score.loc[column, "kappa_low"]) if scored else math.nan
-            row[f"kappa_{column}_high"] = float(entry.score.loc[column, "kappa_high"]) if scored else math.nan
+            score = entry.score
+            low = high = math.nan
+            if score is not None and column in score.index:
+                low, high = float(score.loc[column, "kappa_low"]), float(score.loc[column, "kappa_high"])
+            row[f"kappa_{column}_low"], row[f"kappa_{column}_high"] = low, high
         for metric in ("auc", "sensitivity", "specificity", "accuracy", "n"):
-            scored = entry.score is not None
-            row[metric] = float(entry.score.loc[OVERALL, metric]) if scored else math.nan
+            score = entry.score
+            row[metric] = float(score.loc[OVERALL, metric]) if score is not None else math.nan
         row["val_kappa"] = entry.val_kappa
         row["cpu_hours"] = entry.cpu_hours
         row["gpu_hours"] = entry.gpu_hours

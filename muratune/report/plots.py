@@ -9,12 +9,13 @@ import numpy as np
 import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 from sklearn.metrics import roc_curve
 
-from muratune.constants import BODY_PART, EPOCH, LABEL, METRIC, VAL_LOSS
+from muratune.constants import BODY_PART, EPOCH, LABEL, METRIC, PROB, VAL_LOSS
+from muratune.metrics import binary_metrics
 from muratune.report.leaderboard import COLUMNS, PARTS, Entry
 from muratune.report.scoring import OVERALL, decided, part_order
-from muratune.trainables.metrics import PROB, binary_metrics
 
 DPI = 110
 ROC_COLOURS = ("#d62728", "#1f77b4", "#2ca02c")
@@ -197,7 +198,7 @@ def progress_plot(trials: pd.DataFrame) -> bytes | None:
         ax.set_ylabel("internal-val kappa (best epoch)")
         ax.grid(alpha=0.3)
         if column == "number":
-            ax.xaxis.get_major_locator().set_params(integer=True)
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         if i == 0:
             ax.legend(fontsize=8)
     fig.tight_layout()
@@ -241,7 +242,7 @@ def learning_curves_plot(histories: dict[str, pd.DataFrame], states: dict[str, s
             ax.axvline(rung, color="#999999", ls=":", lw=1)
         ax.set_xlabel("epoch")
         ax.set_ylabel(ylabel)
-        ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
     handles = [
         fig.axes[0].plot([], [], color=STATE_COLOURS["COMPLETE"], label="completed")[0],

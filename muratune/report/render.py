@@ -9,7 +9,8 @@ from typing import Any
 
 import jinja2
 
-from muratune.report.build import CAMS_DIR, PLOTS_DIR, Report
+from muratune.layout import PLOTS_DIR, REPORT_CAMS_DIR
+from muratune.report.build import Report
 from muratune.report.leaderboard import COLUMNS, ENSEMBLE, REFERENCE, TRIAL, Entry
 
 TEMPLATE = "report.html.j2"
@@ -250,75 +251,55 @@ def _md_table(header: list[str], rows: list[list[str]]) -> list[str]:
     return lines
 
 
-def render_markdown(report: Report) -> str:
-    """The Markdown report; figures are linked from ``plots/``."""
-    ctx = template_context(report)
+LEADERBOARD_HEADER = ["model", "kind", "split", *COLUMNS, "AUC", "sens", "spec", "acc", "internal-val kappa",
+                      "epochs", "CPU h", "GPU h", "details"]  # fmt: skip
+ROW_KEYS = ["auc", "sensitivity", "specificity", "accuracy", "val_kappa", "epochs", "cpu_hours", "gpu_hours", "details"]
+
+
+def _md_header(ctx: dict[str, Any]) -> list[str]:
     lines = [f"# muratune report: {md(ctx['name'])}", ""]
     lines += [f"- **{md(k)}:** {md(v)}" for k, v in ctx["facts"]] + [""]
     lines += [f"> {md(note)}" + "\n>" for note in ctx["notes"]] + [""]
     if ctx["failed"]:
         lines += ["## Failed trials", ""]
-        lines += _md_table(
-            ["trial", "hyperparameters", "reason"],
-            [[f["trial"], f["params"], f["error"]] for f in ctx["failed"]],
-        )
-        lines += [""]
-    lines += ["## Leaderboard", ""]
-    header = [
-        "model",
-        "kind",
-        "split",
-        *COLUMNS,
-        "AUC",
-        "sens",
-        "spec",
-        "acc",
-        "internal-val kappa",
-        "epochs",
-        "CPU h",
-        "GPU h",
-        "details",
-    ]
+        rows = [[f["trial"], f["params"], f["error"]] for f in ctx["failed"]]
+        lines += _md_table(["trial", "hyperparameters", "reason"], rows) + [""]
+    return lines
+
+
+def _md_leaderboard(ctx: dict[str, Any]) -> list[str]:
     rows = []
     for row in ctx["rows"]:
         cells = [f"{c['value']} {c['ci']}".strip() for c in row["cells"]]
         name = row["name"] + (" (chosen)" if row["best"] else "") + (" \u2020" if row["kind"] == REFERENCE else "")
-        rows.append(
-            [
-                name,
-                row["kind"],
-                row["split"],
-                *cells,
-                row["auc"],
-                row["sensitivity"],
-                row["specificity"],
-                row["accuracy"],
-                row["val_kappa"],
-                row["epochs"],
-                row["cpu_hours"],
-                row["gpu_hours"],
-                row["details"],
-            ]
-        )
-    lines += _md_table(header, rows) + ["", f"\u2020 {md(REFERENCE_NOTE)}", ""]
-    if ctx["best_rows"]:
-        lines += [f"## Per body part: {md(ctx['best'])} (test split)", ""]
-        keys = ["part", "n", "positives", "kappa", "ci", "auc", "sensitivity", "specificity", "accuracy"]
-        lines += _md_table(
-            ["body part", "studies", "abnormal", "kappa", f"{report.level:.0%} CI", "AUC", "sens", "spec", "acc"],
-            [[r[k] for k in keys] for r in ctx["best_rows"]],
-        ) + [""]
+        rows.append([name, row["kind"], row["split"], *cells, *(row[key] for key in ROW_KEYS)])
+    return ["## Leaderboard", ""] + _md_table(LEADERBOARD_HEADER, rows) + ["", f"\u2020 {md(REFERENCE_NOTE)}", ""]
+
+
+def _md_best(ctx: dict[str, Any], level: float) -> list[str]:
+    if not ctx["best_rows"]:
+        return []
+    keys = ["part", "n", "positives", "kappa", "ci", "auc", "sensitivity", "specificity", "accuracy"]
+    header = ["body part", "studies", "abnormal", "kappa", f"{level:.0%} CI", "AUC", "sens", "spec", "acc"]
+    title = [f"## Per body part: {md(ctx['best'])} (test split)", ""]
+    return title + _md_table(header, [[r[k] for k in keys] for r in ctx["best_rows"]]) + [""]
+
+
+def _md_figures(ctx: dict[str, Any]) -> list[str]:
+    lines = []
     for figure in ctx["figures"]:
-        lines += [
-            f"## {figure['title']}",
-            "",
-            md(figure["caption"]),
-            "",
-            f"![{figure['title']}]({PLOTS_DIR}/{figure['key']}.png)",
-            "",
-        ]
+        link = f"![{figure['title']}]({PLOTS_DIR}/{figure['key']}.png)"
+        lines += [f"## {figure['title']}", "", md(figure["caption"]), "", link, ""]
     if ctx["cam_score"] or ctx["cam_images"]:
         lines += ["## Class activation maps", ""]
         lines += _md_table(["score", "value"], [list(item) for item in ctx["cam_score"]]) + [""]
-        lines += [f"![{md(image['name'])}]({CAMS_DIR}/{md(image['name'])})" for image in ctx["cam_images"]] + [""]
+        images = ctx["cam_images"]
+        lines += [f"![{md(image['name'])}]({REPORT_CAMS_DIR}/{md(image['name'])})" for image in images] + [""]
+    return lines
+
+
+def render_markdown(report: Report) -> str:
+    """The Markdown report; figures are linked from ``plots/``."""
+    ctx = template_context(report)
+    lines = _md_header(ctx) + _md_leaderboard(ctx) + _md_best(ctx, report.level) + _md_figures(ctx)
     return "\n".join(lines)

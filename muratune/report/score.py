@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from muratune.constants import BODY_PART, LABEL, STUDY_PATH
+from muratune.body_parts import body_part_in_path
+from muratune.constants import BODY_PART, LABEL, PRED, PROB, STUDY_PATH
 from muratune.errors import UserError
 from muratune.report.bootstrap import DEFAULT_LEVEL, DEFAULT_REPLICATES
-from muratune.report.scoring import PRED, format_score, score_studies
-from muratune.trainables.metrics import PROB
+from muratune.report.scoring import format_score, score_studies
 
 
 def _rows(path: Path) -> list[tuple[int, list[str]]]:
@@ -51,11 +51,6 @@ def _probability(path: Path, line: int, text: str) -> float:
     return value
 
 
-def body_part_of(study_path: str) -> str | None:
-    """The ``XR_*`` folder named in a MURA study path, e.g. ``XR_WRIST``."""
-    return next((part for part in study_path.split("/") if part.startswith("XR_")), None)
-
-
 def read_labels(path: str | os.PathLike) -> pd.DataFrame:
     """Read ``valid_labeled_studies.csv`` (study path, 0/1; no header) into ``study_path, body_part, label``."""
     path = Path(path)
@@ -64,7 +59,7 @@ def read_labels(path: str | os.PathLike) -> pd.DataFrame:
         if len(row) != 2:
             raise UserError(f"{path}, row {line}: expected 2 columns (study path, label), got {len(row)}")
         study = _study_key(path, line, row[0])
-        part = body_part_of(study)
+        part = body_part_in_path(study)
         if part is None:
             raise UserError(f"{path}, row {line}: no XR_<BODY_PART> folder in study path {row[0]!r}")
         if study in records:
@@ -83,7 +78,7 @@ def read_predictions(path: str | os.PathLike) -> pd.DataFrame:
     """
     path = Path(path)
     records: dict[str, tuple[int, float]] = {}
-    widths = set()
+    widths: set[int] = set()
     for line, row in _rows(path):
         if len(row) not in (2, 3):
             raise UserError(
@@ -141,4 +136,4 @@ def score_file(
     return score_studies(studies, replicates=replicates, seed=seed, level=level)
 
 
-__all__ = ["body_part_of", "format_score", "read_labels", "read_predictions", "score_file"]
+__all__ = ["format_score", "read_labels", "read_predictions", "score_file"]

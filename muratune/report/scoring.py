@@ -7,7 +7,8 @@ import math
 import numpy as np
 import pandas as pd
 
-from muratune.constants import BODY_PART, BODY_PARTS, LABEL, STUDY_PATH, short_part
+from muratune.constants import BODY_PART, BODY_PARTS, LABEL, PRED, PROB, STUDY_PATH, THRESHOLD, short_part
+from muratune.metrics import binary_metrics
 from muratune.report.bootstrap import (
     DEFAULT_LEVEL,
     DEFAULT_REPLICATES,
@@ -15,10 +16,7 @@ from muratune.report.bootstrap import (
     replicate_kappas,
     resample_counts,
 )
-from muratune.trainables.metrics import PROB, binary_metrics
 
-PRED = "pred"
-THRESHOLD = "threshold"
 OVERALL = "overall"
 SCORE_COLUMNS = (
     "n",

@@ -52,7 +52,7 @@ class PrunedAwareOptunaSearch(OptunaSearch):
         else:
             return super().on_trial_complete(trial_id, result=result, error=error)
         try:
-            self._ot_study.tell(ot_trial, value, state=state)
+            self._ot_study.tell(ot_trial, value, state=state)  # type: ignore[attr-defined]
         except Exception as exc:  # noqa: BLE001 - Optuna refuses some tells (e.g. already finished); keep searching
             logger.warning("could not record trial %s in Optuna: %s", trial_id, exc)
         self._completed_trials.add(trial_id)

@@ -14,13 +14,13 @@ def create_domain(entry: SpaceEntry) -> Any:
 
     if entry.type == "choice":
         return tune.choice(list(entry.values or []))
+    if entry.type == "fixed" or entry.low is None or entry.high is None:
+        return entry.value
     if entry.type == "loguniform":
         return tune.loguniform(entry.low, entry.high)
     if entry.type == "uniform":
         return tune.uniform(entry.low, entry.high)
-    if entry.type == "int":
-        return tune.randint(int(entry.low), int(entry.high) + 1)  # type: ignore[arg-type]
-    return entry.value
+    return tune.randint(int(entry.low), int(entry.high) + 1)
 
 
 def create_search_space(space: SpaceConfig) -> dict[str, Any]:

@@ -127,12 +127,12 @@ def build_application(ensemble_dir: str | os.PathLike, options: ServeOptions):
         "runtime_env": {"env_vars": {"MALLOC_ARENA_MAX": "2"}},
     }
     # A replica analyses one study at a time (StudyService's lock); more requests wait at the ingress as bytes.
-    model = EnsembleModel.options(
+    model = EnsembleModel.options(  # type: ignore[attr-defined]  # @serve.deployment makes it a Deployment
         num_replicas=options.replicas, ray_actor_options=actor_options, max_ongoing_requests=MAX_ONGOING
     )
     pixels = asdict(options.limits.pixels)
     replica = model.bind(str(Path(ensemble_dir).resolve()), options.gpus_per_replica > 0, options.cam_shifts, pixels)
-    return HttpIngress.bind(replica, asdict(options.limits), asdict(options.access))
+    return HttpIngress.bind(replica, asdict(options.limits), asdict(options.access))  # type: ignore[attr-defined]
 
 
 def start_server(ensemble_dir: str | os.PathLike, options: ServeOptions) -> str:
@@ -185,8 +185,8 @@ def serve_until_interrupted(
 
     import ray
 
-    from muratune.cam.export import load_ensemble
-    from muratune.search.tuner import connect_ray
+    from muratune.cluster import connect_ray
+    from muratune.ensemble.load import load_ensemble
 
     options.access.check()
     load_ensemble(ensemble_dir, device="cpu")  # a bad ensemble is a one-line error before Ray starts

@@ -16,10 +16,11 @@ import cv2
 import numpy as np
 
 from muratune import __version__
+from muratune.body_parts import body_part_in_name, normalise_body_part
 from muratune.cam.boxes import DEFAULT_THRESHOLD as BOX_THRESHOLD
 from muratune.cam.boxes import Box, Localisation, localise
 from muratune.cam.cam import DEFAULT_SHIFTS, EnsembleCam
-from muratune.cam.export import load_ensemble, overlay
+from muratune.cam.overlay import overlay
 from muratune.constants import BODY_PARTS
 from muratune.data.images import (
     MAX_PIXELS,
@@ -30,8 +31,10 @@ from muratune.data.images import (
     read_header,
     read_image,
 )
-from muratune.ensemble.predictor import ENSEMBLE_FILE, file_sha256, infer_body_part
+from muratune.ensemble.load import load_ensemble
+from muratune.ensemble.predictor import file_sha256
 from muratune.errors import UserError
+from muratune.layout import ENSEMBLE_FILE
 
 _SUFFIX_RE = re.compile(r"^\.[A-Za-z0-9]{1,5}$")
 # A request's views together: two images at the per-image cap (a study has 1-4 views of ~0.25 megapixels in MURA).
@@ -91,32 +94,24 @@ def screen_uploads(uploads: list[Upload], limits: PixelLimits) -> list[ImageHead
     return headers
 
 
-def normalise_body_part(value: str | None) -> str | None:
-    """``XR_WRIST`` from ``wrist``, ``XR_WRIST`` or ``xr_wrist``; ``None`` for empty or ``auto``.
+def upload_body_part(value: str | None) -> str | None:
+    """The body part asked for in a request: ``XR_WRIST`` from ``wrist`` etc.; ``None`` for empty or ``auto``.
 
     Raises:
         InvalidUpload: not one of the seven MURA body parts.
     """
-    text = (value or "").strip().upper()
-    if text in ("", "AUTO"):
+    if (value or "").strip().upper() in ("", "AUTO"):
         return None
-    part = text if text.startswith("XR_") else f"XR_{text}"
-    if part not in BODY_PARTS:
-        names = ", ".join(p.removeprefix("XR_").lower() for p in BODY_PARTS)
-        raise InvalidUpload(f"body_part {value!r}: unknown; expected one of {names} (or auto)")
-    return part
+    try:
+        return normalise_body_part(str(value))
+    except ValueError as err:
+        raise InvalidUpload(f"body_part: {err} (or auto)") from None
 
 
 def infer_upload_body_part(uploads: list[Upload]) -> str | None:
     """The body part named by the uploads' file names or paths (``.../XR_WRIST/...``), if they agree on one."""
-    parts = {infer_body_part(u.filename) or _part_in_name(u.filename) for u in uploads} - {None}
+    parts = {body_part_in_name(u.filename) for u in uploads} - {None}
     return parts.pop() if len(parts) == 1 else None
-
-
-def _part_in_name(filename: str) -> str | None:
-    """A body part spelled inside a file name, such as ``XR_ELBOW_image1.png``."""
-    name = PurePosixPath(filename.replace("\\", "/")).name.upper()
-    return next((part for part in BODY_PARTS if part in name), None)
 
 
 def png_base64(image: np.ndarray) -> str:
@@ -187,7 +182,7 @@ class StudyService:
         """
         if not uploads:
             raise InvalidUpload("no images uploaded; send one or more views of one study as 'files'")
-        part = normalise_body_part(body_part) or infer_upload_body_part(uploads)
+        part = upload_body_part(body_part) or infer_upload_body_part(uploads)
         headers = screen_uploads(uploads, self.limits)
         with tempfile.TemporaryDirectory(prefix="muratune-serve-") as tmp:
             paths = [_spill(Path(tmp), i, upload) for i, upload in enumerate(uploads)]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import os
 from pathlib import Path
 from typing import Any
@@ -14,29 +13,33 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from muratune.errors import UserError
-from muratune.fileio import atomic_path, write_json
+from muratune.fileio import atomic_path, json_safe, write_json
+from muratune.layout import (
+    MODEL_FILE,
+    OPTIMIZER_FILE,
+    OPTIMIZER_META_FILE,
+    STATE_FILE,
+    TRIAL_FILE,
+    VAL_IMAGES_FILE,
+    VAL_STUDIES_FILE,
+)
+from muratune.schemas import read_json  # noqa: F401 - checkpoints are read through it as ckpt.read_json
 
-MODEL_FILE = "model.safetensors"
-TRIAL_FILE = "trial.json"
-OPTIMIZER_FILE = "optimizer.safetensors"
-STATE_FILE = "state.json"
-VAL_STUDIES_FILE = "val_studies.parquet"
-VAL_IMAGES_FILE = "val_images.parquet"
-
-
-def _json_safe(value: Any) -> Any:
-    """Make a value JSON-serialisable (tensors to lists, NaN/inf kept as strings JSON can carry)."""
-    if isinstance(value, torch.Tensor):
-        return value.tolist()
-    if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        return None if math.isnan(value) else ("inf" if value > 0 else "-inf")
-    if hasattr(value, "item") and callable(value.item):
-        return value.item()
-    return value
+__all__ = [
+    "MODEL_FILE",
+    "OPTIMIZER_FILE",
+    "STATE_FILE",
+    "TRIAL_FILE",
+    "VAL_IMAGES_FILE",
+    "VAL_STUDIES_FILE",
+    "load_optimizer",
+    "load_weights",
+    "read_json",
+    "save_checkpoint",
+    "save_optimizer",
+    "save_weights",
+    "strip_optimizer_state",
+]
 
 
 def save_weights(model: torch.nn.Module, path: str | os.PathLike) -> None:
@@ -69,15 +72,15 @@ def save_optimizer(optimizer: torch.optim.Optimizer, directory: Path) -> None:
             if isinstance(value, torch.Tensor):
                 tensors[f"{index}.{name}"] = value.detach().to("cpu").contiguous()
             else:
-                scalars.setdefault(str(index), {})[name] = _json_safe(value)
+                scalars.setdefault(str(index), {})[name] = json_safe(value)
     with atomic_path(directory / OPTIMIZER_FILE) as tmp:
         save_file(tensors, str(tmp))
-    write_json(directory / "optimizer.json", {"scalars": scalars, "param_groups": _json_safe(state["param_groups"])})
+    write_json(directory / OPTIMIZER_META_FILE, {"scalars": scalars, "param_groups": json_safe(state["param_groups"])})
 
 
 def load_optimizer(optimizer: torch.optim.Optimizer, directory: Path) -> None:
     """Restore optimizer state written by ``save_optimizer``."""
-    meta = json.loads((directory / "optimizer.json").read_text())
+    meta = json.loads((directory / OPTIMIZER_META_FILE).read_text())
     tensors = load_file(str(directory / OPTIMIZER_FILE))
     state: dict[int, dict[str, Any]] = {}
     for key, value in tensors.items():
@@ -111,8 +114,8 @@ def save_checkpoint(
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     save_weights(model, directory / MODEL_FILE)
-    write_json(directory / TRIAL_FILE, _json_safe(trial))
-    write_json(directory / STATE_FILE, _json_safe(state))
+    write_json(directory / TRIAL_FILE, json_safe(trial))
+    write_json(directory / STATE_FILE, json_safe(state))
     if val_images is not None:
         val_images.to_parquet(directory / VAL_IMAGES_FILE, index=False)
     if val_studies is not None:
@@ -122,21 +125,6 @@ def save_checkpoint(
     return directory
 
 
-def read_json(path: str | os.PathLike) -> dict:
-    """Read a JSON file with a clear error when it is missing or malformed."""
-    path = Path(path)
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UserError(f"{path}: file not found") from None
-    except json.JSONDecodeError as err:
-        raise UserError(f"{path}: invalid JSON ({err.msg} at line {err.lineno})") from None
-    except UnicodeDecodeError as err:
-        raise UserError(f"{path}: not UTF-8 text (byte {err.start}); JSON files are UTF-8") from None
-    except OSError as err:
-        raise UserError(f"{path}: cannot read the file ({err.strerror or err})") from None
-
-
 def strip_optimizer_state(trial_dir: str | os.PathLike, keep: str | os.PathLike | None = None) -> int:
     """Delete optimizer state from a trial's older checkpoints (only the latest needs it); return files removed."""
     removed = 0
@@ -144,7 +132,7 @@ def strip_optimizer_state(trial_dir: str | os.PathLike, keep: str | os.PathLike 
     for file in Path(trial_dir).glob(f"checkpoint_*/{OPTIMIZER_FILE}"):
         if keep_path is not None and file.parent.resolve() == keep_path:
             continue
-        for name in (OPTIMIZER_FILE, "optimizer.json"):
+        for name in (OPTIMIZER_FILE, OPTIMIZER_META_FILE):
             (file.parent / name).unlink(missing_ok=True)
         removed += 1
     return removed

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import tempfile
-from pathlib import Path
-
 import torch
 
 from muratune.config import ExperimentConfig
+from muratune.layout import trials_storage
 
 
 class TrainWorkerHooks:
@@ -32,39 +30,15 @@ class TrainWorkerHooks:
         return ray.train.torch.prepare_data_loader(loader, move_to_device=False)
 
 
-class TrainWorkerReporter:
-    """Reports each epoch through ``ray.train.report``; rank 0 attaches the checkpoint."""
-
-    def __init__(self) -> None:
-        self._restored: tempfile.TemporaryDirectory | None = None
-
-    def restore_dir(self) -> Path | None:
-        """The Train run's latest checkpoint, if it is being restored."""
-        import ray.train
-
-        checkpoint = ray.train.get_checkpoint()
-        if checkpoint is None:
-            return None
-        self._restored = tempfile.TemporaryDirectory(prefix="muratune-restore-")
-        return Path(checkpoint.to_directory(self._restored.name))
-
-    def report(self, metrics: dict, checkpoint_dir: Path) -> None:
-        """Every worker reports; only rank 0 uploads its checkpoint."""
-        import ray.train
-
-        rank = ray.train.get_context().get_world_rank()
-        checkpoint = ray.train.Checkpoint.from_directory(str(checkpoint_dir)) if rank == 0 else None
-        ray.train.report(metrics, checkpoint=checkpoint)
-
-
 def _worker_loop(loop_config: dict) -> None:
     """Ray Train worker entry: the ordinary trial loop with DDP hooks."""
-    from muratune.trainables.train import train_trial
+    from muratune.trainables.reporters import TrainWorkerReporter
+    from muratune.trainables.trial import train_trial
 
-    train_trial(loop_config["config"], TrainWorkerReporter(), loop_config["settings"], TrainWorkerHooks())
+    train_trial(loop_config["hparams"], loop_config["experiment_config"], TrainWorkerReporter(), TrainWorkerHooks())
 
 
-def ddp_tune_trainable(config: dict, settings: dict | None = None) -> None:
+def ddp_tune_trainable(hparams: dict, experiment_config: dict | None = None) -> None:
     """Tune function for data-parallel trials: starts a TorchTrainer whose metrics reach Tune via a callback.
 
     The Train run is named after the Tune trial and stored beside it, so a restarted trial's TorchTrainer
@@ -75,28 +49,27 @@ def ddp_tune_trainable(config: dict, settings: dict | None = None) -> None:
     from ray.train.torch import TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    resolved = ExperimentConfig.model_validate(settings)
-    res = resolved.resources
+    config = ExperimentConfig.model_validate(experiment_config)
+    res = config.resources
     use_gpu = res.gpus_per_trial > 0
     per_worker = {"CPU": res.cpus_per_trial, **({"GPU": res.gpus_per_trial} if use_gpu else {})}
     context = ray.tune.get_context()
     trainer = TorchTrainer(
         _worker_loop,
-        train_loop_config={"config": config, "settings": settings},
+        train_loop_config={"hparams": hparams, "experiment_config": experiment_config},
         scaling_config=ray.train.ScalingConfig(
             num_workers=res.workers_per_trial, use_gpu=use_gpu, resources_per_worker=per_worker
         ),
         run_config=ray.train.RunConfig(
             name=f"ddp_{context.get_trial_id()}",
-            storage_path=_train_storage(resolved),
-            callbacks=[TuneReportCallback()],
+            storage_path=_train_storage(config),
+            callbacks=[TuneReportCallback()],  # type: ignore[list-item]  # Ray's own bridge to Tune
         ),
     )
     trainer.fit()
 
 
-def _train_storage(settings: ExperimentConfig) -> str:
-    from muratune.search.tuner import trials_storage
-
-    storage_path, name = trials_storage(settings)
+def _train_storage(config: ExperimentConfig) -> str:
+    """Where the Train runs of data-parallel trials are stored: beside the search's trials."""
+    storage_path, name = trials_storage(config)
     return f"{storage_path}/{name}_train"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import difflib
 import os
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -81,7 +82,8 @@ def parameter_groups(model: nn.Module) -> list[list[str]]:
     """
     from timm.models import group_parameters
 
-    matcher = model.group_matcher(coarse=True) if hasattr(model, "group_matcher") else None
+    timm_model: Any = model  # timm's hooks are not on nn.Module's type
+    matcher = timm_model.group_matcher(coarse=True) if hasattr(model, "group_matcher") else None
     if matcher is None:
         return [[name for name, _ in model.named_parameters()]]
     grouped = group_parameters(model, matcher)
@@ -90,7 +92,8 @@ def parameter_groups(model: nn.Module) -> list[list[str]]:
 
 def head_parameter_names(model: nn.Module) -> set[str]:
     """Return the names of the classifier's parameters."""
-    classifier = model.get_classifier() if hasattr(model, "get_classifier") else None
+    timm_model: Any = model
+    classifier = timm_model.get_classifier() if hasattr(model, "get_classifier") else None
     if not isinstance(classifier, nn.Module):
         return set()
     ids = {id(p) for p in classifier.parameters()}

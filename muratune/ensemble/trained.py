@@ -1,4 +1,4 @@
-"""Loading trained members (one checkpoint each) from safetensors + JSON, never from pickle."""
+"""A trained model with what it needs to be fed (input size, resize mode, normalisation), loaded from a checkpoint."""
 
 from __future__ import annotations
 
@@ -10,12 +10,13 @@ import numpy as np
 import torch
 
 from muratune.data.dataset import Normalizer
+from muratune.layout import TRIAL_FILE
 from muratune.schemas import validate_trial
 from muratune.trainables import checkpoint as ckpt
 
 
 @dataclass
-class Member:
+class TrainedModel:
     """One trained model with what is needed to feed it: weights, input size, resize mode and normalisation."""
 
     name: str
@@ -30,7 +31,7 @@ class Member:
 
     @property
     def data_config(self) -> dict:
-        """``image_size``, ``resize_mode``, ``in_chans``, ``mean`` and ``std`` the member was trained with."""
+        """``image_size``, ``resize_mode``, ``in_chans``, ``mean`` and ``std`` the model was trained with."""
         return self.trial["data_config"]
 
     @property
@@ -40,7 +41,7 @@ class Member:
 
     @torch.no_grad()
     def predict(self, images: np.ndarray | torch.Tensor, device: torch.device | str = "cpu") -> np.ndarray:
-        """Probabilities for a batch of ``N x S x S`` (or ``N x 1 x S x S``) uint8 images at this member's size."""
+        """Probabilities for a batch of ``N x S x S`` (or ``N x 1 x S x S``) uint8 images at this model's size."""
         batch = torch.as_tensor(images)
         if batch.dim() == 3:
             batch = batch.unsqueeze(1)
@@ -49,23 +50,19 @@ class Member:
         return torch.sigmoid(logits.float()).cpu().numpy()
 
 
-def build_model(trial: dict, source: str = "trial.json") -> torch.nn.Module:
-    """Rebuild a member's architecture (random weights) from its ``trial.json`` record.
-
-    Raises:
-        UserError: the record is invalid (see ``muratune.schemas.TrialRecord``) or timm does not know the backbone.
-    """
+def build_model(trial: dict, source: str = TRIAL_FILE) -> torch.nn.Module:
+    """Rebuild a model's architecture (random weights) from its ``trial.json`` record (checked by its schema)."""
     from muratune.trainables.models import create_model
 
     record = validate_trial(trial, source)
     return create_model(record.backbone, pretrained=False, in_chans=record.data_config.in_chans)
 
 
-def load_member(directory: str | os.PathLike, weight: float = 1.0, name: str | None = None) -> Member:
-    """Load a member from a folder holding ``model.safetensors`` and ``trial.json`` (checked against its schema)."""
+def load_trained_model(directory: str | os.PathLike, weight: float = 1.0, name: str | None = None) -> TrainedModel:
+    """Load a trained model from a checkpoint folder holding ``model.safetensors`` and ``trial.json``."""
     directory = Path(directory)
     trial = ckpt.read_json(directory / ckpt.TRIAL_FILE)
     model = build_model(trial, str(directory / ckpt.TRIAL_FILE))
     ckpt.load_weights(model, directory / ckpt.MODEL_FILE)
     model.eval()
-    return Member(name=name or directory.name, model=model, trial=trial, weight=weight)
+    return TrainedModel(name=name or directory.name, model=model, trial=trial, weight=weight)

@@ -1,4 +1,4 @@
-"""Study-level metrics: view probabilities averaged per study, then kappa, AUC, sensitivity and specificity."""
+"""The one metrics implementation: Cohen's kappa (one value, many thresholds, from counts), AUC and study metrics."""
 
 from __future__ import annotations
 
@@ -7,11 +7,11 @@ import warnings
 
 import numpy as np
 import pandas as pd
-from sklearn.metrics import cohen_kappa_score, confusion_matrix, roc_auc_score
+from numpy.typing import ArrayLike
+from sklearn.metrics import roc_auc_score
 
-from muratune.constants import BODY_PART, BODY_PARTS, LABEL, STUDY_PATH, short_part
+from muratune.constants import BODY_PART, BODY_PARTS, LABEL, PROB, STUDY_PATH, short_part
 
-PROB = "prob"
 METRIC_NAMES = ("kappa", "accuracy", "auc", "sensitivity", "specificity")
 
 
@@ -31,27 +31,67 @@ def aggregate_studies(images: pd.DataFrame, prob_col: str = PROB) -> pd.DataFram
     return studies.reset_index()
 
 
+def kappa_from_counts(tp: ArrayLike, fp: ArrayLike, fn: ArrayLike, tn: ArrayLike) -> np.ndarray:
+    """Cohen's kappa from confusion counts (vectorised over any shape).
+
+    Where kappa is undefined (no studies, or labels and predictions constant and equal) it is 0, so that a search
+    or a selection can still rank it.
+    """
+    tp, fp, fn, tn = (np.asarray(x, dtype=float) for x in (tp, fp, fn, tn))
+    n = tp + fp + fn + tn
+    with np.errstate(divide="ignore", invalid="ignore"):
+        observed = (tp + tn) / n
+        expected = ((tp + fp) * (tp + fn) + (fn + tn) * (fp + tn)) / n**2
+        kappa = (observed - expected) / (1.0 - expected)
+    return np.where(np.isclose(expected, 1.0) | (n == 0), 0.0, kappa)
+
+
+def kappa_undefined(tp: int, fp: int, fn: int, tn: int) -> bool:
+    """Whether kappa has no value: no studies, or labels and predictions constant and equal (expected agreement 1)."""
+    return fp == 0 and fn == 0 and (tp == 0 or tn == 0)
+
+
+def defined_or_none(metrics: dict[str, float]) -> dict[str, float | None]:
+    """Metrics for JSON: undefined (NaN) values become None (``null``), never 0 and never the invalid ``NaN``."""
+    return {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in metrics.items()}
+
+
+def confusion_counts(labels: np.ndarray, preds: np.ndarray) -> tuple[int, int, int, int]:
+    """``(tp, fp, fn, tn)`` of 0/1 labels against 0/1 predictions."""
+    labels = np.asarray(labels).astype(bool)
+    preds = np.asarray(preds).astype(bool)
+    tp = int(np.sum(labels & preds))
+    fp = int(np.sum(~labels & preds))
+    fn = int(np.sum(labels & ~preds))
+    return tp, fp, fn, len(labels) - tp - fp - fn
+
+
+def kappa(labels: np.ndarray, preds: np.ndarray) -> float:
+    """Cohen's kappa of 0/1 predictions against 0/1 labels (0 where undefined, see `kappa_from_counts`)."""
+    return float(kappa_from_counts(*confusion_counts(labels, preds)))
+
+
 def binary_metrics(labels: np.ndarray, probs: np.ndarray, threshold: float = 0.5) -> dict[str, float]:
     """Kappa, accuracy, AUC, sensitivity and specificity of thresholded probabilities.
 
     Undefined values are NaN: AUC with one class present, sensitivity with no positives, and kappa when labels and
     predictions are constant and equal (no agreement beyond chance can be measured). Reports show NaN as n/a (null
-    in JSON); rankings treat it as the worst value (Ray's checkpoint order, ASHA's nanpercentile, Optuna's FAIL).
+    in JSON); rankings treat it as the worst value (Ray's checkpoint order, ASHA's nanpercentile, Optuna's FAIL),
+    and selections that rank through `kappa_from_counts` see 0.
     """
     labels = np.asarray(labels, dtype=int)
     probs = np.asarray(probs, dtype=float)
     if not len(labels):
         return dict.fromkeys(METRIC_NAMES, math.nan)
-    preds = (probs >= threshold).astype(int)
-    tn, fp, fn, tp = confusion_matrix(labels, preds, labels=[0, 1]).ravel()
+    tp, fp, fn, tn = confusion_counts(labels, probs >= threshold)
+    both = 0 < labels.sum() < len(labels)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        kappa = float(cohen_kappa_score(labels, preds, labels=[0, 1]))
-    both = 0 < labels.sum() < len(labels)
+        auc = float(roc_auc_score(labels, probs)) if both else math.nan
     return {
-        "kappa": kappa,
+        "kappa": math.nan if kappa_undefined(tp, fp, fn, tn) else float(kappa_from_counts(tp, fp, fn, tn)),
         "accuracy": float((tp + tn) / len(labels)),
-        "auc": float(roc_auc_score(labels, probs)) if both else math.nan,
+        "auc": auc,
         "sensitivity": float(tp / (tp + fn)) if tp + fn else math.nan,
         "specificity": float(tn / (tn + fp)) if tn + fp else math.nan,
     }
@@ -87,13 +127,8 @@ def study_metrics(
     return out
 
 
-def defined_or_none(metrics: dict[str, float]) -> dict[str, float | None]:
-    """Metrics for JSON: undefined (NaN) values become None (``null``), never 0 and never the invalid ``NaN``."""
-    return {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in metrics.items()}
-
-
 def kappa_at_thresholds(labels: np.ndarray, probs: np.ndarray, cuts: np.ndarray) -> np.ndarray:
-    """Cohen's kappa of ``probs >= cut`` for every cut at once (0 where undefined: a cut is ranked, not reported)."""
+    """Cohen's kappa of ``probs >= cut`` for every cut at once (see `kappa_from_counts`)."""
     labels = np.asarray(labels, dtype=int)
     order = np.argsort(probs, kind="stable")
     sorted_probs = np.asarray(probs, dtype=float)[order]
@@ -104,11 +139,13 @@ def kappa_at_thresholds(labels: np.ndarray, probs: np.ndarray, cuts: np.ndarray)
     tp = positives - fn
     fp = (n - below) - tp
     tn = below - fn
-    observed = (tp + tn) / n
-    expected = ((tp + fp) * (tp + fn) + (fn + tn) * (fp + tn)) / n**2
-    with np.errstate(divide="ignore", invalid="ignore"):
-        kappa = (observed - expected) / (1 - expected)
-    return np.where(np.isclose(expected, 1.0), 0.0, kappa)
+    return kappa_from_counts(tp, fp, fn, tn)
+
+
+def log_loss(labels: np.ndarray, probs: np.ndarray) -> float:
+    """Mean binary cross-entropy of probabilities (0 for no rows)."""
+    clipped = np.clip(probs, 1e-7, 1 - 1e-7)
+    return float(-np.mean(labels * np.log(clipped) + (1 - labels) * np.log(1 - clipped))) if len(labels) else 0.0
 
 
 def tune_threshold(labels: np.ndarray, probs: np.ndarray) -> float:

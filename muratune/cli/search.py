@@ -1,0 +1,116 @@
+"""`muratune train`, `search`, `ensemble` and `predict`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from muratune.cli.app import AddressOpt, ConfigArg, DataOpt, SetOpt, app, load_experiment_config, warn
+
+
+@app.command("train")
+def train_command(
+    config: ConfigArg,
+    out: Annotated[Path, typer.Option(help="Folder for the checkpoints.")],
+    data: DataOpt = None,
+    set_: SetOpt = None,
+    hp: Annotated[
+        list[str] | None,
+        typer.Option("--hp", help="Hyperparameter value: --hp lr=0.001 (default: the space's first point)."),
+    ] = None,
+    resume: Annotated[bool, typer.Option(help="Continue from the latest checkpoint in OUT.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing OUT folder.")] = False,
+) -> None:
+    """Train one configuration outside Ray Tune (for debugging), printing metrics per epoch."""
+    import yaml
+
+    from muratune.trainables.standalone import hyperparameters, train_standalone
+
+    experiment_config = load_experiment_config(config, data, set_)
+    hparams = hyperparameters(experiment_config, hp or [])
+    typer.echo("hyperparameters: " + yaml.safe_dump(hparams, default_flow_style=True).strip())
+    train_standalone(experiment_config, hparams, out, resume=resume, overwrite=overwrite, echo=typer.echo)
+    typer.echo(f"checkpoints: {out}")
+
+
+@app.command("search")
+def search_command(
+    config: ConfigArg,
+    data: DataOpt = None,
+    name: Annotated[str | None, typer.Option(help="Experiment name (default: the config's name).")] = None,
+    address: AddressOpt = None,
+    resume: Annotated[bool, typer.Option(help="Continue an interrupted search with this name.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing experiment with this name.")] = False,
+    skip_bad_images: Annotated[
+        bool,
+        typer.Option("--skip-bad-images", help="Leave unreadable images out (listed in the experiment's cache.json)."),
+    ] = False,
+    set_: SetOpt = None,
+) -> None:
+    """Search hyperparameters with Ray Tune (Optuna TPE searcher, ASHA scheduler)."""
+    from muratune.search.run import run_search
+
+    if skip_bad_images:
+        set_ = [*(set_ or []), "data.skip_bad_images=true"]
+    experiment_config = load_experiment_config(config, data, set_, name)
+    run_search(experiment_config, address=address, resume=resume, overwrite=overwrite, echo=typer.echo)
+
+
+@app.command("ensemble")
+def ensemble_command(
+    experiment: Annotated[Path, typer.Argument(help="Experiment folder written by `muratune search`.")],
+    size: Annotated[int, typer.Option("--size", min=1, help="Most members per ensemble (greedy picks, top-k K).")] = 5,
+    strategy: Annotated[
+        list[str] | None,
+        typer.Option(help="best-single, top-k-mean, greedy or greedy-per-body-part (repeatable; default: all)."),
+    ] = None,
+    tune_thresholds: Annotated[
+        bool,
+        typer.Option("--tune-thresholds", "--per-body-part", help="Tune one decision threshold per body part."),
+    ] = False,
+    tta: Annotated[bool, typer.Option("--tta", help="Horizontal-flip test-time augmentation.")] = False,
+    rank_by: Annotated[str, typer.Option(help="top-k-mean ranking on internal val: kappa or loss.")] = "kappa",
+    overwrite: Annotated[bool, typer.Option(help="Replace existing EXPERIMENT/ensemble/<strategy> folders.")] = False,
+) -> None:
+    """Select ensembles of the best checkpoints on internal val, save them, and score them on the test split."""
+    from muratune.ensemble.build import build_ensembles
+
+    build_ensembles(
+        experiment,
+        size=size,
+        strategies=strategy,
+        tune_thresholds=tune_thresholds,
+        tta=tta,
+        overwrite=overwrite,
+        by=rank_by,
+        echo=typer.echo,
+    )
+
+
+@app.command("predict")
+def predict_command(
+    ensemble: Annotated[Path, typer.Argument(help="Ensemble folder (EXPERIMENT/ensemble/<strategy>).")],
+    input_csv: Annotated[Path, typer.Argument(help="Image paths, one per line, no header (valid_image_paths.csv).")],
+    output_csv: Annotated[Path, typer.Argument(help="Output: study path and 0/1 per line, no header.")],
+    root: Annotated[
+        Path | None, typer.Option(help="Folder the image paths are relative to (default: INPUT_CSV's parent's parent).")
+    ] = None,
+    probabilities: Annotated[bool, typer.Option("--probabilities", help="Add a probability column.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing OUTPUT_CSV.")] = False,
+    skip_bad_images: Annotated[
+        bool,
+        typer.Option(
+            "--skip-bad-images",
+            help="Predict around unreadable images (warned about) instead of stopping; studies with none left out.",
+        ),
+    ] = False,
+) -> None:
+    """Predict studies in the MURA submission format; an unreadable image stops it unless --skip-bad-images."""
+    from muratune.ensemble.predict import predict_csv
+
+    summary = predict_csv(
+        ensemble, input_csv, output_csv, root, probabilities, overwrite, warn=warn, skip_bad_images=skip_bad_images
+    )
+    typer.echo(summary, err=True)

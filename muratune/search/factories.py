@@ -1,0 +1,159 @@
+"""The search's parts, built from an experiment config: Optuna searcher, ASHA scheduler, bound trainable and Tuner."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from muratune.config import HYPERPARAMETERS, RUNG_METRICS, ExperimentConfig
+from muratune.constants import EPOCH, METRIC, MODE, VAL_AUC
+from muratune.errors import UserError
+from muratune.layout import optuna_storage_url, trial_dirname, trials_storage
+from muratune.search.resources import trial_resources
+
+# The experiment config reaches every trial through tune.with_parameters under this keyword.
+EXPERIMENT_CONFIG_KEY = "experiment_config"
+
+
+def create_searcher(
+    config: ExperimentConfig, prune_stopped: bool | None = None, storage: str | None | bool = True
+) -> Any:
+    """Optuna (TPE or random) behind a concurrency limit, with ASHA-stopped trials recorded as PRUNED.
+
+    Args:
+        config: the experiment config (its ``optuna``, ``budget`` and ``resources`` sections).
+        prune_stopped: override ``optuna.prune_stopped_trials`` (benchmarks compare both).
+        storage: True for the experiment's study storage (`optuna_storage_url`), None or False for an
+            in-memory study, or a database URL.
+    """
+    import optuna
+    from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
+
+    from muratune.search.optuna_search import PrunedAwareOptunaSearch
+
+    if not config.space.searched():
+        # Nothing to search (one fixed point, e.g. a paper's setup): repeat it num_samples times.
+        return BasicVariantGenerator(max_concurrent=config.resources.max_concurrent_trials)
+    opt = config.optuna
+    if opt.sampler == "tpe":
+        sampler: optuna.samplers.BaseSampler = optuna.samplers.TPESampler(
+            seed=opt.seed, n_startup_trials=opt.n_startup_trials
+        )
+    else:
+        sampler = optuna.samplers.RandomSampler(seed=opt.seed)
+    url = optuna_storage_url(config) if storage is True else (storage or None)
+    searcher = PrunedAwareOptunaSearch(
+        metric=METRIC,
+        mode=MODE,
+        sampler=sampler,
+        storage=optuna.storages.RDBStorage(url) if url else None,
+        study_name=config.name,
+        max_epochs=config.budget.max_epochs,
+        prune_stopped=opt.prune_stopped_trials if prune_stopped is None else prune_stopped,
+    )
+    return ConcurrencyLimiter(searcher, max_concurrent=config.resources.max_concurrent_trials)
+
+
+def create_scheduler(config: ExperimentConfig) -> Any:
+    """ASHA over epochs, ranking by ``budget.rung_metric`` (or FIFO when ``budget.scheduler`` is ``none``)."""
+    from ray.tune.schedulers import FIFOScheduler
+
+    from muratune.search.asha import RungMetricASHA
+
+    budget = config.budget
+    if budget.scheduler == "none":
+        return FIFOScheduler()
+    return RungMetricASHA(
+        metric=budget.rung_metric,
+        mode=RUNG_METRICS[budget.rung_metric],
+        time_attr="training_iteration",
+        max_t=budget.max_epochs,
+        grace_period=budget.grace_period,
+        reduction_factor=budget.reduction_factor,
+    )
+
+
+def bind_trainable(config: ExperimentConfig, trainable: Callable | None = None) -> Any:
+    """The trial function with the experiment config bound (kept out of the searched hyperparameters) and resources."""
+    from ray import tune
+
+    from muratune.trainables.distributed import ddp_tune_trainable
+    from muratune.trainables.trial import tune_trainable
+
+    if trainable is None:
+        trainable = ddp_tune_trainable if config.resources.workers_per_trial > 1 else tune_trainable
+    bound = tune.with_parameters(trainable, **{EXPERIMENT_CONFIG_KEY: config.model_dump(mode="json")})
+    return tune.with_resources(bound, trial_resources(config, data_parallel=trainable is ddp_tune_trainable))
+
+
+def _trial_dirname(trial: Any) -> str:
+    return trial_dirname(trial.trial_id)
+
+
+def create_tuner(
+    config: ExperimentConfig,
+    trainable: Callable | None = None,
+    searcher: Any = None,
+    stop: Any = None,
+    verbose: int = 1,
+) -> Any:
+    """Assemble the Tuner: param space, searcher, scheduler, storage, failure and checkpoint settings.
+
+    Args:
+        config: the experiment config.
+        trainable: the trial function (default: muratune's).
+        searcher: replaces the Optuna searcher (benchmarks).
+        stop: a Tune stopping condition (e.g. a shared epoch budget).
+        verbose: Tune's console verbosity.
+    """
+    from ray import tune
+
+    from muratune.search.space import create_search_space
+
+    storage_path, name = trials_storage(config)
+    reporter = tune.CLIReporter(
+        metric_columns={EPOCH: "epoch", METRIC: "val_kappa", VAL_AUC: "val_auc"},
+        parameter_columns=list(HYPERPARAMETERS),
+        max_report_frequency=30,
+        sort_by_metric=True,
+    )
+    return tune.Tuner(
+        bind_trainable(config, trainable),
+        param_space=create_search_space(config.space),
+        tune_config=tune.TuneConfig(
+            metric=METRIC,
+            mode=MODE,
+            search_alg=searcher if searcher is not None else create_searcher(config),
+            scheduler=create_scheduler(config),
+            num_samples=config.budget.num_samples,
+            time_budget_s=config.budget.time_budget_s,
+            reuse_actors=True,
+            trial_dirname_creator=_trial_dirname,
+            trial_name_creator=_trial_dirname,
+        ),
+        run_config=tune.RunConfig(
+            name=name,
+            storage_path=storage_path,
+            failure_config=tune.FailureConfig(max_failures=config.failure.max_failures),
+            checkpoint_config=tune.CheckpointConfig(
+                num_to_keep=config.checkpoint.num_to_keep,
+                checkpoint_score_attribute=METRIC,
+                checkpoint_score_order=MODE,
+            ),
+            progress_reporter=reporter,
+            stop=stop,
+            verbose=verbose,
+        ),
+    )
+
+
+def restore_tuner(config: ExperimentConfig, trainable: Callable | None = None) -> Any:
+    """Restore an interrupted search: unfinished trials resume from their checkpoints, errored ones are kept."""
+    from ray import tune
+
+    storage_path, name = trials_storage(config)
+    path = f"{storage_path}/{name}"
+    if not tune.Tuner.can_restore(path):
+        raise UserError(f"{path}: no restorable search state here")
+    return tune.Tuner.restore(path, trainable=bind_trainable(config, trainable), resume_unfinished=True,
+                              resume_errored=False)  # fmt: skip

@@ -1,0 +1,99 @@
+"""The search's summary: one row per trial in Optuna's terms (COMPLETE, PRUNED, FAIL, RUNNING), and its table."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from muratune.config import HYPERPARAMETERS, ExperimentConfig
+from muratune.constants import EPOCH, METRIC, MODE
+from muratune.layout import TRIAL_DIR_PREFIX
+
+
+def unfinished_trials(results: Any) -> set[str]:
+    """Ids of the trials that neither failed nor finished (interrupted, or cut short by ``budget.time_budget_s``).
+
+    Tune marks the last result of a trial that ran to its end or that ASHA stopped with ``done``; an interrupted
+    trial's last result lacks it, and a trial that never started has no result at all.
+    """
+    unfinished = set()
+    for result in results:
+        metrics = result.metrics or {}
+        if result.error is None and not metrics.get("done", False):
+            unfinished.add(str(metrics.get("trial_id") or Path(result.path).name.removeprefix(TRIAL_DIR_PREFIX)))
+    return unfinished
+
+
+def summarise(results: Any, config: ExperimentConfig, unfinished: set[str] | None = None) -> pd.DataFrame:
+    """One row per trial: state in Optuna terms, hyperparameters, epochs, best internal-val kappa, checkpoint.
+
+    Trials in ``unfinished`` (an interrupted search) are RUNNING, as in Optuna, rather than mistaken for pruned.
+    """
+    rows = []
+    for result in results:
+        rows.append(_summary_row(result, config, unfinished or set()))
+    summary = pd.DataFrame(rows)
+    if len(summary):
+        summary = summary.sort_values("best_val_kappa", ascending=False, na_position="last").reset_index(drop=True)
+    return summary
+
+
+def _summary_row(result: Any, config: ExperimentConfig, unfinished: set[str]) -> dict:
+    metrics = result.metrics or {}
+    trial_id = metrics.get("trial_id") or Path(result.path).name.removeprefix(TRIAL_DIR_PREFIX)
+    epochs = int(metrics.get(EPOCH, 0) or 0)
+    history = result.metrics_dataframe
+    best_kappa = float(history[METRIC].max()) if history is not None and METRIC in history else float("nan")
+    best = result.get_best_checkpoint(METRIC, MODE) if result.best_checkpoints else None
+    if result.error is not None:
+        state = "FAIL"
+    elif str(trial_id) in unfinished:
+        state = "RUNNING"
+    elif epochs >= config.budget.max_epochs:
+        state = "COMPLETE"
+    else:
+        state = "PRUNED"
+    row = {"trial_id": trial_id, "state": state, "epochs": epochs, "best_val_kappa": best_kappa}
+    row.update({name: result.config.get(name) for name in HYPERPARAMETERS})
+    if history is not None and METRIC in history and history[METRIC].notna().any():  # NaN kappa: worst
+        best_row = history.loc[history[METRIC].idxmax()]
+        row.update({k: best_row[k] for k in history.columns if k.startswith(f"{METRIC}/")})
+        row["best_epoch"] = int(best_row.get(EPOCH, 0))
+    row["time_s"] = float(metrics.get("time_total_s", 0.0) or 0.0)
+    row["checkpoint"] = best.path if best is not None else _reported_checkpoint(history)
+    row["trial_dir"] = result.path
+    row["error"] = _one_line(result.error) if result.error is not None else None
+    return row
+
+
+def _reported_checkpoint(history: pd.DataFrame | None) -> str | None:
+    """Best checkpoint of a data-parallel trial: its Train run reports checkpoint paths as a metric."""
+    if history is None or "checkpoint_path" not in history or METRIC not in history:
+        return None
+    with_path = history.dropna(subset=["checkpoint_path", METRIC])
+    return str(with_path.loc[with_path[METRIC].idxmax(), "checkpoint_path"]) if len(with_path) else None
+
+
+def _one_line(error: BaseException) -> str:
+    text = str(error).strip()
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    for line in reversed(lines):
+        if "Error" in line or "error" in line:
+            return line[:300]
+    return (lines[-1] if lines else type(error).__name__)[:300]
+
+
+def format_summary(summary: pd.DataFrame, top: int = 10) -> str:
+    """The top trials as a text table."""
+    if summary.empty:
+        return "(no trials)"
+    columns = ["trial_id", "state", "epochs", "best_val_kappa", *HYPERPARAMETERS]
+    columns += [c for c in summary.columns if c.startswith(f"{METRIC}/")]
+    table = summary[columns].head(top).copy()
+    table["lr"] = table["lr"].map(lambda v: f"{v:.2e}" if isinstance(v, float) else v)
+    if "weight_decay" in table:
+        table["weight_decay"] = table["weight_decay"].map(lambda v: f"{v:.1e}" if isinstance(v, float) else v)
+    table.columns = [c.replace(f"{METRIC}/", "") for c in table.columns]
+    return table.to_string(index=False, float_format=lambda v: f"{v:.3f}")

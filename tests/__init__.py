@@ -1,0 +1,1 @@
+"""The test suite: it mirrors the package; shared helpers live in tests/helpers/."""

@@ -1,0 +1,139 @@
+"""Outputs never destroy what muratune did not make: every refusal is one line, exit 2, inputs byte-identical."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+from pathlib import Path
+
+import pytest
+
+from muratune.config import load_config
+from muratune.errors import UserError
+from muratune.fileio import MARKER, atomic_dir
+from muratune.search import experiment
+from tests.helpers.mura import make_mura
+from tests.helpers.search import DEMO_CONFIG, tiny_overrides
+from tests.test_bad_data import assert_one_line_error, make_ensemble, run
+
+
+def tree_digest(folder: Path) -> dict[str, str]:
+    """Every file under ``folder`` (relative path -> SHA-256): equal digests mean byte-identical trees."""
+    if folder.is_file():
+        return {folder.name: hashlib.sha256(folder.read_bytes()).hexdigest()}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }  # fmt: skip
+
+
+def refused(args: list[str], capsys: pytest.CaptureFixture[str], untouched: list[Path], *fragments: str) -> None:
+    """The command exits 2 with one error line naming ``fragments``, and every ``untouched`` path is unchanged."""
+    before = [tree_digest(path) for path in untouched]
+    code, _, err = run(args, capsys)
+    assert code == 2, err
+    assert_one_line_error(err, list(fragments))
+    assert [tree_digest(path) for path in untouched] == before
+
+
+@pytest.fixture()
+def experiment_copy(tiny_experiment: Path, tmp_path: Path) -> Path:
+    """A private copy of the session's finished tiny experiment."""
+    return Path(shutil.copytree(tiny_experiment, tmp_path / "exp"))
+
+
+@pytest.mark.slow
+def test_report_never_replaces_the_experiment_or_foreign_folders(experiment_copy, tmp_path, capsys, monkeypatch):
+    exp = experiment_copy
+    refused(["report", str(exp), "--out", str(exp), "--overwrite"], capsys, [exp], "--out", "the experiment")
+    other = tmp_path / "notes"
+    other.mkdir()
+    (other / "thesis.tex").write_text("months of work")
+    refused(["report", str(exp), "--out", str(other), "--overwrite"], capsys, [exp, other], str(other), "marker")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    refused(["report", str(exp), "--out", str(tmp_path), "--overwrite"], capsys, [exp, other], "home folder")
+
+
+def test_cam_never_writes_over_or_inside_its_inputs(tmp_path, capsys):
+    fixture = make_mura(tmp_path / "data")
+    ensemble = make_ensemble(tmp_path / "ensemble")
+    study = fixture.base / fixture.studies[0][0]
+    dataset = fixture.dataset_dir
+    for out, what in ((dataset, "the study"), (ensemble, "the ensemble"), (study / "cams", "the study")):
+        args = ["cam", str(ensemble), "--study", str(study), "--out", str(out), "--overwrite"]
+        refused(args, capsys, [dataset, ensemble], "--out", what)
+
+
+def test_predict_never_replaces_its_image_list_or_writes_into_a_folder(tmp_path, capsys):
+    fixture = make_mura(tmp_path / "data")
+    ensemble = make_ensemble(tmp_path / "ensemble")
+    image_list = fixture.csv("valid_image_paths.csv")
+    args = ["predict", str(ensemble), str(image_list), str(image_list), "--overwrite"]
+    refused(args, capsys, [fixture.dataset_dir, ensemble], "OUTPUT_CSV", "the image list")
+    folder = tmp_path / "predictions"
+    folder.mkdir()
+    refused(["predict", str(ensemble), str(image_list), str(folder)], capsys, [fixture.dataset_dir], "is a folder")
+
+
+def test_replacing_an_output_leaves_unrelated_siblings_alone(tmp_path):
+    target = tmp_path / "report"
+    sibling = tmp_path / ".report.old"
+    sibling.mkdir()
+    (sibling / "keep.txt").write_text("not muratune's")
+    for _ in range(2):
+        with atomic_dir(target, overwrite=True, kind="report") as tmp:
+            (tmp / "index.html").write_text("<p>report</p>")
+    assert (sibling / "keep.txt").read_text() == "not muratune's"
+    assert (target / MARKER).is_file() and (target / "index.html").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".report.old", "report"]
+
+
+def test_a_foreign_folder_is_never_replaced(tmp_path):
+    target = tmp_path / "mine"
+    target.mkdir()
+    (target / "data.csv").write_text("1,2\n")
+    with pytest.raises(UserError, match="not a muratune report folder"):
+        with atomic_dir(target, overwrite=True, kind="report"):
+            pass
+    assert (target / "data.csv").read_text() == "1,2\n"
+
+
+def test_train_checks_the_data_before_touching_its_output(tmp_path, capsys):
+    out = tmp_path / "checkpoints"
+    out.mkdir()
+    (out / MARKER).write_text('{"kind": "checkpoints"}')
+    (out / "checkpoint_000001").mkdir()
+    (out / "checkpoint_000001" / "trial.json").write_text("{}")
+    missing = tmp_path / "no-such-data"
+    args = ["train", str(DEMO_CONFIG), "--data", str(missing), "--out", str(out), "--overwrite"]
+    refused(args, capsys, [out], str(missing))
+
+
+def test_synth_into_a_file_is_one_line(tmp_path, capsys):
+    target = tmp_path / "a-file"
+    target.write_text("mine")
+    refused(["data", "synth", str(target), "--studies", "4"], capsys, [target], "OUT", "is a file")
+
+
+def test_search_overwrite_keeps_the_old_experiment_until_the_new_one_finishes(tmp_path, synthetic_root):
+    config = load_config(DEMO_CONFIG, tiny_overrides(synthetic_root, tmp_path / "runs", name="kept"))
+    exp, replaced = experiment.prepare_experiment(config, resume=False, overwrite=False)
+    (exp / "search_summary.csv").write_text("trial_id,state\nold,COMPLETE\n")
+    before = tree_digest(exp)
+    exp, replaced = experiment.prepare_experiment(config, resume=False, overwrite=True)
+    assert replaced is not None and tree_digest(replaced) == before
+    lines: list[str] = []
+    experiment.finish_replacing(exp, replaced, finished=False, echo=lines.append)  # an interrupted search
+    assert replaced.is_dir() and str(replaced) in lines[0] and "mv" in lines[0]
+    experiment.finish_replacing(exp, replaced, finished=True)
+    assert not replaced.exists() and (exp / MARKER).is_file()
+
+
+def test_search_overwrite_refuses_a_folder_it_did_not_make(tmp_path, synthetic_root):
+    config = load_config(DEMO_CONFIG, tiny_overrides(synthetic_root, tmp_path / "runs", name="foreign"))
+    foreign = tmp_path / "runs" / "foreign"
+    (foreign / "trials").mkdir(parents=True)
+    (foreign / "trials" / "precious.txt").write_text("someone else's")
+    with pytest.raises(UserError, match="not a muratune experiment folder"):
+        experiment.prepare_experiment(config, resume=False, overwrite=True)
+    assert (foreign / "trials" / "precious.txt").read_text() == "someone else's"
