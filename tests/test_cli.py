@@ -63,8 +63,5 @@ def test_synth_into_a_file_is_one_line_and_leaves_the_file(tmp_path) -> None:
     target.write_text("keep me\n")
     result = run_muratune("data", "synth", str(target), "--studies", "4")
     assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert (
-        result.stderr.strip()
-        == f"muratune: error: {target}: exists and is not a folder; give a folder to write MURA-v1.1/ into"
-    )
+    assert result.stderr.strip() == f"muratune: error: OUT {target}: is a file; a folder is written here"
     assert target.read_text() == "keep me\n"
