@@ -120,7 +120,7 @@ def serve_command(
     from muratune.serve.app import ServeLimits
     from muratune.serve.deploy import ServeOptions, serve_until_interrupted
 
-    if max_pixels > Image.MAX_IMAGE_PIXELS:
+    if Image.MAX_IMAGE_PIXELS is not None and max_pixels > Image.MAX_IMAGE_PIXELS:
         raise UserError(f"--max-pixels {max_pixels}: above Pillow's bomb limit ({Image.MAX_IMAGE_PIXELS})")
     limits = ServeLimits(
         max_request_bytes=int(max_request_mb * 1024 * 1024),
