@@ -46,6 +46,16 @@ def kappa_from_counts(tp: ArrayLike, fp: ArrayLike, fn: ArrayLike, tn: ArrayLike
     return np.where(np.isclose(expected, 1.0) | (n == 0), 0.0, kappa)
 
 
+def kappa_undefined(tp: int, fp: int, fn: int, tn: int) -> bool:
+    """Whether kappa has no value: no studies, or labels and predictions constant and equal (expected agreement 1)."""
+    return fp == 0 and fn == 0 and (tp == 0 or tn == 0)
+
+
+def defined_or_none(metrics: dict[str, float]) -> dict[str, float | None]:
+    """Metrics for JSON: undefined (NaN) values become None (``null``), never 0 and never the invalid ``NaN``."""
+    return {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in metrics.items()}
+
+
 def confusion_counts(labels: np.ndarray, preds: np.ndarray) -> tuple[int, int, int, int]:
     """``(tp, fp, fn, tn)`` of 0/1 labels against 0/1 predictions."""
     labels = np.asarray(labels).astype(bool)
@@ -64,8 +74,10 @@ def kappa(labels: np.ndarray, preds: np.ndarray) -> float:
 def binary_metrics(labels: np.ndarray, probs: np.ndarray, threshold: float = 0.5) -> dict[str, float]:
     """Kappa, accuracy, AUC, sensitivity and specificity of thresholded probabilities.
 
-    Undefined values (AUC with one class present, sensitivity with no positives) are NaN; kappa follows
-    `kappa_from_counts`.
+    Undefined values are NaN: AUC with one class present, sensitivity with no positives, and kappa when labels and
+    predictions are constant and equal (no agreement beyond chance can be measured). Reports show NaN as n/a (null
+    in JSON); rankings treat it as the worst value (Ray's checkpoint order, ASHA's nanpercentile, Optuna's FAIL),
+    and selections that rank through `kappa_from_counts` see 0.
     """
     labels = np.asarray(labels, dtype=int)
     probs = np.asarray(probs, dtype=float)
@@ -77,7 +89,7 @@ def binary_metrics(labels: np.ndarray, probs: np.ndarray, threshold: float = 0.5
         warnings.simplefilter("ignore")
         auc = float(roc_auc_score(labels, probs)) if both else math.nan
     return {
-        "kappa": float(kappa_from_counts(tp, fp, fn, tn)),
+        "kappa": math.nan if kappa_undefined(tp, fp, fn, tn) else float(kappa_from_counts(tp, fp, fn, tn)),
         "accuracy": float((tp + tn) / len(labels)),
         "auc": auc,
         "sensitivity": float(tp / (tp + fn)) if tp + fn else math.nan,

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import csv
+import hashlib
 import json
 import os
+import struct
 import subprocess
 import sys
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -66,7 +70,37 @@ def _palette(path: Path) -> None:
 
 
 def _huge(path: Path) -> None:
-    _save(path, Image.new("L", (10_000, 10_000), GRAY))  # a constant image compresses to ~100 kB
+    _save(path, Image.new("L", (6_000, 6_000), GRAY))  # 36 megapixels, under the cap; a constant image compresses
+
+
+def _bomb(path: Path) -> None:
+    """A 164 KB PNG declaring 13000 x 13000 pixels (169 megapixels, above the 40-megapixel cap), written by zlib."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    packer, row = zlib.compressobj(9), b"\x00" * 13_001
+    idat = b"".join(packer.compress(row) for _ in range(13_000)) + packer.flush()
+    ihdr = struct.pack(">IIBBBBB", 13_000, 13_000, 8, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
+
+
+def _other_format(fmt: str) -> Callable[[Path], None]:
+    """Write the image in ``fmt`` (BMP, TIFF) under its .png name: refused by every command, whatever the name."""
+
+    def write(path: Path) -> None:
+        Image.new("L", (12, 10), GRAY).save(path, format=fmt)
+
+    return write
+
+
+def _symlink_loop(path: Path) -> None:
+    path.unlink()
+    path.symlink_to(path.name)  # points at itself: every open fails with ELOOP
+
+
+def _unlisted_symlink_loop(fixture: MuraFixture, study: str) -> None:
+    (fixture.base / study / "image9.png").symlink_to("image9.png")
 
 
 def _one_pixel(path: Path) -> None:
@@ -74,8 +108,8 @@ def _one_pixel(path: Path) -> None:
 
 
 def _crlf(fixture: MuraFixture) -> None:
-    for csv in fixture.dataset_dir.glob("*.csv"):
-        csv.write_bytes(csv.read_bytes().replace(b"\n", b"\r\n"))
+    for table in fixture.dataset_dir.glob("*.csv"):
+        table.write_bytes(table.read_bytes().replace(b"\n", b"\r\n"))
 
 
 def _rename_part(fixture: MuraFixture, study: str, new_part: str) -> None:
@@ -162,7 +196,32 @@ CASES: dict[str, Case] = {
         lambda image, study: [TRAIN_STUDIES, "no images"],
     ),
     "1x1 image": _image_case(_one_pixel),
-    "10,000 x 10,000 image": _image_case(_huge),
+    "6,000 x 6,000 image": _image_case(_huge),
+    "13,000 x 13,000 PNG bomb": Case(
+        lambda f, image, study: _bomb(f.base / image),
+        _all(SKIPPABLE, check=FAIL),
+        lambda image, study: [image, "image too large (13000x13000 pixels"],
+    ),
+    "BMP named .png": Case(
+        lambda f, image, study: _other_format("BMP")(f.base / image),
+        _all(SKIPPABLE, check=FAIL),
+        lambda image, study: [image, "not a PNG, JPEG or DICOM file"],
+    ),
+    "TIFF named .png": Case(
+        lambda f, image, study: _other_format("TIFF")(f.base / image),
+        _all(SKIPPABLE, check=FAIL),
+        lambda image, study: [image, "not a PNG, JPEG or DICOM file"],
+    ),
+    "listed image is a symlink loop": Case(
+        lambda f, image, study: _symlink_loop(f.base / image),
+        _all(SKIPPABLE, check=FAIL),
+        lambda image, study: [image, "Too many levels of symbolic links"],
+    ),
+    "unlisted symlink loop in a study folder": Case(
+        lambda f, image, study: _unlisted_symlink_loop(f, study),
+        _all(OK, check=FAIL),  # only `data check` compares the folders with the CSVs
+        lambda image, study: [f"{study}image9.png", "not listed"],
+    ),
     "16-bit grayscale PNG": _image_case(_gray16),
     "RGBA PNG": _image_case(_rgba),
     "palette PNG": _image_case(_palette),
@@ -189,6 +248,18 @@ class Damaged:
 
     def fragments(self) -> list[str]:
         return self.case.fragments(self.image, self.study)
+
+
+def digest(folder: Path) -> dict[str, str]:
+    """SHA-256 of every file under ``folder`` (a symlink loop by its link text): inputs must stay byte-identical."""
+    out = {}
+    for path in sorted(folder.rglob("*")):
+        key = str(path.relative_to(folder))
+        if path.is_symlink():
+            out[key] = "-> " + os.readlink(path)
+        elif path.is_file():
+            out[key] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return out
 
 
 def damaged(tmp_path: Path, name: str) -> Damaged:
@@ -235,8 +306,10 @@ def assert_outcome(code: int, err: str, outcome: str, fragments: list[str]) -> N
 @pytest.mark.parametrize("name", list(CASES))
 def test_data_check(tmp_path: Path, capsys: pytest.CaptureFixture[str], name: str) -> None:
     data = damaged(tmp_path, name)
+    before = digest(data.fixture.base)
     for deep in ([], ["--deep"]):
         code, out, err = run(["data", "check", data.root, *deep], capsys)
+        assert digest(data.fixture.base) == before
         assert "Traceback" not in err, err
         if data.case.expect["check"] == OK:
             assert code == 0 and "OK: no problems" in out, err
@@ -256,8 +329,10 @@ def _cache_args(data: Damaged, cache_dir: Path) -> list[str]:
 def test_data_cache(tmp_path: Path, capsys: pytest.CaptureFixture[str], name: str) -> None:
     data = damaged(tmp_path, name)
     outcome = data.case.expect["cache"]
+    before = digest(data.fixture.base)
     code, out, err = run(_cache_args(data, tmp_path / "cache"), capsys)
     assert_outcome(code, err, outcome, data.fragments())
+    assert digest(data.fixture.base) == before
     if outcome != OK:
         assert _snapshot(tmp_path / "cache") == {}, "no cache, nor a half-written one, is left"
     code, out, err = run([*_cache_args(data, tmp_path / "cache"), "--skip-bad-images"], capsys)
@@ -488,7 +563,9 @@ def test_predict(ensemble: Path, tmp_path: Path, capsys: pytest.CaptureFixture[s
     data = damaged(tmp_path, name)
     outcome = data.case.expect["predict"]
     out = tmp_path / "out.csv"
+    before = digest(data.fixture.base)
     code, _, err = run(_predict(ensemble, data, out), capsys)
+    assert digest(data.fixture.base) == before
     fragments = data.fragments()
     if outcome == SKIPPABLE:
         fragments = [f"{TRAIN_IMAGES}:", *fragments, "--skip-bad-images"]  # the row, the file, the reason
@@ -576,3 +653,34 @@ def test_an_image_list_never_lets_an_escaping_path_through(
     assert images and len(set(images)) == len(images)
     assert not any(path_escapes_root(image) for image in images)
     assert all(image == image.strip() and "\r" not in image and "\n" not in image for image in images)
+
+
+# ------------------------------------------------------------------------------------------------ image lists
+def test_predict_keeps_a_quoted_path_with_a_comma_whole_and_reads_a_bom(ensemble, tmp_path, capsys) -> None:
+    fixture = make_mura(tmp_path / "data")
+    image, study = _single_view_train_image(fixture)
+    comma_study = study.rstrip("/") + ", left/"
+    (fixture.base / comma_study).mkdir(parents=True)
+    os.replace(fixture.base / image, fixture.base / comma_study / Path(image).name)
+    listing = tmp_path / "images.csv"
+    listing.write_bytes(b"\xef\xbb\xbf" + f'"{comma_study}{Path(image).name}"\r\n'.encode())
+    before = digest(tmp_path / "data"), listing.read_bytes()
+    out = tmp_path / "out.csv"
+    code, _, err = run(["predict", str(ensemble), str(listing), str(out), "--root", str(fixture.base)], capsys)
+    assert code == 0, err
+    [row] = list(csv.reader(out.read_text().splitlines()))
+    assert row[0] == comma_study and row[1] in ("0", "1")  # written quoted, read back whole
+    assert (digest(tmp_path / "data"), listing.read_bytes()) == before
+
+
+def test_a_nul_byte_in_a_predict_list_is_one_line(ensemble, tmp_path, capsys) -> None:
+    fixture = make_mura(tmp_path / "data")
+    listing = tmp_path / "images.csv"
+    listing.write_bytes(fixture.csv(TRAIN_IMAGES).read_bytes() + b"MURA-v1.1/train/XR_WRIST/p\x00/image1.png\n")
+    before = listing.read_bytes()
+    out = tmp_path / "out.csv"
+    code, _, err = run(["predict", str(ensemble), str(listing), str(out), "--root", str(fixture.base)], capsys)
+    assert code == 2 and not out.exists()
+    rows = len(fixture.csv(TRAIN_IMAGES).read_text().splitlines())
+    assert_one_line_error(err, [f"{listing}:{rows + 1}", "control character"])
+    assert listing.read_bytes() == before

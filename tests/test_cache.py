@@ -200,3 +200,13 @@ def test_cli_reports_a_truncated_png_in_one_line(tiny, tmp_path) -> None:
     skipped = _cli(*args, "--skip-bad-images")
     assert skipped.returncode == 0, skipped.stderr
     assert bad in skipped.stderr
+
+
+def test_cache_folders_follow_the_umask_so_a_team_can_share_one(tiny: pd.DataFrame, tmp_path: Path) -> None:
+    previous = os.umask(0o002)
+    try:
+        cache = _build(tiny, tmp_path / "cache")
+    finally:
+        os.umask(previous)
+    assert cache.path.stat().st_mode & 0o777 == 0o775  # mkdtemp alone would leave 0700
+    assert all(p.stat().st_mode & 0o020 for p in cache.path.iterdir()), "group-writable files too"

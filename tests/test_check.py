@@ -221,3 +221,15 @@ def test_cli_missing_dataset(tmp_path: Path) -> None:
         f"muratune: error: {tmp_path / 'nowhere'}: folder not found; "
         "expected a MURA dataset (the folder holding MURA-v1.1/)"
     ]
+
+
+@pytest.mark.parametrize("split", ["valid", "train"])
+def test_an_empty_split_is_a_problem(mura: MuraFixture, split: str) -> None:
+    for name in (f"{split}_image_paths.csv", f"{split}_labeled_studies.csv"):
+        mura.csv(name).write_text("")
+    before = {p: p.read_bytes() for p in mura.dataset_dir.glob("*.csv")}
+    report = check_dataset(mura.base, csv_only=True)
+    assert not report.ok
+    [problem] = [p for p in report.problems if "has no studies" in p.reason]
+    assert problem.file == str(mura.csv(f"{split}_labeled_studies.csv")) and f"the {split} split" in problem.reason
+    assert {p: p.read_bytes() for p in mura.dataset_dir.glob("*.csv")} == before

@@ -31,3 +31,37 @@ def test_wrong_usage_exits_2_without_traceback(args: list[str], message: str) ->
 def test_version_exits_0() -> None:
     result = run_muratune("--version")
     assert result.returncode == 0 and result.stdout.startswith("muratune ")
+
+
+@pytest.mark.parametrize(
+    ("args", "option"),
+    [
+        (["score", "p.csv", "l.csv", "--seed", "-1"], "--seed"),
+        (["score", "p.csv", "l.csv", "--replicates", "0"], "--replicates"),
+        (["data", "cache", ".", "--size", "-8"], "--size"),
+        (["data", "cache", ".", "--size", "0"], "--size"),
+        (["data", "synth", "x", "--studies", "0"], "--studies"),
+        (["data", "synth", "x", "--seed", "-3"], "--seed"),
+        (["ensemble", "x", "--size", "0"], "--size"),
+        (["report", "x", "--top", "0"], "--top"),
+        (["serve", "x", "--port", "0"], "--port"),
+        (["serve", "x", "--max-pixels", "0"], "--max-pixels"),
+    ],
+)
+def test_out_of_range_values_are_one_line_naming_the_option(args: list[str], option: str, tmp_path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "muratune.cli", *args], capture_output=True, text=True, timeout=120, cwd=tmp_path
+    )
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("muratune: error: ") and f"'{option}'" in lines[0], result.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_synth_into_a_file_is_one_line_and_leaves_the_file(tmp_path) -> None:
+    target = tmp_path / "notes.txt"
+    target.write_text("keep me\n")
+    result = run_muratune("data", "synth", str(target), "--studies", "4")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip() == f"muratune: error: OUT {target}: is a file; a folder is written here"
+    assert target.read_text() == "keep me\n"

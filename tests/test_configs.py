@@ -194,6 +194,38 @@ def test_missing_and_non_mapping_files(tmp_path: Path) -> None:
     assert_one_line(err, "list.yaml", "mapping")
 
 
+@pytest.mark.parametrize(
+    ("text", "fragments"),
+    [
+        (
+            b"name: a\nbudget:\n  num_samples: 64\nbudget:\n  num_samples: 8\n",
+            (":4:", "duplicate key 'budget'", "line 2"),
+        ),
+        (b"name: a\nbudget:\n  num_samples: 64\n  num_samples: 8\n", (":4:", "duplicate key 'num_samples'", "line 3")),
+        (b"", ("the config file is empty",)),
+        (b"# only a comment\n", ("the config file is empty",)),
+        (b"name: caf\xe9\n", ("not UTF-8 text", "byte 9: 0xe9", "UTF-8")),
+    ],
+    ids=["duplicate top-level key", "duplicate nested key", "empty", "comments only", "latin-1"],
+)
+def test_duplicate_keys_empty_files_and_other_encodings_are_refused(
+    tmp_path: Path, text: bytes, fragments: tuple[str, ...]
+) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_bytes(text)
+    with pytest.raises(UserError) as err:
+        load_config(path)
+    message = assert_one_line(err, str(path), *fragments)
+    assert message.startswith(str(path))
+    assert path.read_bytes() == text
+
+
+def test_a_utf8_byte_order_mark_is_accepted(tmp_path: Path) -> None:
+    path = tmp_path / "bom.yaml"
+    path.write_bytes("\ufeffname: bom\nbudget: &b {num_samples: 3}\n".encode())
+    assert load_config(path).name == "bom" and load_config(path).budget.num_samples == 3
+
+
 # ------------------------------------------------------------------------------------------- --set overrides
 def test_set_overrides_apply_before_validation() -> None:
     config = load_config(DEMO, ["budget.num_samples=4", "space.lr=0.001", "data.body_parts=[XR_WRIST]"])

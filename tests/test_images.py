@@ -10,7 +10,18 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from muratune.data.images import ImageReadError, read_image, read_square, resize_square, unsquare
+from muratune.data.images import (
+    IMAGE_FORMATS,
+    MAX_PIXELS,
+    ImageReadError,
+    ImageTooLarge,
+    read_header,
+    read_image,
+    read_square,
+    resize_square,
+    sniff_image,
+    unsquare,
+)
 from muratune.errors import UserError
 
 
@@ -81,7 +92,7 @@ def test_reads_1x1_image_and_resizes_it(tmp_path: Path) -> None:
 
 def test_huge_png_is_read_reduced_without_memory_blow_up(tmp_path: Path) -> None:
     path = tmp_path / "huge.png"
-    Image.new("L", (10_000, 10_000)).save(path)  # zeros compress to ~100 kB
+    Image.new("L", (6_000, 6_000)).save(path)  # zeros compress to ~40 kB; 36 megapixels, under the cap
     script = (
         "import resource, sys\n"
         "from muratune.data.images import read_image\n"
@@ -179,3 +190,46 @@ def test_read_square_of_a_large_image_keeps_the_original_geometry(tmp_path: Path
 def test_unknown_resize_mode_is_a_user_error() -> None:
     with pytest.raises(UserError, match="crop"):
         resize_square(np.zeros((4, 4), np.uint8), 8, "crop")
+
+
+# ------------------------------------------------------------------------------------------------ formats and caps
+@pytest.mark.parametrize("fmt", ["BMP", "TIFF", "GIF", "WEBP", "PPM"])
+def test_formats_outside_the_list_are_refused_alike_whatever_the_name(tmp_path: Path, fmt: str) -> None:
+    assert IMAGE_FORMATS == ("PNG", "JPEG")
+    path = tmp_path / "view.png"
+    Image.new("L", (20, 10), 90).save(path, format=fmt)
+    data = path.read_bytes()
+    expected = f"{path}: not a PNG, JPEG or DICOM file"
+    assert sniff_image(path) == expected  # data check, predict's pre-check
+    for reader in (read_image, lambda p: read_square(p, 16), read_header):  # check --deep, cache, serve
+        with pytest.raises(ImageReadError) as info:
+            reader(path)
+        assert str(info.value) == expected
+    assert path.read_bytes() == data
+
+
+def test_the_pixel_cap_is_read_from_the_header_and_applies_before_pillows_limit(tmp_path: Path) -> None:
+    assert MAX_PIXELS < Image.MAX_IMAGE_PIXELS
+    path = tmp_path / "wide.png"
+    Image.new("L", (20_000, 10), 0).save(path)  # few pixels, but a side above the cap
+    with pytest.raises(ImageTooLarge, match=r"wide.png: image too large \(20000x10 pixels"):
+        read_image(path)
+    assert "image too large" in str(sniff_image(path))
+    assert read_header(path, max_side=30_000).width == 20_000
+
+
+def test_unreadable_paths_are_one_line_errors(tmp_path: Path) -> None:
+    loop = tmp_path / "loop.png"
+    loop.symlink_to(loop.name)
+    folder = tmp_path / "folder.png"
+    folder.mkdir()
+    cases = {
+        loop: "loop.png: cannot read the file (Too many levels of symbolic links)",
+        folder: "folder.png: cannot read the file (Is a directory)",
+        tmp_path / "nul\x00.png": "nul\\x00.png: cannot read the file (embedded null byte)",
+    }
+    for path, message in cases.items():
+        assert str(sniff_image(path)).endswith(message)
+        with pytest.raises(ImageReadError) as info:
+            read_image(path)
+        assert str(info.value).endswith(message) and "\n" not in str(info.value) and "\x00" not in str(info.value)

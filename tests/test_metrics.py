@@ -61,8 +61,8 @@ def test_binary_metrics_agree_with_sklearn_on_any_input(pairs: list[tuple[int, f
     else:
         assert math.isnan(ours["auc"])
     expected_kappa = cohen_kappa_score(labels, preds, labels=[0, 1])
-    if math.isnan(expected_kappa):  # labels and predictions constant and equal: we rank it as 0
-        assert ours["kappa"] == 0.0
+    if math.isnan(expected_kappa):  # labels and predictions constant and equal: undefined, reported as NaN, never 0
+        assert math.isnan(ours["kappa"])
     else:
         assert ours["kappa"] == pytest.approx(expected_kappa, abs=1e-12)
 
@@ -84,7 +84,10 @@ def test_degenerate_inputs_do_not_crash(labels: list[int], probs: list[float]) -
     if not labels:
         assert all(math.isnan(value) for value in out.values())
     else:
-        assert not math.isnan(out["kappa"])
+        one_class_all_right = len(set(labels)) == 1 and all(
+            (p >= 0.5) == bool(y) for y, p in zip(labels, probs, strict=True)
+        )
+        assert math.isnan(out["kappa"]) == one_class_all_right  # undefined kappa: NaN, never 0
         assert 0 <= out["accuracy"] <= 1
     if labels and all(label == 1 for label in labels):
         assert math.isnan(out["specificity"])

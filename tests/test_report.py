@@ -98,9 +98,10 @@ def make_experiment(root: Path, n_per_part: int = 12) -> Path:
         folder.mkdir(parents=True)
         spec = {
             "strategy": strategy,
-            "members": [{"name": "trial_aaa", "trial_id": "aaa"}],
+            "members": [{"name": "trial_aaa", "trial_id": "aaa", "path": "members/trial_aaa"}],
+            "weights": {"all": [1.0]},
             "val_score": {"val_kappa": 0.7 - 0.1 * j},
-            "thresholds_tuned": False,
+            "thresholds_tuned": False,  # the old key: still read
         }
         (folder / "ensemble.json").write_text(json.dumps(spec))
         studies = make_studies(n_per_part, 0.85, seed=10 + j)
@@ -317,3 +318,30 @@ def test_failed_trials_are_listed_with_their_reason(experiment: Path, tmp_path: 
     assert "Failed trials" in html and "deadbeef" in html
     assert "CUDA out of memory &lt;b&gt;(simulated)&lt;/b&gt;" in html
     assert "CUDA out of memory" in (out / "report.md").read_text()
+
+
+def test_score_reads_a_bom_and_quoted_fields_and_shows_an_undefined_kappa_as_na(tmp_path: Path, capsys):
+    wrist1 = "MURA-v1.1/valid/XR_WRIST/patient1/study1, left_positive/"
+    wrist2 = "MURA-v1.1/valid/XR_WRIST/patient2/study1_negative/"
+    hand = "MURA-v1.1/valid/XR_HAND/patient3/study1_negative/"  # one class, predicted right: kappa undefined
+    labels, predictions = tmp_path / "labels.csv", tmp_path / "pred.csv"
+    labels.write_bytes(b"\xef\xbb\xbf" + f'"{wrist1}",1\r\n{wrist2},0\r\n{hand},0\r\n'.encode())
+    predictions.write_bytes(b"\xef\xbb\xbf" + f'"{wrist1}",1,0.9\n"{wrist2}",0,0.2\n{hand},0,0.1\n'.encode())
+    before = labels.read_bytes(), predictions.read_bytes()
+    score = score_file(predictions, labels, replicates=20)
+    assert score.loc["wrist", "n"] == 2 and score.loc["wrist", "kappa"] == pytest.approx(1.0)
+    assert math.isnan(score.loc["hand", "kappa"])  # never 0
+    with pytest.raises(SystemExit) as exit_info:
+        main(["score", str(predictions), str(labels), "--replicates", "20"])
+    assert exit_info.value.code == 0
+    [hand_line] = [line for line in capsys.readouterr().out.splitlines() if line.startswith("hand")]
+    assert hand_line.split()[2:4] == ["n/a", "n/a"]
+    assert (labels.read_bytes(), predictions.read_bytes()) == before
+
+
+def test_an_undefined_kappa_is_null_in_json():
+    from muratune.metrics import binary_metrics, defined_or_none
+
+    metrics = binary_metrics(np.array([0, 0]), np.array([0.1, 0.2]))
+    assert math.isnan(metrics["kappa"])
+    assert json.loads(json.dumps(defined_or_none(metrics)))["kappa"] is None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import pickle
 import shutil
@@ -28,6 +29,22 @@ def _spec(edit: Callable[[dict], None]) -> Callable[[Path], None]:
         (folder / "ensemble.json").write_text(json.dumps(spec))
 
     return apply
+
+
+def _trial(edit: Callable[[dict], None]) -> Callable[[Path], None]:
+    def apply(folder: Path) -> None:
+        path = folder / "members" / "m0" / "trial.json"
+        trial = json.loads(path.read_text())
+        edit(trial)
+        path.write_text(json.dumps(trial))
+
+    return apply
+
+
+def _digest(folder: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.rglob("*") if p.is_file()
+    }
 
 
 def _without_checksum(folder: Path) -> None:
@@ -66,7 +83,58 @@ TAMPERING: dict[str, tuple[Callable[[Path], None], list[str]]] = {
     ),
     "wrong weights shape": (
         _spec(lambda spec: spec.update(weights={"all": [0.5, 0.5]})),
-        ["ensemble.json", "weights['all']", "got shape (2,)"],
+        ["ensemble.json", "weights.all", "2 weight(s) for 1 member(s)"],
+    ),
+    "weights whose sum overflows": (
+        _spec(lambda spec: spec.update(members=spec["members"] * 2, weights={"all": [1e308, 1e308]})),
+        ["ensemble.json", "weights.all", "finite, positive sum"],
+    ),
+    "an infinite weight": (
+        lambda folder: (folder / "ensemble.json").write_text(
+            (folder / "ensemble.json").read_text().replace('"all": [\n      1.0\n    ]', '"all": [Infinity]')
+        ),
+        ["ensemble.json", "weights.all.0", "finite number"],
+    ),
+    "a negative weight": (
+        _spec(lambda spec: spec.update(weights={"all": [-1.0]})),
+        ["ensemble.json", "weights.all.0", "greater than or equal to 0"],
+    ),
+    "threshold not a number": (
+        _spec(lambda spec: spec.update(thresholds={"XR_WRIST": "high"})),
+        ["ensemble.json", "thresholds.XR_WRIST", "valid number"],
+    ),
+    "threshold above 1": (
+        _spec(lambda spec: spec.update(thresholds={"XR_WRIST": 1.5})),
+        ["ensemble.json", "thresholds.XR_WRIST", "less than or equal to 1"],
+    ),
+    "threshold for an unknown body part": (
+        _spec(lambda spec: spec.update(thresholds={"XR_KNEE": 0.5})),
+        ["ensemble.json", "thresholds", "'XR_KNEE'"],
+    ),
+    '"tta": "no"': (_spec(lambda spec: spec.update(tta="no")), ["ensemble.json", "tta", "valid boolean"]),
+    "a misspelt key": (_spec(lambda spec: spec.update(TTA=True)), ["ensemble.json", "TTA", "unknown key"]),
+    "no members": (_spec(lambda spec: spec.update(members=[])), ["ensemble.json", "members", "at least 1 item"]),
+    "backbone not a string": (
+        _trial(lambda trial: trial.update(backbone=["resnet10t"])),
+        ["members/m0/trial.json", "backbone", "valid string"],
+    ),
+    "image size 0": (
+        _trial(lambda trial: trial["data_config"].update(image_size=0)),
+        ["trial.json", "data_config.image_size", "greater than or equal to 16"],
+    ),
+    "missing mean": (
+        _trial(lambda trial: trial["data_config"].pop("mean")),
+        ["trial.json", "data_config.mean", "Field required"],
+    ),
+    "mean and std not one per channel": (
+        _trial(lambda trial: trial["data_config"].update(mean=[0.5, 0.5, 0.5])),
+        ["trial.json", "data_config", "mean has 3 value(s) for in_chans 1"],
+    ),
+    "trial.json not UTF-8": (
+        lambda folder: (folder / "members" / "m0" / "trial.json").write_bytes(
+            '{"backbone": "r\xe9"}'.encode("latin-1")
+        ),
+        ["trial.json", "not UTF-8"],
     ),
     "replaced weights file": (
         lambda folder: (folder / "members" / "m0" / "model.safetensors").write_bytes(b"\0" * 64),
@@ -91,8 +159,27 @@ def test_a_tampered_ensemble_is_refused(ensemble: Path, tmp_path: Path, capsys, 
     marker.unlink(missing_ok=True)
     fixture = make_mura(tmp_path / "data")
     out = tmp_path / "out.csv"
+    before = _digest(folder), _digest(fixture.base)
     code, _, err = run(["predict", str(folder), str(fixture.csv("valid_image_paths.csv")), str(out)], capsys)
     assert code == 2
     assert_one_line_error(err, fragments)
     assert not out.exists()
     assert not marker.exists(), "nothing may be unpickled"
+    assert (_digest(folder), _digest(fixture.base)) == before
+
+
+@pytest.mark.parametrize("new_keys", [False, True])
+def test_old_and_new_artifact_keys_both_load(ensemble: Path, tmp_path: Path, new_keys: bool) -> None:
+    """``thresholds_tuned``/``settings`` (old) and ``tune_thresholds``/``experiment_config`` (new) are both read."""
+    from muratune.ensemble.predictor import StudyPredictor
+    from muratune.schemas import read_ensemble_spec, read_trial_record
+
+    folder = tmp_path / "ensemble"
+    shutil.copytree(ensemble, folder)
+    flag, config = ("tune_thresholds", "experiment_config") if new_keys else ("thresholds_tuned", "settings")
+    _spec(lambda spec: spec.update({flag: True, "thresholds": {"XR_WRIST": 0.25}, "tta": True}))(folder)
+    _trial(lambda trial: trial.update({config: {"name": "exp"}, "extra_note": "kept"}))(folder)
+    assert read_ensemble_spec(folder / "ensemble.json").tune_thresholds is True
+    assert read_trial_record(folder / "members" / "m0" / "trial.json").experiment_config == {"name": "exp"}
+    predictor = StudyPredictor.load(folder, device="cpu")
+    assert predictor.tta is True and predictor.threshold("XR_WRIST") == 0.25

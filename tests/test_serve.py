@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import base64
+import hashlib
+import io
 import os
 import shutil
 import socket
+import struct
 import tempfile
+import zlib
 from pathlib import Path
 
 import cv2
@@ -17,7 +21,9 @@ import requests
 
 from muratune.cli import main
 from muratune.ensemble.predictor import StudyPredictor
-from muratune.serve.app import ServeLimits
+from muratune.errors import UserError
+from muratune.serve.app import LocalBackend, ServeLimits, create_app
+from muratune.serve.guard import ServeAccess
 from muratune.serve.service import StudyService, Upload
 
 pytestmark = pytest.mark.slow
@@ -126,7 +132,7 @@ def test_a_file_that_is_not_an_image_gets_422_naming_it(server, study):
     files = _files(study[:1]) + [("files", ("notes.png", b"this is text, not a PNG", "image/png"))]
     response = requests.post(f"{server}/predict", files=files, timeout=120)
     assert response.status_code == 422
-    assert "notes.png" in response.json()["detail"] and "not a readable image" in response.json()["detail"]
+    assert "notes.png" in response.json()["detail"] and "not a PNG, JPEG or DICOM file" in response.json()["detail"]
     truncated = study[0].read_bytes()[:200]
     response = requests.post(f"{server}/predict", files=[("files", ("cut.png", truncated, "image/png"))], timeout=60)
     assert response.status_code == 422 and "cut.png" in response.json()["detail"]
@@ -268,3 +274,149 @@ def test_the_page_uploads_a_study_and_shows_verdict_and_overlays(server, study, 
     assert "probability of abnormality" in confidence and "wrist" in confidence
     assert overlays == len(study)
     assert (OUTPUT / "serve_page.png").stat().st_size > 10_000
+
+
+# --------------------------------------------------------------------------------------------- safety
+ORIGIN = "http://127.0.0.1:8000"
+
+
+def bomb_png(width: int = 13_000, height: int = 13_000) -> bytes:
+    """A valid 8-bit gray PNG of zeros declaring ``width x height`` pixels (~164 KB at 13000 x 13000)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    packer, row = zlib.compressobj(9), b"\x00" * (width + 1)
+    idat = b"".join(packer.compress(row) for _ in range(height)) + packer.flush()
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
+def _digest(paths: list[Path]) -> list[str]:
+    return [hashlib.sha256(p.read_bytes()).hexdigest() for p in paths]
+
+
+@pytest.fixture(scope="module")
+def service(ensemble: Path) -> StudyService:
+    return StudyService(ensemble, device="cpu")
+
+
+def _client(service: StudyService, limits: ServeLimits | None = None, access: ServeAccess | None = None):
+    from fastapi.testclient import TestClient
+
+    return TestClient(create_app(LocalBackend(service), limits, access), base_url=ORIGIN)
+
+
+def test_a_decompression_bomb_is_refused_from_its_header_before_decoding(service, tmp_path):
+    from PIL import Image
+
+    from muratune.data.images import MAX_PIXELS
+
+    assert MAX_PIXELS < Image.MAX_IMAGE_PIXELS  # our cap applies before Pillow's own limit
+    bomb = tmp_path / "bomb.png"
+    bomb.write_bytes(bomb_png())
+    before = _digest([bomb])
+    with pytest.warns(Image.DecompressionBombWarning):  # Pillow's own warning is not silenced
+        response = _client(service).post("/predict", files=[("files", ("bomb.png", bomb.read_bytes(), "image/png"))])
+    assert response.status_code == 413
+    assert response.json()["detail"].startswith("bomb.png: image too large (13000x13000 pixels")
+    assert _digest([bomb]) == before
+
+
+def test_views_above_the_request_pixel_budget_are_refused_naming_the_file(service, study):
+    before = _digest(study)
+    view_pixels = int(np.prod(cv2.imread(str(study[0]), cv2.IMREAD_UNCHANGED).shape[:2]))
+    limits = ServeLimits(max_request_pixels=view_pixels + view_pixels // 2)
+    files = _files(study[:2], ["first.png", "second.png"])
+    response = _client(service, limits).post("/predict", files=files)
+    assert response.status_code == 413 and response.json()["detail"].startswith("second.png: ")
+    assert "limit for one request" in response.json()["detail"]
+    small = ServeLimits(max_pixels=view_pixels - 1)
+    response = _client(service, small).post("/predict", files=_files(study[:1], ["one.png"]))
+    assert response.status_code == 413 and response.json()["detail"].startswith("one.png: image too large")
+    assert _digest(study) == before
+
+
+@pytest.mark.parametrize("fmt", ["BMP", "TIFF", "GIF"])
+def test_formats_other_than_png_and_jpeg_are_refused_whatever_the_name(service, study, fmt, tmp_path):
+    from PIL import Image
+
+    path = tmp_path / "view.png"  # named .png on purpose
+    Image.open(study[0]).save(path, format=fmt)
+    before = _digest([path])
+    response = _client(service).post("/predict", files=_files([path]))
+    assert response.status_code == 422 and response.json()["detail"] == "view.png: not a PNG, JPEG or DICOM file"
+    assert _digest([path]) == before
+
+
+@pytest.mark.parametrize("host", ["attacker.example", "attacker.example:8000", "127.0.0.1.nip.io"])
+def test_a_foreign_host_header_gets_400(service, study, host):
+    client = _client(service)
+    assert client.get("/health", headers={"Host": host}).status_code == 400
+    response = client.post("/predict", files=_files(study[:1]), headers={"Host": host})
+    assert response.status_code == 400
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1:8000", "localhost:8000", "[::1]:8000", "LOCALHOST", "mura.lan:8000"])
+def test_loopback_names_and_allowed_hosts_are_served(service, host):
+    client = _client(service, access=ServeAccess(allowed_hosts=("mura.lan",)))
+    assert client.get("/health", headers={"Host": host}).status_code == 200
+
+
+def test_a_cross_origin_post_gets_403_and_same_origin_or_no_origin_is_served(service, study):
+    client = _client(service)
+    for origin in ("http://attacker.example", "null", "http://127.0.0.1:9999", "https://127.0.0.1.evil.example"):
+        response = client.post("/predict", files=_files(study[:1]), headers={"Origin": origin})
+        assert response.status_code == 403, origin
+        assert "cross-origin" in response.json()["detail"]
+    assert client.post("/predict", files=_files(study[:1]), headers={"Origin": ORIGIN}).status_code == 200
+    assert client.post("/predict", files=_files(study[:1])).status_code == 200  # curl, Python: no Origin
+
+
+def test_binding_beyond_loopback_needs_an_api_key(service, ensemble, capsys):
+    with pytest.raises(UserError, match="--host 0.0.0.0: binding beyond loopback needs an API key"):
+        create_app(LocalBackend(service), access=ServeAccess(host="0.0.0.0"))
+    digest = _digest(sorted(p for p in ensemble.rglob("*") if p.is_file()))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["serve", str(ensemble), "--host", "0.0.0.0"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.count("\n") == 1 and "MURATUNE_API_KEY" in err and "Traceback" not in err
+    assert _digest(sorted(p for p in ensemble.rglob("*") if p.is_file())) == digest
+
+
+def test_the_api_key_is_checked_on_every_api_route(service, study):
+    client = _client(service, access=ServeAccess(host="0.0.0.0", allowed_hosts=("mura.lan",), api_key="s3cret"))
+    host = {"Host": "mura.lan:8000"}
+    for headers in ({}, {"X-API-Key": "wrong"}, {"Authorization": "Bearer wrong"}, {"X-API-Key": "s3cret "}):
+        assert client.get("/health", headers={**host, **headers}).status_code == 401
+        assert client.get("/info", headers={**host, **headers}).status_code == 401
+        for route in ("/predict", "/cam"):
+            assert client.post(route, files=_files(study[:1]), headers={**host, **headers}).status_code == 401
+    for headers in ({"X-API-Key": "s3cret"}, {"Authorization": "Bearer s3cret"}):
+        assert client.get("/info", headers={**host, **headers}).status_code == 200
+        assert client.post("/predict", files=_files(study[:1]), headers={**host, **headers}).status_code == 200
+    assert client.get("/", headers=host).status_code == 200  # the page asks for the key itself
+
+
+def test_the_printed_url_is_the_bound_address_with_a_warning_beyond_loopback():
+    from muratune.serve.deploy import ServeOptions
+
+    assert ServeOptions().url == "http://127.0.0.1:8000" and len(ServeOptions().banner("ens")) == 1
+    exposed = ServeOptions(host="0.0.0.0", port=8080, api_key="k")
+    lines = exposed.banner("ens")
+    assert exposed.url == "http://0.0.0.0:8080" and "http://0.0.0.0:8080/" in lines[0]
+    assert lines[1].startswith("muratune: warning: the server is reachable on every network interface")
+    assert ServeOptions(host="::", api_key="k").url == "http://[::]:8000"
+
+
+def test_the_service_screens_uploads_itself(service):
+    from muratune.serve.service import UploadTooLarge
+
+    with pytest.raises(UploadTooLarge, match="big.png: image too large"):
+        service.analyse([Upload("big.png", bomb_png(7000, 7000))])
+    out = io.BytesIO()
+    from PIL import Image
+
+    Image.new("L", (64, 64)).save(out, format="BMP")
+    with pytest.raises(UserError, match="v.bmp: not a PNG, JPEG or DICOM file"):
+        service.analyse([Upload("v.bmp", out.getvalue())])

@@ -47,8 +47,8 @@ def read_boxes(path: str | os.PathLike) -> dict[str, list[Box]]:
     """
     path = Path(path)
     try:
-        frame = pd.read_csv(path, dtype={IMAGE_PATH: str})
-    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as err:
+        frame = pd.read_csv(path, dtype={IMAGE_PATH: str}, encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as err:
         raise UserError(f"{path}: cannot read the boxes CSV ({type(err).__name__}: {err})") from None
     missing = [c for c in BOX_COLUMNS if c not in frame.columns]
     if missing:

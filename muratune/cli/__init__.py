@@ -18,19 +18,22 @@ from muratune.cli import doctor  # noqa: F401 - registered last, so it is the la
 __all__ = ["app", "main", "run_in_process"]
 
 
-def _parser_exceptions() -> tuple[tuple[type, ...], tuple[type, ...]]:
-    """The usage-error and abort classes the parser may raise: click's, and since typer 0.20 typer's own copy."""
+def _parser_exceptions() -> tuple[tuple[type, ...], tuple[type, ...], tuple[type, ...]]:
+    """The bad-value, usage-error and abort classes the parser may raise: click's, and typer's own copy (>= 0.20)."""
+    values: list[type] = [click.BadParameter]
     errors: list[type] = [click.ClickException]
     try:
-        from typer._click.exceptions import ClickException as VendoredClickException  # typer >= 0.20
+        from typer._click.exceptions import BadParameter as VendoredBadParameter  # typer >= 0.20
+        from typer._click.exceptions import ClickException as VendoredClickException
     except ImportError:
         pass
     else:
+        values.append(VendoredBadParameter)
         errors.append(VendoredClickException)
-    return tuple(errors), (click.Abort, typer.Abort, KeyboardInterrupt)
+    return tuple(values), tuple(errors), (click.Abort, typer.Abort, KeyboardInterrupt)
 
 
-CLICK_ERRORS, CLICK_ABORTS = _parser_exceptions()
+CLICK_BAD_VALUES, CLICK_ERRORS, CLICK_ABORTS = _parser_exceptions()
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -40,6 +43,9 @@ def main(argv: list[str] | None = None) -> None:
         code = command.main(args=argv, prog_name="muratune", standalone_mode=False)
     except UserError as err:
         typer.echo(f"muratune: error: {err}", err=True)
+        sys.exit(err.exit_code)
+    except CLICK_BAD_VALUES as err:  # type: ignore[misc]  # a value out of range (--size 0): one line naming it
+        typer.echo(f"muratune: error: {err.format_message()}", err=True)
         sys.exit(err.exit_code)
     except CLICK_ERRORS as err:  # type: ignore[misc]  # a tuple of exception classes
         err.show()

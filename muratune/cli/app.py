@@ -29,8 +29,10 @@ SetOpt = Annotated[
 AddressOpt = Annotated[
     str | None, typer.Option(help="Ray cluster address, e.g. 'auto' (default: RAY_ADDRESS or local Ray).")
 ]
-ReplicatesOpt = Annotated[int, typer.Option(help="Bootstrap replicates per 95% CI (studies resampled per body part).")]
-SeedOpt = Annotated[int, typer.Option(help="Bootstrap random seed.")]
+ReplicatesOpt = Annotated[
+    int, typer.Option(min=1, help="Bootstrap replicates per 95% CI (studies resampled per body part).")
+]
+SeedOpt = Annotated[int, typer.Option(min=0, help="Bootstrap random seed.")]
 
 
 def _version_callback(value: bool) -> None:

@@ -13,13 +13,13 @@ from muratune.cli.app import data_app
 @data_app.command("synth")
 def data_synth(
     out: Annotated[Path, typer.Argument(help="Folder to write; MURA-v1.1/ is created inside it.")],
-    studies: Annotated[int, typer.Option(help="Number of studies over both splits.")] = 600,
-    seed: Annotated[int, typer.Option(help="Random seed; the same seed gives the same dataset.")] = 0,
+    studies: Annotated[int, typer.Option(min=1, help="Number of studies over both splits.")] = 600,
+    seed: Annotated[int, typer.Option(min=0, help="Random seed; the same seed gives the same dataset.")] = 0,
     difficulty: Annotated[
         str, typer.Option(help="Finding strength: easy, medium, hard, or a number in (0, 1] (1 = easiest).")
     ] = "medium",
-    size: Annotated[int, typer.Option(help="Approximate long side of the images, in pixels.")] = 512,
-    workers: Annotated[int, typer.Option(help="Processes used to draw images (0 = all cores).")] = 0,
+    size: Annotated[int, typer.Option(min=16, help="Approximate long side of the images, in pixels.")] = 512,
+    workers: Annotated[int, typer.Option(min=0, help="Processes used to draw images (0 = all cores).")] = 0,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing dataset in OUT.")] = False,
     image_format: Annotated[
         str, typer.Option("--format", help="Image files: png, or dicom (12-bit MONOCHROME2 .dcm, windowed).")
@@ -65,12 +65,12 @@ def data_check(
 @data_app.command("cache")
 def data_cache(
     root: Annotated[Path, typer.Argument(help="Folder holding MURA-v1.1/ (or the MURA-v1.1 folder itself).")],
-    size: Annotated[int, typer.Option(help="Side of the cached square images, in pixels.")] = 224,
+    size: Annotated[int, typer.Option(min=1, help="Side of the cached square images, in pixels.")] = 224,
     mode: Annotated[str, typer.Option(help="Resize mode: pad (keep aspect, pad to square) or stretch.")] = "pad",
     cache_dir: Annotated[
         Path | None, typer.Option(help="Cache root (default $MURATUNE_CACHE or the user cache folder).")
     ] = None,
-    workers: Annotated[int, typer.Option(help="Decoding threads (0 = all cores).")] = 0,
+    workers: Annotated[int, typer.Option(min=0, help="Decoding threads (0 = all cores).")] = 0,
     skip_bad_images: Annotated[
         bool, typer.Option("--skip-bad-images", help="Exclude unreadable images instead of stopping.")
     ] = False,
@@ -100,10 +100,10 @@ def data_preview(
     root: Annotated[Path, typer.Argument(help="Folder holding MURA-v1.1/.")],
     policy: Annotated[str, typer.Option(help="Augmentation policy name (see `muratune data policies`).")],
     out: Annotated[Path, typer.Option(help="PNG file to write.")] = Path("preview.png"),
-    images: Annotated[int, typer.Option(help="How many dataset images (rows).")] = 4,
-    samples: Annotated[int, typer.Option(help="Augmented samples per image (columns).")] = 4,
-    size: Annotated[int, typer.Option(help="Tile size in pixels.")] = 224,
-    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    images: Annotated[int, typer.Option(min=1, help="How many dataset images (rows).")] = 4,
+    samples: Annotated[int, typer.Option(min=1, help="Augmented samples per image (columns).")] = 4,
+    size: Annotated[int, typer.Option(min=1, help="Tile size in pixels.")] = 224,
+    seed: Annotated[int, typer.Option(min=0, help="Random seed.")] = 0,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing OUT file.")] = False,
 ) -> None:
     """Write a PNG grid of augmented samples, to see what a policy does."""

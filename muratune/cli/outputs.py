@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from muratune.cli.app import AddressOpt, ReplicatesOpt, SeedOpt, app, run_in_process, warn
+from muratune.errors import UserError
 
 
 @app.command("cam")
@@ -37,7 +38,9 @@ def cam_command(
             help="Average maps over NxN input shifts of 1/N map cell (1 = off); sharper peaks on coarse maps."
         ),
     ] = 2,
-    threshold: Annotated[float, typer.Option(help="Box: largest region above this fraction of the map's max.")] = 0.2,
+    threshold: Annotated[
+        float, typer.Option(min=0.0, max=1.0, help="Box: largest region above this fraction of the map's max.")
+    ] = 0.2,
     score: Annotated[
         Path | None, typer.Option("--score", help="boxes.csv of true findings: print and save score.json.")
     ] = None,
@@ -60,7 +63,7 @@ def report_command(
     overwrite: Annotated[bool, typer.Option(help="Replace an existing report folder.")] = False,
     replicates: ReplicatesOpt = 1000,
     seed: SeedOpt = 0,
-    top: Annotated[int, typer.Option(help="Trials on the leaderboard (best internal-val kappa first).")] = 10,
+    top: Annotated[int, typer.Option(min=1, help="Trials on the leaderboard (best internal-val kappa first).")] = 10,
 ) -> None:
     """Write the leaderboard report: index.html, report.md, leaderboard.csv, metrics.json and plots/."""
     from muratune.report.write import write_report
@@ -85,7 +88,7 @@ def score_command(
 def serve_command(
     ensemble: Annotated[Path, typer.Argument(help="Ensemble folder (EXPERIMENT/ensemble/<strategy>) or a checkpoint.")],
     host: Annotated[str, typer.Option(help="Address to bind; loopback unless you mean to expose it.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="HTTP port.")] = 8000,
+    port: Annotated[int, typer.Option(min=1, max=65535, help="HTTP port.")] = 8000,
     replicas: Annotated[int, typer.Option(min=1, help="Model replicas (each holds the whole ensemble).")] = 1,
     cpus_per_replica: Annotated[float, typer.Option(min=0, help="CPUs reserved per model replica.")] = 1.0,
     gpus_per_replica: Annotated[float, typer.Option(min=0, help="GPUs per model replica (fractions share one).")] = 0.0,
@@ -96,22 +99,48 @@ def serve_command(
         int,
         typer.Option(min=1, max=8, help="CAM shift averaging per axis (1 = off: about half the CPU time per view)."),
     ] = 2,
+    max_pixels: Annotated[
+        int, typer.Option(min=1, help="Largest image in pixels, read from its header before decoding (413 above).")
+    ] = 40_000_000,
+    max_request_pixels: Annotated[
+        int, typer.Option(min=1, help="Most pixels of one request's views together (413 above).")
+    ] = 80_000_000,
+    allowed_host: Annotated[
+        list[str] | None,
+        typer.Option(help="Another Host name clients may use (repeatable); the bound host and loopback always are."),
+    ] = None,
+    api_key: Annotated[
+        str | None,
+        typer.Option(envvar="MURATUNE_API_KEY", show_envvar=True, help="API key; required to bind beyond loopback."),
+    ] = None,
 ) -> None:
     """Serve an ensemble over HTTP with Ray Serve: POST /predict and /cam, GET /health and /info, a page at /."""
+    from PIL import Image
+
     from muratune.serve.app import ServeLimits
     from muratune.serve.deploy import ServeOptions, serve_until_interrupted
 
-    limits = ServeLimits(max_request_bytes=int(max_request_mb * 1024 * 1024), max_files=max_files)
-    options = ServeOptions(host, port, replicas, cpus_per_replica, gpus_per_replica, limits, cam_shifts)
+    if Image.MAX_IMAGE_PIXELS is not None and max_pixels > Image.MAX_IMAGE_PIXELS:
+        raise UserError(f"--max-pixels {max_pixels}: above Pillow's bomb limit ({Image.MAX_IMAGE_PIXELS})")
+    limits = ServeLimits(
+        max_request_bytes=int(max_request_mb * 1024 * 1024),
+        max_files=max_files,
+        max_pixels=max_pixels,
+        max_request_pixels=max_request_pixels,
+    )
+    options = ServeOptions(host, port, replicas, cpus_per_replica, gpus_per_replica, limits, cam_shifts,
+                           tuple(allowed_host or ()), api_key or None)  # fmt: skip
     serve_until_interrupted(ensemble, options, address, echo=typer.echo)
 
 
 @app.command("demo")
 def demo_command(
     out: Annotated[Path, typer.Option(help="Folder for the data, experiment and report.")] = Path("demo-out"),
-    studies: Annotated[int, typer.Option(help="Synthetic studies to generate.")] = 600,
-    trials: Annotated[int, typer.Option(help="Search trials.")] = 8,
-    epochs: Annotated[int | None, typer.Option(help="Maximum epochs per trial (default: the demo config's).")] = None,
+    studies: Annotated[int, typer.Option(min=1, help="Synthetic studies to generate.")] = 600,
+    trials: Annotated[int, typer.Option(min=1, help="Search trials.")] = 8,
+    epochs: Annotated[
+        int | None, typer.Option(min=1, help="Maximum epochs per trial (default: the demo config's).")
+    ] = None,
     open_report: Annotated[bool, typer.Option("--open", help="Open the report in a browser at the end.")] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace an earlier demo in OUT.")] = False,
 ) -> None:

@@ -96,7 +96,7 @@ def refit_command(
 @app.command("ensemble")
 def ensemble_command(
     experiment: Annotated[Path, typer.Argument(help="Experiment folder written by `muratune search`.")],
-    size: Annotated[int, typer.Option("--size", help="Most members per ensemble (greedy picks, top-k K).")] = 5,
+    size: Annotated[int, typer.Option("--size", min=1, help="Most members per ensemble (greedy picks, top-k K).")] = 5,
     strategy: Annotated[
         list[str] | None,
         typer.Option(help="best-single, top-k-mean, greedy or greedy-per-body-part (repeatable; default: all)."),

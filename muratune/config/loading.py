@@ -17,7 +17,24 @@ from muratune.errors import UserError
 
 
 class _Loader(yaml.SafeLoader):
-    """SafeLoader that also reads ``1e-4`` (no dot) as a float, as people write learning rates."""
+    """SafeLoader that also reads ``1e-4`` (no dot) as a float, as people write learning rates, and refuses a key
+    given twice in one mapping (PyYAML keeps the last silently, so a repeated block would drop the first)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                first = seen.setdefault(key, key_node.start_mark.line)
+            except TypeError:  # an unhashable key: the base class reports it
+                continue
+            if first != key_node.start_mark.line:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r} (first given at line {first + 1})", key_node.start_mark
+                )
+        return super().construct_mapping(node, deep=deep)
 
 
 _Loader.add_implicit_resolver(
@@ -124,13 +141,18 @@ def read_yaml(path: str | os.PathLike) -> dict:
     if not path.is_file():
         raise UserError(f"{path}: config file not found")
     try:
-        raw = _yaml_load(path.read_text(encoding="utf-8"))
+        raw = _yaml_load(path.read_text(encoding="utf-8-sig"))
+    except UnicodeDecodeError as err:
+        byte = f"byte {err.start}: 0x{err.object[err.start]:02x}"
+        raise UserError(f"{path}: not UTF-8 text ({byte}); save the config as UTF-8") from None
+    except OSError as err:
+        raise UserError(f"{path}: cannot read the config ({err.strerror or err})") from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f":{mark.line + 1}" if mark is not None else ""
         raise UserError(f"{path}{where}: invalid YAML ({getattr(err, 'problem', err)})") from None
     if raw is None:
-        return {}
+        raise UserError(f"{path}: the config file is empty; give at least one setting (or no config for the defaults)")
     if not isinstance(raw, dict):
         raise UserError(f"{path}: expected a mapping of config keys at the top level")
     return raw

@@ -25,6 +25,13 @@ CACHE_ENV = "MURATUNE_CACHE"
 _CHUNK = 64
 
 
+def _umask() -> int:
+    """The process umask (reading it means setting it, so it is set straight back)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def default_cache_dir() -> Path:
     """Return the cache root: ``$MURATUNE_CACHE``, else the user's cache folder (e.g. ``~/.cache/muratune``)."""
     env = os.environ.get(CACHE_ENV)
@@ -213,6 +220,7 @@ def build_cache(
         if (final / "meta.json").is_file():
             return _checked(ImageCache.open(final), skip_bad_images)
         tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=root_dir))
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; a shared MURATUNE_CACHE needs the umask's mode
         try:
             workers = workers or os.cpu_count() or 1
             _write_cache(tmp, image_paths, files, size, mode, key, workers, skip_bad_images, progress)

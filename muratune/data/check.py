@@ -24,7 +24,7 @@ from muratune.constants import (
     short_part,
 )
 from muratune.data.images import read_image, sniff_image
-from muratune.data.index import SPLITS, DatasetRoot, IndexScan, Problem, image_csv_name, scan
+from muratune.data.index import SPLITS, DatasetRoot, IndexScan, Problem, image_csv_name, scan, study_csv_name
 from muratune.errors import UserError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm")
@@ -83,6 +83,7 @@ def check_dataset(
     """
     result = scan(root, SPLITS)
     problems = list(result.problems)
+    problems.extend(empty_splits(result))
     problems.extend(patients_in_both_splits(result))
     if not csv_only:
         missing, unlisted = files_on_disk(result)
@@ -94,6 +95,17 @@ def check_dataset(
 
 
 # ------------------------------------------------------------------------------------------------ checks
+def empty_splits(result: IndexScan) -> list[Problem]:
+    """Report each split with no study: an empty train split trains nothing, an empty valid split tests nothing."""
+    found = []
+    for split in SPLITS:
+        if not (result.frame[SPLIT] == split).any():
+            csv_path = result.root.csv_path(study_csv_name(split))
+            use = "the held-out test set" if split == SPLIT_VALID else "what the search trains on"
+            found.append(Problem(str(csv_path), None, f"the {split} split has no studies; it is {use}"))
+    return found
+
+
 def patients_in_both_splits(result: IndexScan) -> list[Problem]:
     """Report each patient of the valid split who also has studies in the train split."""
     frame = result.frame
@@ -138,16 +150,27 @@ def files_on_disk(result: IndexScan) -> tuple[list[Problem], list[Problem]]:
 
 
 def list_image_files(folder: Path) -> frozenset[str]:
-    """Return the image file names in a folder (hidden files such as macOS ``._*`` are ignored)."""
+    """Return the image file names in a folder (hidden files such as macOS ``._*`` are ignored).
+
+    An entry that cannot be examined (a symlink loop, no permission) counts as a file: reading it later reports why.
+    """
     try:
         with os.scandir(folder) as entries:
             return frozenset(
                 entry.name
                 for entry in entries
-                if entry.is_file() and not entry.name.startswith(".") and entry.name.lower().endswith(IMAGE_SUFFIXES)
+                if not entry.name.startswith(".") and entry.name.lower().endswith(IMAGE_SUFFIXES) and _is_file(entry)
             )
-    except (FileNotFoundError, NotADirectoryError, PermissionError):
+    except (OSError, ValueError):
         return frozenset()
+
+
+def _is_file(entry: os.DirEntry) -> bool:
+    """Whether a folder entry is a file, or cannot be examined (``is_file`` raises on a symlink loop)."""
+    try:
+        return entry.is_file()
+    except OSError:
+        return True
 
 
 def undecodable_images(

@@ -82,6 +82,26 @@ def read_dicom(
     return image, (rows, columns)
 
 
+def read_dicom_size(source: str | os.PathLike | Any, name: str | None = None) -> tuple[int, int]:
+    """Rows and columns of a DICOM file or stream from its header, without reading the pixel data.
+
+    Raises:
+        ImageReadError: not a readable DICOM image (the message names ``name``).
+    """
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    label = Path(name if name is not None else str(source))
+    try:
+        header = pydicom.dcmread(source, stop_before_pixels=True)
+    except (InvalidDicomError, AttributeError, KeyError, ValueError, TypeError, OSError, EOFError) as err:
+        raise ImageReadError(f"{label}: cannot read the DICOM header ({_first_line(err)})") from None
+    finally:
+        if not isinstance(source, str | os.PathLike):
+            source.seek(0)
+    return _dimensions(label, header, None)
+
+
 def _first_line(err: BaseException) -> str:
     text = str(err).strip()
     return text.splitlines()[0].strip() if text else type(err).__name__

@@ -45,7 +45,7 @@ from muratune.layout import (
     VAL_IMAGES_FILE,
     trial_dir,
 )
-from muratune.metrics import study_metrics, tune_threshold
+from muratune.metrics import defined_or_none, study_metrics, tune_threshold
 
 
 @dataclass
@@ -272,13 +272,13 @@ def build_strategy(
         TUNE_THRESHOLDS: tune_thresholds,
         "weights": {part: [float(w) for w in vector[used]] for part, vector in weights.items()},
         "data_config": inputs.models[used[0]].data_config,
-        "val_score": study_metrics(val_studies, prefix="val", thresholds=thresholds),
-        "test_score": {k: metrics[k] for k in ("test_kappa", "test_auc", "test_accuracy")},
+        "val_score": defined_or_none(study_metrics(val_studies, prefix="val", thresholds=thresholds)),
+        "test_score": defined_or_none({k: metrics[k] for k in ("test_kappa", "test_auc", "test_accuracy")}),
         "_used": [int(j) for j in used],
     }
     files = {
         TEST_STUDIES: lambda path: studies.to_parquet(path, index=False),
-        TEST_METRICS: lambda path: write_json(path, metrics),
+        TEST_METRICS: lambda path: write_json(path, defined_or_none(metrics)),
     }
     return spec, files
 

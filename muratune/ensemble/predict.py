@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -19,11 +21,12 @@ from muratune.fileio import Input, check_output, refuse_existing, write_text
 
 def format_rows(studies: pd.DataFrame, probabilities: bool) -> str:
     """CSV text without header: ``study_path,label`` (and ``,prob`` when asked)."""
-    lines = []
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")  # quotes a study path only when it holds a comma or a quote
     for row in studies.itertuples(index=False):
-        line = f"{getattr(row, STUDY_PATH)},{int(getattr(row, LABEL))}"
-        lines.append(f"{line},{getattr(row, PROB):.6f}" if probabilities else line)
-    return "".join(f"{line}\n" for line in lines)
+        fields = [getattr(row, STUDY_PATH), int(getattr(row, LABEL))]
+        writer.writerow([*fields, f"{getattr(row, PROB):.6f}"] if probabilities else fields)
+    return out.getvalue()
 
 
 def unreadable_error(reasons: list[str]) -> UserError:

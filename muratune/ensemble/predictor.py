@@ -12,14 +12,14 @@ import pandas as pd
 import torch
 
 from muratune.body_parts import body_part_in_path
-from muratune.constants import BODY_PART, BODY_PARTS, IMAGE_PATH, LABEL, PROB, STUDY_PATH, THRESHOLD
+from muratune.constants import BODY_PART, IMAGE_PATH, LABEL, PROB, STUDY_PATH, THRESHOLD
 from muratune.data.cache import ImageCache
 from muratune.data.images import ImageReadError, read_square
 from muratune.ensemble.select import Weights, combine
-from muratune.ensemble.spec import GLOBAL
 from muratune.ensemble.trained import TrainedModel, load_trained_model
 from muratune.errors import UserError
 from muratune.layout import ENSEMBLE_FILE
+from muratune.schemas import MemberEntry, read_ensemble_spec
 from muratune.trainables import checkpoint as ckpt
 
 DEFAULT_THRESHOLD = 0.5
@@ -217,12 +217,12 @@ class StudyPredictor:
                 tensor shape does not match, or weights cannot be read.
         """
         directory = Path(directory)
-        spec = ckpt.read_json(directory / ENSEMBLE_FILE)
         source = directory / ENSEMBLE_FILE
-        members = [_load_ensemble_member(directory, entry, source) for entry in _entries(spec, source)]
-        weights = _weights(spec, len(members), source)
-        thresholds = {str(k): float(v) for k, v in (spec.get("thresholds") or {}).items()}
-        return cls(members, weights, thresholds, tta=bool(spec.get("tta", False)), device=device)
+        spec = read_ensemble_spec(source)
+        members = [_load_ensemble_member(directory, entry, source) for entry in spec.members]
+        weights = {part: np.asarray(vector, dtype=float) for part, vector in spec.weights.items()}
+        thresholds = {part: float(value) for part, value in spec.thresholds.items()}
+        return cls(members, weights, thresholds, tta=spec.tta, device=device)
 
     def threshold(self, body_part: str | None) -> float:
         """Decision threshold for a body part (0.5 when none was tuned)."""
@@ -306,13 +306,6 @@ class StudyPredictor:
 
 
 # ------------------------------------------------------------------------------------------------ loading
-def _entries(spec: dict, source: Path) -> list[dict]:
-    members = spec.get("members")
-    if not isinstance(members, list) or not members or not all(isinstance(m, dict) and "path" in m for m in members):
-        raise UserError(f"{source}: 'members' must be a non-empty list of {{name, path, ...}} entries")
-    return members
-
-
 def _member_dir(directory: Path, relative: str, source: Path) -> Path:
     """Resolve a member folder, refusing absolute paths and paths that leave the ensemble folder."""
     candidate = Path(relative)
@@ -322,30 +315,11 @@ def _member_dir(directory: Path, relative: str, source: Path) -> Path:
     return target
 
 
-def _load_ensemble_member(directory: Path, entry: dict, source: Path) -> TrainedModel:
-    folder = _member_dir(directory, str(entry["path"]), source)
+def _load_ensemble_member(directory: Path, entry: MemberEntry, source: Path) -> TrainedModel:
+    folder = _member_dir(directory, entry.path, source)
     weights_file = folder / ckpt.MODEL_FILE
     if not weights_file.is_file():
         raise UserError(f"{weights_file}: member weights not found (listed in {source})")
-    expected = entry.get("sha256")
-    if expected and file_sha256(weights_file) != expected:
+    if entry.sha256 and file_sha256(weights_file) != entry.sha256:
         raise UserError(f"{weights_file}: checksum does not match {source}; the weights are corrupted or replaced")
-    return load_trained_model(folder, name=str(entry.get("name") or folder.name))
-
-
-def _weights(spec: dict, n_members: int, source: Path) -> Weights:
-    raw = spec.get("weights")
-    if not isinstance(raw, dict) or GLOBAL not in raw:
-        raise UserError(f"{source}: 'weights' must map '{GLOBAL}' (and optionally body parts) to weight lists")
-    weights = {}
-    for part, values in raw.items():
-        if part != GLOBAL and part not in BODY_PARTS:
-            raise UserError(f"{source}: weights for unknown body part {part!r}")
-        array = np.asarray(values, dtype=float)
-        if array.shape != (n_members,) or not np.all(np.isfinite(array)) or (array < 0).any() or array.sum() <= 0:
-            raise UserError(
-                f"{source}: weights[{part!r}] must be {n_members} non-negative numbers with a positive sum "
-                f"(one per member), got shape {array.shape}"
-            )
-        weights[part] = array
-    return weights
+    return load_trained_model(folder, name=entry.name)

@@ -10,8 +10,8 @@ import numpy as np
 import torch
 
 from muratune.data.dataset import Normalizer
-from muratune.errors import UserError
 from muratune.layout import TRIAL_FILE
+from muratune.schemas import validate_trial
 from muratune.trainables import checkpoint as ckpt
 
 
@@ -51,15 +51,11 @@ class TrainedModel:
 
 
 def build_model(trial: dict, source: str = TRIAL_FILE) -> torch.nn.Module:
-    """Rebuild a model's architecture (random weights) from its ``trial.json`` record."""
+    """Rebuild a model's architecture (random weights) from its ``trial.json`` record (checked by its schema)."""
     from muratune.trainables.models import create_model
 
-    try:
-        backbone = trial["backbone"]
-        in_chans = int(trial["data_config"]["in_chans"])
-    except (KeyError, TypeError, ValueError):
-        raise UserError(f"{source}: not a muratune trial record (missing backbone or data_config)") from None
-    return create_model(backbone, pretrained=False, in_chans=in_chans)
+    record = validate_trial(trial, source)
+    return create_model(record.backbone, pretrained=False, in_chans=record.data_config.in_chans)
 
 
 def load_trained_model(directory: str | os.PathLike, weight: float = 1.0, name: str | None = None) -> TrainedModel:

@@ -27,6 +27,7 @@ from muratune.layout import (
     TRIALS_TEST_DIR,
     trial_dir,
 )
+from muratune.schemas import read_json, validate_ensemble
 
 CAM_DIRS = (CAMS_DIR, "cam")  # "cam" is where muratune 0.1's README put them
 MAX_CAM_IMAGES = 4
@@ -134,7 +135,8 @@ def read_ensembles(exp_dir: Path) -> list[Ensemble]:
         spec_path, studies_path = sub / ENSEMBLE_FILE, sub / TEST_STUDIES
         if sub.name.startswith(".") or not (spec_path.is_file() and studies_path.is_file()):
             continue
-        spec = json.loads(spec_path.read_text(encoding="utf-8"))
+        spec = read_json(spec_path)
+        validate_ensemble(spec, spec_path)  # a tampered ensemble.json is one line naming the field, not a wrong table
         ensembles.append(Ensemble(str(spec.get("strategy", sub.name)), spec, pd.read_parquet(studies_path)))
     return ensembles
 

@@ -43,12 +43,19 @@ REFERENCE_NOTE = (
 
 
 def fmt(value: Any, digits: int = 3) -> str:
-    """A number with fixed digits, or an en dash when missing."""
+    """A number with fixed digits, or ``n/a`` when missing or undefined (a kappa of one class is NaN, never 0)."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "\u2013"
+        return "n/a"
     if isinstance(value, float):
         return f"{value:.{digits}f}"
     return str(value)
+
+
+def kappa_ci(row: Any, digits: int) -> str:
+    """A kappa's bootstrap interval, ``[low, high]``, or ``n/a`` when the kappa is undefined."""
+    if any(math.isnan(float(row[k])) for k in ("kappa", "kappa_low", "kappa_high")):
+        return "n/a"
+    return f"[{row['kappa_low']:.{digits}f}, {row['kappa_high']:.{digits}f}]"
 
 
 def _sci(value: Any) -> str:
@@ -93,7 +100,7 @@ def _cell(entry: Entry, column: str) -> dict[str, str]:
     if entry.score is None or column not in entry.score.index:
         return {"value": fmt(value), "ci": ""}
     row = entry.score.loc[column]
-    return {"value": fmt(value), "ci": f"[{row['kappa_low']:.2f}, {row['kappa_high']:.2f}]", "n": str(int(row["n"]))}
+    return {"value": fmt(value), "ci": kappa_ci(row, 2), "n": str(int(row["n"]))}
 
 
 def _overall(entry: Entry, metric: str) -> str:
@@ -138,7 +145,7 @@ def best_rows(report: Report) -> list[dict[str, str]]:
                 "n": str(int(row["n"])),
                 "positives": str(int(row["positives"])),
                 "kappa": fmt(row["kappa"]),
-                "ci": f"[{row['kappa_low']:.3f}, {row['kappa_high']:.3f}]",
+                "ci": kappa_ci(row, 3),
                 "auc": fmt(row["auc"]),
                 "sensitivity": fmt(row["sensitivity"]),
                 "specificity": fmt(row["specificity"]),

@@ -17,14 +17,16 @@ from muratune.report.scoring import format_score, score_studies
 
 
 def _rows(path: Path) -> list[tuple[int, list[str]]]:
-    """Non-blank CSV rows with their 1-based line numbers."""
+    """Non-blank CSV rows with their 1-based line numbers (a UTF-8 BOM, as Excel writes, and quoted fields read)."""
     if not path.is_file():
         raise UserError(f"{path}: file not found")
     try:
-        with path.open(newline="", encoding="utf-8") as handle:
+        with path.open(newline="", encoding="utf-8-sig") as handle:
             return [(n, [c.strip() for c in row]) for n, row in enumerate(csv.reader(handle), 1) if any(row)]
     except (UnicodeDecodeError, csv.Error) as err:
         raise UserError(f"{path}: not a readable CSV file ({err})") from None
+    except OSError as err:
+        raise UserError(f"{path}: cannot read the file ({err.strerror or err})") from None
 
 
 def _study_key(path: Path, line: int, text: str) -> str:

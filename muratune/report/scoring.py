@@ -130,13 +130,15 @@ def format_score(score: pd.DataFrame, level: float = DEFAULT_LEVEL) -> str:
     header = f"{'body part':<10} {'studies':>7}  {'kappa':>6}  {pct + ' CI':<16}"
     lines = [header + "".join(f" {name:>6}" for name in ("AUC", "sens", "spec", "acc"))]
     for part, row in score.iterrows():
-        ci = f"[{row['kappa_low']:.3f}, {row['kappa_high']:.3f}]"
+        undefined = math.isnan(row["kappa"])
+        ci = "n/a" if undefined else f"[{row['kappa_low']:.3f}, {row['kappa_high']:.3f}]"
         lines.append(
-            f"{part:<10} {int(row['n']):>7}  {row['kappa']:>6.3f}  {ci:<16} {_num(row['auc'])} "
+            f"{part:<10} {int(row['n']):>7}  {_num(row['kappa'])}  {ci:<16} {_num(row['auc'])} "
             f"{_num(row['sensitivity'])} {_num(row['specificity'])} {_num(row['accuracy'])}"
         )
     return "\n".join(lines)
 
 
 def _num(value: float) -> str:
-    return f"{'-':>6}" if value is None or math.isnan(value) else f"{value:>6.3f}"
+    """A metric in a 6-wide column; ``n/a`` where it is undefined (NaN), never 0."""
+    return f"{'n/a':>6}" if value is None or math.isnan(value) else f"{value:>6.3f}"

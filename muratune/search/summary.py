@@ -62,7 +62,7 @@ def _summary_row(result: Any, config: ExperimentConfig, unfinished: set[str]) ->
     row = {"trial_id": trial_id, "state": state, "epochs": epochs}
     row.update({"best_val_kappa": best_kappa, "best_val_auc": best_auc})
     row.update({name: result.config.get(name) for name in HYPERPARAMETERS})
-    if history is not None and len(history) and METRIC in history:
+    if history is not None and METRIC in history and history[METRIC].notna().any():  # NaN kappa: worst
         best_row = history.loc[history[METRIC].idxmax()]
         row.update({k: best_row[k] for k in history.columns if k.startswith(f"{METRIC}/")})
         row["best_epoch"] = int(best_row.get(EPOCH, 0))
@@ -77,7 +77,7 @@ def _reported_checkpoint(history: pd.DataFrame | None) -> str | None:
     """Best checkpoint of a data-parallel trial: its Train run reports checkpoint paths as a metric."""
     if history is None or "checkpoint_path" not in history or METRIC not in history:
         return None
-    with_path = history.dropna(subset=["checkpoint_path"])
+    with_path = history.dropna(subset=["checkpoint_path", METRIC])
     return str(with_path.loc[with_path[METRIC].idxmax(), "checkpoint_path"]) if len(with_path) else None
 
 

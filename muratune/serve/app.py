@@ -1,4 +1,8 @@
-"""The HTTP layer: a FastAPI app (predict, cam, health, info, the upload page) over a study-analysis backend."""
+"""The HTTP layer: a FastAPI app (predict, cam, health, info, the upload page) over a study-analysis backend.
+
+Outermost first, every request passes: the Host allow-list (400), the same-origin rule for POSTs (403), the body size
+limit (413), then, on the API routes, the API key when one is set (401), and the image headers (413/422).
+"""
 
 from __future__ import annotations
 
@@ -6,13 +10,24 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Annotated, Protocol
 
-from fastapi import FastAPI, File, Form, HTTPException, UploadFile
+from fastapi import Depends, FastAPI, File, Form, HTTPException, UploadFile
 from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from muratune import __version__
-from muratune.serve.service import InvalidUpload, StudyService, Upload
+from muratune.data.images import MAX_PIXELS, MAX_SIDE
+from muratune.serve.guard import SameOriginPost, ServeAccess, api_key_dependency
+from muratune.serve.service import (
+    DEFAULT_REQUEST_PIXELS,
+    InvalidUpload,
+    PixelLimits,
+    StudyService,
+    Upload,
+    UploadTooLarge,
+    screen_uploads,
+)
 
 DEFAULT_MAX_REQUEST_MB = 32.0
 DEFAULT_MAX_FILES = 12
@@ -20,10 +35,23 @@ DEFAULT_MAX_FILES = 12
 
 @dataclass(frozen=True)
 class ServeLimits:
-    """Request limits: total body size (413 above it) and views per study (422 above it)."""
+    """Request limits: body size (413), views per study (422), pixels per image and per request (413)."""
 
     max_request_bytes: int = int(DEFAULT_MAX_REQUEST_MB * 1024 * 1024)
     max_files: int = DEFAULT_MAX_FILES
+    max_pixels: int = MAX_PIXELS
+    max_side: int = MAX_SIDE
+    max_request_pixels: int = DEFAULT_REQUEST_PIXELS
+
+    @property
+    def pixels(self) -> PixelLimits:
+        """The pixel caps, as the study service applies them."""
+        return PixelLimits(self.max_pixels, self.max_side, self.max_request_pixels)
+
+
+def upload_error(err: InvalidUpload) -> HTTPException:
+    """413 for an image above the pixel caps, 422 for any other bad upload."""
+    return HTTPException(status_code=413 if isinstance(err, UploadTooLarge) else 422, detail=str(err))
 
 
 # ------------------------------------------------------------------------------------------------ schema
@@ -92,7 +120,7 @@ class LocalBackend:
         try:
             return await run_in_threadpool(self.service.analyse, uploads, body_part, overlays)
         except InvalidUpload as err:
-            raise HTTPException(status_code=422, detail=str(err)) from None
+            raise upload_error(err) from None
 
     async def info(self) -> dict:
         return self.service.info()
@@ -165,9 +193,18 @@ def page_html() -> str:
     return resources.files("muratune.serve").joinpath("static/index.html").read_text(encoding="utf-8")
 
 
-def create_app(backend: Backend, limits: ServeLimits | None = None) -> FastAPI:
-    """The FastAPI app: ``POST /predict``, ``POST /cam``, ``GET /health``, ``GET /info`` and the page at ``/``."""
+def create_app(backend: Backend, limits: ServeLimits | None = None, access: ServeAccess | None = None) -> FastAPI:
+    """The FastAPI app: ``POST /predict``, ``POST /cam``, ``GET /health``, ``GET /info`` and the page at ``/``.
+
+    Args:
+        backend: where studies are analysed.
+        limits: request limits (default ``ServeLimits()``).
+        access: the Host allow-list and API key (default: loopback names, no key).
+    """
     limits = limits or ServeLimits()
+    access = access or ServeAccess()
+    access.check()
+    api = [Depends(api_key_dependency(access.api_key))] if access.api_key else []
     app = FastAPI(
         title="muratune",
         version=__version__,
@@ -175,33 +212,40 @@ def create_app(backend: Backend, limits: ServeLimits | None = None) -> FastAPI:
         "radiographs. A research tool, not a diagnosis.",
     )
     app.add_middleware(BodySizeLimit, max_bytes=limits.max_request_bytes)
+    app.add_middleware(SameOriginPost)
+    app.add_middleware(TrustedHostMiddleware, allowed_hosts=access.host_patterns(), www_redirect=False)
     page = page_html()
 
     async def read_uploads(files: list[UploadFile]) -> list[Upload]:
         if len(files) > limits.max_files:
             raise HTTPException(422, f"{len(files)} files: at most {limits.max_files} views per study")
-        return [Upload(f.filename or f"view{i + 1}", await f.read()) for i, f in enumerate(files)]
+        uploads = [Upload(f.filename or f"view{i + 1}", await f.read()) for i, f in enumerate(files)]
+        try:
+            screen_uploads(uploads, limits.pixels)  # here, before the bytes travel to a model replica
+        except InvalidUpload as err:
+            raise upload_error(err) from None
+        return uploads
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def index() -> str:
         return page
 
-    @app.get("/health")
+    @app.get("/health", dependencies=api)
     async def health() -> dict:
         """Liveness: the server answers."""
         return {"status": "ok"}
 
-    @app.get("/info")
+    @app.get("/info", dependencies=api)
     async def info() -> dict:
         """The ensemble: members, version, weights, thresholds and CAM layers."""
         return await backend.info()
 
-    @app.post("/predict", response_model=StudyResult, response_model_exclude_unset=True)
+    @app.post("/predict", response_model=StudyResult, response_model_exclude_unset=True, dependencies=api)
     async def predict(files: ViewFiles, body_part: BodyPart = None) -> dict:
         """Study probability, label and threshold, with each view's probability and CAM box and peak."""
         return await backend.analyse(await read_uploads(files), body_part, False)
 
-    @app.post("/cam", response_model=StudyResult)
+    @app.post("/cam", response_model=StudyResult, dependencies=api)
     async def cam(files: ViewFiles, body_part: BodyPart = None) -> dict:
         """As /predict, with each view's CAM overlay as a base64 PNG (``overlay_png``)."""
         return await backend.analyse(await read_uploads(files), body_part, True)

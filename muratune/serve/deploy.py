@@ -9,11 +9,14 @@ from pathlib import Path
 from ray import serve
 
 from muratune.cam.cam import DEFAULT_SHIFTS
-from muratune.serve.app import ServeLimits, create_app
-from muratune.serve.service import InvalidUpload, StudyService, Upload
+from muratune.serve.app import ServeLimits, create_app, upload_error
+from muratune.serve.guard import WILDCARD_HOSTS, ServeAccess, is_loopback, url_host
+from muratune.serve.service import InvalidUpload, PixelLimits, StudyService, Upload, UploadTooLarge
 
 APP_NAME = "muratune"
 ERROR = "error"
+TOO_LARGE = "too_large"
+MAX_ONGOING = 2  # one study in analysis and one waiting (or an /info call) per model replica
 
 
 @dataclass(frozen=True)
@@ -27,27 +30,49 @@ class ServeOptions:
     gpus_per_replica: float = 0.0
     limits: ServeLimits = field(default_factory=ServeLimits)
     cam_shifts: int = DEFAULT_SHIFTS
+    allowed_hosts: tuple[str, ...] = ()
+    api_key: str | None = None
+
+    @property
+    def access(self) -> ServeAccess:
+        """The Host allow-list and API key."""
+        return ServeAccess(self.host, tuple(self.allowed_hosts), self.api_key)
 
     @property
     def url(self) -> str:
-        """The base URL clients use."""
-        host = "127.0.0.1" if self.host in ("0.0.0.0", "::") else self.host
-        return f"http://{host}:{self.port}"
+        """The base URL of the address actually bound (``http://0.0.0.0:8000`` when bound to all interfaces)."""
+        return f"http://{url_host(self.host)}:{self.port}"
+
+    def banner(self, ensemble_dir: str | os.PathLike) -> list[str]:
+        """What ``serve`` prints: the bound URL, and a warning when it is reachable beyond this machine."""
+        url = self.url
+        lines = [f"muratune: serving {Path(ensemble_dir)} at {url}/ (API docs at {url}/docs); Ctrl-C stops"]
+        if not is_loopback(self.host):
+            where = "every network interface" if self.host in WILDCARD_HOSTS else self.host
+            lines.append(
+                f"muratune: warning: the server is reachable on {where}, not only this machine; every API request "
+                "needs the API key (X-API-Key header or Authorization: Bearer); Host names accepted: "
+                + ", ".join(self.access.host_patterns())
+            )
+        return lines
 
 
 @serve.deployment(name="EnsembleModel")
 class EnsembleModel:
     """One model replica: loads the ensemble once and analyses studies; errors come back as values, not raises."""
 
-    def __init__(self, ensemble_dir: str, use_gpu: bool = False, cam_shifts: int = DEFAULT_SHIFTS):
-        self.service = StudyService(ensemble_dir, device=_replica_device(use_gpu), cam_shifts=cam_shifts)
+    def __init__(
+        self, ensemble_dir: str, use_gpu: bool = False, cam_shifts: int = DEFAULT_SHIFTS, pixels: dict | None = None
+    ):
+        limits = PixelLimits(**(pixels or {}))
+        self.service = StudyService(ensemble_dir, _replica_device(use_gpu), cam_shifts=cam_shifts, limits=limits)
 
     def analyse(self, uploads: list[tuple[str, bytes]], body_part: str | None, overlays: bool) -> dict:
         """``StudyService.analyse`` on ``(filename, bytes)`` pairs; ``{"error": reason}`` for a bad upload."""
         try:
             return self.service.analyse([Upload(name, data) for name, data in uploads], body_part, overlays)
         except InvalidUpload as err:
-            return {ERROR: str(err)}
+            return {ERROR: str(err), TOO_LARGE: isinstance(err, UploadTooLarge)}
 
     def info(self) -> dict:
         """The ensemble's description (see ``StudyService.info``)."""
@@ -61,12 +86,10 @@ class RemoteBackend:
         self.handle = handle
 
     async def analyse(self, uploads: list[Upload], body_part: str | None, overlays: bool) -> dict:
-        from fastapi import HTTPException
-
         pairs = [(u.filename, u.data) for u in uploads]
         result = await self.handle.analyse.remote(pairs, body_part, overlays)
         if ERROR in result:
-            raise HTTPException(status_code=422, detail=result[ERROR])
+            raise upload_error((UploadTooLarge if result.get(TOO_LARGE) else InvalidUpload)(result[ERROR]))
         return result
 
     async def info(self) -> dict:
@@ -78,12 +101,13 @@ class RemoteBackend:
 class HttpIngress:
     """The HTTP entry point: the FastAPI app, built on the replica around a handle to the model deployment."""
 
-    def __init__(self, model_handle, limits: dict):
+    def __init__(self, model_handle, limits: dict, access: dict):
         self.backend = RemoteBackend(model_handle)
         self.limits = ServeLimits(**limits)
+        self.access = ServeAccess(**access)
 
     def __serve_build_asgi_app__(self):
-        return create_app(self.backend, self.limits)
+        return create_app(self.backend, self.limits, self.access)
 
 
 def _replica_device(use_gpu: bool) -> str:
@@ -95,16 +119,29 @@ def _replica_device(use_gpu: bool) -> str:
 
 def build_application(ensemble_dir: str | os.PathLike, options: ServeOptions):
     """The Serve application: ``options.replicas`` model replicas (with their CPU/GPU share) and the ingress."""
-    actor_options = {"num_cpus": options.cpus_per_replica, "num_gpus": options.gpus_per_replica}
+    actor_options = {
+        "num_cpus": options.cpus_per_replica,
+        "num_gpus": options.gpus_per_replica,
+        # glibc gives each thread its own heap arena and keeps what a study freed there; two arenas keep a replica's
+        # memory near one study's working set instead of one per request thread.
+        "runtime_env": {"env_vars": {"MALLOC_ARENA_MAX": "2"}},
+    }
+    # A replica analyses one study at a time (StudyService's lock); more requests wait at the ingress as bytes.
     model = EnsembleModel.options(  # type: ignore[attr-defined]  # @serve.deployment makes it a Deployment
-        num_replicas=options.replicas, ray_actor_options=actor_options
+        num_replicas=options.replicas, ray_actor_options=actor_options, max_ongoing_requests=MAX_ONGOING
     )
-    replica = model.bind(str(Path(ensemble_dir).resolve()), options.gpus_per_replica > 0, options.cam_shifts)
-    return HttpIngress.bind(replica, asdict(options.limits))  # type: ignore[attr-defined]
+    pixels = asdict(options.limits.pixels)
+    replica = model.bind(str(Path(ensemble_dir).resolve()), options.gpus_per_replica > 0, options.cam_shifts, pixels)
+    return HttpIngress.bind(replica, asdict(options.limits), asdict(options.access))  # type: ignore[attr-defined]
 
 
 def start_server(ensemble_dir: str | os.PathLike, options: ServeOptions) -> str:
-    """Deploy the ensemble on the connected Ray cluster (Ray must be initialised) and return the base URL."""
+    """Deploy the ensemble on the connected Ray cluster (Ray must be initialised) and return the base URL.
+
+    Raises:
+        UserError: the host is beyond loopback and no API key is set.
+    """
+    options.access.check()
     serve.start(http_options={"host": options.host, "port": options.port})
     serve.run(build_application(ensemble_dir, options), name=APP_NAME, route_prefix="/", blocking=False)
     return options.url
@@ -151,14 +188,16 @@ def serve_until_interrupted(
     from muratune.cluster import connect_ray
     from muratune.ensemble.load import load_ensemble
 
+    options.access.check()
     load_ensemble(ensemble_dir, device="cpu")  # a bad ensemble is a one-line error before Ray starts
     started = connect_ray(address)
     stop = threading.Event()
     previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
         check_replica_resources(options)
-        url = start_server(ensemble_dir, options)
-        echo(f"muratune: serving {Path(ensemble_dir)} at {url}/ (API docs at {url}/docs); Ctrl-C stops")
+        start_server(ensemble_dir, options)
+        for line in options.banner(ensemble_dir):
+            echo(line)
         while not stop.wait(0.5):
             pass
     except KeyboardInterrupt:

@@ -23,6 +23,7 @@ from muratune.layout import (
     VAL_IMAGES_FILE,
     VAL_STUDIES_FILE,
 )
+from muratune.schemas import read_json  # noqa: F401 - checkpoints are read through it as ckpt.read_json
 
 __all__ = [
     "MODEL_FILE",
@@ -122,17 +123,6 @@ def save_checkpoint(
     if optimizer is not None:
         save_optimizer(optimizer, directory)
     return directory
-
-
-def read_json(path: str | os.PathLike) -> dict:
-    """Read a JSON file with a clear error when it is missing or malformed."""
-    path = Path(path)
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise UserError(f"{path}: file not found") from None
-    except json.JSONDecodeError as err:
-        raise UserError(f"{path}: invalid JSON ({err.msg} at line {err.lineno})") from None
 
 
 def strip_optimizer_state(trial_dir: str | os.PathLike, keep: str | os.PathLike | None = None) -> int:
