@@ -195,7 +195,7 @@ def test_unknown_resize_mode_is_a_user_error() -> None:
 # ------------------------------------------------------------------------------------------------ formats and caps
 @pytest.mark.parametrize("fmt", ["BMP", "TIFF", "GIF", "WEBP", "PPM"])
 def test_formats_outside_the_list_are_refused_alike_whatever_the_name(tmp_path: Path, fmt: str) -> None:
-    assert IMAGE_FORMATS == ("PNG", "JPEG")
+    assert IMAGE_FORMATS == ("PNG", "JPEG", "DICOM")
     path = tmp_path / "view.png"
     Image.new("L", (20, 10), 90).save(path, format=fmt)
     data = path.read_bytes()
