@@ -273,8 +273,10 @@ def test_cli_errors_are_one_line(tmp_path: Path, capsys):
     member = _resnet_checkpoint(tmp_path / "member")
     assert _run(["cam", str(member), "--out", str(tmp_path / "o")]) == 2
     assert "exactly one of --study" in capsys.readouterr().err
-    Image.fromarray(np.zeros((8, 8), dtype=np.uint8)).save(tmp_path / "image1.png")
-    assert _run(["cam", str(tmp_path), "--study", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
+    study = tmp_path / "study"
+    study.mkdir()
+    Image.fromarray(np.zeros((8, 8), dtype=np.uint8)).save(study / "image1.png")
+    assert _run(["cam", str(study), "--study", str(study), "--out", str(tmp_path / "o")]) == 2
     assert "not an ensemble folder" in capsys.readouterr().err
 
 
