@@ -13,7 +13,7 @@ from muratune.config import load_config
 from muratune.data.cache import build_cache
 from muratune.data.index import load_index
 from muratune.ensemble.predictor import StudyPredictor
-from muratune.fileio import atomic_dir, atomic_path
+from muratune.fileio import atomic_dir, atomic_path, write_marker
 from muratune.search import summary
 from tests.helpers.mura import make_mura
 from tests.test_bad_data import DEMO, TRAIN_IMAGES, make_ensemble, run
@@ -42,9 +42,10 @@ def test_an_interrupted_file_write_keeps_the_old_file_and_leaves_no_temporary(tm
 def test_an_interrupted_folder_write_keeps_the_old_folder_and_leaves_no_temporary(tmp_path: Path) -> None:
     target = tmp_path / "report"
     target.mkdir()
+    write_marker(target, "report")  # a report muratune made: the only kind of folder it may replace
     (target / "index.html").write_text("<p>finished</p>")
     before = _state(target / "index.html")
-    with pytest.raises(KeyboardInterrupt), atomic_dir(target, overwrite=True) as tmp:
+    with pytest.raises(KeyboardInterrupt), atomic_dir(target, overwrite=True, kind="report") as tmp:
         (tmp / "index.html").write_text("<p>hal")
         raise KeyboardInterrupt
     assert _state(target / "index.html") == before
