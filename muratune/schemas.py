@@ -116,6 +116,13 @@ class EnsembleSpec(BaseModel):
     val_score: dict[str, Any] = {}
     test_score: dict[str, Any] = {}
     members: Annotated[list[MemberEntry], Field(min_length=1)]
+    # A cross-validated ensemble (`muratune refit`): the strategy chosen on out-of-fold predictions, the folds and
+    # epochs of its fold models, each configuration's weight, and its out-of-fold metrics.
+    selected_strategy: StrictStr | None = None
+    folds: Annotated[StrictInt, Field(ge=2)] | None = None
+    epochs: Annotated[StrictInt, Field(ge=1)] | None = None
+    configurations: dict[str, Annotated[Number, Field(ge=0, allow_inf_nan=False)]] = {}
+    oof_score: dict[str, Any] = {}
 
     @field_validator("thresholds")
     @classmethod
