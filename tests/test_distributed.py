@@ -15,6 +15,17 @@ from tests.helpers.search import tiny_overrides
 DEMO = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
 
 
+@pytest.fixture()
+def released_placement_groups(ray_session):
+    """Release what a finished TorchTrainer trial left reserved on the shared Ray (a Ray 2.60 leak the doctor warns
+    about), so later tests in the session can still place their trials."""
+    from muratune.doctor.searches import _placement_groups, release_leaked_groups
+
+    before = set(_placement_groups())
+    yield
+    release_leaked_groups(before, wait_s=5.0)
+
+
 def _ddp_config(tmp_path, root, **extra):
     values = {"resources.workers_per_trial": 2, "resources.cpus_per_trial": 0.5, "resources.max_concurrent_trials": 1,
               "budget.num_samples": 1, "budget.max_epochs": 1, "train.max_steps_per_epoch": 3, **extra}  # fmt: skip
@@ -22,7 +33,9 @@ def _ddp_config(tmp_path, root, **extra):
 
 
 @pytest.mark.slow
-def test_data_parallel_trial_reports_to_tune_with_a_checkpoint(ray_session, tmp_path, synthetic_root):
+def test_data_parallel_trial_reports_to_tune_with_a_checkpoint(
+    ray_session, released_placement_groups, tmp_path, synthetic_root
+):
     result = search_run.run_search(_ddp_config(tmp_path, synthetic_root), echo=lambda _: None)
     row = result.summary.iloc[0]
     assert row.state == "COMPLETE" and row.epochs == 1

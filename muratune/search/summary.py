@@ -61,7 +61,7 @@ def _summary_row(result: Any, config: ExperimentConfig, unfinished: set[str]) ->
         state = trial_state(result.error is not None, epochs, config.budget.max_epochs)
     row = {"trial_id": trial_id, "state": state, "epochs": epochs}
     row.update({"best_val_kappa": best_kappa, "best_val_auc": best_auc})
-    row.update({name: result.config.get(name) for name in HYPERPARAMETERS})
+    row.update({name: (result.config or {}).get(name) for name in HYPERPARAMETERS})  # a trial never started has none
     if history is not None and METRIC in history and history[METRIC].notna().any():  # NaN kappa: worst
         best_row = history.loc[history[METRIC].idxmax()]
         row.update({k: best_row[k] for k in history.columns if k.startswith(f"{METRIC}/")})
