@@ -305,10 +305,12 @@ def test_plain_int_range_is_unchanged() -> None:
 
 
 def test_startup_trials_scale_with_concurrent_workers() -> None:
-    """TPE's random start-up covers two waves of concurrent trials, and never fewer than configured."""
+    """TPE's random start-up covers five trials per concurrent worker, and never fewer than configured."""
     from muratune.config import OptunaConfig
 
-    assert OptunaConfig(n_startup_trials=4).startup_trials(1) == 4
-    assert OptunaConfig(n_startup_trials=4).startup_trials(8) == 16
-    assert OptunaConfig(n_startup_trials=20).startup_trials(8) == 20
-    assert load_config(REPO / "configs" / "mura-wide.yaml").optuna.startup_trials(8) == 16
+    assert OptunaConfig(n_startup_trials=4).startup_trials(1) == 5
+    assert OptunaConfig(n_startup_trials=4).startup_trials(8) == 40
+    assert OptunaConfig(n_startup_trials=50).startup_trials(8) == 50
+    assert OptunaConfig(n_startup_trials=4, startup_trials_per_worker=2).startup_trials(8) == 16
+    assert load_config(REPO / "configs" / "mura-wide.yaml").optuna.startup_trials(8) == 40
+    assert load_config(REPO / "configs" / "demo.yaml").optuna.startup_trials(2) == 4  # 8 trials: TPE picks 4

@@ -74,7 +74,26 @@ def test_stock_optuna_tells_stopped_trials_as_complete(surrogate: Surrogate) -> 
     assert not study.get_trials(states=(optuna.trial.TrialState.PRUNED,))
 
 
-@pytest.mark.parametrize("method", ["muratune", "bohb", "random"])
+def test_optuna_hyperband_prunes_at_optunas_own_rungs(surrogate: Surrogate) -> None:
+    import optuna
+
+    from bench.search_scale import simulate
+
+    events, controller = simulate(surrogate, TASK, "optuna-hyperband", seed=0, workers=4, budget=BUDGET)
+    study = controller.searcher.searcher._ot_study
+    assert isinstance(study.pruner, optuna.pruners.HyperbandPruner)
+    pruned = study.get_trials(states=(optuna.trial.TrialState.PRUNED,))
+    assert pruned
+    off_rung = 0
+    for ot_trial in pruned:
+        sim = controller.by_id[ot_trial.user_attrs["ray_trial_id"]]
+        assert sorted(ot_trial.intermediate_values) == list(range(1, sim.epochs + 1))
+        off_rung += sim.epochs not in (1, 3, 9, 27)  # Hyperband's rungs from 1 epoch, reduction factor 3
+    # Only the trials still running when the budget ran out (at most one per worker) stop between rungs.
+    assert off_rung <= 4 < len(pruned) - off_rung
+
+
+@pytest.mark.parametrize("method", ["muratune", "bohb", "random", "optuna-hyperband"])
 def test_each_epoch_is_counted_once_and_trials_finish_out_of_order(surrogate: Surrogate, method: str) -> None:
     from bench.search_scale import simulate
 

@@ -1,0 +1,120 @@
+"""Refit against the search's own ensembles: test kappa and AUC of ensemble/cv, best-single and greedy per seed.
+
+Each seed runs the demo's pipeline on the same synthetic data (search with that seed, ensemble, refit, report) and
+reads the report's leaderboard. It prints one table and writes ``summary.json`` with the issue's targets:
+``cv`` at least matches ``best-single`` on test AUC in every seed and beats it on mean test kappa.
+
+    python -m bench.refit_cv --out runs/bench/refit                   # 3 seeds, refit --top 3 --folds 5
+    python -m bench.refit_cv --out runs/bench/refit --top 2 --folds 3 --seeds 0,1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from muratune.demo import DEMO_CONFIG, demo_config_text, usable_cores
+from muratune.fileio import write_json, write_text
+
+MODELS = ("cv", "best-single", "greedy")
+
+
+def muratune(*args: str) -> float:
+    """Run one muratune command in a fresh process; return its wall seconds (stop on failure)."""
+    print(f"$ muratune {' '.join(args)}", flush=True)
+    started = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "muratune.cli", *args], check=True)
+    return time.perf_counter() - started
+
+
+def prepare_data(out: Path, studies: int) -> Path:
+    """The demo's synthetic data (seed 0), written and cached once for every seed."""
+    data = out / "data"
+    if not (data / "MURA-v1.1").exists():
+        muratune("data", "synth", str(data), "--studies", str(studies), "--seed", "0", "--difficulty", "easy")
+        muratune("data", "cache", str(data), "--size", "64")
+    return data
+
+
+def run_seed(out: Path, data: Path, seed: int, top: int, folds: int) -> dict:
+    """Search, ensemble, refit and report for one seed; the three models' test figures and the stage times."""
+    seed_dir = out / f"seed-{seed}"
+    seed_dir.mkdir(parents=True, exist_ok=True)
+    config = seed_dir / DEMO_CONFIG
+    write_text(config, demo_config_text())
+    exp = seed_dir / "runs" / "demo"
+    cores = max(1, usable_cores() // 2)
+    seconds = {}
+    if not (exp / "report" / "leaderboard.csv").exists():
+        seconds["search"] = muratune(
+            "search", str(config), "--data", str(data), "--set", f"storage={seed_dir / 'runs'}",
+            "--set", f"optuna.seed={seed}", "--set", f"train.seed={seed}",
+            "--set", f"resources.cpus_per_trial={cores}", "--overwrite",
+        )  # fmt: skip
+        seconds["ensemble"] = muratune("ensemble", str(exp), "--overwrite")
+        seconds["refit"] = muratune("refit", str(exp), "--top", str(top), "--folds", str(folds), "--overwrite")
+        seconds["report"] = muratune("report", str(exp), "--overwrite")
+    board = pd.read_csv(exp / "report" / "leaderboard.csv").set_index("name")
+    row = {"seed": seed, "seconds": {k: round(v, 1) for k, v in seconds.items()}}
+    for model in MODELS:
+        row[model] = {"kappa": float(board.loc[model, "kappa_overall"]), "auc": float(board.loc[model, "auc"])}
+    row["cv"]["oof_kappa"] = float(board.loc["cv", "oof_kappa"])
+    return row
+
+
+def summarise(rows: list[dict], top: int, folds: int) -> dict:
+    """The targets: cv's AUC >= best-single's in every seed, and cv's mean kappa above best-single's."""
+    mean_kappa = {m: statistics.fmean(r[m]["kappa"] for r in rows) for m in MODELS}
+    mean_auc = {m: statistics.fmean(r[m]["auc"] for r in rows) for m in MODELS}
+    auc_every_seed = all(r["cv"]["auc"] >= r["best-single"]["auc"] for r in rows)
+    return {
+        "seeds": [r["seed"] for r in rows],
+        "top": top,
+        "folds": folds,
+        "per_seed": rows,
+        "mean_kappa": mean_kappa,
+        "mean_auc": mean_auc,
+        "cv_auc_at_least_best_single_every_seed": auc_every_seed,
+        "cv_mean_kappa_above_best_single": mean_kappa["cv"] > mean_kappa["best-single"],
+    }
+
+
+def table(summary: dict) -> str:
+    """The per-seed table, then the means and the two targets."""
+    lines = ["seed  " + "  ".join(f"{m + ' kappa / AUC':>24}" for m in MODELS) + "   cv oof kappa"]
+    for r in summary["per_seed"]:
+        cells = "  ".join(f"{r[m]['kappa']:>15.3f} / {r[m]['auc']:.3f}" for m in MODELS)
+        lines.append(f"{r['seed']:>4}  {cells}   {r['cv']['oof_kappa']:.3f}")
+    means = "  ".join(f"{summary['mean_kappa'][m]:>15.3f} / {summary['mean_auc'][m]:.3f}" for m in MODELS)
+    lines.append(f"mean  {means}")
+    lines.append(f"cv AUC >= best-single AUC in every seed: {summary['cv_auc_at_least_best_single_every_seed']}")
+    lines.append(f"cv mean kappa > best-single mean kappa: {summary['cv_mean_kappa_above_best_single']}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=Path("runs/bench/refit"))
+    parser.add_argument("--seeds", default="0,1,2", help="comma-separated search seeds")
+    parser.add_argument("--top", type=int, default=3)
+    parser.add_argument("--folds", type=int, default=5)
+    parser.add_argument("--studies", type=int, default=600)
+    args = parser.parse_args(argv)
+    out = args.out.resolve()
+    data = prepare_data(out, args.studies)
+    rows = [run_seed(out, data, int(s), args.top, args.folds) for s in args.seeds.split(",")]
+    summary = summarise(rows, args.top, args.folds)
+    write_json(out / "summary.json", summary)
+    print(table(summary))
+    print(json.dumps({r["seed"]: r["seconds"] for r in rows}))
+
+
+if __name__ == "__main__":
+    main()
