@@ -30,6 +30,7 @@ from muratune.errors import UserError
 from muratune.fileio import write_json
 
 DEFAULT_BUDGET = 30 * MAX_EPOCHS
+HELD_BACK = "held-back"  # --tasks: every LCBench task but the development ones, kept back for judging defaults
 QUICK_METHODS = ("muratune", "stock-optuna-asha", "random")
 QUICK = {"tasks": (3945, 7593), "seeds": 2, "budget": 8 * MAX_EPOCHS, "methods": QUICK_METHODS}
 _SURROGATE: Surrogate | None = None
@@ -103,7 +104,11 @@ def run_jobs(jobs: list[dict[str, Any]], folder: Path, processes: int) -> list[d
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The command line (see the module docstring)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--tasks", default=",".join(map(str, DEV_TASKS)), help="comma-separated OpenML task ids")
+    parser.add_argument(
+        "--tasks",
+        default=",".join(map(str, DEV_TASKS)),
+        help=f"comma-separated OpenML task ids (default: the development tasks), or {HELD_BACK!r} for the others",
+    )
     parser.add_argument("--seeds", type=int, default=5, help="seeds per task (0..N-1)")
     parser.add_argument("--workers", type=int, default=8, help="concurrent trials")
     parser.add_argument("--budget", type=int, default=DEFAULT_BUDGET, help="epochs per search (a full trial is 52)")
@@ -122,14 +127,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def held_back_tasks(surrogate: Surrogate) -> list[int]:
+    """The surrogate's tasks that are not development tasks: defaults are judged on them, never chosen."""
+    return [t for t in surrogate.tasks() if t not in DEV_TASKS]
+
+
 def _checked(args: argparse.Namespace) -> tuple[Path, list[int], list[str]]:
     folder = args.surrogate or default_surrogate_dir()
     if folder is None:
         raise UserError("--surrogate: no LCBench surrogate found; see docs/search-efficiency.md for where to get it")
-    try:
-        tasks = [int(t) for t in str(args.tasks).split(",") if t.strip()]
-    except ValueError:
-        raise UserError(f"--tasks {args.tasks!r}: expected comma-separated OpenML task ids") from None
+    if args.tasks == HELD_BACK:
+        tasks = held_back_tasks(Surrogate(Path(folder)))
+    else:
+        try:
+            tasks = [int(t) for t in str(args.tasks).split(",") if t.strip()]
+        except ValueError:
+            raise UserError(
+                f"--tasks {args.tasks!r}: expected comma-separated OpenML task ids or {HELD_BACK}"
+            ) from None
     methods = [m.strip() for m in str(args.methods).split(",") if m.strip()]
     unknown = [m for m in methods if m not in METHODS]
     if unknown:

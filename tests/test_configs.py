@@ -314,3 +314,11 @@ def test_startup_trials_scale_with_concurrent_workers() -> None:
     assert OptunaConfig(n_startup_trials=4, startup_trials_per_worker=2).startup_trials(8) == 16
     assert load_config(REPO / "configs" / "mura-wide.yaml").optuna.startup_trials(8) == 40
     assert load_config(REPO / "configs" / "demo.yaml").optuna.startup_trials(2) == 4  # 8 trials: TPE picks 4
+
+
+def test_a_relative_data_root_is_made_absolute_where_the_command_runs(tmp_path: Path, monkeypatch) -> None:
+    """Tune runs trials in their own folders, so `--data data` must not reach them as a relative path."""
+    monkeypatch.chdir(tmp_path)
+    assert load_config(None, values={"data.root": "data"}).data.root == str(tmp_path / "data")
+    assert load_config(None, values={"data.root": "/mnt/mura"}).data.root == "/mnt/mura"
+    assert load_config(None, values={"data.root": "~/mura"}).data.root == "~/mura"

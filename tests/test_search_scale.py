@@ -154,3 +154,13 @@ def test_cli_refuses_unknown_tasks_and_methods(tmp_path: Path) -> None:
         main(["--tasks", "1", "--out", str(tmp_path)])
     with pytest.raises(UserError, match="--methods: unknown method 'tpe'"):
         main(["--methods", "tpe,random", "--out", str(tmp_path)])
+
+
+def test_held_back_tasks_are_every_task_but_the_development_ones(surrogate: Surrogate) -> None:
+    from bench.lcbench import DEV_TASKS
+    from bench.search_scale import held_back_tasks, parse_args
+
+    held_back = held_back_tasks(surrogate)
+    assert len(held_back) == len(surrogate.tasks()) - len(DEV_TASKS) > 0
+    assert not set(held_back) & set(DEV_TASKS)
+    assert parse_args(["--tasks", "held-back"]).tasks == "held-back"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
@@ -31,6 +32,14 @@ class DataConfig(_Strict):
     skip_bad_images: bool = False
     in_chans: Literal[1, 3] = 1
     num_workers: Annotated[int, Field(ge=0)] = 2
+
+    @field_validator("root")
+    @classmethod
+    def _absolute_root(cls, root: str | None) -> str | None:
+        """A relative root is relative to where the command runs; Tune runs trials in their own folders."""
+        if root is None or root.startswith("~") or "://" in root or os.path.isabs(root):
+            return root
+        return os.path.abspath(root)
 
     @field_validator("body_parts")
     @classmethod
