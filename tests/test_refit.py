@@ -209,3 +209,21 @@ def test_missing_trial_checkpoints_are_refused(tiny_experiment: Path, tmp_path: 
 def test_fold_settings_are_validated(data: dict, message: str) -> None:
     with pytest.raises(UserError, match=message):
         validate_config({"data": data})
+
+
+def test_an_overwritten_refit_stays_restorable_until_its_successor_finishes(
+    refit: dict, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    exp = tmp_path / "tiny"
+    shutil.copytree(refit["exp"], exp)
+    old_plan = (exp / REFIT_DIR / PLAN_FILE).read_text()
+    marker = tmp_path / "interrupt"
+    marker.touch()
+    interrupted = run_refit(
+        exp, top=1, folds=FOLDS, epochs=1, overwrite=True, stop=InterruptAfterFirstFoldModel(marker)
+    )
+    assert interrupted.unfinished
+    (aside,) = exp.glob(f".{REFIT_DIR}.replaced-*")
+    assert (aside / PLAN_FILE).read_text() == old_plan  # the old refit, whole, beside the new one
+    assert str(aside) in capsys.readouterr().out
+    assert (exp / ENSEMBLE_DIR / "cv").is_dir()  # the old cv ensemble is untouched until a new one is built

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import copy
 import os
-import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,11 +27,12 @@ from muratune.cluster import connect_ray
 from muratune.config import ExperimentConfig
 from muratune.constants import EPOCH, METRIC, VAL_AUC
 from muratune.errors import UserError
-from muratune.fileio import refuse_existing, write_json, write_text
+from muratune.fileio import move_aside, refuse_existing, write_json, write_text
 from muratune.layout import CACHE_JSON, CV_ENSEMBLE, ENSEMBLE_DIR, REFIT_PLAN, REFIT_SUMMARY, TRIAL_FILE, TRIALS_DIR
 from muratune.refit.plan import ENTRY, RefitPlan, member_id, refit_dir
 from muratune.refit.select import select_configurations
-from muratune.search.experiment import preflight
+from muratune.search.experiment import finish_replacing, preflight
+from muratune.search.factories import run_config
 from muratune.search.resources import check_cluster_resources, trial_resources
 from muratune.search.run import _SigtermAsSigint
 from muratune.search.summary import _one_line
@@ -133,12 +133,12 @@ def build_refit_tuner(
             trial_dirname_creator=_trial_dirname,
             trial_name_creator=_trial_dirname,
         ),
-        run_config=tune.RunConfig(
-            name=name,
-            storage_path=storage_path,
-            failure_config=tune.FailureConfig(max_failures=config.failure.max_failures),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),  # the last epoch is the fold model
-            progress_reporter=reporter,
+        run_config=run_config(
+            config,
+            name,
+            storage_path,
+            tune.CheckpointConfig(num_to_keep=1),  # the last epoch is the fold model
+            reporter,
             stop=stop,
             verbose=verbose,
         ),
@@ -305,7 +305,7 @@ def run_refit(
     plan = _plan(exp_dir, config, top, folds, epochs, resume, overwrite)
     check_folds(config, plan)
     cache_info = preflight(config, local=address is None and not os.environ.get("RAY_ADDRESS"), echo=echo)
-    results = _fit(config, plan, exp_dir, address, resume, num_cpus, stop, cache_info, echo)
+    results, aside = _fit(config, plan, exp_dir, address, resume, num_cpus, stop, cache_info, echo)
     summary = summarise_refit(results, plan.epochs)
     write_text(refit / REFIT_SUMMARY, summary.to_csv(index=False))
     shown = summary.drop(columns=["trial_dir", "checkpoint", "error"], errors="ignore")
@@ -314,10 +314,12 @@ def run_refit(
     unfinished = len(plan.entries()) - complete
     if unfinished:
         echo(f"refit stopped with {unfinished} fold(s) unfinished or failed; the same command with --resume goes on")
+        finish_replacing(refit, aside, finished=False, echo=echo, what="refit")
         return RefitResult(refit, summary, unfinished)
     from muratune.refit.ensemble import build_cv_ensemble
 
     spec = build_cv_ensemble(exp_dir, config, plan, summary, size, tune_thresholds, overwrite, echo)
+    finish_replacing(refit, aside, finished=True)
     return RefitResult(refit, summary, 0, spec)
 
 
@@ -331,23 +333,31 @@ def _fit(
     stop: Any,
     cache_info: dict | None,
     echo: Callable[[str], None],
-) -> Any:
-    """Start (or restore) the Tune run on Ray and wait for it; the refit folder is replaced only after all checks."""
+) -> tuple[Any, Path | None]:
+    """Start (or restore) the Tune run on Ray and wait for it; return its results and where a replaced refit went.
+
+    A refit being replaced (``--overwrite``) is moved aside only after all checks, and stays there until the new one
+    has built ``ensemble/cv`` (`finish_replacing`).
+    """
     import ray
 
     refit = refit_dir(exp_dir)
+    aside = None
     started = connect_ray(address, num_cpus)
     try:
         check_cluster_resources(config, autoscaling=not started, echo=echo)
         if not resume:
-            shutil.rmtree(refit, ignore_errors=True)
+            aside = move_aside(refit)
             refit.mkdir(parents=True)
             write_json(refit / REFIT_PLAN, plan.to_json())
         if cache_info is not None:
             write_json(refit / CACHE_JSON, cache_info)
         tuner = restore_refit_tuner(config, plan, exp_dir) if resume else build_refit_tuner(config, plan, exp_dir, stop)
         with _SigtermAsSigint():
-            return tuner.fit()
+            return tuner.fit(), aside
+    except BaseException:
+        finish_replacing(refit, aside, finished=False, echo=echo, what="refit")
+        raise
     finally:
         if started:
             ray.shutdown()

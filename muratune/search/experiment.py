@@ -53,14 +53,16 @@ def prepare_experiment(config: ExperimentConfig, resume: bool, overwrite: bool) 
     return exp_dir, aside
 
 
-def finish_replacing(exp_dir: Path, aside: Path | None, finished: bool, echo: Callable[[str], None] = print) -> None:
-    """Delete the experiment a search replaced once the new one has finished; else say where it is kept."""
+def finish_replacing(
+    exp_dir: Path, aside: Path | None, finished: bool, echo: Callable[[str], None] = print, what: str = "experiment"
+) -> None:
+    """Delete the folder a run replaced (moved ``aside``) once the new one has finished; else say where it is kept."""
     if aside is None:
         return
     if finished:
         shutil.rmtree(aside, ignore_errors=True)
     else:
-        echo(f"the replaced experiment is kept at {aside} until this one finishes; `mv {aside} {exp_dir}` restores it")
+        echo(f"the replaced {what} is kept at {aside} until this one finishes; `mv {aside} {exp_dir}` restores it")
 
 
 def resumed_config(config: ExperimentConfig) -> ExperimentConfig:

@@ -94,6 +94,31 @@ def _trial_dirname(trial: Any) -> str:
     return trial_dirname(trial.trial_id)
 
 
+def run_config(
+    config: ExperimentConfig, name: str, storage_path: str, checkpoint_config: Any, reporter: Any, **settings: Any
+) -> Any:
+    """The RunConfig a search and a refit share: where the run is stored, its failure handling and progress table.
+
+    Args:
+        config: the experiment config (its ``failure`` section).
+        name: the Tune run's name, under ``storage_path``.
+        storage_path: where Tune stores the run.
+        checkpoint_config: which checkpoints each trial keeps.
+        reporter: the console progress table.
+        **settings: further ``RunConfig`` settings (``stop``, ``callbacks``, ``verbose``).
+    """
+    from ray import tune
+
+    return tune.RunConfig(
+        name=name,
+        storage_path=storage_path,
+        failure_config=tune.FailureConfig(max_failures=config.failure.max_failures),
+        checkpoint_config=checkpoint_config,
+        progress_reporter=reporter,
+        **settings,
+    )
+
+
 def create_tuner(
     config: ExperimentConfig,
     trainable: Callable | None = None,
@@ -137,16 +162,16 @@ def create_tuner(
             trial_dirname_creator=_trial_dirname,
             trial_name_creator=_trial_dirname,
         ),
-        run_config=tune.RunConfig(
-            name=name,
-            storage_path=storage_path,
-            failure_config=tune.FailureConfig(max_failures=config.failure.max_failures),
-            checkpoint_config=tune.CheckpointConfig(
+        run_config=run_config(
+            config,
+            name,
+            storage_path,
+            tune.CheckpointConfig(
                 num_to_keep=config.checkpoint.num_to_keep,
                 checkpoint_score_attribute=METRIC,
                 checkpoint_score_order=MODE,
             ),
-            progress_reporter=reporter,
+            reporter,
             callbacks=[mlflow_callback] if mlflow_callback is not None else None,
             stop=stop,
             verbose=verbose,
