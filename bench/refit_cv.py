@@ -17,13 +17,20 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pandas as pd
+from sklearn.metrics import roc_auc_score
 
+from muratune.constants import BODY_PART, LABEL, PRED, PROB, STUDY_PATH
 from muratune.demo import DEMO_CONFIG, demo_config_text, usable_cores
 from muratune.fileio import write_json, write_text
+from muratune.layout import ENSEMBLE_DIR, TEST_STUDIES
+from muratune.report.bootstrap import percentile_interval, replicate_kappas, resample_counts
 
 MODELS = ("cv", "best-single", "greedy")
+REPLICATES = 2000
 
 
 def muratune(*args: str) -> float:
@@ -62,15 +69,58 @@ def run_seed(out: Path, data: Path, seed: int, top: int, folds: int) -> dict:
         seconds["refit"] = muratune("refit", str(exp), "--top", str(top), "--folds", str(folds), "--overwrite")
         seconds["report"] = muratune("report", str(exp), "--overwrite")
     board = pd.read_csv(exp / "report" / "leaderboard.csv").set_index("name")
-    row = {"seed": seed, "seconds": {k: round(v, 1) for k, v in seconds.items()}}
+    row: dict[str, Any] = {"seed": seed, "seconds": {k: round(v, 1) for k, v in seconds.items()}}
     for model in MODELS:
         row[model] = {"kappa": float(board.loc[model, "kappa_overall"]), "auc": float(board.loc[model, "auc"])}
     row["cv"]["oof_kappa"] = float(board.loc["cv", "oof_kappa"])
     return row
 
 
-def summarise(rows: list[dict], top: int, folds: int) -> dict:
-    """The targets: cv's AUC >= best-single's in every seed, and cv's mean kappa above best-single's."""
+def paired_test_studies(exp: Path) -> pd.DataFrame:
+    """cv's and best-single's test predictions side by side, one row per test study (same order in every seed)."""
+    frames = [
+        pd.read_parquet(exp / ENSEMBLE_DIR / model / TEST_STUDIES).set_index(STUDY_PATH)[[BODY_PART, LABEL, PROB, PRED]]
+        for model in ("cv", "best-single")
+    ]
+    paired = frames[0].join(frames[1][[PROB, PRED]], rsuffix="_single", how="inner").sort_index()
+    return paired.reset_index()
+
+
+def differences(paired: pd.DataFrame, counts: np.ndarray) -> dict[str, np.ndarray]:
+    """cv minus best-single, in kappa and AUC: the observed value first, then one per bootstrap replicate."""
+    labels = paired[LABEL].to_numpy(dtype=int)
+    weights = np.vstack([np.ones(len(paired), dtype=np.int32), counts])
+    kappas = {c: replicate_kappas(labels, paired[c].to_numpy(dtype=bool), weights) for c in (PRED, f"{PRED}_single")}
+    aucs = {
+        c: np.array([roc_auc_score(labels, paired[c], sample_weight=w) for w in weights])
+        for c in (PROB, f"{PROB}_single")
+    }
+    return {"kappa": kappas[PRED] - kappas[f"{PRED}_single"], "auc": aucs[PROB] - aucs[f"{PROB}_single"]}
+
+
+def paired_bootstrap(exps: dict[int, Path], seed: int = 0) -> dict:
+    """cv minus best-single per seed and averaged over seeds, with 95% CIs from one stratified bootstrap.
+
+    Every seed scores the same test studies, so one set of resampled studies (within body part, as the report
+    does) serves every seed and the mean difference over seeds gets a CI that accounts for the shared test split.
+    """
+    tables = [paired_test_studies(exp) for exp in exps.values()]
+    counts = resample_counts(tables[0][BODY_PART].to_numpy(), REPLICATES, seed)
+    per_seed = []
+    for paired in tables:
+        if not (paired[STUDY_PATH].to_numpy() == tables[0][STUDY_PATH].to_numpy()).all():
+            raise SystemExit("the seeds' test splits differ; a paired bootstrap over seeds needs the same data")
+        per_seed.append(differences(paired, counts))
+    mean = {m: np.mean([d[m] for d in per_seed], axis=0) for m in ("kappa", "auc")}
+    shown = [*per_seed, mean]
+    return {
+        name: {m: [float(d[m][0]), *percentile_interval(d[m][1:])] for m in ("kappa", "auc")}
+        for name, d in zip([*(str(s) for s in exps), "mean"], shown, strict=True)
+    }
+
+
+def summarise(rows: list[dict], top: int, folds: int, paired: dict) -> dict:
+    """The targets (cv's AUC >= best-single's in every seed, cv's mean kappa above best-single's), and ``paired``."""
     mean_kappa = {m: statistics.fmean(r[m]["kappa"] for r in rows) for m in MODELS}
     mean_auc = {m: statistics.fmean(r[m]["auc"] for r in rows) for m in MODELS}
     auc_every_seed = all(r["cv"]["auc"] >= r["best-single"]["auc"] for r in rows)
@@ -83,6 +133,7 @@ def summarise(rows: list[dict], top: int, folds: int) -> dict:
         "mean_auc": mean_auc,
         "cv_auc_at_least_best_single_every_seed": auc_every_seed,
         "cv_mean_kappa_above_best_single": mean_kappa["cv"] > mean_kappa["best-single"],
+        "cv_minus_best_single": paired,
     }
 
 
@@ -96,6 +147,10 @@ def table(summary: dict) -> str:
     lines.append(f"mean  {means}")
     lines.append(f"cv AUC >= best-single AUC in every seed: {summary['cv_auc_at_least_best_single_every_seed']}")
     lines.append(f"cv mean kappa > best-single mean kappa: {summary['cv_mean_kappa_above_best_single']}")
+    lines.append(f"cv minus best-single on the test split, paired stratified bootstrap ({REPLICATES} replicates):")
+    for name, diff in summary["cv_minus_best_single"].items():
+        cells = "   ".join(f"{m} {d:+.3f} [{lo:+.3f}, {hi:+.3f}]" for m, (d, lo, hi) in diff.items())
+        lines.append(f"{name:>6}  {cells}")
     return "\n".join(lines)
 
 
@@ -109,8 +164,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     out = args.out.resolve()
     data = prepare_data(out, args.studies)
-    rows = [run_seed(out, data, int(s), args.top, args.folds) for s in args.seeds.split(",")]
-    summary = summarise(rows, args.top, args.folds)
+    seeds = [int(s) for s in args.seeds.split(",")]
+    rows = [run_seed(out, data, s, args.top, args.folds) for s in seeds]
+    paired = paired_bootstrap({s: out / f"seed-{s}" / "runs" / "demo" for s in seeds})
+    summary = summarise(rows, args.top, args.folds, paired)
     write_json(out / "summary.json", summary)
     print(table(summary))
     print(json.dumps({r["seed"]: r["seconds"] for r in rows}))

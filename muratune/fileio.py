@@ -196,6 +196,11 @@ def move_aside(target: Path) -> Path | None:
     return aside
 
 
+def replaced_folders(target: Path) -> list[Path]:
+    """The folders `move_aside` left beside ``target`` (oldest name first): what earlier runs there replaced."""
+    return sorted(p for p in target.parent.glob(f".{target.name}.replaced-*") if p.is_dir())
+
+
 def refuse_existing(path: str | os.PathLike, overwrite: bool, kind: str | None = None) -> None:
     """Raise a UserError if ``path`` exists and ``overwrite`` is not set (or, with ``kind``, if it is not ours)."""
     if Path(path).exists() and not overwrite:

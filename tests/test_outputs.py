@@ -129,6 +129,25 @@ def test_search_overwrite_keeps_the_old_experiment_until_the_new_one_finishes(tm
     assert not replaced.exists() and (exp / MARKER).is_file()
 
 
+def test_a_finished_resume_removes_what_interrupted_overwrites_kept(tmp_path, synthetic_root):
+    config = load_config(DEMO_CONFIG, tiny_overrides(synthetic_root, tmp_path / "runs", name="twice"))
+    experiment.prepare_experiment(config, resume=False, overwrite=False)
+    _, first = experiment.prepare_experiment(config, resume=False, overwrite=True)  # interrupted
+    exp, second = experiment.prepare_experiment(config, resume=False, overwrite=True)  # interrupted again
+    bystander = tmp_path / "runs" / ".twice-notes"  # a hidden folder muratune did not make
+    bystander.mkdir()
+    assert first is not None and second is not None and first.is_dir() and second.is_dir()
+    (exp / "trials").mkdir()
+    assert experiment.prepare_experiment(config, resume=True, overwrite=False) == (exp, None)
+    lines: list[str] = []
+    experiment.finish_replacing(exp, None, finished=True, echo=lines.append)  # the resumed search finished
+    assert not first.exists() and not second.exists()
+    assert bystander.is_dir() and (exp / MARKER).is_file()
+    assert sorted(lines) == sorted(
+        f"removed {p}: the experiment it kept was replaced by this one, now finished" for p in (first, second)
+    )
+
+
 def test_search_overwrite_refuses_a_folder_it_did_not_make(tmp_path, synthetic_root):
     config = load_config(DEMO_CONFIG, tiny_overrides(synthetic_root, tmp_path / "runs", name="foreign"))
     foreign = tmp_path / "runs" / "foreign"

@@ -227,3 +227,42 @@ def test_an_overwritten_refit_stays_restorable_until_its_successor_finishes(
     assert (aside / PLAN_FILE).read_text() == old_plan  # the old refit, whole, beside the new one
     assert str(aside) in capsys.readouterr().out
     assert (exp / ENSEMBLE_DIR / "cv").is_dir()  # the old cv ensemble is untouched until a new one is built
+    resumed = run_refit(exp, resume=True, overwrite=True, echo=print)  # the successor finishes
+    assert resumed.unfinished == 0 and resumed.ensemble is not None
+    assert not aside.exists() and not list(exp.glob(f".{REFIT_DIR}.replaced-*"))
+    assert f"removed {aside}" in capsys.readouterr().out
+
+
+def test_a_tta_cv_ensemble_is_selected_on_tta_out_of_fold_predictions(refit: dict, tmp_path: Path) -> None:
+    from muratune.data.split import FOLD
+    from muratune.ensemble.build import load_experiment_config, open_caches
+    from muratune.ensemble.predictor import member_image_probs
+    from muratune.ensemble.trained import load_trained_model
+    from muratune.refit.ensemble import build_cv_ensemble, oof_with_tta
+    from muratune.refit.oof import assemble_oof
+    from muratune.refit.plan import RefitPlan
+
+    exp = refit["exp"]
+    config = load_experiment_config(exp)
+    plan = RefitPlan.read(exp / REFIT_DIR / PLAN_FILE)
+    summary = pd.read_csv(exp / REFIT_DIR / REFIT_SUMMARY, dtype={"trial_id": str, "configuration": str})
+    names = [c.trial_id for c in plan.configurations]
+    index = load_index(config.data.root)
+    plain = assemble_oof(exp / REFIT_DIR, config, names, plan.folds, plan.split_seed, summary)
+    flipped = oof_with_tta(plain, summary, plan, index, config, 64, print)
+    assert flipped.probs.shape == plain.probs.shape and np.isfinite(flipped.probs).all()
+    assert not np.allclose(flipped.probs, plain.probs)
+
+    rows = (plain.images[FOLD] == 1).to_numpy()  # fold 1's images: predicted by fold 1's model, flipped and not
+    checkpoint = summary.loc[(summary["configuration"] == names[0]) & (summary[FOLD] == 1), "checkpoint"].iloc[0]
+    model = load_trained_model(Path(checkpoint))
+    caches = open_caches(index, [model], config)
+    for tta, probs in ((True, flipped.probs), (False, plain.probs)):
+        expected = member_image_probs([model], plain.images[rows], index.attrs["root"], caches, tta)[:, 0]
+        assert np.allclose(probs[rows, 0], expected, atol=1e-4)
+
+    copy = tmp_path / "tiny"
+    shutil.copytree(exp, copy)
+    spec = build_cv_ensemble(copy, config, plan, summary, 5, True, overwrite=True, echo=print, tta=True)
+    assert spec["tta"] is True and StudyPredictor.load(copy / ENSEMBLE_DIR / "cv", device="cpu").tta
+    assert json.loads((copy / ENSEMBLE_DIR / "cv" / ENSEMBLE_FILE).read_text())["tta"] is True

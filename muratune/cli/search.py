@@ -72,6 +72,9 @@ def refit_command(
     tune_thresholds: Annotated[
         bool, typer.Option(help="Tune one threshold per body part on the out-of-fold predictions.")
     ] = True,
+    tta: Annotated[
+        bool, typer.Option("--tta", help="Horizontal-flip test-time augmentation (out-of-fold predictions too).")
+    ] = False,
     address: AddressOpt = None,
     resume: Annotated[bool, typer.Option(help="Continue an interrupted refit; finished folds are not rerun.")] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing refit and EXPERIMENT/ensemble/cv.")] = False,
@@ -89,6 +92,7 @@ def refit_command(
         overwrite=overwrite,
         size=size,
         tune_thresholds=tune_thresholds,
+        tta=tta,
         echo=typer.echo,
     )
 

@@ -11,6 +11,7 @@ import pandas as pd
 from muratune import __version__
 from muratune.config import ExperimentConfig
 from muratune.constants import BODY_PART
+from muratune.data.split import FOLD
 from muratune.ensemble.build import (
     Candidate,
     open_caches,
@@ -29,7 +30,7 @@ from muratune.fileio import write_json
 from muratune.layout import CV_ENSEMBLE as CV
 from muratune.layout import ENSEMBLE_DIR, TEST_METRICS, TEST_STUDIES
 from muratune.metrics import study_metrics
-from muratune.refit.oof import assemble_oof
+from muratune.refit.oof import OutOfFold, assemble_oof, fold_checkpoints
 from muratune.refit.plan import RefitPlan, member_id, refit_dir
 
 CV_STRATEGIES = ("greedy", "greedy-per-body-part")  # tried in this order; a tie keeps the simpler one
@@ -59,7 +60,34 @@ def fold_weights(weights: Weights, used: np.ndarray, folds: int) -> Weights:
     return {part: np.repeat(vector[used] / folds, folds) for part, vector in weights.items()}
 
 
-def cv_spec(plan: RefitPlan, strategy: str, size: int, thresholds: dict[str, float], tune: bool) -> dict:
+def oof_with_tta(
+    oof: OutOfFold, summary: pd.DataFrame, plan: RefitPlan, index: pd.DataFrame, config: ExperimentConfig,
+    batch_size: int, echo: Callable[[str], None],
+) -> OutOfFold:  # fmt: skip
+    """The out-of-fold predictions again with horizontal-flip TTA: each fold model on its own held-out fold.
+
+    The fold models saved their held-out predictions without TTA; an ensemble that predicts with TTA must be
+    selected and thresholded on TTA predictions too (as ``muratune ensemble --tta`` does on internal val).
+    """
+    checkpoints = fold_checkpoints(summary, oof.names, plan.folds)
+    folds = oof.images[FOLD].to_numpy()
+    probs = np.full_like(oof.probs, np.nan)
+    for j, name in enumerate(oof.names):
+        echo(f"out-of-fold predictions with TTA: configuration {name} ({j + 1}/{len(oof.names)})")
+        models = [load_trained_model(checkpoints[(name, k)], name=member_id(name, k)) for k in range(plan.folds)]
+        caches = open_caches(index, models, config)
+        for k, model in enumerate(models):
+            rows = folds == k
+            probs[rows, j] = member_image_probs(
+                [model], oof.images[rows], index.attrs["root"], caches, True, batch_size,
+                on_error=lambda msg: echo(f"warning: {msg}"),
+            )[:, 0]  # fmt: skip
+    return OutOfFold(oof.images, probs, oof.names)
+
+
+def cv_spec(
+    plan: RefitPlan, strategy: str, size: int, thresholds: dict[str, float], tune: bool, tta: bool = False
+) -> dict:
     """The settings part of the cv ensemble's ``ensemble.json``."""
     return {
         "format": FORMAT_VERSION,
@@ -68,7 +96,7 @@ def cv_spec(plan: RefitPlan, strategy: str, size: int, thresholds: dict[str, flo
         "selected_strategy": strategy,
         "size": size,
         "ranked_by": "kappa",
-        "tta": False,
+        "tta": tta,
         "thresholds": thresholds,
         "threshold_default": 0.5,
         TUNE_THRESHOLDS: tune,
@@ -87,8 +115,12 @@ def build_cv_ensemble(
     overwrite: bool,
     echo: Callable[[str], None] = print,
     batch_size: int = 64,
+    tta: bool = False,
 ) -> dict:
     """Select on out-of-fold predictions, write ``ensemble/cv`` and score it once on the test split.
+
+    With ``tta`` the ensemble predicts with horizontal-flip TTA, and is selected on out-of-fold predictions made
+    the same way (`oof_with_tta`).
 
     Returns:
         The ``ensemble.json`` content (without members).
@@ -96,7 +128,10 @@ def build_cv_ensemble(
     from muratune.data.index import load_index
 
     names = [c.trial_id for c in plan.configurations]
+    index = load_index(config.data.root)  # type: ignore[arg-type]
     oof = assemble_oof(refit_dir(exp_dir), config, names, plan.folds, plan.split_seed, summary)
+    if tta:
+        oof = oof_with_tta(oof, summary, plan, index, config, batch_size, echo)
     strategy, weights, thresholds, oof_score = select_on_oof(oof.studies(), size, tune)
     used = used_members(weights)
     sources = [
@@ -106,16 +141,15 @@ def build_cv_ensemble(
     ]
     members = [load_trained_model(c.checkpoint, name=c.name) for c in sources]
     member_weights = fold_weights(weights, used, plan.folds)
-    index = load_index(config.data.root)  # type: ignore[arg-type]
     test = test_frame(index, config)
     probs = member_image_probs(
-        members, test, index.attrs["root"], open_caches(index, members, config), False, batch_size,
+        members, test, index.attrs["root"], open_caches(index, members, config), tta, batch_size,
         progress=True, on_error=lambda msg: echo(f"warning: {msg}"),
     )  # fmt: skip
     studies = scored_studies(test, combine(probs, list(test[BODY_PART]), member_weights), thresholds)
     metrics = test_metrics(studies, thresholds)
     spec = {
-        **cv_spec(plan, strategy, size, thresholds, tune),
+        **cv_spec(plan, strategy, size, thresholds, tune, tta),
         "weights": {part: [float(w) for w in vector] for part, vector in member_weights.items()},
         "data_config": members[0].data_config,
         "configurations": {names[j]: float(weights[GLOBAL][j]) for j in used},
@@ -127,8 +161,9 @@ def build_cv_ensemble(
         TEST_METRICS: lambda path: write_json(path, metrics),
     }
     write_artifact(exp_dir / ENSEMBLE_DIR / CV, spec, members, sources, files, overwrite)
+    with_tta = " with TTA" if tta else ""
     echo(
-        f"cv ensemble ({strategy} on out-of-fold predictions, {len(members)} fold models of "
+        f"cv ensemble ({strategy} on out-of-fold predictions{with_tta}, {len(members)} fold models of "
         f"{', '.join(names[j] for j in used)}): oof_kappa {oof_score['oof_kappa']:.3f}  "
         f"test_kappa {metrics['test_kappa']:.3f}  test_auc {metrics['test_auc']:.3f}\n"
         f"ensemble: {exp_dir / ENSEMBLE_DIR / CV}"

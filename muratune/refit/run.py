@@ -273,6 +273,7 @@ def run_refit(
     overwrite: bool = False,
     size: int = 5,
     tune_thresholds: bool = True,
+    tta: bool = False,
     num_cpus: int | None = None,
     stop: Any = None,
     echo: Callable[[str], None] = print,
@@ -289,6 +290,7 @@ def run_refit(
         overwrite: replace an existing refit and ``ensemble/cv``.
         size: the most greedy picks of the out-of-fold selection.
         tune_thresholds: tune one threshold per body part on the out-of-fold predictions (else 0.5).
+        tta: predict with horizontal-flip TTA; the out-of-fold predictions are recomputed the same way.
         num_cpus: CPUs for a local Ray started here (default: all).
         stop: a Tune stopping condition (tests use one to interrupt a refit).
         echo: where progress lines go.
@@ -318,8 +320,8 @@ def run_refit(
         return RefitResult(refit, summary, unfinished)
     from muratune.refit.ensemble import build_cv_ensemble
 
-    spec = build_cv_ensemble(exp_dir, config, plan, summary, size, tune_thresholds, overwrite, echo)
-    finish_replacing(refit, aside, finished=True)
+    spec = build_cv_ensemble(exp_dir, config, plan, summary, size, tune_thresholds, overwrite, echo, tta=tta)
+    finish_replacing(refit, aside, finished=True, echo=echo, what="refit")
     return RefitResult(refit, summary, 0, spec)
 
 

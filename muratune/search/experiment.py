@@ -8,7 +8,7 @@ from pathlib import Path
 
 from muratune.config import ExperimentConfig, dump_config, load_config
 from muratune.errors import UserError
-from muratune.fileio import move_aside, refuse_foreign, write_json, write_marker, write_text
+from muratune.fileio import move_aside, refuse_foreign, replaced_folders, write_json, write_marker, write_text
 from muratune.layout import CACHE_JSON, RESOLVED_CONFIG, TRIALS_DIR, experiment_dir
 
 EXPERIMENT_KIND = "experiment"
@@ -56,13 +56,19 @@ def prepare_experiment(config: ExperimentConfig, resume: bool, overwrite: bool) 
 def finish_replacing(
     exp_dir: Path, aside: Path | None, finished: bool, echo: Callable[[str], None] = print, what: str = "experiment"
 ) -> None:
-    """Delete the folder a run replaced (moved ``aside``) once the new one has finished; else say where it is kept."""
-    if aside is None:
+    """Once a run has finished, delete what it replaced; until then say where the replaced one is kept.
+
+    A finished run (also one finished by ``--resume``) supersedes every folder moved aside at its path, so the asides
+    an interrupted ``--overwrite`` left behind (`replaced_folders`) go too.
+    """
+    if not finished:
+        if aside is not None:
+            echo(f"the replaced {what} is kept at {aside} until this one finishes; `mv {aside} {exp_dir}` restores it")
         return
-    if finished:
-        shutil.rmtree(aside, ignore_errors=True)
-    else:
-        echo(f"the replaced {what} is kept at {aside} until this one finishes; `mv {aside} {exp_dir}` restores it")
+    for old in replaced_folders(exp_dir):
+        shutil.rmtree(old, ignore_errors=True)
+        if old != aside:
+            echo(f"removed {old}: the {what} it kept was replaced by this one, now finished")
 
 
 def resumed_config(config: ExperimentConfig) -> ExperimentConfig:
