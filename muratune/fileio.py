@@ -17,9 +17,18 @@ from muratune.errors import UserError
 
 
 def _umask() -> int:
+    """The process umask (reading it means setting it, so it is set straight back)."""
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def temp_dir_beside(target: Path, suffix: str = ".tmp") -> Path:
+    """A fresh hidden folder beside ``target`` (``.name.XXXX.tmp``) with the umask's mode (mkdtemp makes 0700), to
+    fill and then rename onto ``target``."""
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=suffix, dir=target.parent))
+    os.chmod(tmp, 0o777 & ~_umask())
+    return tmp
 
 
 @contextmanager
@@ -173,11 +182,10 @@ def atomic_dir(target: str | os.PathLike, overwrite: bool = False, kind: str = "
         raise UserError(f"{target}: already exists; pass --overwrite to replace it")
     refuse_foreign(target, kind)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    tmp = temp_dir_beside(target)
     try:
         yield tmp
         write_marker(tmp, kind)
-        os.chmod(tmp, 0o777 & ~_umask())
         old = move_aside(target)
         os.replace(tmp, target)
         if old is not None:

@@ -183,6 +183,10 @@ def test_a_running_search_is_refused(tiny_experiment: Path, tmp_path: Path) -> N
     summary.to_csv(exp / SUMMARY_CSV, index=False)
     with pytest.raises(UserError, match=r"still RUNNING.*muratune search --resume"):
         run_refit(exp, top=1, folds=2)
+    summary.loc[0, "state"] = "COMPLETE"
+    summary.head(len(summary) - 1).to_csv(exp / SUMMARY_CSV, index=False)  # stopped before its last trial began
+    with pytest.raises(UserError, match=rf"stopped after {len(summary) - 1} of its {len(summary)} trials"):
+        run_refit(exp, top=1, folds=2)
     (exp / SUMMARY_CSV).unlink()
     with pytest.raises(UserError, match="search_summary.csv: not found; the search has not finished"):
         run_refit(exp, top=1, folds=2)
@@ -266,3 +270,100 @@ def test_a_tta_cv_ensemble_is_selected_on_tta_out_of_fold_predictions(refit: dic
     spec = build_cv_ensemble(copy, config, plan, summary, 5, True, overwrite=True, echo=print, tta=True)
     assert spec["tta"] is True and StudyPredictor.load(copy / ENSEMBLE_DIR / "cv", device="cpu").tta
     assert json.loads((copy / ENSEMBLE_DIR / "cv" / ENSEMBLE_FILE).read_text())["tta"] is True
+
+
+def test_folds_without_a_train_study_of_the_experiments_body_parts_are_refused(tmp_path: Path) -> None:
+    from muratune.refit.plan import RefitPlan
+    from muratune.refit.run import check_folds
+    from tests.helpers.mura import make_mura_csvs
+
+    counts = {
+        "train": {"XR_WRIST": (20, 20, 40), "XR_HUMERUS": (1, 1, 2)},
+        "valid": {"XR_WRIST": (2, 2, 4), "XR_HUMERUS": (1, 1, 2)},
+    }
+    root = make_mura_csvs(tmp_path, counts).base
+    wide = validate_config({"data": {"root": str(root)}})
+    check_folds(wide, RefitPlan([], 5, 1, 0))  # all body parts: every fold holds train studies
+    humerus = validate_config({"data": {"root": str(root), "body_parts": ["XR_HUMERUS"]}})
+    with pytest.raises(UserError, match=r"--folds 5: fold\(s\) .* hold no train study of data.body_parts"):
+        check_folds(humerus, RefitPlan([], 5, 1, 0))
+
+
+def _with_storage(exp: Path, storage: str) -> None:
+    """Rewrite the experiment's resolved config with another ``storage``."""
+    from muratune.config import dump_config, load_config
+    from muratune.layout import RESOLVED_CONFIG
+
+    config = load_config(exp / RESOLVED_CONFIG)
+    (exp / RESOLVED_CONFIG).write_text(dump_config(config.model_copy(update={"storage": storage})))
+
+
+def _foreign_cv(exp: Path) -> None:
+    cv = exp / ENSEMBLE_DIR / "cv"
+    cv.mkdir(parents=True)
+    (cv / "notes.txt").write_text("mine")
+
+
+@pytest.mark.parametrize(
+    ("prepare", "options", "message"),
+    [
+        (lambda exp: None, {"size": 0}, r"--size 0: must be at least 1"),
+        (_foreign_cv, {"overwrite": True}, r"ensemble/cv: exists and is not a muratune ensemble folder"),
+        (lambda exp: _with_storage(exp, "s3://bucket/runs"), {}, r"storage: s3://bucket/runs: refit needs"),
+    ],
+    ids=["size-0", "foreign-cv", "cloud-storage"],
+)
+def test_bad_refit_options_are_refused_before_anything_is_trained(
+    tiny_experiment: Path, tmp_path: Path, prepare, options: dict, message: str
+) -> None:
+    exp = _copy_experiment(tiny_experiment, tmp_path / "tiny")
+    prepare(exp)
+    with pytest.raises(UserError, match=message):
+        run_refit(exp, top=1, folds=2, epochs=1, **options)
+    assert not (exp / REFIT_DIR).exists()
+
+
+def test_a_top_beyond_the_searchs_trials_resumes_with_the_same_command(tiny_experiment: Path, tmp_path: Path) -> None:
+    from muratune.ensemble.build import load_experiment_config
+    from muratune.refit.plan import RefitPlan, make_plan
+
+    exp = _copy_experiment(tiny_experiment, tmp_path / "tiny")
+    config = load_experiment_config(exp)
+    trials = len(pd.read_csv(exp / SUMMARY_CSV).dropna(subset=["best_val_kappa"]))
+    plan = make_plan(exp, config, top=trials + 5, folds=2, epochs=1, resume=False, overwrite=False)
+    assert len(plan.configurations) == trials and plan.requested_top == trials + 5
+    (exp / REFIT_DIR).mkdir()
+    (exp / REFIT_DIR / PLAN_FILE).write_text(json.dumps(plan.to_json()))
+    resumed = make_plan(exp, config, top=trials + 5, folds=2, epochs=1, resume=True, overwrite=False)
+    assert resumed == plan and RefitPlan.read(exp / REFIT_DIR / PLAN_FILE).requested_top == trials + 5
+    with pytest.raises(
+        UserError, match=rf"--top {trials}: the refit being resumed was started with --top {trials + 5}"
+    ):
+        make_plan(exp, config, top=trials, folds=None, epochs=None, resume=True, overwrite=False)
+
+
+@pytest.mark.parametrize(
+    "text", ['["not", "a", "plan"]', '{"configurations": ["x"], "folds": 2, "epochs": 1, "split_seed": 0}', "{"]
+)
+def test_a_broken_refit_plan_is_one_line(tmp_path: Path, text: str) -> None:
+    from muratune.refit.plan import RefitPlan
+
+    (tmp_path / PLAN_FILE).write_text(text)
+    with pytest.raises(UserError, match=str(tmp_path / PLAN_FILE)):
+        RefitPlan.read(tmp_path / PLAN_FILE)
+
+
+def test_a_new_refit_folder_appears_with_its_plan_in_one_rename(tmp_path: Path) -> None:
+    from muratune.refit.plan import RefitPlan
+    from muratune.refit.run import create_refit_dir
+
+    refit = tmp_path / REFIT_DIR
+    assert create_refit_dir(refit, RefitPlan([], 2, 1, 0, 3)) is None
+    assert sorted(p.name for p in tmp_path.iterdir()) == [REFIT_DIR]  # no temporary folder left beside it
+    umask = os.umask(0)
+    os.umask(umask)
+    assert RefitPlan.read(refit / PLAN_FILE).requested_top == 3 and refit.stat().st_mode & 0o777 == 0o777 & ~umask
+    (refit / "trials").mkdir()
+    aside = create_refit_dir(refit, RefitPlan([], 3, 1, 0, 2))
+    assert aside is not None and (aside / "trials").is_dir() and RefitPlan.read(aside / PLAN_FILE).folds == 2
+    assert sorted(p.name for p in refit.iterdir()) == [PLAN_FILE]

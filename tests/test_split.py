@@ -216,3 +216,14 @@ def test_more_folds_than_patients_is_refused(tmp_path: Path) -> None:
     patients = index.loc[index["split"] == "train", "patient_id"].nunique()
     with pytest.raises(UserError, match=f"{patients + 1} folds need at least {patients + 1} train patients"):
         patient_folds(index, patients + 1)
+
+
+def test_more_folds_than_the_largest_stratum_is_one_line_not_sklearns_error(tmp_path: Path) -> None:
+    index = load_index(make_mura(tmp_path, patients_per_part=3, write_images=False).base)
+    train = index[index["split"] == "train"].drop_duplicates("study_path")
+    largest = int(train.groupby(["body_part", "label"]).size().max())
+    patients = train["patient_id"].nunique()
+    assert largest < patients  # the patient check alone would let these folds through to sklearn
+    with pytest.raises(UserError, match=f"the largest has {largest}$"):
+        patient_folds(index, largest + 1)
+    assert largest >= 2 and set(patient_folds(index, largest)[FOLD]) - {-1} == set(range(largest))

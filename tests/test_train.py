@@ -203,3 +203,39 @@ def test_tune_trial_checkpoints_reload_and_resume(ray_session, synthetic_root: P
         state = json.loads((Path(last) / ckpt.STATE_FILE).read_text())
     assert [row["epoch"] for row in state["history"]] == [1, 2, 3]
     assert state["schedule"]["step_count"] == 3 * 4
+
+
+def plateau_lrs(losses: list[float], lr: float) -> list[float]:
+    """The learning rates ReduceLROnPlateau (the schedule's settings) gives after watching ``losses``, one per epoch."""
+    import torch.optim.lr_scheduler as schedulers
+
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=lr)
+    plateau = schedulers.ReduceLROnPlateau(optimizer, mode="min", factor=0.1, patience=1)
+    lrs = []
+    for loss in losses:
+        plateau.step(loss)
+        lrs.append(optimizer.param_groups[0]["lr"])
+    return lrs
+
+
+def test_a_fold_models_plateau_schedule_follows_its_train_loss_not_its_held_out_fold(
+    synthetic_root: Path, tmp_path: Path
+) -> None:
+    """In a refit the val subset is the held-out fold: its loss must not time the learning-rate drops."""
+    from muratune.constants import LEARNING_RATE, TRAIN_LOSS, VAL_LOSS
+    from muratune.trainables.trial import plateau_signal
+
+    extra = {"train.schedule": "plateau", "train.warmup_epochs": 0, "budget.max_epochs": 5}
+    fold = make_settings(synthetic_root, tmp_path / "runs", **extra, **{"data.folds": 2, "data.fold": 0})
+    search = make_settings(synthetic_root, tmp_path / "runs", **extra)
+    assert plateau_signal(fold, 1.0, 2.0) == 1.0 and plateau_signal(search, 1.0, 2.0) == 2.0
+
+    hparams = {**hyperparameters(fold), "lr": 0.05}
+    reporter = FolderReporter(tmp_path / "fold", echo=lambda line: None)
+    train_trial(hparams, fold, reporter)
+    history = reporter.history
+    assert len(history) == 5 and all(np.isfinite(m[VAL_LOSS]) for m in history)
+    expected = plateau_lrs([m[TRAIN_LOSS] for m in history], hparams["lr"])
+    assert [m[LEARNING_RATE] for m in history] == pytest.approx(expected)
+    # this run tells the two apart: the held-out fold's loss would have cut the learning rate
+    assert plateau_lrs([m[VAL_LOSS] for m in history], hparams["lr"]) != pytest.approx(expected)

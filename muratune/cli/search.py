@@ -68,7 +68,7 @@ def refit_command(
         int | None, typer.Option(help="Patient-grouped folds of the official train split (default 5).")
     ] = None,
     epochs: Annotated[int | None, typer.Option(help="Epochs per fold model (default: budget.max_epochs).")] = None,
-    size: Annotated[int, typer.Option("--size", help="Most greedy picks in the out-of-fold selection.")] = 5,
+    size: Annotated[int, typer.Option("--size", min=1, help="Most greedy picks in the out-of-fold selection.")] = 5,
     tune_thresholds: Annotated[
         bool, typer.Option(help="Tune one threshold per body part on the out-of-fold predictions.")
     ] = True,
@@ -82,7 +82,7 @@ def refit_command(
     """Retrain the best configurations on patient-grouped folds; build ensemble/cv on out-of-fold predictions."""
     from muratune.refit.run import run_refit
 
-    run_refit(
+    result = run_refit(
         experiment,
         top=top,
         folds=folds,
@@ -95,6 +95,8 @@ def refit_command(
         tta=tta,
         echo=typer.echo,
     )
+    if result.ensemble is None:  # folds unfinished or failed: no ensemble/cv yet, which scripts must see
+        raise typer.Exit(1)
 
 
 @app.command("ensemble")

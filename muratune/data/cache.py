@@ -6,7 +6,6 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,18 +17,11 @@ from filelock import FileLock
 from muratune.constants import IMAGE_PATH
 from muratune.data.images import bad_images_error
 from muratune.errors import UserError
-from muratune.fileio import write_json
+from muratune.fileio import temp_dir_beside, write_json
 
 CACHE_FORMAT_VERSION = 2  # 2: geometry of images reduced while decoding is that of the original file
 CACHE_ENV = "MURATUNE_CACHE"
 _CHUNK = 64
-
-
-def _umask() -> int:
-    """The process umask (reading it means setting it, so it is set straight back)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def default_cache_dir() -> Path:
@@ -219,8 +211,7 @@ def build_cache(
     with FileLock(str(final) + ".lock"):
         if (final / "meta.json").is_file():
             return _checked(ImageCache.open(final), skip_bad_images)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=root_dir))
-        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; a shared MURATUNE_CACHE needs the umask's mode
+        tmp = temp_dir_beside(final, suffix="")  # the umask's mode: a shared MURATUNE_CACHE is read by others
         try:
             workers = workers or os.cpu_count() or 1
             _write_cache(tmp, image_paths, files, size, mode, key, workers, skip_bad_images, progress)

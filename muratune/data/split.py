@@ -175,7 +175,7 @@ def patient_folds(df: pd.DataFrame, folds: int, seed: int = 0) -> pd.DataFrame:
         A copy of ``df`` with a ``fold`` column: ``0 .. folds-1`` on train rows, ``-1`` on valid rows.
 
     Raises:
-        UserError: ``folds`` is below 2 or above the number of train patients.
+        UserError: ``folds`` is below 2, above the number of train patients or above the largest stratum.
     """
     from sklearn.model_selection import StratifiedGroupKFold
 
@@ -188,6 +188,12 @@ def patient_folds(df: pd.DataFrame, folds: int, seed: int = 0) -> pd.DataFrame:
     if folds > patients:
         raise UserError(f"folds: {folds} folds need at least {folds} train patients, the dataset has {patients}")
     strata = studies[BODY_PART].astype(str) + "/" + studies[LABEL].astype(str)
+    largest = int(strata.value_counts().max())
+    if folds > largest:  # sklearn refuses when every stratum is smaller than the number of folds
+        raise UserError(
+            f"folds: {folds} folds need a (body part, label) group of at least {folds} train studies; the largest "
+            f"has {largest}"
+        )
     splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
     fold_of = {}
     for k, (_, held_out) in enumerate(splitter.split(studies, strata, groups=studies[PATIENT_ID].astype(str))):

@@ -29,7 +29,7 @@ from muratune.ensemble.trained import load_trained_model
 from muratune.fileio import write_json
 from muratune.layout import CV_ENSEMBLE as CV
 from muratune.layout import ENSEMBLE_DIR, TEST_METRICS, TEST_STUDIES
-from muratune.metrics import study_metrics
+from muratune.metrics import defined_or_none, study_metrics
 from muratune.refit.oof import OutOfFold, assemble_oof, fold_checkpoints
 from muratune.refit.plan import RefitPlan, member_id, refit_dir
 
@@ -141,24 +141,18 @@ def build_cv_ensemble(
     ]
     members = [load_trained_model(c.checkpoint, name=c.name) for c in sources]
     member_weights = fold_weights(weights, used, plan.folds)
-    test = test_frame(index, config)
-    probs = member_image_probs(
-        members, test, index.attrs["root"], open_caches(index, members, config), tta, batch_size,
-        progress=True, on_error=lambda msg: echo(f"warning: {msg}"),
-    )  # fmt: skip
-    studies = scored_studies(test, combine(probs, list(test[BODY_PART]), member_weights), thresholds)
-    metrics = test_metrics(studies, thresholds)
+    studies, metrics = score_on_test(members, member_weights, index, config, thresholds, tta, batch_size, echo)
     spec = {
         **cv_spec(plan, strategy, size, thresholds, tune, tta),
         "weights": {part: [float(w) for w in vector] for part, vector in member_weights.items()},
         "data_config": members[0].data_config,
         "configurations": {names[j]: float(weights[GLOBAL][j]) for j in used},
-        "oof_score": oof_score,
-        "test_score": {k: metrics[k] for k in ("test_kappa", "test_auc", "test_accuracy")},
+        "oof_score": defined_or_none(oof_score),
+        "test_score": defined_or_none({k: metrics[k] for k in ("test_kappa", "test_auc", "test_accuracy")}),
     }
     files = {
         TEST_STUDIES: lambda path: studies.to_parquet(path, index=False),
-        TEST_METRICS: lambda path: write_json(path, metrics),
+        TEST_METRICS: lambda path: write_json(path, defined_or_none(metrics)),
     }
     write_artifact(exp_dir / ENSEMBLE_DIR / CV, spec, members, sources, files, overwrite)
     with_tta = " with TTA" if tta else ""
@@ -169,6 +163,20 @@ def build_cv_ensemble(
         f"ensemble: {exp_dir / ENSEMBLE_DIR / CV}"
     )
     return spec
+
+
+def score_on_test(
+    members: list, weights: Weights, index: pd.DataFrame, config: ExperimentConfig, thresholds: dict[str, float],
+    tta: bool, batch_size: int, echo: Callable[[str], None],
+) -> tuple[pd.DataFrame, dict]:  # fmt: skip
+    """The ensemble's study predictions on the test split (the official valid split), and their metrics."""
+    test = test_frame(index, config)
+    probs = member_image_probs(
+        members, test, index.attrs["root"], open_caches(index, members, config), tta, batch_size,
+        progress=True, on_error=lambda msg: echo(f"warning: {msg}"),
+    )  # fmt: skip
+    studies = scored_studies(test, combine(probs, list(test[BODY_PART]), weights), thresholds)
+    return studies, test_metrics(studies, thresholds)
 
 
 def _checkpoint(summary: pd.DataFrame, configuration: str, fold: int) -> str:

@@ -1,16 +1,18 @@
-"""A refit's plan (``refit/refit.json``): which configurations, how many folds and epochs; the fold models' ids."""
+"""A refit's plan (``refit.json``): which configurations, how many folds and epochs, made new or read to resume."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
 
+from muratune.config import ExperimentConfig
 from muratune.errors import UserError
-from muratune.layout import REFIT_DIR
-from muratune.refit.select import Configuration
+from muratune.layout import REFIT_DIR, REFIT_PLAN
+from muratune.refit.select import Configuration, select_configurations
 from muratune.trainables import checkpoint as ckpt
 
 ENTRY = "entry"  # the Tune parameter holding one (configuration, fold)
+DEFAULT_TOP, DEFAULT_FOLDS = 3, 5
 
 
 @dataclass
@@ -21,6 +23,12 @@ class RefitPlan:
     folds: int
     epochs: int
     split_seed: int
+    top: int | None = None  # the --top asked for; a search with fewer rankable trials gives fewer configurations
+
+    @property
+    def requested_top(self) -> int:
+        """The ``--top`` this refit was started with (plans written before it was recorded: its configurations)."""
+        return len(self.configurations) if self.top is None else self.top
 
     def entries(self) -> list[dict]:
         """One Tune parameter entry per (configuration, fold), configuration-major."""
@@ -33,6 +41,7 @@ class RefitPlan:
     def to_json(self) -> dict:
         """The ``refit.json`` content."""
         return {
+            "top": self.requested_top,
             "folds": self.folds,
             "epochs": self.epochs,
             "split_seed": self.split_seed,
@@ -45,8 +54,9 @@ class RefitPlan:
         data = ckpt.read_json(path)
         try:
             configurations = [Configuration.from_json(c) for c in data["configurations"]]
-            return cls(configurations, int(data["folds"]), int(data["epochs"]), int(data["split_seed"]))
-        except (KeyError, TypeError, ValueError):
+            top = None if data.get("top") is None else int(data["top"])
+            return cls(configurations, int(data["folds"]), int(data["epochs"]), int(data["split_seed"]), top)
+        except (KeyError, TypeError, ValueError, AttributeError):
             raise UserError(f"{path}: not a muratune refit plan") from None
 
 
@@ -58,3 +68,65 @@ def member_id(trial_id: str, fold: int) -> str:
 def refit_dir(exp_dir: Path) -> Path:
     """The refit folder of an experiment."""
     return exp_dir / REFIT_DIR
+
+
+def new_plan(exp_dir: Path, config: ExperimentConfig, top: int | None, folds: int | None, epochs: int | None):
+    """Select the configurations and fix the folds and epochs of a new refit."""
+    folds = DEFAULT_FOLDS if folds is None else folds
+    epochs = config.budget.max_epochs if epochs is None else epochs
+    if folds < 2:
+        raise UserError(f"--folds {folds}: must be at least 2")
+    if epochs < 1:
+        raise UserError(f"--epochs {epochs}: must be at least 1")
+    top = DEFAULT_TOP if top is None else top
+    configurations = select_configurations(exp_dir, top, config.budget)
+    return RefitPlan(configurations, folds, epochs, config.data.split_seed, top)
+
+
+def resumed_plan(exp_dir: Path, top: int | None, folds: int | None, epochs: int | None) -> RefitPlan:
+    """The plan of the refit to resume; options that contradict it are refused."""
+    path = refit_dir(exp_dir) / REFIT_PLAN
+    if not path.is_file():
+        raise UserError(f"{path}: not found; no refit to resume here (run it without --resume)")
+    plan = RefitPlan.read(path)
+    given = {"--top": (top, plan.requested_top), "--folds": (folds, plan.folds)}
+    given["--epochs"] = (epochs, plan.epochs)
+    for option, (value, planned) in given.items():
+        if value is not None and value != planned:
+            raise UserError(f"{option} {value}: the refit being resumed was started with {option} {planned}")
+    return plan
+
+
+def make_plan(exp_dir: Path, config: ExperimentConfig, top, folds, epochs, resume: bool, overwrite: bool) -> RefitPlan:
+    """The resumed refit's plan, or a new one (refusing to replace an existing refit without ``overwrite``)."""
+    if resume:
+        return resumed_plan(exp_dir, top, folds, epochs)
+    if refit_dir(exp_dir).exists() and not (refit_dir(exp_dir) / REFIT_PLAN).is_file():
+        raise UserError(f"{refit_dir(exp_dir)}: holds no {REFIT_PLAN}; not made by muratune refit, so left alone")
+    if (refit_dir(exp_dir) / REFIT_PLAN).exists() and not overwrite:
+        raise UserError(f"{refit_dir(exp_dir)}: a refit already exists; pass --resume to continue it or --overwrite")
+    return new_plan(exp_dir, config, top, folds, epochs)
+
+
+def check_folds(config: ExperimentConfig, plan: RefitPlan) -> None:
+    """Refuse folds the dataset cannot provide, before Ray starts.
+
+    More folds than train patients (or than the largest body part/label group) are refused, and so is a fold that
+    holds no train study of the experiment's body parts (``data.body_parts``): its fold model would have nothing
+    to predict out of fold.
+    """
+    from muratune.constants import BODY_PART, PATIENT_ID, SPLIT, SPLIT_TRAIN
+    from muratune.data.index import load_index
+    from muratune.data.split import FOLD, patient_folds
+
+    frame = patient_folds(load_index(config.data.root), plan.folds, plan.split_seed)  # type: ignore[arg-type]
+    parts = config.data.body_parts
+    if not parts:
+        return
+    train = frame[(frame[SPLIT] == SPLIT_TRAIN) & frame[BODY_PART].isin(parts)]
+    empty = sorted(set(range(plan.folds)) - set(train[FOLD].tolist()))
+    if empty:
+        raise UserError(
+            f"--folds {plan.folds}: fold(s) {', '.join(map(str, empty))} hold no train study of data.body_parts "
+            f"({', '.join(parts)}; {train[PATIENT_ID].nunique()} train patients); use fewer folds"
+        )

@@ -27,18 +27,15 @@ from muratune.cluster import connect_ray
 from muratune.config import ExperimentConfig
 from muratune.constants import EPOCH, METRIC, VAL_AUC
 from muratune.errors import UserError
-from muratune.fileio import move_aside, refuse_existing, write_json, write_text
+from muratune.fileio import move_aside, refuse_existing, temp_dir_beside, write_json, write_text
 from muratune.layout import CACHE_JSON, CV_ENSEMBLE, ENSEMBLE_DIR, REFIT_PLAN, REFIT_SUMMARY, TRIAL_FILE, TRIALS_DIR
-from muratune.refit.plan import ENTRY, RefitPlan, member_id, refit_dir
-from muratune.refit.select import select_configurations
+from muratune.refit.plan import ENTRY, RefitPlan, check_folds, make_plan, member_id, refit_dir
 from muratune.search.experiment import finish_replacing, preflight
 from muratune.search.factories import run_config
 from muratune.search.resources import check_cluster_resources, trial_resources
 from muratune.search.run import _SigtermAsSigint
 from muratune.search.summary import _one_line
 from muratune.trainables import checkpoint as ckpt
-
-DEFAULT_TOP, DEFAULT_FOLDS = 3, 5
 
 
 @dataclass
@@ -51,15 +48,19 @@ class RefitResult:
     ensemble: dict | None = None
 
 
-def refit_storage(config: ExperimentConfig, exp_dir: Path) -> tuple[str, str]:
-    """(storage_path, name) of the refit's Tune run: ``<experiment>/refit/trials``, on the search's storage.
-
-    On local (or NFS) storage that is the experiment folder as found now, so a moved experiment still refits.
-    """
-    if layout.is_remote(config.storage):
-        storage_path, _ = layout.trials_storage(config)
-        return f"{storage_path}/{layout.REFIT_DIR}", TRIALS_DIR
+def refit_storage(exp_dir: Path) -> tuple[str, str]:
+    """(storage_path, name) of the refit's Tune run: ``<experiment>/refit/trials``, in the experiment folder as found
+    now (so a moved experiment still refits); on a cluster that folder must be shared by the nodes (NFS)."""
     return str(refit_dir(exp_dir)), TRIALS_DIR
+
+
+def check_local_storage(config: ExperimentConfig) -> None:
+    """Refuse a search stored on cloud storage: refit reads its checkpoints and writes ``ensemble/cv`` as files."""
+    if layout.is_remote(config.storage):
+        raise UserError(
+            f"storage: {config.storage}: refit needs the experiment on a filesystem this machine (and, on a cluster, "
+            "every node) reads; copy the experiment to a local or shared folder and refit that copy"
+        )
 
 
 def epochs_settings(config: ExperimentConfig, epochs: int) -> dict:
@@ -76,8 +77,12 @@ def fold_settings(settings: dict, entry: dict) -> dict:
     return out
 
 
-def refit_trainable(hparams: dict, experiment_config: dict | None = None) -> None:
-    """Tune function trainable of one (configuration, fold); ``experiment_config`` is bound by ``with_parameters``."""
+def refit_trainable(hparams: dict, experiment_config: dict | None = None, train_storage: str | None = None) -> None:
+    """Tune function trainable of one (configuration, fold); the other arguments are bound by ``with_parameters``.
+
+    ``train_storage`` is where a data-parallel fold model's Train run goes: inside the refit folder, so that
+    ``--overwrite`` moves it aside with the rest.
+    """
     from muratune.trainables.reporters import TuneReporter
     from muratune.trainables.trial import train_trial
 
@@ -86,7 +91,7 @@ def refit_trainable(hparams: dict, experiment_config: dict | None = None) -> Non
     if int(resolved["resources"]["workers_per_trial"]) > 1:
         from muratune.trainables.distributed import ddp_tune_trainable
 
-        ddp_tune_trainable(dict(entry["hparams"]), resolved)
+        ddp_tune_trainable(dict(entry["hparams"]), resolved, train_storage=train_storage)
     else:
         train_trial(dict(entry["hparams"]), resolved, TuneReporter())
 
@@ -96,10 +101,13 @@ def _trial_dirname(trial: Any) -> str:
     return f"trial_{member_id(entry['trial_id'], entry['fold'])}"
 
 
-def _bound(config: ExperimentConfig, epochs: int) -> Any:
+def _bound(config: ExperimentConfig, epochs: int, exp_dir: Path) -> Any:
     from ray import tune
 
-    bound = tune.with_parameters(refit_trainable, experiment_config=epochs_settings(config, epochs))
+    storage_path, name = refit_storage(exp_dir)
+    bound = tune.with_parameters(
+        refit_trainable, experiment_config=epochs_settings(config, epochs), train_storage=f"{storage_path}/{name}_train"
+    )
     return tune.with_resources(bound, trial_resources(config))
 
 
@@ -117,14 +125,14 @@ def build_refit_tuner(
     """
     from ray import tune
 
-    storage_path, name = refit_storage(config, exp_dir)
+    storage_path, name = refit_storage(exp_dir)
     reporter = tune.CLIReporter(
         metric_columns={EPOCH: "epoch", METRIC: "oof_kappa", VAL_AUC: "oof_auc"},
         parameter_columns={f"{ENTRY}/trial_id": "configuration", f"{ENTRY}/fold": "fold"},
         max_report_frequency=30,
     )
     return tune.Tuner(
-        _bound(config, plan.epochs),
+        _bound(config, plan.epochs, exp_dir),
         param_space={ENTRY: tune.grid_search(plan.entries())},
         tune_config=tune.TuneConfig(
             num_samples=1,
@@ -149,57 +157,13 @@ def restore_refit_tuner(config: ExperimentConfig, plan: RefitPlan, exp_dir: Path
     """Restore an interrupted refit: finished folds are kept, unfinished and errored ones continue from checkpoints."""
     from ray import tune
 
-    storage_path, name = refit_storage(config, exp_dir)
+    storage_path, name = refit_storage(exp_dir)
     path = f"{storage_path}/{name}"
     if not tune.Tuner.can_restore(path):
-        raise UserError(f"{path}: no restorable refit state here; run the refit without --resume")
-    return tune.Tuner.restore(path, trainable=_bound(config, plan.epochs), resume_unfinished=True, resume_errored=True)
-
-
-# ------------------------------------------------------------------------------------------- plan
-def new_plan(exp_dir: Path, config: ExperimentConfig, top: int | None, folds: int | None, epochs: int | None):
-    """Select the configurations and fix the folds and epochs of a new refit."""
-    folds = DEFAULT_FOLDS if folds is None else folds
-    epochs = config.budget.max_epochs if epochs is None else epochs
-    if folds < 2:
-        raise UserError(f"--folds {folds}: must be at least 2")
-    if epochs < 1:
-        raise UserError(f"--epochs {epochs}: must be at least 1")
-    configurations = select_configurations(exp_dir, DEFAULT_TOP if top is None else top)
-    return RefitPlan(configurations, folds, epochs, config.data.split_seed)
-
-
-def resumed_plan(exp_dir: Path, top: int | None, folds: int | None, epochs: int | None) -> RefitPlan:
-    """The plan of the refit to resume; options that contradict it are refused."""
-    path = refit_dir(exp_dir) / REFIT_PLAN
-    if not path.is_file():
-        raise UserError(f"{path}: not found; no refit to resume here (run it without --resume)")
-    plan = RefitPlan.read(path)
-    given = {"--top": (top, len(plan.configurations)), "--folds": (folds, plan.folds)}
-    given["--epochs"] = (epochs, plan.epochs)
-    for option, (value, planned) in given.items():
-        if value is not None and value != planned:
-            raise UserError(f"{option} {value}: the refit being resumed was started with {option} {planned}")
-    return plan
-
-
-def _plan(exp_dir: Path, config: ExperimentConfig, top, folds, epochs, resume: bool, overwrite: bool) -> RefitPlan:
-    """The resumed refit's plan, or a new one (refusing to replace an existing refit without ``overwrite``)."""
-    if resume:
-        return resumed_plan(exp_dir, top, folds, epochs)
-    if refit_dir(exp_dir).exists() and not (refit_dir(exp_dir) / REFIT_PLAN).is_file():
-        raise UserError(f"{refit_dir(exp_dir)}: holds no {REFIT_PLAN}; not made by muratune refit, so left alone")
-    if (refit_dir(exp_dir) / REFIT_PLAN).exists() and not overwrite:
-        raise UserError(f"{refit_dir(exp_dir)}: a refit already exists; pass --resume to continue it or --overwrite")
-    return new_plan(exp_dir, config, top, folds, epochs)
-
-
-def check_folds(config: ExperimentConfig, plan: RefitPlan) -> None:
-    """Refuse folds the dataset cannot provide (more folds than train patients), before Ray starts."""
-    from muratune.data.index import load_index
-    from muratune.data.split import patient_folds
-
-    patient_folds(load_index(config.data.root), plan.folds, plan.split_seed)  # type: ignore[arg-type]
+        raise UserError(f"{path}: no restorable refit state here; start the refit again with --overwrite")
+    return tune.Tuner.restore(
+        path, trainable=_bound(config, plan.epochs, exp_dir), resume_unfinished=True, resume_errored=True
+    )
 
 
 # ------------------------------------------------------------------------------------------- summary
@@ -302,18 +266,15 @@ def run_refit(
 
     exp_dir = Path(experiment).expanduser().resolve()
     config = load_experiment_config(exp_dir)
-    refit = refit_dir(exp_dir)
-    refuse_existing(exp_dir / ENSEMBLE_DIR / CV_ENSEMBLE, overwrite)
-    plan = _plan(exp_dir, config, top, folds, epochs, resume, overwrite)
-    check_folds(config, plan)
+    plan = prepare_refit(exp_dir, config, top, folds, epochs, resume, overwrite, size, echo)
     cache_info = preflight(config, local=address is None and not os.environ.get("RAY_ADDRESS"), echo=echo)
     results, aside = _fit(config, plan, exp_dir, address, resume, num_cpus, stop, cache_info, echo)
+    refit = refit_dir(exp_dir)
     summary = summarise_refit(results, plan.epochs)
     write_text(refit / REFIT_SUMMARY, summary.to_csv(index=False))
     shown = summary.drop(columns=["trial_dir", "checkpoint", "error"], errors="ignore")
     echo(shown.to_string(index=False, float_format="{:.3f}".format))
-    complete = int((summary["state"] == "COMPLETE").sum()) if len(summary) else 0
-    unfinished = len(plan.entries()) - complete
+    unfinished = len(plan.entries()) - (int((summary["state"] == "COMPLETE").sum()) if len(summary) else 0)
     if unfinished:
         echo(f"refit stopped with {unfinished} fold(s) unfinished or failed; the same command with --resume goes on")
         finish_replacing(refit, aside, finished=False, echo=echo, what="refit")
@@ -323,6 +284,34 @@ def run_refit(
     spec = build_cv_ensemble(exp_dir, config, plan, summary, size, tune_thresholds, overwrite, echo, tta=tta)
     finish_replacing(refit, aside, finished=True, echo=echo, what="refit")
     return RefitResult(refit, summary, 0, spec)
+
+
+def prepare_refit(
+    exp_dir: Path, config: ExperimentConfig, top: int | None, folds: int | None, epochs: int | None, resume: bool,
+    overwrite: bool, size: int, echo: Callable[[str], None],
+) -> RefitPlan:  # fmt: skip
+    """Every check that needs no Ray, then the plan (new, or the one being resumed)."""
+    check_local_storage(config)
+    if size < 1:
+        raise UserError(f"--size {size}: must be at least 1")
+    refuse_existing(exp_dir / ENSEMBLE_DIR / CV_ENSEMBLE, overwrite, kind="ensemble")
+    plan = make_plan(exp_dir, config, top, folds, epochs, resume, overwrite)
+    if len(plan.configurations) < plan.requested_top:
+        echo(f"--top {plan.requested_top}: the search has {len(plan.configurations)} trial(s) to rank; refitting those")
+    check_folds(config, plan)
+    return plan
+
+
+def create_refit_dir(refit: Path, plan: RefitPlan) -> Path | None:
+    """Put a new refit folder, holding its plan, in place in one rename; return where an existing refit was moved.
+
+    An interruption never leaves a refit folder without its plan (which `make_plan` would refuse to replace).
+    """
+    tmp = temp_dir_beside(refit)
+    write_json(tmp / REFIT_PLAN, plan.to_json())
+    aside = move_aside(refit)
+    os.replace(tmp, refit)
+    return aside
 
 
 def _fit(
@@ -349,9 +338,7 @@ def _fit(
     try:
         check_cluster_resources(config, autoscaling=not started, echo=echo)
         if not resume:
-            aside = move_aside(refit)
-            refit.mkdir(parents=True)
-            write_json(refit / REFIT_PLAN, plan.to_json())
+            aside = create_refit_dir(refit, plan)
         if cache_info is not None:
             write_json(refit / CACHE_JSON, cache_info)
         tuner = restore_refit_tuner(config, plan, exp_dir) if resume else build_refit_tuner(config, plan, exp_dir, stop)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from muratune.config import BudgetConfig
 from muratune.errors import UserError
 from muratune.layout import SUMMARY_CSV, TRIAL_FILE, trial_dir
 from muratune.trainables import checkpoint as ckpt
@@ -49,8 +50,12 @@ class Configuration:
         )
 
 
-def read_finished_summary(exp_dir: Path) -> pd.DataFrame:
-    """``search_summary.csv`` of a search that has finished: refuses a missing summary or RUNNING trials."""
+def read_finished_summary(exp_dir: Path, budget: BudgetConfig | None = None) -> pd.DataFrame:
+    """``search_summary.csv`` of a search that has finished: refuses a missing summary or RUNNING trials.
+
+    With the search's ``budget`` it also refuses a search stopped between trials: fewer trials than
+    ``budget.num_samples`` when no time budget could have ended it early.
+    """
     path = exp_dir / SUMMARY_CSV
     if not path.is_file():
         raise UserError(f"{path}: not found; the search has not finished (or {exp_dir} is not an experiment)")
@@ -60,6 +65,11 @@ def read_finished_summary(exp_dir: Path) -> pd.DataFrame:
         raise UserError(
             f"{path}: {len(running)} trial(s) still RUNNING ({', '.join(running[:5])}); finish the search with "
             "`muratune search --resume` before refitting"
+        )
+    if budget is not None and budget.time_budget_s is None and len(summary) < budget.num_samples:
+        raise UserError(
+            f"{path}: the search stopped after {len(summary)} of its {budget.num_samples} trials "
+            "(budget.num_samples); finish it with `muratune search --resume` before refitting"
         )
     return summary
 
@@ -88,7 +98,7 @@ def trial_checkpoint(exp_dir: Path, row: pd.Series) -> Path:
     return path
 
 
-def select_configurations(exp_dir: Path, top: int) -> list[Configuration]:
+def select_configurations(exp_dir: Path, top: int, budget: BudgetConfig | None = None) -> list[Configuration]:
     """The ``top`` best configurations of a finished search, with hyperparameters read from their checkpoints.
 
     Raises:
@@ -96,14 +106,14 @@ def select_configurations(exp_dir: Path, top: int) -> list[Configuration]:
     """
     if top < 1:
         raise UserError(f"--top {top}: must be at least 1")
-    ranked = rank_trials(read_finished_summary(exp_dir))
+    ranked = rank_trials(read_finished_summary(exp_dir, budget))
     if ranked.empty:
         raise UserError(f"{exp_dir / SUMMARY_CSV}: no trial with an internal-val kappa to refit (all failed?)")
     chosen = []
     for _, row in ranked.head(top).iterrows():
         path = trial_checkpoint(exp_dir, row)
         trial = ckpt.read_json(path / TRIAL_FILE)
-        hparams = trial.get("hyperparameters")
+        hparams = trial.get("hyperparameters") if isinstance(trial, dict) else None
         if not isinstance(hparams, dict):
             raise UserError(f"{path / TRIAL_FILE}: no hyperparameters recorded; not a muratune checkpoint")
         chosen.append(

@@ -91,7 +91,7 @@ def _ensemble_entries(exp: Experiment, replicates: int, seed: int, level: float)
                 split=TEST_SPLIT,
                 score=score_studies(ens.studies, replicates, seed, level),
                 val_kappa=float((ens.spec.get("val_score") or {}).get("val_kappa", math.nan)),
-                oof_kappa=float((ens.spec.get("oof_score") or {}).get("oof_kappa", math.nan)),
+                oof_kappa=_number((ens.spec.get("oof_score") or {}).get("oof_kappa")),
                 details=details,
                 cpu_hours=sum(h[0] for h in hours),
                 gpu_hours=sum(h[1] for h in hours),
@@ -176,3 +176,8 @@ def leaderboard_frame(entries: list[Entry]) -> pd.DataFrame:
         rows.append(row)
     frame = pd.DataFrame(rows)
     return frame.rename(columns={"n": "test_studies"})
+
+
+def _number(value: object) -> float:
+    """A JSON number as a float; ``null`` (an undefined metric) and a missing value as NaN."""
+    return math.nan if value is None else float(value)  # type: ignore[arg-type]

@@ -38,11 +38,12 @@ def _worker_loop(loop_config: dict) -> None:
     train_trial(loop_config["hparams"], loop_config["experiment_config"], TrainWorkerReporter(), TrainWorkerHooks())
 
 
-def ddp_tune_trainable(hparams: dict, experiment_config: dict | None = None) -> None:
+def ddp_tune_trainable(hparams: dict, experiment_config: dict | None = None, train_storage: str | None = None) -> None:
     """Tune function for data-parallel trials: starts a TorchTrainer whose metrics reach Tune via a callback.
 
-    The Train run is named after the Tune trial and stored beside it, so a restarted trial's TorchTrainer
-    finds the same run and resumes from its latest checkpoint.
+    The Train run is named after the Tune trial and stored beside the trials (``train_storage``, default the
+    search's ``<storage>/<name>/trials_train``), so a restarted trial's TorchTrainer finds the same run and resumes
+    from its latest checkpoint.
     """
     import ray.train
     import ray.tune
@@ -62,7 +63,7 @@ def ddp_tune_trainable(hparams: dict, experiment_config: dict | None = None) -> 
         ),
         run_config=ray.train.RunConfig(
             name=f"ddp_{context.get_trial_id()}",
-            storage_path=_train_storage(config),
+            storage_path=train_storage or _train_storage(config),
             callbacks=[TuneReportCallback()],  # type: ignore[list-item]  # Ray's own bridge to Tune
         ),
     )

@@ -93,6 +93,15 @@ def create_epoch_context(
                         lambda idx: weights[idx], config.train.grad_clip, steps)  # fmt: skip
 
 
+def plateau_signal(config: ExperimentConfig, train_loss: float, val_loss: float) -> float:
+    """The loss a plateau schedule watches: the val loss in a search, the train loss in a refit's fold model.
+
+    A fold model's val subset is its held-out fold, whose predictions are its out-of-fold predictions; letting that
+    fold time the learning-rate drops would leak it into the model, so out-of-fold scores would be optimistic.
+    """
+    return train_loss if config.data.folds is not None else val_loss
+
+
 def train_trial(
     hparams: dict, config: ExperimentConfig | dict, reporter: Reporter | None = None, parallel: Any = None
 ) -> dict:
@@ -128,7 +137,7 @@ def train_trial(
         started = time.perf_counter()
         train_loss = train_one_epoch(ctx, inject_fault(config, hparams["backbone"], epoch))
         metrics, val_images, val_studies = evaluate(model, val_loader, val_set, runtime, normalizer, val_weights)
-        ctx.schedule.step_epoch(metrics[VAL_LOSS])
+        ctx.schedule.step_epoch(plateau_signal(config, train_loss, metrics[VAL_LOSS]))
         metrics = {EPOCH: epoch, TRAIN_LOSS: train_loss, LEARNING_RATE: ctx.optimizer.param_groups[0]["lr"], **metrics}
         metrics["epoch_time_s"] = time.perf_counter() - started
         history.append(metrics)
