@@ -5,6 +5,7 @@ reads the report's leaderboard. It prints one table and writes ``summary.json`` 
 ``cv`` at least matches ``best-single`` on test AUC in every seed and beats it on mean test kappa.
 
     python -m bench.refit_cv --out runs/bench/refit                   # 3 seeds, refit --top 3 --folds 5
+    python -m bench.refit_cv --out runs/bench/refit --seeds 0,1,2,3,4 # seeds already run are read, not rerun
     python -m bench.refit_cv --out runs/bench/refit --top 2 --folds 3 --seeds 0,1
 """
 

@@ -100,6 +100,9 @@ def test_an_interrupted_refit_resumes_without_training_any_fold_twice(refit: dic
     summary = pd.read_csv(exp / REFIT_DIR / REFIT_SUMMARY)
     assert len(summary) == TOP * FOLDS and set(summary["state"]) == {"COMPLETE"}
     assert (summary["epochs"] == EPOCHS).all()
+    for checkpoint in summary["checkpoint"]:  # a finished fold model keeps its weights, not its optimizer state
+        assert (Path(checkpoint) / "model.safetensors").is_file()
+        assert not list(Path(checkpoint).parent.glob("checkpoint_*/optimizer*"))
 
 
 def test_refit_takes_the_best_configurations_by_kappa_then_auc(refit: dict) -> None:

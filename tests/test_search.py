@@ -14,6 +14,7 @@ from muratune.config import load_config
 from muratune.errors import UserError
 from muratune.search import experiment, factories, resources
 from muratune.search import run as search_run
+from muratune.trainables import checkpoint as ckpt
 from tests.helpers.search import tiny_overrides
 
 DEMO = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
@@ -101,6 +102,9 @@ def test_real_search_writes_experiment(ray_session, tmp_path, synthetic_root):
         assert (Path(checkpoint) / "model.safetensors").is_file()
         assert (Path(checkpoint) / "val_studies.parquet").is_file()
     assert summary.best_val_kappa.notna().all()
+    # finished trials never train again: no optimizer state is left in any of their checkpoints
+    assert list(exp.glob(f"{layout.TRIALS_DIR}/*/checkpoint_*/model.safetensors"))
+    assert not list(exp.glob(f"{layout.TRIALS_DIR}/*/checkpoint_*/{ckpt.OPTIMIZER_FILE}"))
 
 
 def test_existing_experiment_is_refused_without_resume_or_overwrite(tmp_path, synthetic_root):

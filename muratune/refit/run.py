@@ -272,6 +272,8 @@ def run_refit(
     refit = refit_dir(exp_dir)
     summary = summarise_refit(results, plan.epochs)
     write_text(refit / REFIT_SUMMARY, summary.to_csv(index=False))
+    if len(summary):  # finished fold models are never trained again
+        ckpt.release_optimizer_state(summary.loc[summary["state"] == "COMPLETE", "trial_dir"].dropna())
     shown = summary.drop(columns=["trial_dir", "checkpoint", "error"], errors="ignore")
     echo(shown.to_string(index=False, float_format="{:.3f}".format))
     unfinished = len(plan.entries()) - (int((summary["state"] == "COMPLETE").sum()) if len(summary) else 0)

@@ -13,7 +13,7 @@ import pandas as pd
 from muratune.cluster import connect_ray, ray_address
 from muratune.config import ExperimentConfig
 from muratune.fileio import write_text
-from muratune.layout import SUMMARY_CSV, optuna_storage_url
+from muratune.layout import SUMMARY_CSV, optuna_storage_url, trial_dir
 from muratune.search.experiment import (
     check_experiment,
     finish_replacing,
@@ -26,6 +26,7 @@ from muratune.search.factories import create_tuner, restore_tuner
 from muratune.search.resources import check_cluster_resources
 from muratune.search.summary import format_summary, summarise, unfinished_trials
 from muratune.search.tracking import require_mlflow
+from muratune.trainables import checkpoint as ckpt
 
 
 @dataclass
@@ -100,6 +101,7 @@ def run_search(
     unfinished = unfinished_trials(results)
     summary = summarise(results, config, unfinished)
     write_text(exp_dir / SUMMARY_CSV, summary.to_csv(index=False))
+    ckpt.release_optimizer_state(finished_trial_dirs(exp_dir, summary))
     finish_replacing(exp_dir, aside, finished=not unfinished, echo=echo)
     echo(format_summary(summary))
     echo(f"\nexperiment: {exp_dir}\noptuna study: {optuna_storage_url(config)} (study {config.name!r})")
@@ -109,3 +111,11 @@ def run_search(
             "continues them"
         )
     return SearchResult(exp_dir, summary, optuna_storage_url(config), unfinished=len(unfinished))
+
+
+def finished_trial_dirs(exp_dir: Path, summary: pd.DataFrame) -> list[Path]:
+    """The folders of trials no resume trains again: COMPLETE, and PRUNED (ASHA stops a trial for good)."""
+    if summary.empty:
+        return []
+    finished = summary.loc[summary["state"].isin(["COMPLETE", "PRUNED"]), "trial_id"]
+    return [trial_dir(exp_dir, str(trial_id)) for trial_id in finished]

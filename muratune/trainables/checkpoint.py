@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,7 @@ __all__ = [
     "save_checkpoint",
     "save_optimizer",
     "save_weights",
+    "release_optimizer_state",
     "strip_optimizer_state",
 ]
 
@@ -123,6 +125,15 @@ def save_checkpoint(
     if optimizer is not None:
         save_optimizer(optimizer, directory)
     return directory
+
+
+def release_optimizer_state(trial_dirs: Iterable[str | os.PathLike]) -> int:
+    """Delete all optimizer state of trials that will never train again (finished ones); return files removed.
+
+    Only the latest checkpoint of a running trial needs it (to resume); for a finished one it is about twice the
+    model's size (Adam's two moments), which over a search of large backbones is most of the disk it uses.
+    """
+    return sum(strip_optimizer_state(d) for d in trial_dirs if Path(d).is_dir())
 
 
 def strip_optimizer_state(trial_dir: str | os.PathLike, keep: str | os.PathLike | None = None) -> int:
