@@ -6,6 +6,7 @@ reads the report's leaderboard. It prints one table and writes ``summary.json`` 
 
     python -m bench.refit_cv --out runs/bench/refit                   # 3 seeds, refit --top 3 --folds 5
     python -m bench.refit_cv --out runs/bench/refit --seeds 0,1,2,3,4 # seeds already run are read, not rerun
+    python -m bench.refit_cv --out runs/bench/refit --seeds 0,1,2,3,4 --tta   # and again with flip TTA (no training)
     python -m bench.refit_cv --out runs/bench/refit --top 2 --folds 3 --seeds 0,1
 """
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 import subprocess
 import sys
@@ -27,7 +29,15 @@ from sklearn.metrics import roc_auc_score
 from muratune.constants import BODY_PART, LABEL, PRED, PROB, STUDY_PATH
 from muratune.demo import DEMO_CONFIG, demo_config_text, usable_cores
 from muratune.fileio import write_json, write_text
-from muratune.layout import ENSEMBLE_DIR, TEST_STUDIES
+from muratune.layout import (
+    ENSEMBLE_DIR,
+    REFIT_DIR,
+    REFIT_PLAN,
+    REFIT_SUMMARY,
+    TEST_METRICS,
+    TEST_STUDIES,
+    TRIALS_DIR,
+)
 from muratune.report.bootstrap import percentile_interval, replicate_kappas, resample_counts
 
 MODELS = ("cv", "best-single", "greedy")
@@ -69,12 +79,49 @@ def run_seed(out: Path, data: Path, seed: int, top: int, folds: int) -> dict:
         seconds["ensemble"] = muratune("ensemble", str(exp), "--overwrite")
         seconds["refit"] = muratune("refit", str(exp), "--top", str(top), "--folds", str(folds), "--overwrite")
         seconds["report"] = muratune("report", str(exp), "--overwrite")
+    check_reused_refit(exp, top, folds)
     board = pd.read_csv(exp / "report" / "leaderboard.csv").set_index("name")
     row: dict[str, Any] = {"seed": seed, "seconds": {k: round(v, 1) for k, v in seconds.items()}}
     for model in MODELS:
         row[model] = {"kappa": float(board.loc[model, "kappa_overall"]), "auc": float(board.loc[model, "auc"])}
     row["cv"]["oof_kappa"] = float(board.loc["cv", "oof_kappa"])
     return row
+
+
+def check_reused_refit(exp: Path, top: int, folds: int) -> None:
+    """Stop when a seed folder being read back holds a refit made with other ``--top``/``--folds``."""
+    plan = json.loads((exp / REFIT_DIR / REFIT_PLAN).read_text())
+    made = (int(plan.get("top", len(plan["configurations"]))), int(plan["folds"]))
+    if made != (top, folds):
+        raise SystemExit(f"{exp}: its refit used --top {made[0]} --folds {made[1]}; pass those or another --out")
+
+
+def tta_seed(out: Path, seed: int) -> tuple[dict, Path]:
+    """The seed's best-single, greedy and cv again with flip TTA, from its trained models, in ``seed-N/tta/``.
+
+    Nothing is trained: a copy of the experiment's small files gets TTA ensembles (`build_ensembles`, selected on
+    TTA internal-val predictions) and a TTA cv ensemble (`build_cv_ensemble`, selected on TTA out-of-fold ones).
+    """
+    from muratune.ensemble.build import build_ensembles, load_experiment_config
+    from muratune.refit.ensemble import build_cv_ensemble
+    from muratune.refit.plan import RefitPlan
+
+    exp = out / f"seed-{seed}" / "runs" / "demo"
+    copy = out / f"seed-{seed}" / "tta" / "demo"
+    if copy.exists():
+        shutil.rmtree(copy)
+    shutil.copytree(exp, copy, ignore=shutil.ignore_patterns(TRIALS_DIR, "trials_test", "report", "cams", ENSEMBLE_DIR))
+    build_ensembles(copy, strategies=["best-single", "greedy"], tta=True, overwrite=True, echo=lambda line: None)
+    config = load_experiment_config(exp)
+    plan = RefitPlan.read(exp / REFIT_DIR / REFIT_PLAN)
+    refits = pd.read_csv(exp / REFIT_DIR / REFIT_SUMMARY, dtype={"trial_id": str, "configuration": str})
+    spec = build_cv_ensemble(copy, config, plan, refits, 5, True, overwrite=True, echo=lambda line: None, tta=True)
+    row: dict[str, Any] = {"seed": seed, "seconds": {}}
+    for model in MODELS:
+        metrics = json.loads((copy / ENSEMBLE_DIR / model / TEST_METRICS).read_text())
+        row[model] = {"kappa": metrics["test_kappa"], "auc": metrics["test_auc"]}
+    row["cv"]["oof_kappa"] = spec["oof_score"]["oof_kappa"]
+    return row, copy
 
 
 def paired_test_studies(exp: Path) -> pd.DataFrame:
@@ -162,6 +209,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--top", type=int, default=3)
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--studies", type=int, default=600)
+    parser.add_argument("--tta", action="store_true", help="also score every model with flip TTA (no training)")
     args = parser.parse_args(argv)
     out = args.out.resolve()
     data = prepare_data(out, args.studies)
@@ -169,8 +217,15 @@ def main(argv: list[str] | None = None) -> None:
     rows = [run_seed(out, data, s, args.top, args.folds) for s in seeds]
     paired = paired_bootstrap({s: out / f"seed-{s}" / "runs" / "demo" for s in seeds})
     summary = summarise(rows, args.top, args.folds, paired)
+    if args.tta:
+        tta = [tta_seed(out, s) for s in seeds]
+        tta_paired = paired_bootstrap({s: copy for s, (_, copy) in zip(seeds, tta, strict=True)})
+        summary["tta"] = summarise([row for row, _ in tta], args.top, args.folds, tta_paired)
     write_json(out / "summary.json", summary)
     print(table(summary))
+    if args.tta:
+        print("\nwith flip TTA (best-single and greedy chosen on TTA internal val, cv on TTA out-of-fold predictions):")
+        print(table(summary["tta"]))
     print(json.dumps({r["seed"]: r["seconds"] for r in rows}))
 
 
