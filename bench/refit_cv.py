@@ -28,7 +28,7 @@ from sklearn.metrics import roc_auc_score
 
 from muratune.constants import BODY_PART, LABEL, PRED, PROB, STUDY_PATH
 from muratune.demo import DEMO_CONFIG, demo_config_text, usable_cores
-from muratune.fileio import write_json, write_text
+from muratune.fileio import refuse_foreign, write_json, write_text
 from muratune.layout import (
     ENSEMBLE_DIR,
     REFIT_DIR,
@@ -39,6 +39,7 @@ from muratune.layout import (
     TRIALS_DIR,
 )
 from muratune.report.bootstrap import percentile_interval, replicate_kappas, resample_counts
+from muratune.search.experiment import EXPERIMENT_KIND
 
 MODELS = ("cv", "best-single", "greedy")
 REPLICATES = 2000
@@ -90,8 +91,10 @@ def run_seed(out: Path, data: Path, seed: int, top: int, folds: int) -> dict:
 
 def check_reused_refit(exp: Path, top: int, folds: int) -> None:
     """Stop when a seed folder being read back holds a refit made with other ``--top``/``--folds``."""
-    plan = json.loads((exp / REFIT_DIR / REFIT_PLAN).read_text())
-    made = (int(plan.get("top", len(plan["configurations"]))), int(plan["folds"]))
+    from muratune.refit.plan import RefitPlan
+
+    plan = RefitPlan.read(exp / REFIT_DIR / REFIT_PLAN)
+    made = (plan.requested_top, plan.folds)
     if made != (top, folds):
         raise SystemExit(f"{exp}: its refit used --top {made[0]} --folds {made[1]}; pass those or another --out")
 
@@ -109,13 +112,16 @@ def tta_seed(out: Path, seed: int) -> tuple[dict, Path]:
     exp = out / f"seed-{seed}" / "runs" / "demo"
     copy = out / f"seed-{seed}" / "tta" / "demo"
     if copy.exists():
+        refuse_foreign(copy, EXPERIMENT_KIND)  # the copy this bench made last time (it carries the marker)
         shutil.rmtree(copy)
     shutil.copytree(exp, copy, ignore=shutil.ignore_patterns(TRIALS_DIR, "trials_test", "report", "cams", ENSEMBLE_DIR))
     build_ensembles(copy, strategies=["best-single", "greedy"], tta=True, overwrite=True, echo=lambda line: None)
     config = load_experiment_config(exp)
     plan = RefitPlan.read(exp / REFIT_DIR / REFIT_PLAN)
     refits = pd.read_csv(exp / REFIT_DIR / REFIT_SUMMARY, dtype={"trial_id": str, "configuration": str})
-    spec = build_cv_ensemble(copy, config, plan, refits, 5, True, overwrite=True, echo=lambda line: None, tta=True)
+    spec = build_cv_ensemble(
+        copy, config, plan, refits, size=5, tune=True, overwrite=True, echo=lambda line: None, tta=True
+    )  # the refit's defaults
     row: dict[str, Any] = {"seed": seed, "seconds": {}}
     for model in MODELS:
         metrics = json.loads((copy / ENSEMBLE_DIR / model / TEST_METRICS).read_text())

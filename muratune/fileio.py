@@ -92,6 +92,7 @@ SIGNATURES: dict[str, tuple[str, ...]] = {
     "cams": ("cams.json",),
     "report": ("metrics.json", "leaderboard.csv"),
     "experiment": ("resolved_config.yaml",),
+    "refit": ("refit.json",),
     "checkpoints": (),
 }
 
@@ -204,9 +205,13 @@ def move_aside(target: Path) -> Path | None:
     return aside
 
 
-def replaced_folders(target: Path) -> list[Path]:
-    """The folders `move_aside` left beside ``target`` (oldest name first): what earlier runs there replaced."""
-    return sorted(p for p in target.parent.glob(f".{target.name}.replaced-*") if p.is_dir())
+def replaced_folders(target: Path, kind: str) -> list[Path]:
+    """The ``kind`` folders `move_aside` left beside ``target`` (oldest name first): what earlier runs replaced.
+
+    Only folders muratune made as ``kind`` count; anything else with a look-alike name is never returned.
+    """
+    found = target.parent.glob(f".{target.name}.replaced-*")
+    return sorted(p for p in found if p.is_dir() and made_by_muratune(p, kind))
 
 
 def refuse_existing(path: str | os.PathLike, overwrite: bool, kind: str | None = None) -> None:

@@ -136,6 +136,9 @@ def test_a_finished_resume_removes_what_interrupted_overwrites_kept(tmp_path, sy
     exp, second = experiment.prepare_experiment(config, resume=False, overwrite=True)  # interrupted again
     bystander = tmp_path / "runs" / ".twice-notes"  # a hidden folder muratune did not make
     bystander.mkdir()
+    look_alike = tmp_path / "runs" / ".twice.replaced-mine"  # named like an aside, but not an experiment of ours
+    look_alike.mkdir()
+    (look_alike / "notes.txt").write_text("mine")
     assert first is not None and second is not None and first.is_dir() and second.is_dir()
     (exp / "trials").mkdir()
     assert experiment.prepare_experiment(config, resume=True, overwrite=False) == (exp, None)
@@ -143,6 +146,7 @@ def test_a_finished_resume_removes_what_interrupted_overwrites_kept(tmp_path, sy
     experiment.finish_replacing(exp, None, finished=True, echo=lines.append)  # the resumed search finished
     assert not first.exists() and not second.exists()
     assert bystander.is_dir() and (exp / MARKER).is_file()
+    assert (look_alike / "notes.txt").read_text() == "mine"
     assert sorted(lines) == sorted(
         f"removed {p}: the experiment it kept was replaced by this one, now finished" for p in (first, second)
     )

@@ -19,6 +19,7 @@ from muratune.data.index import load_index
 from muratune.data.split import patient_folds
 from muratune.ensemble.predictor import StudyPredictor
 from muratune.errors import UserError
+from muratune.fileio import MARKER
 from muratune.layout import (
     ENSEMBLE_DIR,
     ENSEMBLE_FILE,
@@ -369,4 +370,14 @@ def test_a_new_refit_folder_appears_with_its_plan_in_one_rename(tmp_path: Path) 
     (refit / "trials").mkdir()
     aside = create_refit_dir(refit, RefitPlan([], 3, 1, 0, 2))
     assert aside is not None and (aside / "trials").is_dir() and RefitPlan.read(aside / PLAN_FILE).folds == 2
-    assert sorted(p.name for p in refit.iterdir()) == [PLAN_FILE]
+    assert sorted(p.name for p in refit.iterdir()) == sorted([MARKER, PLAN_FILE])  # marked as a refit of ours
+
+
+def test_a_refit_folder_muratune_did_not_make_is_never_replaced(tiny_experiment: Path, tmp_path: Path) -> None:
+    exp = _copy_experiment(tiny_experiment, tmp_path / "tiny")
+    (exp / REFIT_DIR).mkdir()
+    (exp / REFIT_DIR / "notes.txt").write_text("mine")
+    with pytest.raises(UserError, match=r"refit: exists and is not a muratune refit folder"):
+        run_refit(exp, top=1, folds=2, epochs=1, overwrite=True)
+    assert sorted(p.name for p in (exp / REFIT_DIR).iterdir()) == ["notes.txt"]
+    assert not list(exp.glob(f".{REFIT_DIR}.*"))  # nothing moved aside or left half-made

@@ -7,11 +7,13 @@ from pathlib import Path
 
 from muratune.config import ExperimentConfig
 from muratune.errors import UserError
+from muratune.fileio import refuse_foreign
 from muratune.layout import REFIT_DIR, REFIT_PLAN
 from muratune.refit.select import Configuration, select_configurations
 from muratune.trainables import checkpoint as ckpt
 
 ENTRY = "entry"  # the Tune parameter holding one (configuration, fold)
+REFIT_KIND = "refit"  # the marker kind of a refit folder (older ones are known by their refit.json)
 DEFAULT_TOP, DEFAULT_FOLDS = 3, 5
 
 
@@ -101,8 +103,7 @@ def make_plan(exp_dir: Path, config: ExperimentConfig, top, folds, epochs, resum
     """The resumed refit's plan, or a new one (refusing to replace an existing refit without ``overwrite``)."""
     if resume:
         return resumed_plan(exp_dir, top, folds, epochs)
-    if refit_dir(exp_dir).exists() and not (refit_dir(exp_dir) / REFIT_PLAN).is_file():
-        raise UserError(f"{refit_dir(exp_dir)}: holds no {REFIT_PLAN}; not made by muratune refit, so left alone")
+    refuse_foreign(refit_dir(exp_dir), REFIT_KIND)
     if (refit_dir(exp_dir) / REFIT_PLAN).exists() and not overwrite:
         raise UserError(f"{refit_dir(exp_dir)}: a refit already exists; pass --resume to continue it or --overwrite")
     return new_plan(exp_dir, config, top, folds, epochs)

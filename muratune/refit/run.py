@@ -27,9 +27,17 @@ from muratune.cluster import connect_ray
 from muratune.config import ExperimentConfig
 from muratune.constants import EPOCH, METRIC, VAL_AUC
 from muratune.errors import UserError
-from muratune.fileio import move_aside, refuse_existing, temp_dir_beside, write_json, write_text
+from muratune.fileio import (
+    move_aside,
+    refuse_existing,
+    refuse_foreign,
+    temp_dir_beside,
+    write_json,
+    write_marker,
+    write_text,
+)
 from muratune.layout import CACHE_JSON, CV_ENSEMBLE, ENSEMBLE_DIR, REFIT_PLAN, REFIT_SUMMARY, TRIAL_FILE, TRIALS_DIR
-from muratune.refit.plan import ENTRY, RefitPlan, check_folds, make_plan, member_id, refit_dir
+from muratune.refit.plan import ENTRY, REFIT_KIND, RefitPlan, check_folds, make_plan, member_id, refit_dir
 from muratune.search.experiment import finish_replacing, preflight
 from muratune.search.factories import run_config
 from muratune.search.resources import check_cluster_resources, trial_resources
@@ -279,12 +287,12 @@ def run_refit(
     unfinished = len(plan.entries()) - (int((summary["state"] == "COMPLETE").sum()) if len(summary) else 0)
     if unfinished:
         echo(f"refit stopped with {unfinished} fold(s) unfinished or failed; the same command with --resume goes on")
-        finish_replacing(refit, aside, finished=False, echo=echo, what="refit")
+        finish_replacing(refit, aside, finished=False, echo=echo, kind=REFIT_KIND)
         return RefitResult(refit, summary, unfinished)
     from muratune.refit.ensemble import build_cv_ensemble
 
     spec = build_cv_ensemble(exp_dir, config, plan, summary, size, tune_thresholds, overwrite, echo, tta=tta)
-    finish_replacing(refit, aside, finished=True, echo=echo, what="refit")
+    finish_replacing(refit, aside, finished=True, echo=echo, kind=REFIT_KIND)
     return RefitResult(refit, summary, 0, spec)
 
 
@@ -309,8 +317,10 @@ def create_refit_dir(refit: Path, plan: RefitPlan) -> Path | None:
 
     An interruption never leaves a refit folder without its plan (which `make_plan` would refuse to replace).
     """
+    refuse_foreign(refit, REFIT_KIND)
     tmp = temp_dir_beside(refit)
     write_json(tmp / REFIT_PLAN, plan.to_json())
+    write_marker(tmp, REFIT_KIND)
     aside = move_aside(refit)
     os.replace(tmp, refit)
     return aside
@@ -347,7 +357,7 @@ def _fit(
         with _SigtermAsSigint():
             return tuner.fit(), aside
     except BaseException:
-        finish_replacing(refit, aside, finished=False, echo=echo, what="refit")
+        finish_replacing(refit, aside, finished=False, echo=echo, kind=REFIT_KIND)
         raise
     finally:
         if started:

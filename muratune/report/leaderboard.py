@@ -90,7 +90,7 @@ def _ensemble_entries(exp: Experiment, replicates: int, seed: int, level: float)
                 kind=ENSEMBLE,
                 split=TEST_SPLIT,
                 score=score_studies(ens.studies, replicates, seed, level),
-                val_kappa=float((ens.spec.get("val_score") or {}).get("val_kappa", math.nan)),
+                val_kappa=_number((ens.spec.get("val_score") or {}).get("val_kappa")),
                 oof_kappa=_number((ens.spec.get("oof_score") or {}).get("oof_kappa")),
                 details=details,
                 cpu_hours=sum(h[0] for h in hours),

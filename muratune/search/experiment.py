@@ -54,21 +54,21 @@ def prepare_experiment(config: ExperimentConfig, resume: bool, overwrite: bool) 
 
 
 def finish_replacing(
-    exp_dir: Path, aside: Path | None, finished: bool, echo: Callable[[str], None] = print, what: str = "experiment"
+    exp_dir: Path, aside: Path | None, finished: bool, echo: Callable[[str], None] = print, kind: str = EXPERIMENT_KIND
 ) -> None:
     """Once a run has finished, delete what it replaced; until then say where the replaced one is kept.
 
-    A finished run (also one finished by ``--resume``) supersedes every folder moved aside at its path, so the asides
-    an interrupted ``--overwrite`` left behind (`replaced_folders`) go too.
+    A finished run (also one finished by ``--resume``) supersedes every ``kind`` folder moved aside at its path, so
+    the asides an interrupted ``--overwrite`` left behind (`replaced_folders`) go too.
     """
     if not finished:
         if aside is not None:
-            echo(f"the replaced {what} is kept at {aside} until this one finishes; `mv {aside} {exp_dir}` restores it")
+            echo(f"the replaced {kind} is kept at {aside} until this one finishes; `mv {aside} {exp_dir}` restores it")
         return
-    for old in replaced_folders(exp_dir):
+    for old in replaced_folders(exp_dir, kind):
         shutil.rmtree(old, ignore_errors=True)
         if old != aside:
-            echo(f"removed {old}: the {what} it kept was replaced by this one, now finished")
+            echo(f"removed {old}: the {kind} it kept was replaced by this one, now finished")
 
 
 def resumed_config(config: ExperimentConfig) -> ExperimentConfig:
