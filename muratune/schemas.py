@@ -117,12 +117,14 @@ class EnsembleSpec(BaseModel):
     test_score: dict[str, Any] = {}
     members: Annotated[list[MemberEntry], Field(min_length=1)]
     # A cross-validated ensemble (`muratune refit`): the strategy chosen on out-of-fold predictions, the folds and
-    # epochs of its fold models, each configuration's weight, and its out-of-fold metrics.
+    # epochs of its fold models, each configuration's weight, its out-of-fold metrics, and the configurations left out
+    # (``--drop-failed``) with the error of their failed fold model.
     selected_strategy: StrictStr | None = None
     folds: Annotated[StrictInt, Field(ge=2)] | None = None
     epochs: Annotated[StrictInt, Field(ge=1)] | None = None
     configurations: dict[str, Annotated[Number, Field(ge=0, allow_inf_nan=False)]] = {}
     oof_score: dict[str, Any] = {}
+    dropped_configurations: dict[str, StrictStr] = {}
 
     @field_validator("thresholds")
     @classmethod

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 from pathlib import Path
@@ -381,3 +382,58 @@ def test_a_refit_folder_muratune_did_not_make_is_never_replaced(tiny_experiment:
         run_refit(exp, top=1, folds=2, epochs=1, overwrite=True)
     assert sorted(p.name for p in (exp / REFIT_DIR).iterdir()) == ["notes.txt"]
     assert not list(exp.glob(f".{REFIT_DIR}.*"))  # nothing moved aside or left half-made
+
+
+def _fail_one_configuration(exp: Path, trial_id: str) -> None:
+    """Make every fold model of one configuration crash at its first epoch, with no retry (debug fault injection)."""
+    from muratune.config import dump_config, load_config
+    from muratune.config.sections import DebugConfig, FailureConfig
+    from muratune.layout import RESOLVED_CONFIG, TRIAL_FILE, trial_dir
+
+    summary = pd.read_csv(exp / SUMMARY_CSV, dtype={"trial_id": str})
+    copied = [
+        str(trial_dir(exp, t) / Path(c).name) for t, c in zip(summary["trial_id"], summary["checkpoint"], strict=True)
+    ]
+    summary["checkpoint"] = copied  # this copy's checkpoints, not the shared experiment's
+    summary.to_csv(exp / SUMMARY_CSV, index=False)
+    trial_file = Path(copied[summary.index[summary["trial_id"] == trial_id][0]]) / TRIAL_FILE
+    trial = json.loads(trial_file.read_text())
+    trial["hyperparameters"]["backbone"] = "resnet14t"  # the fault below matches this backbone only
+    trial_file.write_text(json.dumps(trial))
+    config = load_config(exp / RESOLVED_CONFIG)
+    faulty = {"debug": DebugConfig(fault="crash", fault_backbone="resnet14t"), "failure": FailureConfig(max_failures=0)}
+    (exp / RESOLVED_CONFIG).write_text(dump_config(config.model_copy(update=faulty)))
+
+
+def test_a_failed_fold_model_stops_the_refit_until_resumed_with_drop_failed(
+    tiny_experiment: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from muratune.cli import main
+    from muratune.refit.select import rank_trials
+
+    exp = _copy_experiment(tiny_experiment, tmp_path / "tiny")
+    good, bad = rank_trials(pd.read_csv(exp / SUMMARY_CSV, dtype={"trial_id": str}))["trial_id"].head(2)
+    _fail_one_configuration(exp, bad)
+    with pytest.raises(SystemExit) as stopped:  # the command line: no ensemble/cv, exit code 1 for scripts
+        main(["refit", str(exp), "--top", "2", "--folds", "2", "--epochs", "1"])
+    assert stopped.value.code == 1
+    out = capsys.readouterr().out
+    assert "trial crashed (injected by debug.fault=crash)" in out
+    assert f"--resume --drop-failed` builds ensemble/cv without configuration(s) {bad}" in out
+    assert not (exp / ENSEMBLE_DIR / "cv").exists()
+    summary = pd.read_csv(exp / REFIT_DIR / REFIT_SUMMARY, dtype={"trial_id": str, "configuration": str})
+    assert dict(zip(summary["configuration"], summary["state"], strict=True)) == {good: "COMPLETE", bad: "FAIL"}
+    trials = exp / REFIT_DIR / TRIALS_DIR
+    before = {p.name: (p / "result.json").read_text() for p in trials.glob("trial_*") if (p / "result.json").exists()}
+
+    resumed = run_refit(exp, resume=True, drop_failed=True, echo=print)
+    assert resumed.ensemble is not None and resumed.unfinished == 0
+    left_out = rf"configuration {bad} left out of ensemble/cv \(trial_{bad}_fold0: .*trial crashed"
+    assert re.search(left_out, capsys.readouterr().out)
+    spec = json.loads((exp / ENSEMBLE_DIR / "cv" / ENSEMBLE_FILE).read_text())
+    assert list(spec["configurations"]) == [good] and list(spec["dropped_configurations"]) == [bad]
+    assert sorted(m["name"] for m in spec["members"]) == [f"trial_{good}_fold0", f"trial_{good}_fold1"]
+    after = {p.name: (p / "result.json").read_text() for p in trials.glob("trial_*") if (p / "result.json").exists()}
+    assert after == before  # --drop-failed retried no failed fold model and retrained no finished one
+    predictor = StudyPredictor.load(exp / ENSEMBLE_DIR / "cv")
+    assert len(predictor.members) == 2

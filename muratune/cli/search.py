@@ -78,6 +78,12 @@ def refit_command(
     address: AddressOpt = None,
     resume: Annotated[bool, typer.Option(help="Continue an interrupted refit; finished folds are not rerun.")] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing refit and EXPERIMENT/ensemble/cv.")] = False,
+    drop_failed: Annotated[
+        bool,
+        typer.Option(
+            help="Build ensemble/cv without configurations whose fold models failed (not retried on --resume)."
+        ),
+    ] = False,
 ) -> None:
     """Retrain the best configurations on patient-grouped folds; build ensemble/cv on out-of-fold predictions."""
     from muratune.refit.run import run_refit
@@ -93,6 +99,7 @@ def refit_command(
         size=size,
         tune_thresholds=tune_thresholds,
         tta=tta,
+        drop_failed=drop_failed,
         echo=typer.echo,
     )
     if result.ensemble is None:  # folds unfinished or failed: no ensemble/cv yet, which scripts must see

@@ -116,18 +116,21 @@ def build_cv_ensemble(
     echo: Callable[[str], None] = print,
     batch_size: int = 64,
     tta: bool = False,
+    configurations: list[str] | None = None,
+    dropped: dict[str, str] | None = None,
 ) -> dict:
     """Select on out-of-fold predictions, write ``ensemble/cv`` and score it once on the test split.
 
     With ``tta`` the ensemble predicts with horizontal-flip TTA, and is selected on out-of-fold predictions made
-    the same way (`oof_with_tta`).
+    the same way (`oof_with_tta`). ``configurations`` are the candidates (default: all of the plan's); ``dropped``
+    records the ones left out for a failed fold model, with its error.
 
     Returns:
         The ``ensemble.json`` content (without members).
     """
     from muratune.data.index import load_index
 
-    names = [c.trial_id for c in plan.configurations]
+    names = configurations or [c.trial_id for c in plan.configurations]
     index = load_index(config.data.root)  # type: ignore[arg-type]
     oof = assemble_oof(refit_dir(exp_dir), config, names, plan.folds, plan.split_seed, summary)
     if tta:
@@ -147,6 +150,7 @@ def build_cv_ensemble(
         "weights": {part: [float(w) for w in vector] for part, vector in member_weights.items()},
         "data_config": members[0].data_config,
         "configurations": {names[j]: float(weights[GLOBAL][j]) for j in used},
+        "dropped_configurations": dropped or {},
         "oof_score": defined_or_none(oof_score),
         "test_score": defined_or_none({k: metrics[k] for k in ("test_kappa", "test_auc", "test_accuracy")}),
     }

@@ -161,8 +161,9 @@ def build_refit_tuner(
     )
 
 
-def restore_refit_tuner(config: ExperimentConfig, plan: RefitPlan, exp_dir: Path) -> Any:
-    """Restore an interrupted refit: finished folds are kept, unfinished and errored ones continue from checkpoints."""
+def restore_refit_tuner(config: ExperimentConfig, plan: RefitPlan, exp_dir: Path, retry_failed: bool = True) -> Any:
+    """Restore an interrupted refit: finished folds are kept, unfinished ones (and failed ones, with
+    ``retry_failed``) continue from their checkpoints."""
     from ray import tune
 
     storage_path, name = refit_storage(exp_dir)
@@ -170,7 +171,7 @@ def restore_refit_tuner(config: ExperimentConfig, plan: RefitPlan, exp_dir: Path
     if not tune.Tuner.can_restore(path):
         raise UserError(f"{path}: no restorable refit state here; start the refit again with --overwrite")
     return tune.Tuner.restore(
-        path, trainable=_bound(config, plan.epochs, exp_dir), resume_unfinished=True, resume_errored=True
+        path, trainable=_bound(config, plan.epochs, exp_dir), resume_unfinished=True, resume_errored=retry_failed
     )
 
 
@@ -204,6 +205,16 @@ def _checkpoint_path(result: Any) -> str | None:
     return None
 
 
+def _entry(result: Any) -> dict:
+    """The (configuration, fold) entry a result trained: from its config, or from the trial's ``params.json``
+    (a restored trial that failed before it reported anything has no config in its result)."""
+    entry = (result.config or {}).get(ENTRY)
+    params = Path(result.path) / "params.json" if result.path else None
+    if not entry and params is not None and params.is_file():
+        entry = ckpt.read_json(params).get(ENTRY)
+    return entry or {}
+
+
 def summarise_refit(results: Any, epochs: int) -> pd.DataFrame:
     """One row per (configuration, fold): ``trial_id`` (the fold model), configuration, fold, state, metrics.
 
@@ -211,7 +222,7 @@ def summarise_refit(results: Any, epochs: int) -> pd.DataFrame:
     """
     rows = []
     for result in results:
-        entry = (result.config or {}).get(ENTRY) or {}
+        entry = _entry(result)
         metrics = result.metrics or {}
         checkpoint = _checkpoint_path(result)
         trained = checkpoint_epoch(checkpoint)
@@ -234,6 +245,37 @@ def summarise_refit(results: Any, epochs: int) -> pd.DataFrame:
     return summary.sort_values(["configuration", "fold"]).reset_index(drop=True) if len(summary) else summary
 
 
+def fold_outcome(plan: RefitPlan, summary: pd.DataFrame) -> tuple[list[str], dict[str, list[str]]]:
+    """The plan's fold models that have not finished (interrupted, or never started), and the failed ones' errors
+    by configuration (``trial_<id>_fold<k>: <error>``)."""
+    states = dict(zip(summary["trial_id"], summary["state"], strict=True)) if len(summary) else {}
+    errors = dict(zip(summary["trial_id"], summary["error"], strict=True)) if len(summary) else {}
+    unfinished, failed = [], {}
+    for entry in plan.entries():
+        fold_model = member_id(entry["trial_id"], entry["fold"])
+        state = states.get(fold_model)
+        if state == "FAIL":
+            failed.setdefault(entry["trial_id"], []).append(f"trial_{fold_model}: {errors.get(fold_model)}")
+        elif state != "COMPLETE":
+            unfinished.append(fold_model)
+    return unfinished, failed
+
+
+def stopped_message(exp_dir: Path, unfinished: list[str], failed: dict[str, list[str]]) -> str:
+    """Why no ``ensemble/cv`` was built yet, and the commands that go on."""
+    lines = [f"fold model {error}" for errors in failed.values() for error in errors]
+    command = f"muratune refit {exp_dir} --resume"
+    if unfinished:
+        lines.append(f"refit stopped with {len(unfinished)} fold model(s) unfinished; `{command}` goes on")
+    if failed:
+        count = sum(len(errors) for errors in failed.values())
+        lines.append(
+            f"refit stopped: {count} fold model(s) failed; `{command}` retries them, `{command} --drop-failed` "
+            f"builds ensemble/cv without configuration(s) {', '.join(failed)}"
+        )
+    return "\n".join(lines)
+
+
 # ------------------------------------------------------------------------------------------- entry
 def run_refit(
     experiment: str | os.PathLike,
@@ -246,6 +288,7 @@ def run_refit(
     size: int = 5,
     tune_thresholds: bool = True,
     tta: bool = False,
+    drop_failed: bool = False,
     num_cpus: int | None = None,
     stop: Any = None,
     echo: Callable[[str], None] = print,
@@ -263,6 +306,9 @@ def run_refit(
         size: the most greedy picks of the out-of-fold selection.
         tune_thresholds: tune one threshold per body part on the out-of-fold predictions (else 0.5).
         tta: predict with horizontal-flip TTA; the out-of-fold predictions are recomputed the same way.
+        drop_failed: build ``ensemble/cv`` from the configurations whose fold models all finished, leaving out any
+            with a fold model that failed (after ``failure.max_failures`` retries); with ``resume``, failed fold
+            models are not retried. Without it a failed fold model stops the refit before ``ensemble/cv``.
         num_cpus: CPUs for a local Ray started here (default: all).
         stop: a Tune stopping condition (tests use one to interrupt a refit).
         echo: where progress lines go.
@@ -276,7 +322,7 @@ def run_refit(
     config = load_experiment_config(exp_dir)
     plan = prepare_refit(exp_dir, config, top, folds, epochs, resume, overwrite, size, echo)
     cache_info = preflight(config, local=address is None and not os.environ.get("RAY_ADDRESS"), echo=echo)
-    results, aside = _fit(config, plan, exp_dir, address, resume, num_cpus, stop, cache_info, echo)
+    results, aside = _fit(config, plan, exp_dir, address, resume, drop_failed, num_cpus, stop, cache_info, echo)
     refit = refit_dir(exp_dir)
     summary = summarise_refit(results, plan.epochs)
     write_text(refit / REFIT_SUMMARY, summary.to_csv(index=False))
@@ -284,14 +330,23 @@ def run_refit(
         ckpt.release_optimizer_state(summary.loc[summary["state"] == "COMPLETE", "trial_dir"].dropna())
     shown = summary.drop(columns=["trial_dir", "checkpoint", "error"], errors="ignore")
     echo(shown.to_string(index=False, float_format="{:.3f}".format))
-    unfinished = len(plan.entries()) - (int((summary["state"] == "COMPLETE").sum()) if len(summary) else 0)
-    if unfinished:
-        echo(f"refit stopped with {unfinished} fold(s) unfinished or failed; the same command with --resume goes on")
+    unfinished, failed = fold_outcome(plan, summary)
+    if unfinished or (failed and not drop_failed):
+        echo(stopped_message(exp_dir, unfinished, failed))
         finish_replacing(refit, aside, finished=False, echo=echo, kind=REFIT_KIND)
-        return RefitResult(refit, summary, unfinished)
+        return RefitResult(refit, summary, len(unfinished) + sum(len(f) for f in failed.values()))
+    kept = [c.trial_id for c in plan.configurations if c.trial_id not in failed]
+    if not kept:
+        finish_replacing(refit, aside, finished=False, echo=echo, kind=REFIT_KIND)
+        raise UserError(f"{refit / REFIT_SUMMARY}: every configuration has a failed fold model; nothing to ensemble")
+    for name, errors in failed.items():
+        echo(f"--drop-failed: configuration {name} left out of ensemble/cv ({errors[0]})")
     from muratune.refit.ensemble import build_cv_ensemble
 
-    spec = build_cv_ensemble(exp_dir, config, plan, summary, size, tune_thresholds, overwrite, echo, tta=tta)
+    spec = build_cv_ensemble(
+        exp_dir, config, plan, summary, size, tune_thresholds, overwrite, echo, tta=tta, configurations=kept,
+        dropped={name: errors[0] for name, errors in failed.items()},
+    )  # fmt: skip
     finish_replacing(refit, aside, finished=True, echo=echo, kind=REFIT_KIND)
     return RefitResult(refit, summary, 0, spec)
 
@@ -332,6 +387,7 @@ def _fit(
     exp_dir: Path,
     address: str | None,
     resume: bool,
+    drop_failed: bool,
     num_cpus: int | None,
     stop: Any,
     cache_info: dict | None,
@@ -353,7 +409,10 @@ def _fit(
             aside = create_refit_dir(refit, plan)
         if cache_info is not None:
             write_json(refit / CACHE_JSON, cache_info)
-        tuner = restore_refit_tuner(config, plan, exp_dir) if resume else build_refit_tuner(config, plan, exp_dir, stop)
+        if resume:
+            tuner = restore_refit_tuner(config, plan, exp_dir, retry_failed=not drop_failed)
+        else:
+            tuner = build_refit_tuner(config, plan, exp_dir, stop)
         with _SigtermAsSigint():
             return tuner.fit(), aside
     except BaseException:
