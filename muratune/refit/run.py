@@ -250,7 +250,8 @@ def fold_outcome(plan: RefitPlan, summary: pd.DataFrame) -> tuple[list[str], dic
     by configuration (``trial_<id>_fold<k>: <error>``)."""
     states = dict(zip(summary["trial_id"], summary["state"], strict=True)) if len(summary) else {}
     errors = dict(zip(summary["trial_id"], summary["error"], strict=True)) if len(summary) else {}
-    unfinished, failed = [], {}
+    unfinished: list[str] = []
+    failed: dict[str, list[str]] = {}
     for entry in plan.entries():
         fold_model = member_id(entry["trial_id"], entry["fold"])
         state = states.get(fold_model)
