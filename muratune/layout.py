@@ -42,6 +42,7 @@ RESOLVED_CONFIG = "resolved_config.yaml"
 OPTUNA_DB = "optuna.db"
 CACHE_JSON = "cache.json"  # the shared cache a local search used, with the images it left out ("excluded")
 SUMMARY_CSV = "search_summary.csv"
+TIME_BUDGET_REACHED = "time_budget_reached"  # left by the time budget when it ended the search (not by an interruption)
 TRIALS_DIR = "trials"
 MLFLOW_DB = "mlflow.db"  # the MLflow store of ``tracking.mlflow: true``
 MLFLOW_ARTIFACTS = "mlartifacts"  # artifacts of a local (SQLite) MLflow store, beside its database

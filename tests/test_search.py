@@ -198,3 +198,36 @@ def test_asha_ranks_rungs_by_its_own_metric_while_the_search_keeps_kappa(tmp_pat
     assert factories.create_scheduler(by_loss)._metric_op == -1.0
     with pytest.raises(UserError, match="rung_metric"):
         load_config(DEMO, tiny_overrides(synthetic_root, tmp_path / "runs", **{"budget.rung_metric": "val_f1"}))
+
+
+def slow_scripted_trial(config: dict, experiment_config: dict | None = None) -> None:
+    """`scripted_trial` at half a second per epoch, so that a time budget ends the search mid-trial."""
+    import time
+
+    import ray.tune
+
+    for epoch in range(1, experiment_config["budget"]["max_epochs"] + 1):
+        time.sleep(0.5)
+        ray.tune.report({"epoch": epoch, "val_kappa": 0.01 * epoch, "val_auc": 0.5 + 0.01 * epoch})
+
+
+def test_a_search_ended_by_its_time_budget_is_finished_and_refits(ray_session, tmp_path, synthetic_root):
+    from muratune.refit.select import rank_trials, read_finished_summary
+
+    overrides = tiny_overrides(
+        synthetic_root,
+        tmp_path / "runs",
+        name="budget",
+        **{"budget.num_samples": 4, "budget.max_epochs": 100, "budget.time_budget_s": 20, "budget.scheduler": "none"},
+    )
+    config = load_config(DEMO, overrides)
+    lines: list[str] = []
+    result = search_run.run_search(config, trainable=slow_scripted_trial, echo=lines.append)
+    assert result.unfinished == 0 and (result.experiment_dir / layout.TIME_BUDGET_REACHED).is_file()
+    summary = pd.read_csv(result.experiment_dir / layout.SUMMARY_CSV, dtype={"trial_id": str})
+    assert (summary["epochs"] > 0).any() and (summary["epochs"] < 100).all()
+    assert set(summary["state"]) == {"PRUNED"}  # cut short by the budget: stopped for good, not RUNNING
+    assert any("budget.time_budget_s (20 s) ended the search" in line for line in lines)
+    assert not any("--resume continues them" in line for line in lines)
+    finished = read_finished_summary(result.experiment_dir, config.budget)  # refit takes it as a finished search
+    assert rank_trials(finished)["trial_id"].iloc[0] == summary.loc[summary["best_val_kappa"].idxmax(), "trial_id"]

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from muratune.config import HYPERPARAMETERS, RUNG_METRICS, ExperimentConfig
 from muratune.constants import EPOCH, METRIC, MODE, VAL_AUC
 from muratune.errors import UserError
-from muratune.layout import experiment_dir, optuna_storage_url, trial_dirname, trials_storage
+from muratune.layout import TIME_BUDGET_REACHED, experiment_dir, optuna_storage_url, trial_dirname, trials_storage
 from muratune.search.resources import trial_resources
 
 # The experiment config reaches every trial through tune.with_parameters under this keyword.
@@ -119,6 +120,23 @@ def run_config(
     )
 
 
+def time_budget_reached(exp_dir: Path) -> bool:
+    """Whether ``budget.time_budget_s`` ended the experiment's search (see `TimeBudget`)."""
+    return (exp_dir / TIME_BUDGET_REACHED).exists()
+
+
+def search_stopper(config: ExperimentConfig, stop: Any = None) -> Any:
+    """The search's stopping conditions: ``stop`` and the time budget, if any."""
+    from ray.tune.stopper import CombinedStopper
+
+    from muratune.search.stopper import TimeBudget
+
+    if config.budget.time_budget_s is None:
+        return stop
+    budget = TimeBudget(config.budget.time_budget_s, experiment_dir(config) / TIME_BUDGET_REACHED)
+    return budget if stop is None else CombinedStopper(stop, budget)
+
+
 def create_tuner(
     config: ExperimentConfig,
     trainable: Callable | None = None,
@@ -146,7 +164,8 @@ def create_tuner(
         metric_columns={EPOCH: "epoch", METRIC: "val_kappa", VAL_AUC: "val_auc"},
         parameter_columns=list(HYPERPARAMETERS),
         max_report_frequency=30,
-        sort_by_metric=True,
+        # Ray's table cannot sort trials the time budget ended before they reported (None < None): unsorted then.
+        sort_by_metric=config.budget.time_budget_s is None,
     )
     return tune.Tuner(
         bind_trainable(config, trainable),
@@ -157,7 +176,6 @@ def create_tuner(
             search_alg=searcher if searcher is not None else create_searcher(config),
             scheduler=create_scheduler(config),
             num_samples=config.budget.num_samples,
-            time_budget_s=config.budget.time_budget_s,
             reuse_actors=True,
             trial_dirname_creator=_trial_dirname,
             trial_name_creator=_trial_dirname,
@@ -173,7 +191,7 @@ def create_tuner(
             ),
             reporter,
             callbacks=[mlflow_callback] if mlflow_callback is not None else None,
-            stop=stop,
+            stop=search_stopper(config, stop),
             verbose=verbose,
         ),
     )

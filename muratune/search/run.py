@@ -22,7 +22,7 @@ from muratune.search.experiment import (
     record_cache,
     resumed_config,
 )
-from muratune.search.factories import create_tuner, restore_tuner
+from muratune.search.factories import create_tuner, restore_tuner, time_budget_reached
 from muratune.search.resources import check_cluster_resources
 from muratune.search.summary import format_summary, summarise, unfinished_trials
 from muratune.search.tracking import require_mlflow
@@ -98,13 +98,20 @@ def run_search(
     finally:
         if started:
             ray.shutdown()
-    unfinished = unfinished_trials(results)
+    budget_reached = time_budget_reached(exp_dir)
+    unfinished = unfinished_trials(results, budget_reached)
     summary = summarise(results, config, unfinished)
     write_text(exp_dir / SUMMARY_CSV, summary.to_csv(index=False))
     ckpt.release_optimizer_state(finished_trial_dirs(exp_dir, summary))
     finish_replacing(exp_dir, aside, finished=not unfinished, echo=echo)
     echo(format_summary(summary))
     echo(f"\nexperiment: {exp_dir}\noptuna study: {optuna_storage_url(config)} (study {config.name!r})")
+    if budget_reached:
+        cut = int((summary["state"] == "PRUNED").sum()) if len(summary) else 0
+        echo(
+            f"budget.time_budget_s ({config.budget.time_budget_s:g} s) ended the search after {len(summary)} trial(s); "
+            f"{cut} trial(s) stopped before their last epoch (by ASHA or the budget) are PRUNED"
+        )
     if unfinished:
         echo(
             f"search stopped with {len(unfinished)} trial(s) unfinished (RUNNING); the same command with --resume "
