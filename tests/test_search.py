@@ -231,3 +231,6 @@ def test_a_search_ended_by_its_time_budget_is_finished_and_refits(ray_session, t
     assert not any("--resume continues them" in line for line in lines)
     finished = read_finished_summary(result.experiment_dir, config.budget)  # refit takes it as a finished search
     assert rank_trials(finished)["trial_id"].iloc[0] == summary.loc[summary["best_val_kappa"].idxmax(), "trial_id"]
+    resumed = search_run.run_search(config, resume=True, trainable=slow_scripted_trial, echo=lambda _: None)
+    again = pd.read_csv(resumed.experiment_dir / layout.SUMMARY_CSV, dtype={"trial_id": str})
+    assert resumed.unfinished == 0 and again["epochs"].tolist() == summary["epochs"].tolist()  # the budget is spent

@@ -55,7 +55,9 @@ def search_command(
     if skip_bad_images:
         set_ = [*(set_ or []), "data.skip_bad_images=true"]
     experiment_config = load_experiment_config(config, data, set_, name)
-    run_search(experiment_config, address=address, resume=resume, overwrite=overwrite, echo=typer.echo)
+    result = run_search(experiment_config, address=address, resume=resume, overwrite=overwrite, echo=typer.echo)
+    if result.unfinished:  # interrupted (a search its time budget ended is finished): as Ctrl-C, for scripts
+        raise typer.Exit(130)
 
 
 @app.command("refit")

@@ -105,6 +105,14 @@ def cv_spec(
     }
 
 
+def scores(oof_score: dict, test: dict) -> dict:
+    """The ``oof_score`` and ``test_score`` parts of ``ensemble.json`` (undefined metrics as null)."""
+    return {
+        "oof_score": defined_or_none(oof_score),
+        "test_score": defined_or_none({k: test[k] for k in ("test_kappa", "test_auc", "test_accuracy")}),
+    }
+
+
 def build_cv_ensemble(
     exp_dir: Path,
     config: ExperimentConfig,
@@ -151,22 +159,30 @@ def build_cv_ensemble(
         "data_config": members[0].data_config,
         "configurations": {names[j]: float(weights[GLOBAL][j]) for j in used},
         "dropped_configurations": dropped or {},
-        "oof_score": defined_or_none(oof_score),
-        "test_score": defined_or_none({k: metrics[k] for k in ("test_kappa", "test_auc", "test_accuracy")}),
+        **scores(oof_score, metrics),
     }
     files = {
         TEST_STUDIES: lambda path: studies.to_parquet(path, index=False),
         TEST_METRICS: lambda path: write_json(path, defined_or_none(metrics)),
     }
     write_artifact(exp_dir / ENSEMBLE_DIR / CV, spec, members, sources, files, overwrite)
-    with_tta = " with TTA" if tta else ""
-    echo(
-        f"cv ensemble ({strategy} on out-of-fold predictions{with_tta}, {len(members)} fold models of "
-        f"{', '.join(names[j] for j in used)}): oof_kappa {oof_score['oof_kappa']:.3f}  "
-        f"test_kappa {metrics['test_kappa']:.3f}  test_auc {metrics['test_auc']:.3f}\n"
-        f"ensemble: {exp_dir / ENSEMBLE_DIR / CV}"
-    )
+    echo(announcement(spec, len(members), exp_dir / ENSEMBLE_DIR / CV))
     return spec
+
+
+def announcement(spec: dict, members: int, folder: Path) -> str:
+    """The lines that say what the cv ensemble is, how it scored, and where it is."""
+    with_tta = " with TTA" if spec["tta"] else ""
+    oof, test = spec["oof_score"], spec["test_score"]
+    return (
+        f"cv ensemble ({spec['selected_strategy']} on out-of-fold predictions{with_tta}, {members} fold models of "
+        f"{', '.join(spec['configurations'])}): oof_kappa {_shown(oof.get('oof_kappa'))}  "
+        f"test_kappa {_shown(test.get('test_kappa'))}  test_auc {_shown(test.get('test_auc'))}\nensemble: {folder}"
+    )
+
+
+def _shown(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
 
 
 def score_on_test(

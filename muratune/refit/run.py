@@ -34,16 +34,14 @@ from muratune.fileio import (
     temp_dir_beside,
     write_json,
     write_marker,
-    write_text,
 )
-from muratune.layout import CACHE_JSON, CV_ENSEMBLE, ENSEMBLE_DIR, REFIT_PLAN, REFIT_SUMMARY, TRIAL_FILE, TRIALS_DIR
+from muratune.layout import CACHE_JSON, CV_ENSEMBLE, ENSEMBLE_DIR, REFIT_PLAN, REFIT_SUMMARY, TRIALS_DIR
 from muratune.refit.plan import ENTRY, REFIT_KIND, RefitPlan, check_folds, make_plan, member_id, refit_dir
+from muratune.refit.summary import fold_outcome, record_refit_summary, stopped_message
 from muratune.search.experiment import finish_replacing, preflight
 from muratune.search.factories import run_config
 from muratune.search.resources import check_cluster_resources, trial_resources
 from muratune.search.run import _SigtermAsSigint
-from muratune.search.summary import _one_line
-from muratune.trainables import checkpoint as ckpt
 
 
 @dataclass
@@ -175,108 +173,6 @@ def restore_refit_tuner(config: ExperimentConfig, plan: RefitPlan, exp_dir: Path
     )
 
 
-# ------------------------------------------------------------------------------------------- summary
-def checkpoint_epoch(path: str | None) -> int:
-    """The epoch a fold model's checkpoint holds (0 when there is none)."""
-    trial_file = Path(path) / TRIAL_FILE if path else None
-    if trial_file is None or not trial_file.is_file():
-        return 0
-    return int(ckpt.read_json(trial_file).get("epoch", 0) or 0)
-
-
-def _state(result: Any, checkpoint_epochs: int, epochs: int) -> str:
-    """FAIL, COMPLETE (its checkpoint holds the last epoch) or RUNNING.
-
-    The checkpoint decides rather than Tune's ``done`` flag, which a trial interrupted right after its last epoch
-    lacks although its fold model is finished.
-    """
-    if result.error is not None:
-        return "FAIL"
-    return "COMPLETE" if checkpoint_epochs >= epochs else "RUNNING"
-
-
-def _checkpoint_path(result: Any) -> str | None:
-    """The fold model: the trial's latest checkpoint (data-parallel trials report its path as a metric)."""
-    if result.checkpoint is not None:
-        return str(result.checkpoint.path)
-    history = result.metrics_dataframe
-    if history is not None and "checkpoint_path" in history and history["checkpoint_path"].notna().any():
-        return str(history["checkpoint_path"].dropna().iloc[-1])
-    return None
-
-
-def _entry(result: Any) -> dict:
-    """The (configuration, fold) entry a result trained: from its config, or from the trial's ``params.json``
-    (a restored trial that failed before it reported anything has no config in its result)."""
-    entry = (result.config or {}).get(ENTRY)
-    params = Path(result.path) / "params.json" if result.path else None
-    if not entry and params is not None and params.is_file():
-        entry = ckpt.read_json(params).get(ENTRY)
-    return entry or {}
-
-
-def summarise_refit(results: Any, epochs: int) -> pd.DataFrame:
-    """One row per (configuration, fold): ``trial_id`` (the fold model), configuration, fold, state, metrics.
-
-    ``epochs`` is the epochs of a finished fold model; ``epochs`` in the table is what its checkpoint holds.
-    """
-    rows = []
-    for result in results:
-        entry = _entry(result)
-        metrics = result.metrics or {}
-        checkpoint = _checkpoint_path(result)
-        trained = checkpoint_epoch(checkpoint)
-        rows.append(
-            {
-                "trial_id": member_id(str(entry.get("trial_id")), int(entry.get("fold", -1))),
-                "configuration": str(entry.get("trial_id")),
-                "fold": int(entry.get("fold", -1)),
-                "state": _state(result, trained, epochs),
-                "epochs": trained,
-                "oof_kappa": metrics.get(METRIC),
-                "oof_auc": metrics.get(VAL_AUC),
-                "time_s": float(metrics.get("time_total_s", 0.0) or 0.0),
-                "checkpoint": checkpoint,
-                "trial_dir": result.path,
-                "error": _one_line(result.error) if result.error is not None else None,
-            }
-        )
-    summary = pd.DataFrame(rows)
-    return summary.sort_values(["configuration", "fold"]).reset_index(drop=True) if len(summary) else summary
-
-
-def fold_outcome(plan: RefitPlan, summary: pd.DataFrame) -> tuple[list[str], dict[str, list[str]]]:
-    """The plan's fold models that have not finished (interrupted, or never started), and the failed ones' errors
-    by configuration (``trial_<id>_fold<k>: <error>``)."""
-    states = dict(zip(summary["trial_id"], summary["state"], strict=True)) if len(summary) else {}
-    errors = dict(zip(summary["trial_id"], summary["error"], strict=True)) if len(summary) else {}
-    unfinished: list[str] = []
-    failed: dict[str, list[str]] = {}
-    for entry in plan.entries():
-        fold_model = member_id(entry["trial_id"], entry["fold"])
-        state = states.get(fold_model)
-        if state == "FAIL":
-            failed.setdefault(entry["trial_id"], []).append(f"trial_{fold_model}: {errors.get(fold_model)}")
-        elif state != "COMPLETE":
-            unfinished.append(fold_model)
-    return unfinished, failed
-
-
-def stopped_message(exp_dir: Path, unfinished: list[str], failed: dict[str, list[str]]) -> str:
-    """Why no ``ensemble/cv`` was built yet, and the commands that go on."""
-    lines = [f"fold model {error}" for errors in failed.values() for error in errors]
-    command = f"muratune refit {exp_dir} --resume"
-    if unfinished:
-        lines.append(f"refit stopped with {len(unfinished)} fold model(s) unfinished; `{command}` goes on")
-    if failed:
-        count = sum(len(errors) for errors in failed.values())
-        lines.append(
-            f"refit stopped: {count} fold model(s) failed; `{command}` retries them, `{command} --drop-failed` "
-            f"builds ensemble/cv without configuration(s) {', '.join(failed)}"
-        )
-    return "\n".join(lines)
-
-
 # ------------------------------------------------------------------------------------------- entry
 def run_refit(
     experiment: str | os.PathLike,
@@ -307,9 +203,8 @@ def run_refit(
         size: the most greedy picks of the out-of-fold selection.
         tune_thresholds: tune one threshold per body part on the out-of-fold predictions (else 0.5).
         tta: predict with horizontal-flip TTA; the out-of-fold predictions are recomputed the same way.
-        drop_failed: build ``ensemble/cv`` from the configurations whose fold models all finished, leaving out any
-            with a fold model that failed (after ``failure.max_failures`` retries); with ``resume``, failed fold
-            models are not retried. Without it a failed fold model stops the refit before ``ensemble/cv``.
+        drop_failed: leave out configurations with a failed fold model (after ``failure.max_failures`` retries;
+            none retried on ``resume``); without it a failed fold model stops the refit before ``ensemble/cv``.
         num_cpus: CPUs for a local Ray started here (default: all).
         stop: a Tune stopping condition (tests use one to interrupt a refit).
         echo: where progress lines go.
@@ -325,31 +220,44 @@ def run_refit(
     cache_info = preflight(config, local=address is None and not os.environ.get("RAY_ADDRESS"), echo=echo)
     results, aside = _fit(config, plan, exp_dir, address, resume, drop_failed, num_cpus, stop, cache_info, echo)
     refit = refit_dir(exp_dir)
-    summary = summarise_refit(results, plan.epochs)
-    write_text(refit / REFIT_SUMMARY, summary.to_csv(index=False))
-    if len(summary):  # finished fold models are never trained again
-        ckpt.release_optimizer_state(summary.loc[summary["state"] == "COMPLETE", "trial_dir"].dropna())
-    shown = summary.drop(columns=["trial_dir", "checkpoint", "error"], errors="ignore")
-    echo(shown.to_string(index=False, float_format="{:.3f}".format))
+    summary = record_refit_summary(refit, results, plan.epochs, echo)
     unfinished, failed = fold_outcome(plan, summary)
     if unfinished or (failed and not drop_failed):
         echo(stopped_message(exp_dir, unfinished, failed))
         finish_replacing(refit, aside, finished=False, echo=echo, kind=REFIT_KIND)
         return RefitResult(refit, summary, len(unfinished) + sum(len(f) for f in failed.values()))
+    try:
+        options = {"size": size, "tune": tune_thresholds, "overwrite": overwrite, "tta": tta, "echo": echo}
+        spec = build_without_failed(exp_dir, config, plan, summary, failed, options)
+    except BaseException:
+        finish_replacing(refit, aside, finished=False, echo=echo, kind=REFIT_KIND)
+        raise
+    finish_replacing(refit, aside, finished=True, echo=echo, kind=REFIT_KIND)
+    return RefitResult(refit, summary, 0, spec)
+
+
+def build_without_failed(
+    exp_dir: Path, config: ExperimentConfig, plan: RefitPlan, summary: pd.DataFrame, failed: dict[str, list[str]],
+    options: dict,
+) -> dict:  # fmt: skip
+    """Build ``ensemble/cv`` from the configurations with no failed fold model (`build_cv_ensemble`'s ``options``)."""
+    from muratune.refit.ensemble import build_cv_ensemble
+
+    kept = kept_configurations(plan, failed, refit_dir(exp_dir), options["echo"])
+    dropped = {name: errors[0] for name, errors in failed.items()}
+    return build_cv_ensemble(exp_dir, config, plan, summary, configurations=kept, dropped=dropped, **options)
+
+
+def kept_configurations(
+    plan: RefitPlan, failed: dict[str, list[str]], refit: Path, echo: Callable[[str], None]
+) -> list[str]:
+    """The configurations ``--drop-failed`` keeps: those whose fold models all finished; refuses none kept."""
     kept = [c.trial_id for c in plan.configurations if c.trial_id not in failed]
     if not kept:
-        finish_replacing(refit, aside, finished=False, echo=echo, kind=REFIT_KIND)
         raise UserError(f"{refit / REFIT_SUMMARY}: every configuration has a failed fold model; nothing to ensemble")
     for name, errors in failed.items():
         echo(f"--drop-failed: configuration {name} left out of ensemble/cv ({errors[0]})")
-    from muratune.refit.ensemble import build_cv_ensemble
-
-    spec = build_cv_ensemble(
-        exp_dir, config, plan, summary, size, tune_thresholds, overwrite, echo, tta=tta, configurations=kept,
-        dropped={name: errors[0] for name, errors in failed.items()},
-    )  # fmt: skip
-    finish_replacing(refit, aside, finished=True, echo=echo, kind=REFIT_KIND)
-    return RefitResult(refit, summary, 0, spec)
+    return kept
 
 
 def prepare_refit(

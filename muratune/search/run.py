@@ -104,6 +104,15 @@ def run_search(
     write_text(exp_dir / SUMMARY_CSV, summary.to_csv(index=False))
     ckpt.release_optimizer_state(finished_trial_dirs(exp_dir, summary))
     finish_replacing(exp_dir, aside, finished=not unfinished, echo=echo)
+    report_search(config, exp_dir, summary, budget_reached, len(unfinished), echo)
+    return SearchResult(exp_dir, summary, optuna_storage_url(config), unfinished=len(unfinished))
+
+
+def report_search(
+    config: ExperimentConfig, exp_dir: Path, summary: pd.DataFrame, budget_reached: bool, unfinished: int,
+    echo: Callable[[str], None],
+) -> None:  # fmt: skip
+    """The summary table, where the results are, and how the search ended when it did not run to its end."""
     echo(format_summary(summary))
     echo(f"\nexperiment: {exp_dir}\noptuna study: {optuna_storage_url(config)} (study {config.name!r})")
     if budget_reached:
@@ -114,10 +123,9 @@ def run_search(
         )
     if unfinished:
         echo(
-            f"search stopped with {len(unfinished)} trial(s) unfinished (RUNNING); the same command with --resume "
+            f"search stopped with {unfinished} trial(s) unfinished (RUNNING); the same command with --resume "
             "continues them"
         )
-    return SearchResult(exp_dir, summary, optuna_storage_url(config), unfinished=len(unfinished))
 
 
 def finished_trial_dirs(exp_dir: Path, summary: pd.DataFrame) -> list[Path]:
