@@ -166,23 +166,18 @@ def build_cv_ensemble(
         TEST_METRICS: lambda path: write_json(path, defined_or_none(metrics)),
     }
     write_artifact(exp_dir / ENSEMBLE_DIR / CV, spec, members, sources, files, overwrite)
-    echo(announcement(spec, len(members), exp_dir / ENSEMBLE_DIR / CV))
+    echo(announcement(spec, len(members), oof_score, metrics, exp_dir / ENSEMBLE_DIR / CV))
     return spec
 
 
-def announcement(spec: dict, members: int, folder: Path) -> str:
+def announcement(spec: dict, members: int, oof: dict, test: dict, folder: Path) -> str:
     """The lines that say what the cv ensemble is, how it scored, and where it is."""
     with_tta = " with TTA" if spec["tta"] else ""
-    oof, test = spec["oof_score"], spec["test_score"]
     return (
         f"cv ensemble ({spec['selected_strategy']} on out-of-fold predictions{with_tta}, {members} fold models of "
-        f"{', '.join(spec['configurations'])}): oof_kappa {_shown(oof.get('oof_kappa'))}  "
-        f"test_kappa {_shown(test.get('test_kappa'))}  test_auc {_shown(test.get('test_auc'))}\nensemble: {folder}"
+        f"{', '.join(spec['configurations'])}): oof_kappa {oof['oof_kappa']:.3f}  "
+        f"test_kappa {test['test_kappa']:.3f}  test_auc {test['test_auc']:.3f}\nensemble: {folder}"
     )
-
-
-def _shown(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.3f}"
 
 
 def score_on_test(

@@ -26,6 +26,7 @@ from muratune import layout
 from muratune.cluster import connect_ray
 from muratune.config import ExperimentConfig
 from muratune.constants import EPOCH, METRIC, VAL_AUC
+from muratune.ensemble.build import load_experiment_config
 from muratune.errors import UserError
 from muratune.fileio import (
     move_aside,
@@ -36,6 +37,7 @@ from muratune.fileio import (
     write_marker,
 )
 from muratune.layout import CACHE_JSON, CV_ENSEMBLE, ENSEMBLE_DIR, REFIT_PLAN, REFIT_SUMMARY, TRIALS_DIR
+from muratune.refit.ensemble import build_cv_ensemble
 from muratune.refit.plan import ENTRY, REFIT_KIND, RefitPlan, check_folds, make_plan, member_id, refit_dir
 from muratune.refit.summary import fold_outcome, record_refit_summary, stopped_message
 from muratune.search.experiment import finish_replacing, preflight
@@ -212,8 +214,6 @@ def run_refit(
     Returns:
         The refit summary; ``ensemble`` is the cv ensemble's spec once every fold has finished.
     """
-    from muratune.ensemble.build import load_experiment_config
-
     exp_dir = Path(experiment).expanduser().resolve()
     config = load_experiment_config(exp_dir)
     plan = prepare_refit(exp_dir, config, top, folds, epochs, resume, overwrite, size, echo)
@@ -227,8 +227,9 @@ def run_refit(
         finish_replacing(refit, aside, finished=False, echo=echo, kind=REFIT_KIND)
         return RefitResult(refit, summary, len(unfinished) + sum(len(f) for f in failed.values()))
     try:
-        options = {"size": size, "tune": tune_thresholds, "overwrite": overwrite, "tta": tta, "echo": echo}
-        spec = build_without_failed(exp_dir, config, plan, summary, failed, options)
+        kept, dropped = kept_configurations(plan, failed, refit, echo)
+        spec = build_cv_ensemble(exp_dir, config, plan, summary, size, tune_thresholds, overwrite, echo, tta=tta,
+                                 configurations=kept, dropped=dropped)  # fmt: skip
     except BaseException:
         finish_replacing(refit, aside, finished=False, echo=echo, kind=REFIT_KIND)
         raise
@@ -236,28 +237,18 @@ def run_refit(
     return RefitResult(refit, summary, 0, spec)
 
 
-def build_without_failed(
-    exp_dir: Path, config: ExperimentConfig, plan: RefitPlan, summary: pd.DataFrame, failed: dict[str, list[str]],
-    options: dict,
-) -> dict:  # fmt: skip
-    """Build ``ensemble/cv`` from the configurations with no failed fold model (`build_cv_ensemble`'s ``options``)."""
-    from muratune.refit.ensemble import build_cv_ensemble
-
-    kept = kept_configurations(plan, failed, refit_dir(exp_dir), options["echo"])
-    dropped = {name: errors[0] for name, errors in failed.items()}
-    return build_cv_ensemble(exp_dir, config, plan, summary, configurations=kept, dropped=dropped, **options)
-
-
 def kept_configurations(
     plan: RefitPlan, failed: dict[str, list[str]], refit: Path, echo: Callable[[str], None]
-) -> list[str]:
-    """The configurations ``--drop-failed`` keeps: those whose fold models all finished; refuses none kept."""
+) -> tuple[list[str], dict[str, str]]:
+    """The configurations ``--drop-failed`` keeps (those whose fold models all finished), and the ones it leaves out
+    with their first error; refuses when none is kept."""
     kept = [c.trial_id for c in plan.configurations if c.trial_id not in failed]
     if not kept:
         raise UserError(f"{refit / REFIT_SUMMARY}: every configuration has a failed fold model; nothing to ensemble")
-    for name, errors in failed.items():
-        echo(f"--drop-failed: configuration {name} left out of ensemble/cv ({errors[0]})")
-    return kept
+    dropped = {name: errors[0] for name, errors in failed.items()}
+    for name, error in dropped.items():
+        echo(f"--drop-failed: configuration {name} left out of ensemble/cv ({error})")
+    return kept, dropped
 
 
 def prepare_refit(

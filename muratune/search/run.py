@@ -99,7 +99,7 @@ def run_search(
         if started:
             ray.shutdown()
     budget_reached = time_budget_reached(exp_dir)
-    unfinished = unfinished_trials(results, budget_reached)
+    unfinished = set() if budget_reached else unfinished_trials(results)  # cut short by the budget: for good
     summary = summarise(results, config, unfinished)
     write_text(exp_dir / SUMMARY_CSV, summary.to_csv(index=False))
     ckpt.release_optimizer_state(finished_trial_dirs(exp_dir, summary))

@@ -12,15 +12,13 @@ from muratune.constants import EPOCH, METRIC, MODE, VAL_AUC
 from muratune.layout import TRIAL_DIR_PREFIX
 
 
-def unfinished_trials(results: Any, budget_reached: bool = False) -> set[str]:
+def unfinished_trials(results: Any) -> set[str]:
     """Ids of the trials that neither failed nor finished: interrupted, or never started.
 
     Tune marks the last result of a trial that ran to its end or that ASHA stopped with ``done``; an interrupted
-    trial's last result lacks it, and a trial that never started has no result at all. When the time budget ended
-    the search (``budget_reached``) none is unfinished: the trials it cut short stopped for good, as pruned ones do.
+    trial's last result lacks it, and a trial that never started has no result at all. (A search its time budget
+    ended has no unfinished trials, although their results look the same: see `muratune.search.stopper`.)
     """
-    if budget_reached:
-        return set()
     unfinished = set()
     for result in results:
         metrics = result.metrics or {}
