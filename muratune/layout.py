@@ -1,30 +1,58 @@
 """The ground floor: every folder and file name one stage hands to the next, and the helpers that locate them.
 
 Every stage takes its names from here (as nnU-Net's ``paths.py`` does); no stage imports another stage to learn
-where a file lives. An experiment folder, ``<storage>/<name>/``, holds after all stages have run::
+where a file lives. An experiment folder, ``<storage>/<name>/``, holds after all stages have run (one name a line;
+``tests/test_docs.py`` checks that every name drawn here is defined below and that every name defined below is
+drawn, and that the README's drawing agrees)::
 
     <storage>/<name>/
-        resolved_config.yaml        the experiment config after --set overrides      (search)
-        optuna.db                   the Optuna study (ASHA-stopped trials PRUNED)     (search)
-        cache.json                  the image cache used and the images it left out   (search, local)
-        search_summary.csv          one row per trial: state, hyperparameters, kappa   (search)
-        mlflow.db, mlartifacts/     MLflow runs of the trials (tracking.mlflow: true)  (search)
-        trials/                     Ray Tune's run folder                              (search)
-            trial_<id>/checkpoint_<n>/
-                model.safetensors   weights
-                trial.json          backbone, hyperparameters, data config, metrics, experiment config
-                state.json          resumable loop state (epoch, schedule, history)
-                optimizer.safetensors + optimizer.json   (latest checkpoint only)
-                val_images.parquet, val_studies.parquet  internal-validation predictions
-        refit/                      cross-validated retraining of the best configurations (refit)
-            refit.json, refit_summary.csv, oof_images.parquet, trials/trial_<id>_fold<k>/checkpoint_<n>/
-        trials_test/                each candidate's best checkpoint scored on the test split  (ensemble)
-            <trial_id>.parquet, metrics.csv
-        ensemble/<strategy>/        a self-contained predictor                          (ensemble, refit)
-            ensemble.json, members/<name>/{model.safetensors,trial.json},
-            test_studies.parquet, test_metrics.json
-        cams/                       overlays, boxes, index.html, cams.json, score.json  (cam)
-        report/                     index.html, report.md, leaderboard.csv, metrics.json, plots/  (report)
+        .muratune                   marker: muratune made this folder (so does every output folder a stage makes)
+        resolved_config.yaml        the experiment config after --set overrides            (search)
+        optuna.db                   the Optuna study (ASHA-stopped trials PRUNED)           (search)
+        cache.json                  the image cache used and the images it left out         (search, local)
+        search_summary.csv          one row per trial: state, hyperparameters, kappa, error (search)
+        time_budget_reached         left only when budget.time_budget_s ended the search    (search)
+        mlflow.db                   MLflow runs of the trials (tracking.mlflow: true)       (search)
+        mlartifacts/                their artifacts, beside a local MLflow store            (search)
+        trials/                     Ray Tune's run folder                                   (search)
+            trial_<id>/
+                progress.csv        Ray Tune's per-epoch results
+                checkpoint_<n>/
+                    model.safetensors       weights
+                    trial.json              backbone, hyperparameters, data config, metrics, experiment config
+                    state.json              resumable loop state (epoch, schedule, history)
+                    optimizer.safetensors   optimizer state, only while the trial can still resume
+                    optimizer.json          its metadata, likewise
+                    val_images.parquet      internal-validation predictions, per image
+                    val_studies.parquet     and per study
+        refit/                      cross-validated retraining of the best configurations   (refit)
+            refit.json              the plan: configurations, folds, epochs, split seed
+            refit_summary.csv       one row per fold model
+            oof_images.parquet      every train image's out-of-fold probability
+            trials/trial_<id>_fold<k>/checkpoint_<n>/       the fold models
+        trials_test/                each candidate's best checkpoint on the test split      (ensemble)
+            <trial_id>.parquet
+            metrics.csv
+        ensemble/                                                                           (ensemble, refit)
+            <strategy>/             a self-contained predictor
+                ensemble.json
+                members/<name>/model.safetensors
+                members/<name>/trial.json
+                test_studies.parquet
+                test_metrics.json
+            cv/                     the same, selected on out-of-fold predictions           (refit)
+        cams/                                                                               (cam)
+            index.html              the overlays, grouped by study
+            cams.json               the CAM layers used and one entry per image
+            score.json              pointing game, IoU, chance (--score)
+            images/                 <slug>.png overlays and <slug>.json boxes
+        report/                                                                             (report)
+            index.html              self-contained
+            report.md
+            leaderboard.csv
+            metrics.json
+            plots/
+            cams/                   a few CAM overlays copied from cams/
 
 Checkpoints and ensembles are also read outside an experiment (copied anywhere), so their file names live here too.
 """

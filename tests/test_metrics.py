@@ -1,4 +1,4 @@
-"""Tests for muratune.trainables.metrics: agreement with scikit-learn, study aggregation, thresholds."""
+"""Tests for muratune.metrics: agreement with scikit-learn, study aggregation, thresholds."""
 
 from __future__ import annotations
 
