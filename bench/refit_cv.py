@@ -73,10 +73,20 @@ def run_seed(out: Path, data: Path, seed: int, top: int, folds: int) -> dict:
     seconds = {}
     if not (exp / "report" / "leaderboard.csv").exists():
         seconds["search"] = muratune(
-            "search", str(config), "--data", str(data), "--set", f"storage={seed_dir / 'runs'}",
-            "--set", f"optuna.seed={seed}", "--set", f"train.seed={seed}",
-            "--set", f"resources.cpus_per_trial={cores}", "--overwrite",
-        )  # fmt: skip
+            "search",
+            str(config),
+            "--data",
+            str(data),
+            "--set",
+            f"storage={seed_dir / 'runs'}",
+            "--set",
+            f"optuna.seed={seed}",
+            "--set",
+            f"train.seed={seed}",
+            "--set",
+            f"resources.cpus_per_trial={cores}",
+            "--overwrite",
+        )
         seconds["ensemble"] = muratune("ensemble", str(exp), "--overwrite")
         seconds["refit"] = muratune("refit", str(exp), "--top", str(top), "--folds", str(folds), "--overwrite")
         seconds["report"] = muratune("report", str(exp), "--overwrite")

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 from ray.tune import Stopper
 
-METHODS = {
+METHODS: dict[str, dict[str, object]] = {
     "a_muratune_tpe_asha_pruned": {"optuna.sampler": "tpe", "optuna.prune_stopped_trials": True},
     "b_stock_optuna_asha": {"optuna.sampler": "tpe", "optuna.prune_stopped_trials": False},
     "c_random_no_stopping": {"optuna.sampler": "random", "budget.scheduler": "none"},
@@ -69,15 +69,24 @@ def run_method(name: str, data: Path, storage: Path, seed: int, args: argparse.N
 
     demo = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
     values = {
-        "data.root": str(data), "storage": str(storage), "name": f"{name}-s{seed}",
-        "data.val_fraction": args.val_fraction, "data.image_size": args.image_size,
+        "data.root": str(data),
+        "storage": str(storage),
+        "name": f"{name}-s{seed}",
+        "data.val_fraction": args.val_fraction,
+        "data.image_size": args.image_size,
         "space.backbone": {"type": "choice", "values": args.backbones.split(",")},
         "space.lr": {"type": "loguniform", "low": args.lr_low, "high": args.lr_high},
-        "budget.num_samples": 1000, "budget.max_epochs": args.max_epochs,
-        "budget.grace_period": args.grace_period, "budget.reduction_factor": 3,
-        "resources.cpus_per_trial": 2 / args.concurrency, "resources.max_concurrent_trials": args.concurrency,
-        "optuna.seed": seed, "train.seed": seed, "optuna.n_startup_trials": args.startup, **METHODS[name],
-    }  # fmt: skip
+        "budget.num_samples": 1000,
+        "budget.max_epochs": args.max_epochs,
+        "budget.grace_period": args.grace_period,
+        "budget.reduction_factor": 3,
+        "resources.cpus_per_trial": 2 / args.concurrency,
+        "resources.max_concurrent_trials": args.concurrency,
+        "optuna.seed": seed,
+        "train.seed": seed,
+        "optuna.n_startup_trials": args.startup,
+        **METHODS[name],
+    }
     config = load_config(demo, values=values)
     prepare_experiment(config, resume=False, overwrite=True)
     create_tuner(config, stop=EpochBudget(args.budget), verbose=0).fit()
@@ -205,8 +214,11 @@ def report(curves: dict[str, list[pd.DataFrame]], budget: int) -> None:
         print(name.ljust(30) + "".join(f"{means[name][n - 1]:7.3f}" for n in checkpoints))
     target = means[c][-1]
     needed = {name: first_reaching(means[name], target) for name in names}
-    print(f"mean curves: (c)'s final best {target:.3f} is reached after " + ", ".join(
-        f"{k[:1]}={v:g}" for k, v in needed.items()) + " epochs")  # fmt: skip
+    print(
+        f"mean curves: (c)'s final best {target:.3f} is reached after "
+        + ", ".join(f"{k[:1]}={v:g}" for k, v in needed.items())
+        + " epochs"
+    )
     per_seed = []
     for seed, random_curve in enumerate(curves[c]):
         seed_target = best_at(random_curve, budget)
@@ -214,11 +226,14 @@ def report(curves: dict[str, list[pd.DataFrame]], budget: int) -> None:
             name: first_reaching(mean_curve([frames[seed]], budget), seed_target) for name, frames in curves.items()
         }
         per_seed.append(reach[a] / reach[c])
-        print(f"  seed {seed}: (c) final best {seed_target:.3f}; epochs to reach it: "
-              + ", ".join(f"{k[:1]}={v:g}" for k, v in reach.items()))  # fmt: skip
+        print(
+            f"  seed {seed}: (c) final best {seed_target:.3f}; epochs to reach it: "
+            + ", ".join(f"{k[:1]}={v:g}" for k, v in reach.items())
+        )
     trials = {name: np.mean([f["trial"].nunique() for f in frames]) for name, frames in curves.items()}
-    print("configurations tried per search (mean over seeds): " + ", ".join(
-        f"{k[:1]}={v:.1f}" for k, v in trials.items()))  # fmt: skip
+    print(
+        "configurations tried per search (mean over seeds): " + ", ".join(f"{k[:1]}={v:.1f}" for k, v in trials.items())
+    )
     ratio = needed[a] / needed[c]
     verdict = "met" if ratio <= 0.5 else "NOT MET"
     print(f"(a) epochs / (c) epochs to reach (c)'s final best, mean curves: {ratio:.2f} (target <= 0.50) -> {verdict}")
@@ -226,8 +241,10 @@ def report(curves: dict[str, list[pd.DataFrame]], budget: int) -> None:
     a_final, b_final = means[a][-1], means[b][-1]
     a_auc, b_auc = means[a].mean(), means[b].mean()
     verdict = "met" if a_final >= b_final else "NOT MET"
-    print(f"final best (a) {a_final:.3f} vs (b) {b_final:.3f} (target: a >= b) -> {verdict}; "
-          f"area under the curve (a) {a_auc:.3f} vs (b) {b_auc:.3f}")  # fmt: skip
+    print(
+        f"final best (a) {a_final:.3f} vs (b) {b_final:.3f} (target: a >= b) -> {verdict}; "
+        f"area under the curve (a) {a_auc:.3f} vs (b) {b_auc:.3f}"
+    )
 
 
 if __name__ == "__main__":

@@ -35,10 +35,16 @@ def _config(data: Path, storage: Path, epochs: int):
     demo = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
     return load_config(
         demo,
-        [f"budget.max_epochs={epochs}", f"budget.grace_period={epochs}", "budget.num_samples=4",
-         "resources.max_concurrent_trials=1", "name=overhead", "budget.scheduler=none"],
+        [
+            f"budget.max_epochs={epochs}",
+            f"budget.grace_period={epochs}",
+            "budget.num_samples=4",
+            "resources.max_concurrent_trials=1",
+            "name=overhead",
+            "budget.scheduler=none",
+        ],
         {"data.root": str(data), "storage": str(storage)},
-    )  # fmt: skip
+    )
 
 
 def run_plain(config) -> float:

@@ -2,10 +2,11 @@
 
 Each method searches LCBench's 7-hyperparameter MLP space on one OpenML task for a budget counted in epochs (a full
 trial is 52). ``muratune`` is the searcher and scheduler ``muratune search`` builds from a config; the others are
-Ray's stock pairings (see bench/methods.py). Trials run on ``--workers`` concurrent workers, each epoch taking the
-surrogate's time, in a discrete-event simulation (bench/simulate.py) or, with ``--backend tune``, in real Ray Tune
-(bench/real_tune.py). Measures per task, seed and method: best-so-far accuracy against epochs and simulated time,
-the speedup over random search, and the regret at the budget against the best of 10,000 random configurations.
+Ray's stock pairings (see bench/lcbench/methods.py). Trials run on ``--workers`` concurrent workers, each epoch
+taking the surrogate's time, in a discrete-event simulation (bench/lcbench/simulate.py) or, with ``--backend tune``,
+in real Ray Tune (bench/lcbench/real_tune.py). Measures per task, seed and method: best-so-far accuracy against
+epochs and simulated time, the speedup over random search, and the regret at the budget against the best of 10,000
+random configurations. bench/lcbench/jobs.py runs the searches; this module is the command line.
 
     python -m bench.search_scale --workers 8 --out runs/bench/scale-w8
 """
@@ -17,88 +18,23 @@ import os
 import resource
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from bench.lcbench import BEST_KNOWN_JSON, DEV_TASKS, MAX_EPOCHS, Surrogate, best_known, default_surrogate_dir
-from bench.measures import RunCurve
-from bench.methods import METHODS, build_method
-from bench.report import CURVE_EVERY, aggregate, format_table, write_curves
-from bench.simulate import Event, SimController
+from bench.lcbench.jobs import run_jobs
+from bench.lcbench.methods import METHODS
+from bench.lcbench.report import CURVE_EVERY, aggregate, format_table, write_curves
+from bench.lcbench.surrogate import BEST_KNOWN_JSON, DEV_TASKS, MAX_EPOCHS, Surrogate, best_known, default_surrogate_dir
 from muratune.errors import UserError
 from muratune.fileio import write_json
 
 DEFAULT_BUDGET = 30 * MAX_EPOCHS
 HELD_BACK = "held-back"  # --tasks: every LCBench task but the development ones, kept back for judging defaults
+# --quick: 2 tasks, 2 seeds, 8 full trials, 3 methods
+QUICK_TASKS = (3945, 7593)
+QUICK_SEEDS = 2
+QUICK_BUDGET = 8 * MAX_EPOCHS
 QUICK_METHODS = ("muratune", "stock-optuna-asha", "random")
-QUICK = {"tasks": (3945, 7593), "seeds": 2, "budget": 8 * MAX_EPOCHS, "methods": QUICK_METHODS}
-_SURROGATE: Surrogate | None = None
-
-
-def simulate(
-    surrogate: Surrogate,
-    task: int,
-    method: str,
-    seed: int,
-    workers: int,
-    budget: int,
-    overrides: list[str] | None = None,
-) -> tuple[list[Event], SimController]:
-    """One simulated search; returns its epochs in the order they finished, and the controller (its trials)."""
-    import optuna
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    searcher, scheduler = build_method(method, seed, workers, overrides)
-    controller = SimController(searcher, scheduler, lambda h: surrogate.curve(task, h), workers, budget, MAX_EPOCHS)
-    return controller.run(), controller
-
-
-def _init_worker(folder: str) -> None:
-    global _SURROGATE
-    import logging
-    import warnings
-
-    warnings.filterwarnings("ignore")
-    logging.getLogger("ray").setLevel(logging.ERROR)
-    _SURROGATE = Surrogate(folder)
-
-
-def run_job(job: dict[str, Any]) -> dict[str, Any]:
-    """Run one (task, seed, method) search in a pool worker; return its curve and counts."""
-    assert _SURROGATE is not None
-    if job["backend"] == "tune":
-        from bench.real_tune import run_tune
-
-        events = run_tune(_SURROGATE.folder, job["task"], job["method"], job["seed"], job["workers"], job["budget"])
-        trials = len({e.trial_id for e in events})
-    else:
-        events, controller = simulate(
-            _SURROGATE, job["task"], job["method"], job["seed"], job["workers"], job["budget"], job["overrides"]
-        )
-        trials = len(controller.trials)
-    curve = RunCurve.from_events(events)
-    return {**job, "best": curve.best.tolist(), "clock_s": curve.clock_s.tolist(), "trials": trials}
-
-
-def run_jobs(jobs: list[dict[str, Any]], folder: Path, processes: int) -> list[dict[str, Any]]:
-    """Run the jobs on ``processes`` processes (in this one when 1)."""
-    if jobs and jobs[0]["backend"] == "tune":
-        import ray
-
-        from bench.real_tune import start_ray
-
-        _init_worker(str(folder))
-        start_ray(jobs[0]["workers"])
-        try:
-            return [run_job(job) for job in jobs]
-        finally:
-            ray.shutdown()
-    if processes <= 1:
-        _init_worker(str(folder))
-        return [run_job(job) for job in jobs]
-    with ProcessPoolExecutor(processes, initializer=_init_worker, initargs=(str(folder),)) as pool:
-        return list(pool.map(run_job, jobs, chunksize=1))
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -122,8 +58,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--cache", type=Path, default=None, help=f"best-known cache (default OUT/../{BEST_KNOWN_JSON})")
     args = parser.parse_args(argv)
     if args.quick:
-        args.tasks, args.seeds, args.budget = ",".join(map(str, QUICK["tasks"])), QUICK["seeds"], QUICK["budget"]
-        args.methods = ",".join(QUICK["methods"])
+        args.tasks, args.seeds, args.budget = ",".join(map(str, QUICK_TASKS)), QUICK_SEEDS, QUICK_BUDGET
+        args.methods = ",".join(QUICK_METHODS)
     return args
 
 

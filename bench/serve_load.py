@@ -4,7 +4,7 @@ Starts local Ray and the Serve application on a free loopback port, posts one st
 and prints throughput, p50/p95/p99 latency and failures. The baseline, measured in the same run, is the same study
 analysed in this process by ``StudyService`` (no HTTP, no Ray): the ratio shows what serving costs per request.
 
-    python bench/serve_load.py demo-out/runs/demo/ensemble/greedy \
+    python -m bench.serve_load demo-out/runs/demo/ensemble/greedy \
         demo-out/data/MURA-v1.1/valid/XR_WRIST/patient00001/study1_positive
 """
 

@@ -9,7 +9,7 @@ Starts local Ray and the Serve application (one model replica) on a free loopbac
    pixel budget, RGBA: the most bytes per pixel while decoding) from 8 threads at once, and reads each process's peak
    RSS (VmHWM, reset before the phase through /proc/PID/clear_refs).
 
-    python bench/serve_memory.py demo-out/runs/demo/ensemble/greedy
+    python -m bench.serve_memory demo-out/runs/demo/ensemble/greedy
 """
 
 from __future__ import annotations

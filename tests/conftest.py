@@ -49,6 +49,17 @@ def synthetic_copy(synthetic_root: Path, tmp_path: Path) -> Path:
     return target
 
 
+@pytest.fixture()
+def one_torch_thread():
+    """One intra-op thread: on a busy 2-core machine two spinning threads make each step ~10x slower."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture(scope="session")
 def ray_session(tmp_path_factory: pytest.TempPathFactory):
     """One small local Ray instance shared by every test that needs it; shut down at the end."""

@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import os
-import struct
 import subprocess
 import sys
-import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,13 +22,12 @@ from muratune import layout
 from muratune.cli import main
 from muratune.data.cache import ImageCache
 from muratune.search import run as search_run
-from tests.helpers.mura import MuraFixture, edit_lines, make_mura
-from tests.helpers.search import tiny_overrides
+from tests.helpers.cli import assert_one_line_error, run
+from tests.helpers.ensemble import make_ensemble
+from tests.helpers.files import bomb_png, tree_digest
+from tests.helpers.mura import TRAIN_IMAGES, TRAIN_STUDIES, MuraFixture, edit_lines, make_mura
+from tests.helpers.search import DEMO_CONFIG, tiny_overrides
 
-REPO = Path(__file__).resolve().parents[1]
-DEMO = REPO / "configs" / "demo.yaml"
-TRAIN_IMAGES = "train_image_paths.csv"
-TRAIN_STUDIES = "train_labeled_studies.csv"
 GRAY = 200  # the gray level of the readable-but-unusual images below, which must arrive in the cache as is
 
 # What a command does with a case:
@@ -74,15 +70,7 @@ def _huge(path: Path) -> None:
 
 
 def _bomb(path: Path) -> None:
-    """A 164 KB PNG declaring 13000 x 13000 pixels (169 megapixels, above the 40-megapixel cap), written by zlib."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    packer, row = zlib.compressobj(9), b"\x00" * 13_001
-    idat = b"".join(packer.compress(row) for _ in range(13_000)) + packer.flush()
-    ihdr = struct.pack(">IIBBBBB", 13_000, 13_000, 8, 0, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
+    path.write_bytes(bomb_png())  # 164 KB declaring 13000 x 13000 pixels (169 megapixels, above the 40-megapixel cap)
 
 
 def _other_format(fmt: str) -> Callable[[Path], None]:
@@ -250,18 +238,6 @@ class Damaged:
         return self.case.fragments(self.image, self.study)
 
 
-def digest(folder: Path) -> dict[str, str]:
-    """SHA-256 of every file under ``folder`` (a symlink loop by its link text): inputs must stay byte-identical."""
-    out = {}
-    for path in sorted(folder.rglob("*")):
-        key = str(path.relative_to(folder))
-        if path.is_symlink():
-            out[key] = "-> " + os.readlink(path)
-        elif path.is_file():
-            out[key] = hashlib.sha256(path.read_bytes()).hexdigest()
-    return out
-
-
 def damaged(tmp_path: Path, name: str) -> Damaged:
     fixture = make_mura(tmp_path / "data")
     image, study = _single_view_train_image(fixture)
@@ -270,26 +246,6 @@ def damaged(tmp_path: Path, name: str) -> Damaged:
 
 
 # ------------------------------------------------------------------------------------------------ running
-def run(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    """Run the CLI in this process; return the exit code, stdout and stderr."""
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as exit_info:
-        main(args)
-    out, err = capsys.readouterr()
-    return int(exit_info.value.code or 0), out, err
-
-
-def assert_one_line_error(err: str, fragments: list[str]) -> str:
-    """Exactly one stderr line, the CLI's user-error line, naming every fragment, and no traceback."""
-    assert "Traceback" not in err, err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    assert lines[0].startswith("muratune: error: "), err
-    for fragment in fragments:
-        assert fragment in lines[0], (fragment, err)
-    return lines[0]
-
-
 def assert_outcome(code: int, err: str, outcome: str, fragments: list[str]) -> None:
     if outcome in (FAIL, SKIPPABLE):
         assert code == 2, err
@@ -306,10 +262,10 @@ def assert_outcome(code: int, err: str, outcome: str, fragments: list[str]) -> N
 @pytest.mark.parametrize("name", list(CASES))
 def test_data_check(tmp_path: Path, capsys: pytest.CaptureFixture[str], name: str) -> None:
     data = damaged(tmp_path, name)
-    before = digest(data.fixture.base)
+    before = tree_digest(data.fixture.base)
     for deep in ([], ["--deep"]):
         code, out, err = run(["data", "check", data.root, *deep], capsys)
-        assert digest(data.fixture.base) == before
+        assert tree_digest(data.fixture.base) == before
         assert "Traceback" not in err, err
         if data.case.expect["check"] == OK:
             assert code == 0 and "OK: no problems" in out, err
@@ -329,10 +285,10 @@ def _cache_args(data: Damaged, cache_dir: Path) -> list[str]:
 def test_data_cache(tmp_path: Path, capsys: pytest.CaptureFixture[str], name: str) -> None:
     data = damaged(tmp_path, name)
     outcome = data.case.expect["cache"]
-    before = digest(data.fixture.base)
+    before = tree_digest(data.fixture.base)
     code, out, err = run(_cache_args(data, tmp_path / "cache"), capsys)
     assert_outcome(code, err, outcome, data.fragments())
-    assert digest(data.fixture.base) == before
+    assert tree_digest(data.fixture.base) == before
     if outcome != OK:
         assert _snapshot(tmp_path / "cache") == {}, "no cache, nor a half-written one, is left"
     code, out, err = run([*_cache_args(data, tmp_path / "cache"), "--skip-bad-images"], capsys)
@@ -410,7 +366,7 @@ def no_ray(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
 def _search_args(root: str, storage: Path, *extra: str, **settings: object) -> list[str]:
     sets = {"storage": storage, "name": "bad", "data.image_size": 32, "data.cache_dir": storage.parent / "cache"}
-    args = ["search", str(DEMO), "--data", root, *extra]
+    args = ["search", str(DEMO_CONFIG), "--data", root, *extra]
     for key, value in {**sets, **settings}.items():
         args += ["--set", f"{key}={value}"]
     return args
@@ -514,7 +470,7 @@ def test_search_with_skip_bad_images_runs_and_records_the_excluded_images(ray_se
             "space.batch_size": 8,
         },
     )
-    args = ["search", str(DEMO), "--skip-bad-images"]
+    args = ["search", str(DEMO_CONFIG), "--skip-bad-images"]
     for item in sets:
         args += ["--set", item]
     code, out, err = run(args, capsys)
@@ -530,24 +486,6 @@ def test_search_with_skip_bad_images_runs_and_records_the_excluded_images(ray_se
 
 
 # ------------------------------------------------------------------------------------------------ predict
-def make_ensemble(folder: Path) -> Path:
-    """Write a one-member ensemble (resnet10t, random weights, 32 px) in ``folder``; predict needs no training."""
-    from muratune.ensemble.predictor import file_sha256
-    from muratune.fileio import write_json
-    from muratune.layout import ENSEMBLE_FILE
-    from muratune.trainables import checkpoint as ckpt
-    from muratune.trainables.models import create_model
-
-    member = folder / "members" / "m0"
-    member.mkdir(parents=True)
-    ckpt.save_weights(create_model("resnet10t", in_chans=1), member / ckpt.MODEL_FILE)
-    data_config = {"image_size": 32, "resize_mode": "pad", "in_chans": 1, "mean": [0.5], "std": [0.25]}
-    write_json(member / ckpt.TRIAL_FILE, {"backbone": "resnet10t", "data_config": data_config})
-    entry = {"name": "m0", "path": "members/m0", "sha256": file_sha256(member / ckpt.MODEL_FILE)}
-    write_json(folder / ENSEMBLE_FILE, {"members": [entry], "weights": {"all": [1.0]}})
-    return folder
-
-
 @pytest.fixture(scope="module")
 def ensemble(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A one-member random-weight ensemble (see `make_ensemble`)."""
@@ -563,9 +501,9 @@ def test_predict(ensemble: Path, tmp_path: Path, capsys: pytest.CaptureFixture[s
     data = damaged(tmp_path, name)
     outcome = data.case.expect["predict"]
     out = tmp_path / "out.csv"
-    before = digest(data.fixture.base)
+    before = tree_digest(data.fixture.base)
     code, _, err = run(_predict(ensemble, data, out), capsys)
-    assert digest(data.fixture.base) == before
+    assert tree_digest(data.fixture.base) == before
     fragments = data.fragments()
     if outcome == SKIPPABLE:
         fragments = [f"{TRAIN_IMAGES}:", *fragments, "--skip-bad-images"]  # the row, the file, the reason
@@ -664,13 +602,13 @@ def test_predict_keeps_a_quoted_path_with_a_comma_whole_and_reads_a_bom(ensemble
     os.replace(fixture.base / image, fixture.base / comma_study / Path(image).name)
     listing = tmp_path / "images.csv"
     listing.write_bytes(b"\xef\xbb\xbf" + f'"{comma_study}{Path(image).name}"\r\n'.encode())
-    before = digest(tmp_path / "data"), listing.read_bytes()
+    before = tree_digest(tmp_path / "data"), listing.read_bytes()
     out = tmp_path / "out.csv"
     code, _, err = run(["predict", str(ensemble), str(listing), str(out), "--root", str(fixture.base)], capsys)
     assert code == 0, err
     [row] = list(csv.reader(out.read_text().splitlines()))
     assert row[0] == comma_study and row[1] in ("0", "1")  # written quoted, read back whole
-    assert (digest(tmp_path / "data"), listing.read_bytes()) == before
+    assert (tree_digest(tmp_path / "data"), listing.read_bytes()) == before
 
 
 def test_a_nul_byte_in_a_predict_list_is_one_line(ensemble, tmp_path, capsys) -> None:

@@ -13,14 +13,7 @@ from muratune.errors import UserError
 from muratune.trainables import checkpoint as ckpt
 from muratune.trainables.models import create_model
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: on a busy 2-core machine two spinning threads make each step ~10x slower."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def make_model(seed: int) -> torch.nn.Module:

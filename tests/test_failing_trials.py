@@ -8,9 +8,9 @@ import pandas as pd
 import pytest
 
 from muratune import layout
+from tests.helpers.cli import run
 from tests.helpers.mura import make_mura
-from tests.helpers.search import tiny_overrides
-from tests.test_bad_data import DEMO, run
+from tests.helpers.search import DEMO_CONFIG, tiny_overrides
 
 
 @pytest.mark.slow
@@ -37,7 +37,7 @@ def test_a_nan_loss_fails_its_trial_with_the_reason_and_the_search_goes_on(ray_s
             "debug.fault_backbone": "resnet14t",  # only these trials' loss becomes NaN
         },
     )
-    args = ["search", str(DEMO)]
+    args = ["search", str(DEMO_CONFIG)]
     for item in sets:
         args += ["--set", item]
     code, out, err = run(args, capsys)

@@ -15,8 +15,10 @@ from muratune.data.index import load_index
 from muratune.ensemble.predictor import StudyPredictor
 from muratune.fileio import atomic_dir, atomic_path, write_marker
 from muratune.search import summary
-from tests.helpers.mura import make_mura
-from tests.test_bad_data import DEMO, TRAIN_IMAGES, make_ensemble, run
+from tests.helpers.cli import run
+from tests.helpers.ensemble import make_ensemble
+from tests.helpers.mura import TRAIN_IMAGES, make_mura
+from tests.helpers.search import DEMO_CONFIG
 
 
 @pytest.fixture(scope="module")
@@ -102,7 +104,7 @@ def _result(trial_id: str, epochs: int, done: bool | None, error: Exception | No
 
 
 def test_an_interrupted_search_lists_its_unfinished_trials_as_running_not_pruned() -> None:
-    config = load_config(DEMO, ["budget.max_epochs=4", "budget.grace_period=1"])
+    config = load_config(DEMO_CONFIG, ["budget.max_epochs=4", "budget.grace_period=1"])
     results = [
         _result("complete", 4, done=True),
         _result("pruned", 1, done=True),  # ASHA stopped it: Tune marks its last result done

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import shutil
 from pathlib import Path
 
@@ -12,19 +11,11 @@ from muratune.config import load_config
 from muratune.errors import UserError
 from muratune.fileio import MARKER, atomic_dir
 from muratune.search import experiment
+from tests.helpers.cli import assert_one_line_error, run
+from tests.helpers.ensemble import make_ensemble
+from tests.helpers.files import tree_digest
 from tests.helpers.mura import make_mura
 from tests.helpers.search import DEMO_CONFIG, tiny_overrides
-from tests.test_bad_data import assert_one_line_error, make_ensemble, run
-
-
-def tree_digest(folder: Path) -> dict[str, str]:
-    """Every file under ``folder`` (relative path -> SHA-256): equal digests mean byte-identical trees."""
-    if folder.is_file():
-        return {folder.name: hashlib.sha256(folder.read_bytes()).hexdigest()}
-    return {
-        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*"))
-        if p.is_file()
-    }  # fmt: skip
 
 
 def refused(args: list[str], capsys: pytest.CaptureFixture[str], untouched: list[Path], *fragments: str) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import pickle
 import shutil
@@ -13,8 +12,10 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from tests.helpers.cli import assert_one_line_error, run
+from tests.helpers.ensemble import make_ensemble
+from tests.helpers.files import tree_digest
 from tests.helpers.mura import make_mura
-from tests.test_bad_data import assert_one_line_error, make_ensemble, run
 
 
 @pytest.fixture(scope="module")
@@ -39,12 +40,6 @@ def _trial(edit: Callable[[dict], None]) -> Callable[[Path], None]:
         path.write_text(json.dumps(trial))
 
     return apply
-
-
-def _digest(folder: Path) -> dict[str, str]:
-    return {
-        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.rglob("*") if p.is_file()
-    }
 
 
 def _without_checksum(folder: Path) -> None:
@@ -159,13 +154,13 @@ def test_a_tampered_ensemble_is_refused(ensemble: Path, tmp_path: Path, capsys, 
     marker.unlink(missing_ok=True)
     fixture = make_mura(tmp_path / "data")
     out = tmp_path / "out.csv"
-    before = _digest(folder), _digest(fixture.base)
+    before = tree_digest(folder), tree_digest(fixture.base)
     code, _, err = run(["predict", str(folder), str(fixture.csv("valid_image_paths.csv")), str(out)], capsys)
     assert code == 2
     assert_one_line_error(err, fragments)
     assert not out.exists()
     assert not marker.exists(), "nothing may be unpickled"
-    assert (_digest(folder), _digest(fixture.base)) == before
+    assert (tree_digest(folder), tree_digest(fixture.base)) == before
 
 
 @pytest.mark.parametrize("new_keys", [False, True])

@@ -9,7 +9,7 @@ import pytest
 
 pytest.importorskip("onnxruntime")
 
-from bench.lcbench import MAX_EPOCHS, Surrogate, default_surrogate_dir  # noqa: E402
+from bench.lcbench.surrogate import MAX_EPOCHS, Surrogate, default_surrogate_dir  # noqa: E402
 
 SURROGATE = default_surrogate_dir()
 pytestmark = pytest.mark.skipif(SURROGATE is None, reason="LCBench surrogate not found (../shared/data/yahpo-lcbench)")
@@ -42,7 +42,7 @@ def test_surrogate_curves_rise_for_a_sane_configuration(surrogate: Surrogate) ->
 def test_stopped_trials_are_pruned_with_their_intermediate_values(surrogate: Surrogate) -> None:
     import optuna
 
-    from bench.search_scale import simulate
+    from bench.lcbench.jobs import simulate
 
     events, controller = simulate(surrogate, TASK, "muratune", seed=0, workers=4, budget=BUDGET)
     study = controller.searcher.searcher._ot_study
@@ -65,7 +65,7 @@ def test_stopped_trials_are_pruned_with_their_intermediate_values(surrogate: Sur
 def test_stock_optuna_tells_stopped_trials_as_complete(surrogate: Surrogate) -> None:
     import optuna
 
-    from bench.search_scale import simulate
+    from bench.lcbench.jobs import simulate
 
     _, controller = simulate(surrogate, TASK, "stock-optuna-asha", seed=0, workers=4, budget=BUDGET)
     study = controller.searcher.searcher._ot_study
@@ -77,7 +77,7 @@ def test_stock_optuna_tells_stopped_trials_as_complete(surrogate: Surrogate) -> 
 def test_optuna_hyperband_prunes_at_optunas_own_rungs(surrogate: Surrogate) -> None:
     import optuna
 
-    from bench.search_scale import simulate
+    from bench.lcbench.jobs import simulate
 
     events, controller = simulate(surrogate, TASK, "optuna-hyperband", seed=0, workers=4, budget=BUDGET)
     study = controller.searcher.searcher._ot_study
@@ -95,7 +95,7 @@ def test_optuna_hyperband_prunes_at_optunas_own_rungs(surrogate: Surrogate) -> N
 
 @pytest.mark.parametrize("method", ["muratune", "bohb", "random", "optuna-hyperband"])
 def test_each_epoch_is_counted_once_and_trials_finish_out_of_order(surrogate: Surrogate, method: str) -> None:
-    from bench.search_scale import simulate
+    from bench.lcbench.jobs import simulate
 
     if method == "bohb":
         pytest.importorskip("hpbandster")
@@ -115,7 +115,7 @@ def test_each_epoch_is_counted_once_and_trials_finish_out_of_order(surrogate: Su
 
 
 def test_a_seed_reproduces_the_search(surrogate: Surrogate) -> None:
-    from bench.search_scale import simulate
+    from bench.lcbench.jobs import simulate
 
     first, _ = simulate(surrogate, TASK, "muratune", seed=3, workers=8, budget=BUDGET)
     again, _ = simulate(surrogate, TASK, "muratune", seed=3, workers=8, budget=BUDGET)
@@ -157,7 +157,7 @@ def test_cli_refuses_unknown_tasks_and_methods(tmp_path: Path) -> None:
 
 
 def test_held_back_tasks_are_every_task_but_the_development_ones(surrogate: Surrogate) -> None:
-    from bench.lcbench import DEV_TASKS
+    from bench.lcbench.surrogate import DEV_TASKS
     from bench.search_scale import held_back_tasks, parse_args
 
     held_back = held_back_tasks(surrogate)

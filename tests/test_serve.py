@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import base64
-import hashlib
 import io
 import os
 import shutil
 import socket
-import struct
 import tempfile
-import zlib
 from pathlib import Path
 
 import cv2
@@ -25,6 +22,7 @@ from muratune.errors import UserError
 from muratune.serve.app import LocalBackend, ServeLimits, create_app
 from muratune.serve.guard import ServeAccess
 from muratune.serve.service import StudyService, Upload
+from tests.helpers.files import bomb_png, tree_digest
 
 pytestmark = pytest.mark.slow
 
@@ -280,22 +278,6 @@ def test_the_page_uploads_a_study_and_shows_verdict_and_overlays(server, study, 
 ORIGIN = "http://127.0.0.1:8000"
 
 
-def bomb_png(width: int = 13_000, height: int = 13_000) -> bytes:
-    """A valid 8-bit gray PNG of zeros declaring ``width x height`` pixels (~164 KB at 13000 x 13000)."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    packer, row = zlib.compressobj(9), b"\x00" * (width + 1)
-    idat = b"".join(packer.compress(row) for _ in range(height)) + packer.flush()
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
-
-
-def _digest(paths: list[Path]) -> list[str]:
-    return [hashlib.sha256(p.read_bytes()).hexdigest() for p in paths]
-
-
 @pytest.fixture(scope="module")
 def service(ensemble: Path) -> StudyService:
     return StudyService(ensemble, device="cpu")
@@ -315,16 +297,16 @@ def test_a_decompression_bomb_is_refused_from_its_header_before_decoding(service
     assert MAX_PIXELS < Image.MAX_IMAGE_PIXELS  # our cap applies before Pillow's own limit
     bomb = tmp_path / "bomb.png"
     bomb.write_bytes(bomb_png())
-    before = _digest([bomb])
+    before = tree_digest(bomb)
     with pytest.warns(Image.DecompressionBombWarning):  # Pillow's own warning is not silenced
         response = _client(service).post("/predict", files=[("files", ("bomb.png", bomb.read_bytes(), "image/png"))])
     assert response.status_code == 413
     assert response.json()["detail"].startswith("bomb.png: image too large (13000x13000 pixels")
-    assert _digest([bomb]) == before
+    assert tree_digest(bomb) == before
 
 
 def test_views_above_the_request_pixel_budget_are_refused_naming_the_file(service, study):
-    before = _digest(study)
+    before = [tree_digest(view) for view in study]
     view_pixels = int(np.prod(cv2.imread(str(study[0]), cv2.IMREAD_UNCHANGED).shape[:2]))
     limits = ServeLimits(max_request_pixels=view_pixels + view_pixels // 2)
     files = _files(study[:2], ["first.png", "second.png"])
@@ -334,7 +316,7 @@ def test_views_above_the_request_pixel_budget_are_refused_naming_the_file(servic
     small = ServeLimits(max_pixels=view_pixels - 1)
     response = _client(service, small).post("/predict", files=_files(study[:1], ["one.png"]))
     assert response.status_code == 413 and response.json()["detail"].startswith("one.png: image too large")
-    assert _digest(study) == before
+    assert [tree_digest(view) for view in study] == before
 
 
 @pytest.mark.parametrize("fmt", ["BMP", "TIFF", "GIF"])
@@ -343,10 +325,10 @@ def test_formats_other_than_png_and_jpeg_are_refused_whatever_the_name(service, 
 
     path = tmp_path / "view.png"  # named .png on purpose
     Image.open(study[0]).save(path, format=fmt)
-    before = _digest([path])
+    before = tree_digest(path)
     response = _client(service).post("/predict", files=_files([path]))
     assert response.status_code == 422 and response.json()["detail"] == "view.png: not a PNG, JPEG or DICOM file"
-    assert _digest([path]) == before
+    assert tree_digest(path) == before
 
 
 @pytest.mark.parametrize("host", ["attacker.example", "attacker.example:8000", "127.0.0.1.nip.io"])
@@ -376,12 +358,12 @@ def test_a_cross_origin_post_gets_403_and_same_origin_or_no_origin_is_served(ser
 def test_binding_beyond_loopback_needs_an_api_key(service, ensemble, capsys):
     with pytest.raises(UserError, match="--host 0.0.0.0: binding beyond loopback needs an API key"):
         create_app(LocalBackend(service), access=ServeAccess(host="0.0.0.0"))
-    digest = _digest(sorted(p for p in ensemble.rglob("*") if p.is_file()))
+    digest = tree_digest(ensemble)
     with pytest.raises(SystemExit) as exit_info:
         main(["serve", str(ensemble), "--host", "0.0.0.0"])
     err = capsys.readouterr().err
     assert exit_info.value.code == 2 and err.count("\n") == 1 and "MURATUNE_API_KEY" in err and "Traceback" not in err
-    assert _digest(sorted(p for p in ensemble.rglob("*") if p.is_file())) == digest
+    assert tree_digest(ensemble) == digest
 
 
 def test_the_api_key_is_checked_on_every_api_route(service, study):

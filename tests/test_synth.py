@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import cv2
@@ -25,19 +24,13 @@ from muratune.data.synth.draw import _gaussian_levels
 from muratune.data.synth.geometry import _box_kernel
 from muratune.data.synth.plan import BOXES_HEADER
 from muratune.errors import UserError
+from tests.helpers.files import tree_digest
 
 SMALL = {"studies": 60, "seed": 3, "difficulty": "easy", "long_side": 256, "workers": 1}
 
 
 def _lines(path: Path) -> list[str]:
     return path.read_text(encoding="utf-8").splitlines()
-
-
-def _digest(root: Path) -> dict[str, str]:
-    """SHA-256 of every file under ``root``, keyed by relative path."""
-    return {
-        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in root.rglob("*") if p.is_file()
-    }
 
 
 @pytest.fixture(scope="module")
@@ -136,12 +129,12 @@ def test_images_look_like_radiographs(dataset: Path) -> None:
 
 def test_same_seed_same_bytes_any_workers(tmp_path: Path, dataset: Path) -> None:
     generate_dataset(tmp_path / "a", **{**SMALL, "workers": 2})
-    assert _digest(tmp_path / "a" / ROOT_NAME) == _digest(dataset / ROOT_NAME)
+    assert tree_digest(tmp_path / "a" / ROOT_NAME) == tree_digest(dataset / ROOT_NAME)
 
 
 def test_different_seed_differs(tmp_path: Path, dataset: Path) -> None:
     generate_dataset(tmp_path / "b", **{**SMALL, "seed": 4})
-    assert _digest(tmp_path / "b" / ROOT_NAME) != _digest(dataset / ROOT_NAME)
+    assert tree_digest(tmp_path / "b" / ROOT_NAME) != tree_digest(dataset / ROOT_NAME)
 
 
 def test_refuses_to_overwrite(tmp_path: Path) -> None:

@@ -20,19 +20,10 @@ from muratune.trainables.reporters import FolderReporter
 from muratune.trainables.trial import train_trial, tune_trainable
 from tests.helpers.search import DEMO_CONFIG, tiny_overrides
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
 
 DEMO = DEMO_CONFIG
 CHECKPOINT_FILES = {ckpt.MODEL_FILE, ckpt.TRIAL_FILE, ckpt.STATE_FILE, ckpt.VAL_STUDIES_FILE, ckpt.VAL_IMAGES_FILE}
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: on a busy 2-core machine two spinning threads make each step ~10x slower."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def make_settings(root: Path, storage: Path, **extra: object) -> ExperimentConfig:

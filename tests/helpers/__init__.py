@@ -1,1 +1,1 @@
-"""Helpers shared by the tests: tiny MURA-layout datasets and test-sized search settings."""
+"""Helpers shared by the tests: tiny MURA datasets, search settings, CLI runs, a test ensemble, file digests."""

@@ -11,6 +11,9 @@ from PIL import Image
 
 from muratune.constants import BODY_PARTS
 
+TRAIN_IMAGES = "train_image_paths.csv"
+TRAIN_STUDIES = "train_labeled_studies.csv"
+
 # Table 1 of the MURA paper (v1.1): studies (normal, abnormal) and images per body part and split.
 MURA_V11_COUNTS: dict[str, dict[str, tuple[int, int, int]]] = {
     "train": {

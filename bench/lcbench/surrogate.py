@@ -50,12 +50,13 @@ max_dropout: {type: uniform, low: 0.0, high: 1.0}
 DEV_TASKS = (3945, 7593, 34539, 126025, 126026, 126029, 146212, 167104, 167149, 167152)
 BEST_KNOWN_SAMPLES = 10_000
 BEST_KNOWN_JSON = "best_known.json"
+REPOSITORY = Path(__file__).resolve().parents[2]  # bench/lcbench/surrogate.py -> the repository root
 MIN_EPOCH_S = 0.01  # the surrogate's cumulative time is not always monotone; an epoch never takes less than this
 
 
 def default_surrogate_dir() -> Path | None:
     """``../shared/data/yahpo-lcbench`` next to the repository (or the working directory), if it exists."""
-    for base in (Path(__file__).resolve().parents[1], Path.cwd()):
+    for base in (REPOSITORY, Path.cwd()):
         candidate = base.parent / "shared" / "data" / "yahpo-lcbench"
         if (candidate / "model.onnx").is_file():
             return candidate

@@ -1,8 +1,8 @@
 """The search methods the scale benchmark compares, each a Ray searcher and scheduler built for LCBench.
 
 ``muratune``, ``random-asha`` and ``random`` come from muratune's own factories, given an `ExperimentConfig` as
-``muratune search`` would build it (LCBench's 52 epochs; the space from `bench.lcbench.SPACE_YAML`). The others are
-Ray's stock classes with their own defaults.
+``muratune search`` would build it (LCBench's 52 epochs; the space from `bench.lcbench.surrogate.SPACE_YAML`). The
+others are Ray's stock classes with their own defaults.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.lcbench import MAX_EPOCHS, param_space
+from bench.lcbench.surrogate import MAX_EPOCHS, param_space
 from muratune.config import ExperimentConfig, load_config
 from muratune.constants import METRIC, MODE
 
@@ -103,7 +103,7 @@ def _optuna_hyperband(seed: int, workers: int) -> tuple[Any, Any]:
     import optuna
     from ray.tune.search import ConcurrencyLimiter
 
-    from bench.optuna_pruner import OptunaPrunerScheduler, PrunerOptunaSearch
+    from bench.lcbench.optuna_pruner import OptunaPrunerScheduler, PrunerOptunaSearch
 
     pruner = optuna.pruners.HyperbandPruner(min_resource=1, max_resource=MAX_EPOCHS, reduction_factor=3)
     searcher = ConcurrencyLimiter(

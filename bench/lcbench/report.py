@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from bench.measures import RunCurve, median_ci, regret, speedup, wilcoxon_less
+from bench.lcbench.measures import RunCurve, median_ci, regret, speedup, wilcoxon_less
 from muratune.fileio import write_text
 
 CURVE_EVERY = 13  # curves.csv keeps one row per this many epochs (a quarter of a full trial), and the last epoch

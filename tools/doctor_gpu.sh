@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Run the full `muratune doctor` (synthetic data) on a machine with a GPU, installing nothing.
 #
-#   OUT=/some/folder bench/doctor_gpu.sh [extra doctor options, e.g. --quick or --config configs/mura-wide.yaml]
+#   OUT=/some/folder tools/doctor_gpu.sh [extra doctor options, e.g. --quick or --config configs/mura-wide.yaml]
 #
 # Writes $OUT/doctor.json (every check), $OUT/doctor.log (the table and progress) and $OUT/nvidia-smi.csv.
 # Uses the Python on PATH (or $PYTHON) with muratune's dependencies already installed; this tree goes first on

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from bench.simulate import Event
+from bench.lcbench.simulate import Event
 
 BOOTSTRAP_RESAMPLES = 2000
 

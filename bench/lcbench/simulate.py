@@ -84,7 +84,9 @@ class SimController:
         budget: int,
         max_epochs: int,
     ) -> None:
-        self.searcher, self.scheduler, self.curve_fn = searcher, scheduler, curve_fn
+        self.searcher, self.curve_fn = searcher, curve_fn
+        # Any: Ray types the hooks' arguments as TuneController and Trial, which this class and SimTrial stand in for
+        self.scheduler: Any = scheduler
         self.search_alg = _SearchAlg(searcher)
         self.workers, self.budget, self.max_epochs = workers, budget, max_epochs
         self.trials: list[SimTrial] = []

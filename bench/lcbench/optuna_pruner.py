@@ -11,8 +11,9 @@ The simulation and real Tune therefore both run Optuna's TPE + HyperbandPruner, 
 from __future__ import annotations
 
 import warnings
-from typing import Any
+from typing import Any, cast
 
+import optuna
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
 from muratune.search.optuna_search import PrunedAwareOptunaSearch
@@ -27,7 +28,8 @@ class PrunerOptunaSearch(PrunedAwareOptunaSearch):
 
     def _setup_study(self, mode: Any) -> None:
         super()._setup_study(mode)
-        self._ot_study.pruner = self.pruner
+        study = cast(optuna.Study, self._ot_study)  # Ray declares it None until _setup_study creates it
+        study.pruner = self.pruner
 
 
 class OptunaPrunerScheduler(FIFOScheduler):

@@ -15,9 +15,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.lcbench import MAX_EPOCHS, Surrogate, param_space
-from bench.methods import build_method
-from bench.simulate import Event
+from bench.lcbench.methods import build_method
+from bench.lcbench.simulate import Event
+from bench.lcbench.surrogate import MAX_EPOCHS, REPOSITORY, Surrogate, param_space
 from muratune.constants import EPOCH, METRIC, MODE, VAL_LOSS
 
 TIME_SCALE = 0.01  # real seconds per surrogate second: a median epoch (about 18 s) sleeps about 0.2 s
@@ -118,8 +118,7 @@ def start_ray(workers: int, attempts: int = 10) -> None:
 
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     # Trials import this module by name on Ray's workers: let them find bench/ (the repository root).
-    root = str(Path(__file__).resolve().parents[1])
-    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPOSITORY), os.environ.get("PYTHONPATH")) if p)
     for attempt in range(attempts):
         try:
             ray.init(
