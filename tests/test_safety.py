@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import sqlite3
+import subprocess
 from contextlib import closing
 from pathlib import Path
 
@@ -10,9 +12,11 @@ import optuna
 import pytest
 
 from muratune.config import load_config
-from muratune.errors import UserError
+from muratune.errors import DiskFullError, UserError
+from muratune.fileio import atomic_path
+from tests.helpers.mura import make_mura
 from tests.helpers.search import DEMO_CONFIG
-from tests.test_bad_data import assert_one_line_error, run
+from tests.test_bad_data import assert_one_line_error, make_ensemble, run
 
 
 def _database_with(path: Path, *tables: str) -> Path:
@@ -83,3 +87,63 @@ def test_a_file_that_is_not_a_database_is_refused(tmp_path):
     with pytest.raises(UserError, match=r"optuna\.storage: .*results\.db: not an SQLite database"):
         load_config(DEMO_CONFIG, [f"optuna.storage=sqlite:///{junk}"])
     assert junk.read_text() == "trial,score\n1,0.5\n" * 100
+
+
+# ------------------------------------------------------------------------------------------------ a full disk
+@pytest.fixture()
+def full_disk(tmp_path: Path):
+    """A real, tiny tmpfs filled to the last byte by ``filler`` (mounting needs root: skipped without it)."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(disk)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tiny tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        with open(disk / "filler", "wb", buffering=0) as filler:
+            with pytest.raises(OSError) as err:  # noqa: PT012 - filling takes a loop
+                while True:
+                    filler.write(b"\0" * 4096)
+        assert err.value.errno == errno.ENOSPC
+        yield disk
+    finally:
+        subprocess.run(["umount", str(disk)], check=True)
+
+
+def _refused_for_a_full_disk(args: list[str], out: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run(args, capsys)
+    assert code == 2, err
+    assert_one_line_error(err, [str(out), "the disk is full"])
+    assert sorted(p.name for p in out.parent.iterdir()) == ["filler"]  # nothing partial, no temporary left
+
+
+def test_report_on_a_full_disk_is_one_line_and_leaves_nothing(full_disk, tmp_path, capsys):
+    from tests.test_report import make_experiment
+
+    experiment = make_experiment(tmp_path / "exp")
+    out = full_disk / "report"
+    _refused_for_a_full_disk(["report", str(experiment), "--out", str(out), "--replicates", "10"], out, capsys)
+
+
+def test_cam_and_predict_on_a_full_disk_are_one_line_and_leave_nothing(full_disk, tmp_path, capsys):
+    fixture = make_mura(tmp_path / "data")
+    ensemble = make_ensemble(tmp_path / "ensemble")
+    study = fixture.base / fixture.studies[0][0]
+    out = full_disk / "cams"
+    _refused_for_a_full_disk(["cam", str(ensemble), "--study", str(study), "--out", str(out)], out, capsys)
+    out = full_disk / "predictions.csv"
+    image_list = str(fixture.csv("valid_image_paths.csv"))
+    _refused_for_a_full_disk(["predict", str(ensemble), image_list, str(out)], out, capsys)
+
+
+def test_a_real_enospc_in_an_atomic_write_names_the_output_and_keeps_nothing(tmp_path):
+    target = tmp_path / "predictions.csv"
+    with pytest.raises(DiskFullError) as err:
+        with atomic_path(target) as tmp, open("/dev/full", "w") as device:  # /dev/full: every write is ENOSPC
+            tmp.write_text("partial")
+            device.write("x" * 10_000)
+            device.flush()
+    assert (
+        str(err.value)
+        == f"{target}: the disk is full (No space left on device); nothing was written there, free some space"
+    )
+    assert list(tmp_path.iterdir()) == []
