@@ -165,13 +165,13 @@ def check_output(target: str | os.PathLike, inputs: Sequence[Input] = (), is_dir
     Raises:
         UserError: one line naming the option, the path and the reason.
     """
-    out = Path(target).expanduser().resolve()
+    out = resolved_path(target, flag)
     if out == Path(out.anchor):
         raise UserError(f"{flag} {target}: refusing to write into a filesystem root")
     if out == Path.home().resolve():
         raise UserError(f"{flag} {target}: refusing to write into the home folder")
     for item in inputs:
-        source = Path(item.path).expanduser().resolve()
+        source = resolved_path(item.path, item.what)
         if out == source or source.is_relative_to(out):
             raise UserError(f"{flag} {target}: is or holds {item.what} ({source}); choose another output")
         if out.is_relative_to(source) and not item.holds_outputs:
@@ -181,6 +181,18 @@ def check_output(target: str | os.PathLike, inputs: Sequence[Input] = (), is_dir
     if not is_dir and out.is_dir():
         raise UserError(f"{flag} {target}: is a folder; a file is written here")
     return out
+
+
+def resolved_path(path: str | os.PathLike, what: str) -> Path:
+    """``path`` made absolute with its links followed.
+
+    Raises:
+        UserError: a symbolic link loop (one line naming ``what`` and the path).
+    """
+    try:
+        return Path(path).expanduser().resolve()
+    except (RuntimeError, OSError) as err:  # Python < 3.13 raises RuntimeError on a loop, later ones OSError
+        raise UserError(f"{what} {path}: cannot be followed ({err}); a symbolic link loop?") from None
 
 
 def refuse_foreign(target: Path, kind: str) -> None:
