@@ -147,3 +147,28 @@ def test_a_real_enospc_in_an_atomic_write_names_the_output_and_keeps_nothing(tmp
         == f"{target}: the disk is full (No space left on device); nothing was written there, free some space"
     )
     assert list(tmp_path.iterdir()) == []
+
+
+# ------------------------------------------------------------------------------------------------ a broken summary
+BROKEN_SUMMARIES = {
+    "not UTF-8": (b"trial_id,state,best_val_kappa\n\xff\xfeab,COMPLETE,0.5\n", "not UTF-8 text"),
+    "ragged rows": (b"trial_id,state\naaa,COMPLETE\nbbb,COMPLETE,0.5,extra,fields\n", "not a readable search summary"),
+    "empty": (b"", "not a readable search summary"),
+    "no state column": (b"trial_id,best_val_kappa\naaa,0.5\n", "no 'state' column"),
+}
+
+
+@pytest.mark.parametrize(("content", "fragment"), BROKEN_SUMMARIES.values(), ids=BROKEN_SUMMARIES.keys())
+def test_refit_and_report_on_a_broken_search_summary_are_one_line(tmp_path, capsys, content, fragment):
+    from muratune.config import dump_config
+    from muratune.layout import RESOLVED_CONFIG, SUMMARY_CSV
+
+    config = load_config(DEMO_CONFIG, [f"storage={tmp_path}", "name=broken"])
+    experiment = tmp_path / "broken"
+    experiment.mkdir()
+    (experiment / RESOLVED_CONFIG).write_text(dump_config(config))
+    (experiment / SUMMARY_CSV).write_bytes(content)
+    for args in (["refit", str(experiment)], ["report", str(experiment), "--replicates", "10"]):
+        code, _, err = run(args, capsys)
+        assert code == 2, err
+        assert_one_line_error(err, [str(experiment / SUMMARY_CSV), fragment])
