@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Any
 
@@ -115,9 +116,11 @@ def read_search_summary(path: Path, missing_hint: str) -> pd.DataFrame:
     if not path.is_file():
         raise UserError(f"{path}: not found; {missing_hint}")
     try:
-        summary = pd.read_csv(path, dtype={"trial_id": str}, encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # a byte-order mark (a spreadsheet saved it) is dropped
     except UnicodeDecodeError as err:
         raise UserError(f"{path}: not UTF-8 text (byte {err.start}); was it edited? rerun the search") from None
+    try:
+        summary = pd.read_csv(io.StringIO(text), dtype={"trial_id": str})
     except (pd.errors.ParserError, pd.errors.EmptyDataError, ValueError) as err:
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise UserError(f"{path}: not a readable search summary ({reason})") from None
