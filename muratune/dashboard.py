@@ -15,7 +15,7 @@ from typing import Any
 from urllib.parse import parse_qs
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from muratune.config.databases import sqlite_file
+from muratune.config.databases import check_sqlite_schema, sqlite_file
 from muratune.errors import UserError
 from muratune.web_access import (
     SAFE_METHODS,
@@ -56,7 +56,6 @@ def study_storage(experiment: str | os.PathLike) -> tuple[str, str]:
         UserError: not an experiment folder, or no Optuna study in it.
     """
     from muratune.config import load_config
-    from muratune.config.databases import check_sqlite_schema
     from muratune.layout import OPTUNA_DB, RESOLVED_CONFIG
 
     folder = Path(experiment)
