@@ -13,3 +13,7 @@ class UserError(Exception):
 
 class ImageReadError(UserError):
     """An image file that cannot be decoded; the message names the file and the reason."""
+
+
+class DiskFullError(UserError):
+    """An output that did not fit: the disk (ENOSPC) or the quota (EDQUOT) is full; the message names the output."""

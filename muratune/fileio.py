@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -11,9 +12,12 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from muratune.errors import UserError
+from muratune.errors import DiskFullError, UserError
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 def _umask() -> int:
@@ -31,9 +35,22 @@ def temp_dir_beside(target: Path, suffix: str = ".tmp") -> Path:
     return tmp
 
 
+DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+
+
+def disk_full_error(code: int, target: str | os.PathLike) -> DiskFullError:
+    """A full disk (ENOSPC) or quota (EDQUOT, ``code``) while writing ``target``, as one line naming it."""
+    reason = "the disk is full" if code == errno.ENOSPC else "the disk quota is used up"
+    return DiskFullError(f"{target}: {reason} ({os.strerror(code)}); nothing was written there, free some space")
+
+
 @contextmanager
 def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside ``target``; rename it over ``target`` only if the block succeeds."""
+    """Yield a temporary path beside ``target``; rename it over ``target`` only if the block succeeds.
+
+    Raises:
+        UserError: the disk filled up (the temporary file is removed, ``target`` is left as it was).
+    """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
@@ -44,6 +61,10 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
         if tmp_path.exists():
             os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp makes 0600 files; outputs get normal permissions
         os.replace(tmp_path, target)
+    except OSError as err:
+        if err.errno in DISK_FULL_ERRNOS:
+            raise disk_full_error(err.errno, target) from None
+        raise
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
@@ -144,13 +165,13 @@ def check_output(target: str | os.PathLike, inputs: Sequence[Input] = (), is_dir
     Raises:
         UserError: one line naming the option, the path and the reason.
     """
-    out = Path(target).expanduser().resolve()
+    out = resolved_path(target, flag)
     if out == Path(out.anchor):
         raise UserError(f"{flag} {target}: refusing to write into a filesystem root")
     if out == Path.home().resolve():
         raise UserError(f"{flag} {target}: refusing to write into the home folder")
     for item in inputs:
-        source = Path(item.path).expanduser().resolve()
+        source = resolved_path(item.path, item.what)
         if out == source or source.is_relative_to(out):
             raise UserError(f"{flag} {target}: is or holds {item.what} ({source}); choose another output")
         if out.is_relative_to(source) and not item.holds_outputs:
@@ -160,6 +181,18 @@ def check_output(target: str | os.PathLike, inputs: Sequence[Input] = (), is_dir
     if not is_dir and out.is_dir():
         raise UserError(f"{flag} {target}: is a folder; a file is written here")
     return out
+
+
+def resolved_path(path: str | os.PathLike, what: str) -> Path:
+    """``path`` made absolute with its links followed.
+
+    Raises:
+        UserError: a symbolic link loop (one line naming ``what`` and the path).
+    """
+    try:
+        return Path(path).expanduser().resolve()
+    except (RuntimeError, OSError) as err:  # Python < 3.13 raises RuntimeError on a loop, later ones OSError
+        raise UserError(f"{what} {path}: cannot be followed ({err}); a symbolic link loop?") from None
 
 
 def refuse_foreign(target: Path, kind: str) -> None:
@@ -176,7 +209,7 @@ def atomic_dir(target: str | os.PathLike, overwrite: bool = False, kind: str = "
 
     Refuses to replace an existing ``target`` unless ``overwrite`` is set and muratune made it as a ``kind``
     folder. The replaced folder is renamed aside under a fresh name (never a name that existed) and deleted only
-    once the new one is in place.
+    once the new one is in place. A full disk is a one-line UserError naming ``target``; nothing partial is kept.
     """
     target = Path(target)
     if target.exists() and not overwrite:
@@ -191,6 +224,12 @@ def atomic_dir(target: str | os.PathLike, overwrite: bool = False, kind: str = "
         os.replace(tmp, target)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
+    except DiskFullError:  # a file written inside the folder: name the output, not its temporary path
+        raise disk_full_error(errno.ENOSPC, target) from None
+    except OSError as err:
+        if err.errno in DISK_FULL_ERRNOS:
+            raise disk_full_error(err.errno, target) from None
+        raise
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
@@ -220,3 +259,31 @@ def refuse_existing(path: str | os.PathLike, overwrite: bool, kind: str | None =
         raise UserError(f"{path}: already exists; pass --overwrite to replace it")
     if kind is not None:
         refuse_foreign(Path(path), kind)
+
+
+# ------------------------------------------------------------------------------------------------ CSV for people
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_cell(value: Any) -> Any:
+    """A text cell a spreadsheet will not run: text starting with ``= + - @``, tab or CR gets a leading ``'``
+    (OWASP's advice). Numbers, and text that is a plain number (``-0.5``, ``-1e-4``), stay as they are."""
+    if not isinstance(value, str) or not value.startswith(FORMULA_STARTS):
+        return value
+    try:
+        float(value)
+    except ValueError:
+        return "'" + value
+    return value
+
+
+def spreadsheet_safe(frame: pd.DataFrame) -> pd.DataFrame:
+    """A copy of ``frame`` whose text cells are `spreadsheet_cell`s, for a CSV people open (a leaderboard)."""
+    import pandas as pd
+
+    safe = frame.copy()
+    safe.columns = [spreadsheet_cell(column) for column in safe.columns]
+    for column in safe.columns:
+        if safe[column].dtype == object or pd.api.types.is_string_dtype(safe[column].dtype):
+            safe[column] = safe[column].map(spreadsheet_cell)
+    return safe

@@ -126,6 +126,18 @@ class EnsembleSpec(BaseModel):
     oof_score: dict[str, Any] = {}
     dropped_configurations: dict[str, StrictStr] = {}
 
+    @field_validator("strategy", "selected_strategy")
+    @classmethod
+    def _known_strategy(cls, value: str | None) -> str | None:
+        """A strategy is one muratune builds: the name reaches the report's HTML and CSV, so nothing else passes."""
+        from muratune.ensemble.select import STRATEGIES
+        from muratune.layout import CV_ENSEMBLE
+
+        if value is not None and value not in (*STRATEGIES, CV_ENSEMBLE):
+            shown = value if len(value) <= 40 else value[:40] + "..."
+            raise ValueError(f"unknown strategy {shown!r}; expected one of {', '.join((*STRATEGIES, CV_ENSEMBLE))}")
+        return value
+
     @field_validator("thresholds")
     @classmethod
     def _thresholds_by_body_part(cls, value: dict[str, float]) -> dict[str, float]:

@@ -134,6 +134,9 @@ BROKEN: dict[str, tuple[Callable[[dict], None], tuple[str, ...]]] = {
         _set("space", "batch_size", {"type": "int", "low": 0, "high": 64, "log": True}),
         ("space.batch_size", "'low' >= 1"),
     ),
+    "300-character name": (lambda raw: raw.update(name="a" * 300), ("name", "short folder name", "300 characters")),
+    "name holding a NUL": (lambda raw: raw.update(name="exp\x00x"), ("name", "short folder name", "\\x00")),
+    "name with a slash": (lambda raw: raw.update(name="../up"), ("name", "short folder name")),
     "fractional int bound": (
         _set("space", "batch_size", {"type": "int", "low": 8, "high": 64.5}),
         ("space.batch_size", "whole"),

@@ -151,3 +151,60 @@ def test_search_overwrite_refuses_a_folder_it_did_not_make(tmp_path, synthetic_r
     with pytest.raises(UserError, match="not a muratune experiment folder"):
         experiment.prepare_experiment(config, resume=False, overwrite=True)
     assert (foreign / "trials" / "precious.txt").read_text() == "someone else's"
+
+
+def test_cam_beside_a_hand_made_image_list_is_not_inside_an_input(tmp_path, capsys):
+    fixture = make_mura(tmp_path / "data")
+    ensemble = make_ensemble(tmp_path / "ensemble")
+    lists = tmp_path / "lists"
+    lists.mkdir()
+    image_list = lists / "list.csv"
+    shutil.copy(fixture.csv("valid_image_paths.csv"), image_list)
+    out = lists / "cams"  # beside the list: no input is there
+    code, _, err = run(["cam", str(ensemble), "--csv", str(image_list), "--root", str(fixture.base), "--out", str(out)],
+                       capsys)  # fmt: skip
+    assert code == 0, err
+    assert (out / "cams.json").is_file()
+    guarded = [fixture.dataset_dir, ensemble, image_list]
+    for out, what in (
+        (fixture.dataset_dir / "cams", "the dataset"),
+        (image_list, "the image list"),
+        (fixture.base, "is or holds the dataset"),
+        (ensemble / "cams", "the ensemble"),
+    ):
+        args = ["cam", str(ensemble), "--csv", str(image_list), "--root", str(fixture.base), "--out", str(out)]
+        refused(args, capsys, guarded, "--out", what)
+    args = ["cam", str(ensemble), "--csv", str(fixture.csv("valid_image_paths.csv")), "--out", str(lists / "more")]
+    assert run(args, capsys)[0] == 0  # the list in its dataset, no --root: the dataset is still its folder
+    args = [
+        "cam",
+        str(ensemble),
+        "--csv",
+        str(fixture.csv("valid_image_paths.csv")),
+        "--out",
+        str(fixture.dataset_dir / "c"),
+    ]
+    refused(args, capsys, guarded, "--out", "lies inside the dataset")
+
+
+def test_symlink_loops_are_one_line_errors(tmp_path, capsys):
+    fixture = make_mura(tmp_path / "data")
+    ensemble = make_ensemble(tmp_path / "ensemble")
+    loop = tmp_path / "loop"
+    loop.symlink_to(loop.name)
+    out = tmp_path / "cams"
+    refused(["cam", str(ensemble), "--study", str(loop), "--out", str(out)], capsys, [ensemble], str(loop))
+    study = fixture.base / fixture.studies[0][0]
+    refused(
+        ["cam", str(ensemble), "--study", str(study), "--out", str(loop)],
+        capsys,
+        [ensemble],
+        "--out",
+        "symbolic link loop",
+    )
+    (study / "image9.png").symlink_to("image9.png")  # an unreadable view among readable ones is skipped with a warning
+    code, _, err = run(
+        ["cam", str(ensemble), "--study", str(study), "--root", str(fixture.base), "--out", str(out)], capsys
+    )
+    assert code == 0 and "Traceback" not in err and "image9.png" in err, err
+    assert not out.is_symlink() and (out / "cams.json").is_file()

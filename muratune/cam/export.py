@@ -132,22 +132,48 @@ def _relative(path: Path, base: Path | None) -> str:
     if base is not None:
         try:
             return path.resolve().relative_to(base.resolve()).as_posix()
-        except ValueError:
+        except (ValueError, RuntimeError, OSError):  # outside base, or a symlink loop: read (and reported) as given
             pass
     return path.as_posix()
 
 
 # ------------------------------------------------------------------------------------------------ output
-def cam_inputs(ensemble: str | os.PathLike, selection: ImageSelection) -> list[Input]:
-    """What `muratune cam` reads, which its output may not touch: the ensemble, the images and their root."""
+def cam_inputs(
+    ensemble: str | os.PathLike,
+    selection: ImageSelection,
+    frame: pd.DataFrame | None = None,
+    base: Path | None = None,
+) -> list[Input]:
+    """What `muratune cam` reads, which its output may not touch: the ensemble, the study or the image list, the
+    dataset folders its images lie in (given ``frame`` and ``base`` from `select_images`), and their root.
+
+    Without ``--root`` a list's own folder is the dataset (``MURA-v1.1/valid_image_paths.csv``); with it, the list
+    may be a hand-made file anywhere, and only the folders of its images count."""
     inputs = [Input(ensemble, "the ensemble")]
     if selection.study is not None:
         inputs.append(Input(selection.study, "the study"))
     if selection.csv is not None:
-        inputs += [Input(selection.csv, "the image list"), Input(Path(selection.csv).resolve().parent, "the dataset")]
+        inputs.append(Input(selection.csv, "the image list"))
+        if selection.root is None:
+            inputs.append(Input(Path(selection.csv).resolve().parent, "the dataset"))
+        if frame is not None:
+            inputs += [Input(folder, "the dataset") for folder in listed_image_folders(frame, base)]
     if selection.root is not None:  # the folder above the dataset: outputs may sit beside it, never over it
         inputs.append(Input(selection.root, "the image root", holds_outputs=True))
     return inputs
+
+
+def listed_image_folders(frame: pd.DataFrame, base: Path | None) -> list[Path]:
+    """The folders a list's images lie in: the top folder under ``base`` (``ROOT/MURA-v1.1``) of each relative
+    path, the parent folder of the others."""
+    folders = set()
+    for image in frame[IMAGE_PATH]:
+        parts = PurePosixPath(str(image)).parts
+        if base is not None and len(parts) > 1 and parts[0] not in ("/", ".", ".."):
+            folders.add(base / parts[0])
+        else:
+            folders.add((base / str(image) if base is not None else Path(str(image))).parent)
+    return sorted(folders)
 
 
 def image_slug(image_path: str, taken: set[str]) -> str:
@@ -236,10 +262,10 @@ def export_cams(
     options = options or CamOptions()
     if not 0 < options.threshold < 1:
         raise UserError(f"--threshold {options.threshold}: must be between 0 and 1 (a fraction of the map's maximum)")
-    check_output(out, cam_inputs(ensemble, selection))
+    frame, base = select_images(selection)
+    check_output(out, cam_inputs(ensemble, selection, frame, base))
     refuse_existing(out, overwrite, kind="cams")
     truth = read_boxes(score_boxes) if score_boxes is not None else None
-    frame, base = select_images(selection)
     predictor = load_ensemble(ensemble, options.device)
     explainer = EnsembleCam.from_predictor(predictor, options.layer, options.method, options.shifts)
     with atomic_dir(out, overwrite, kind="cams") as tmp:

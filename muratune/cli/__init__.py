@@ -10,6 +10,7 @@ import typer
 from muratune.cli import data, outputs, search  # noqa: F401 - importing registers each module's commands
 from muratune.cli.app import app, run_in_process
 from muratune.errors import UserError
+from muratune.fileio import DISK_FULL_ERRNOS, disk_full_error
 
 # isort: off
 from muratune.cli import doctor  # noqa: F401 - registered last, so it is the last command in --help
@@ -53,4 +54,10 @@ def main(argv: list[str] | None = None) -> None:
     except CLICK_ABORTS:  # type: ignore[misc]
         typer.echo("muratune: interrupted", err=True)
         sys.exit(130)
+    except OSError as err:  # a full disk outside the atomic writers (which name their target themselves)
+        if err.errno not in DISK_FULL_ERRNOS:
+            raise
+        full = disk_full_error(err.errno or 0, err.filename or "an output")
+        typer.echo(f"muratune: error: {full}", err=True)
+        sys.exit(full.exit_code)
     sys.exit(code if isinstance(code, int) else 0)

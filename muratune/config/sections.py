@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import os
+import re
 from typing import Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
 
 from muratune.body_parts import normalise_body_part
 from muratune.config.base import _Strict
+from muratune.config.databases import check_sqlite_schema
 from muratune.config.space import SpaceConfig
 
 # Metrics ASHA can rank trials by at its rungs, with their direction.
 RUNG_METRICS: dict[str, str] = {"val_auc": "max", "val_kappa": "max", "val_loss": "min"}
+# An experiment name is a folder, an Optuna study and an MLflow experiment name: a short slug.
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 
 
 class DataConfig(_Strict):
@@ -136,6 +140,14 @@ class OptunaConfig(_Strict):
     multivariate: bool = False
     constant_liar: bool = True  # running trials count as bad, so concurrent suggestions spread out
 
+    @field_validator("storage")
+    @classmethod
+    def _optuna_database(cls, storage: str | None) -> str | None:
+        """Optuna adds its tables to any database: refuse another project's SQLite file before anything is written."""
+        if storage is not None:
+            check_sqlite_schema(storage, "Optuna")
+        return storage
+
     def startup_trials(self, workers: int) -> int:
         """Random start-up trials for ``workers`` concurrent trials: ``n_startup_trials``, at least
         ``startup_trials_per_worker`` per worker."""
@@ -165,6 +177,8 @@ class TrackingConfig(_Strict):
     def _uri(cls, value: bool | str) -> bool | str:
         if isinstance(value, str) and not value.strip():
             raise ValueError("must be false, true, or a tracking URI such as sqlite:///mlflow.db or http://host:5000")
+        if isinstance(value, str):
+            check_sqlite_schema(value.strip(), "MLflow")  # MLflow migrates any database it is given in place
         return value.strip() if isinstance(value, str) else value
 
 
@@ -196,6 +210,10 @@ class ExperimentConfig(_Strict):
     @field_validator("name")
     @classmethod
     def _safe_name(cls, name: str) -> str:
-        if not name or "/" in name or "\\" in name or name in (".", ".."):
-            raise ValueError(f"must be a plain folder name (got {name!r})")
+        if not NAME_PATTERN.fullmatch(name):
+            shown = repr(name) if len(name) <= 40 else f"{name[:40]!r}... ({len(name)} characters)"
+            raise ValueError(
+                f"must be a short folder name: a letter or digit, then up to 99 of letters, digits, '.', '_', '-' "
+                f"(got {shown})"
+            )
         return name

@@ -11,6 +11,7 @@ import pandas as pd
 from muratune.config import BudgetConfig
 from muratune.errors import UserError
 from muratune.layout import SUMMARY_CSV, TRIAL_FILE, trial_dir
+from muratune.search.summary import read_search_summary
 from muratune.trainables import checkpoint as ckpt
 
 RANK_COLUMNS = ("best_val_kappa", "best_val_auc")
@@ -57,9 +58,7 @@ def read_finished_summary(exp_dir: Path, budget: BudgetConfig | None = None) -> 
     ``budget.num_samples`` when no time budget could have ended it early.
     """
     path = exp_dir / SUMMARY_CSV
-    if not path.is_file():
-        raise UserError(f"{path}: not found; the search has not finished (or {exp_dir} is not an experiment)")
-    summary = pd.read_csv(path, dtype={"trial_id": str})
+    summary = read_search_summary(path, f"the search has not finished (or {exp_dir} is not an experiment)")
     running = summary.loc[summary["state"] == "RUNNING", "trial_id"].tolist()
     if running:
         raise UserError(

@@ -28,6 +28,7 @@ from muratune.layout import (
     trial_dir,
 )
 from muratune.schemas import read_json, validate_ensemble
+from muratune.search.summary import read_search_summary
 
 CAM_DIRS = (CAMS_DIR, "cam")  # "cam" is where muratune 0.1's README put them
 MAX_CAM_IMAGES = 4
@@ -97,10 +98,7 @@ def read_config(exp_dir: Path) -> dict[str, Any]:
 
 def read_summary(exp_dir: Path) -> pd.DataFrame:
     """``search_summary.csv`` (trial ids kept as strings)."""
-    path = exp_dir / SUMMARY_CSV
-    if not path.is_file():
-        raise UserError(f"{path}: not found; run `muratune search` first")
-    summary = pd.read_csv(path, dtype={"trial_id": str})
+    summary = read_search_summary(exp_dir / SUMMARY_CSV, "run `muratune search` first")
     if "time_s" not in summary:
         summary["time_s"] = math.nan
     return summary

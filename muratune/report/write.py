@@ -7,7 +7,16 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-from muratune.fileio import Input, atomic_dir, check_output, refuse_existing, write_bytes, write_json, write_text
+from muratune.fileio import (
+    Input,
+    atomic_dir,
+    check_output,
+    refuse_existing,
+    spreadsheet_safe,
+    write_bytes,
+    write_json,
+    write_text,
+)
 from muratune.layout import (
     LEADERBOARD_CSV,
     METRICS_JSON,
@@ -57,7 +66,7 @@ def write_report(
         for image in cams.images if cams is not None else []:
             (tmp / REPORT_CAMS_DIR).mkdir(exist_ok=True)
             shutil.copy2(image, tmp / REPORT_CAMS_DIR / image.name)
-        report.leaderboard.to_csv(tmp / LEADERBOARD_CSV, index=False)
+        spreadsheet_safe(report.leaderboard).to_csv(tmp / LEADERBOARD_CSV, index=False)  # opened in spreadsheets
         write_json(tmp / METRICS_JSON, metrics_document(report))
         write_text(tmp / REPORT_MD, render_markdown(report))
         write_text(tmp / REPORT_INDEX_HTML, render_html(report))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Any
 
@@ -9,6 +10,7 @@ import pandas as pd
 
 from muratune.config import HYPERPARAMETERS, ExperimentConfig
 from muratune.constants import EPOCH, METRIC, MODE, VAL_AUC
+from muratune.errors import UserError
 from muratune.layout import TRIAL_DIR_PREFIX
 
 
@@ -103,3 +105,26 @@ def format_summary(summary: pd.DataFrame, top: int = 10) -> str:
         table["weight_decay"] = table["weight_decay"].map(lambda v: f"{v:.1e}" if isinstance(v, float) else v)
     table.columns = [c.replace(f"{METRIC}/", "") for c in table.columns]
     return table.to_string(index=False, float_format=lambda v: f"{v:.3f}")
+
+
+def read_search_summary(path: Path, missing_hint: str) -> pd.DataFrame:
+    """A ``search_summary.csv`` as later stages read it: trial ids as strings, ``trial_id`` and ``state`` present.
+
+    Raises:
+        UserError: one line naming the file: missing (with ``missing_hint``), not UTF-8, not a CSV, or a column short.
+    """
+    if not path.is_file():
+        raise UserError(f"{path}: not found; {missing_hint}")
+    try:
+        text = path.read_text(encoding="utf-8-sig")  # a byte-order mark (a spreadsheet saved it) is dropped
+    except UnicodeDecodeError as err:
+        raise UserError(f"{path}: not UTF-8 text (byte {err.start}); was it edited? rerun the search") from None
+    try:
+        summary = pd.read_csv(io.StringIO(text), dtype={"trial_id": str})
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, ValueError) as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UserError(f"{path}: not a readable search summary ({reason})") from None
+    missing = [column for column in ("trial_id", "state") if column not in summary]
+    if missing:
+        raise UserError(f"{path}: no {missing[0]!r} column; not a search summary muratune wrote")
+    return summary

@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import hmac
-import ipaddress
-import socket
 from collections.abc import Callable
 from dataclasses import dataclass
-from urllib.parse import urlsplit
 
 from fastapi import Depends, HTTPException
 from fastapi.responses import JSONResponse
@@ -16,12 +13,18 @@ from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from muratune.errors import UserError
+from muratune.web_access import (  # noqa: F401 - LOOPBACK_NAMES, WILDCARD_HOSTS and url_host re-exported
+    LOOPBACK_NAMES,
+    SAFE_METHODS,
+    WILDCARD_HOSTS,
+    allowed_host_names,
+    is_loopback,
+    same_origin,
+    url_host,
+)
 
 API_KEY_ENV = "MURATUNE_API_KEY"
 API_KEY_HEADER = "X-API-Key"
-LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
-WILDCARD_HOSTS = ("0.0.0.0", "::", "")
-SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
 @dataclass(frozen=True)
@@ -45,33 +48,7 @@ class ServeAccess:
 
     def host_patterns(self) -> list[str]:
         """Host header values to accept (as starlette's TrustedHostMiddleware matches them, IPv6 in brackets)."""
-        names = [self.host, *LOOPBACK_NAMES, *self.allowed_hosts]
-        if self.host in WILDCARD_HOSTS:  # all interfaces: the machine's own names reach it too
-            names += [socket.gethostname(), socket.getfqdn()]
-        return list(dict.fromkeys(_bracketed(n.strip().lower()) for n in names if n and n not in WILDCARD_HOSTS))
-
-
-def is_loopback(host: str) -> bool:
-    """Whether ``host`` is a loopback name or address (``localhost``, ``127.0.0.0/8``, ``::1``)."""
-    if host.strip().lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
-def _bracketed(host: str) -> str:
-    """An IPv6 literal as it appears in a Host header (``[::1]``); other names unchanged."""
-    try:
-        return f"[{host.strip('[]')}]" if ipaddress.ip_address(host.strip("[]")).version == 6 else host
-    except ValueError:
-        return host
-
-
-def url_host(host: str) -> str:
-    """``host`` as written in a URL (IPv6 literals in brackets)."""
-    return _bracketed(host)
+        return allowed_host_names(self.host, self.allowed_hosts)
 
 
 class SameOriginPost:
@@ -88,16 +65,11 @@ class SameOriginPost:
         if scope["type"] == "http" and scope["method"] not in SAFE_METHODS:
             headers = Headers(scope=scope)
             origin = headers.get("origin")
-            if origin is not None and not _same_origin(origin, headers.get("host")):
+            if origin is not None and not same_origin(origin, headers.get("host")):
                 response = JSONResponse({"detail": f"cross-origin request from {origin!r} refused"}, status_code=403)
                 await response(scope, receive, send)
                 return
         await self.app(scope, receive, send)
-
-
-def _same_origin(origin: str, host: str | None) -> bool:
-    parts = urlsplit(origin.strip())
-    return bool(host) and parts.scheme in ("http", "https") and parts.netloc.lower() == str(host).strip().lower()
 
 
 _key_header = APIKeyHeader(name=API_KEY_HEADER, auto_error=False, description="the server's API key")
