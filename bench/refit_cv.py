@@ -115,7 +115,8 @@ def tta_seed(out: Path, seed: int) -> tuple[dict, Path]:
     Nothing is trained: a copy of the experiment's small files gets TTA ensembles (`build_ensembles`, selected on
     TTA internal-val predictions) and a TTA cv ensemble (`build_cv_ensemble`, selected on TTA out-of-fold ones).
     """
-    from muratune.ensemble.build import build_ensembles, load_experiment_config
+    from muratune.ensemble.build import build_ensembles
+    from muratune.experiment_folder import load_resolved_config
     from muratune.refit.ensemble import build_cv_ensemble
     from muratune.refit.plan import RefitPlan
 
@@ -126,11 +127,11 @@ def tta_seed(out: Path, seed: int) -> tuple[dict, Path]:
         shutil.rmtree(copy)
     shutil.copytree(exp, copy, ignore=shutil.ignore_patterns(TRIALS_DIR, "trials_test", "report", "cams", ENSEMBLE_DIR))
     build_ensembles(copy, strategies=["best-single", "greedy"], tta=True, overwrite=True, echo=lambda line: None)
-    config = load_experiment_config(exp)
+    config = load_resolved_config(exp)
     plan = RefitPlan.read(exp / REFIT_DIR / REFIT_PLAN)
     refits = pd.read_csv(exp / REFIT_DIR / REFIT_SUMMARY, dtype={"trial_id": str, "configuration": str})
     spec = build_cv_ensemble(
-        copy, config, plan, refits, size=5, tune=True, overwrite=True, echo=lambda line: None, tta=True
+        copy, config, plan, refits, size=5, tune_thresholds=True, overwrite=True, echo=lambda line: None, tta=True
     )  # the refit's defaults
     row: dict[str, Any] = {"seed": seed, "seconds": {}}
     for model in MODELS:

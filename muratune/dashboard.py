@@ -55,14 +55,11 @@ def study_storage(experiment: str | os.PathLike) -> tuple[str, str]:
     Raises:
         UserError: not an experiment folder, or no Optuna study in it.
     """
-    from muratune.config import load_config
-    from muratune.layout import OPTUNA_DB, RESOLVED_CONFIG
+    from muratune.experiment_folder import load_resolved_config
+    from muratune.layout import OPTUNA_DB
 
     folder = Path(experiment)
-    resolved = folder / RESOLVED_CONFIG
-    if not resolved.is_file():
-        raise UserError(f"{folder}: not a muratune experiment (no {RESOLVED_CONFIG}); give the search's folder")
-    config = load_config(resolved)  # refuses a configured SQLite file of another schema
+    config = load_resolved_config(folder)
     if config.optuna.storage:
         return config.optuna.storage, config.name
     database = folder.resolve() / OPTUNA_DB

@@ -9,6 +9,9 @@ A tampered or corrupt artifact is refused with one line naming the file and the 
 
 Old artifacts still load: ``thresholds_tuned`` (old) or ``tune_thresholds`` (new) in ``ensemble.json``, and
 ``settings`` (old) or ``experiment_config`` (new) in ``trial.json``.
+
+Both ensemble writers (``muratune ensemble`` and ``muratune refit``) build an `EnsembleSpec` and write its
+`EnsembleSpec.to_json`, so ``ensemble.json`` is defined here alone (torch-free: the report imports it).
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Final, Literal
 
 from pydantic import (
     AliasChoices,
@@ -35,9 +38,12 @@ from pydantic import (
 
 from muratune.constants import BODY_PARTS
 from muratune.errors import UserError
+from muratune.layout import CV_ENSEMBLE
 
-ENSEMBLE_FORMAT = 1
-GLOBAL_WEIGHTS = "all"
+ENSEMBLE_FORMAT: Final = 1  # the ``format`` of ``ensemble.json``
+GLOBAL_WEIGHTS: Final = "all"  # key of the weights used for every body part without weights of its own
+# The strategies `muratune ensemble` builds (ensemble/select.py); refit writes the cv ensemble (layout.CV_ENSEMBLE).
+STRATEGIES: Final = ("best-single", "top-k-mean", "greedy", "greedy-per-body-part")
 MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 16, 2048  # as the experiment config allows (data.image_size)
 
 Number = StrictFloat  # ints pass (1 -> 1.0); strings and booleans do not
@@ -96,43 +102,47 @@ class MemberEntry(BaseModel):
 
 
 class EnsembleSpec(BaseModel):
-    """``ensemble.json``: members, per-body-part weights and thresholds, and test-time augmentation."""
+    """``ensemble.json``: members, per-body-part weights and thresholds, and test-time augmentation.
+
+    The fields are in the order the file lists them. A cross-validated ensemble (``muratune refit``) also has the
+    strategy chosen on out-of-fold predictions, the folds and epochs of its fold models, each configuration's weight,
+    the configurations left out (``--drop-failed``) with the error of their failed fold model, and its out-of-fold
+    metrics; an ensemble of search trials has its internal-val metrics instead.
+    """
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
-    format: Literal[1] = 1  # ENSEMBLE_FORMAT
+    format: Literal[1] = ENSEMBLE_FORMAT
     muratune_version: StrictStr | None = None
     strategy: StrictStr | None = None
+    selected_strategy: StrictStr | None = None
     size: Annotated[StrictInt, Field(ge=1)] | None = None
-    ranked_by: StrictStr | None = None
+    ranked_by: StrictStr | None = None  # the rank_by of top-k-mean: kappa or loss
     tta: StrictBool = False
     thresholds: dict[str, Unit] = {}
     threshold_default: Unit = 0.5
     tune_thresholds: StrictBool = Field(
         default=False, validation_alias=AliasChoices("tune_thresholds", "thresholds_tuned")
     )
+    folds: Annotated[StrictInt, Field(ge=2)] | None = None
+    epochs: Annotated[StrictInt, Field(ge=1)] | None = None
     weights: dict[str, list[Annotated[Number, Field(ge=0, allow_inf_nan=False)]]]
     data_config: DataConfig | None = None
     val_score: dict[str, Any] = {}
+    configurations: dict[str, Annotated[Number, Field(ge=0, allow_inf_nan=False)]] = {}
+    dropped_configurations: dict[str, StrictStr] = {}
+    oof_score: dict[str, Any] = {}
     test_score: dict[str, Any] = {}
     members: Annotated[list[MemberEntry], Field(min_length=1)]
-    # A cross-validated ensemble (`muratune refit`): the strategy chosen on out-of-fold predictions, the folds and
-    # epochs of its fold models, each configuration's weight, its out-of-fold metrics, and the configurations left out
-    # (``--drop-failed``) with the error of their failed fold model.
-    selected_strategy: StrictStr | None = None
-    folds: Annotated[StrictInt, Field(ge=2)] | None = None
-    epochs: Annotated[StrictInt, Field(ge=1)] | None = None
-    configurations: dict[str, Annotated[Number, Field(ge=0, allow_inf_nan=False)]] = {}
-    oof_score: dict[str, Any] = {}
-    dropped_configurations: dict[str, StrictStr] = {}
+
+    def to_json(self) -> dict[str, Any]:
+        """The ``ensemble.json`` content: ``format`` and the keys the writer gave (current names), in file order."""
+        return {"format": self.format, **self.model_dump(mode="json", exclude_unset=True)}
 
     @field_validator("strategy", "selected_strategy")
     @classmethod
     def _known_strategy(cls, value: str | None) -> str | None:
         """A strategy is one muratune builds: the name reaches the report's HTML and CSV, so nothing else passes."""
-        from muratune.ensemble.select import STRATEGIES
-        from muratune.layout import CV_ENSEMBLE
-
         if value is not None and value not in (*STRATEGIES, CV_ENSEMBLE):
             shown = value if len(value) <= 40 else value[:40] + "..."
             raise ValueError(f"unknown strategy {shown!r}; expected one of {', '.join((*STRATEGIES, CV_ENSEMBLE))}")

@@ -25,10 +25,10 @@ from muratune.ensemble.select import (
     combine,
     score,
 )
-from muratune.ensemble.spec import GLOBAL
 from muratune.errors import UserError
 from muratune.layout import ENSEMBLE_FILE
 from muratune.metrics import log_loss
+from muratune.schemas import GLOBAL_WEIGHTS, read_ensemble_spec
 
 
 # ------------------------------------------------------------------------------------------------ pure selection
@@ -64,23 +64,23 @@ def test_selection_scores_with_the_one_kappa():
 
 def test_greedy_picks_the_complementary_pair():
     preds = _complementary()
-    weights = Greedy(k=5).select(preds)[GLOBAL]
+    weights = Greedy(k=5).select(preds)[GLOBAL_WEIGHTS]
     assert set(np.flatnonzero(weights)) == {0, 1}
-    assert score(preds.labels, combine(preds.probs, ["XR_WRIST"] * 8, {GLOBAL: weights}))[0] == 1.0
-    single = BestSingle().select(preds)[GLOBAL]
+    assert score(preds.labels, combine(preds.probs, ["XR_WRIST"] * 8, {GLOBAL_WEIGHTS: weights}))[0] == 1.0
+    single = BestSingle().select(preds)[GLOBAL_WEIGHTS]
     assert np.flatnonzero(single)[0] in (0, 1)
     assert score(preds.labels, preds.probs[:, np.flatnonzero(single)[0]])[0] < 1.0
 
 
 def test_top_k_mean_takes_the_k_best_with_equal_weights():
-    weights = TopKMean(k=2).select(_complementary())[GLOBAL]
+    weights = TopKMean(k=2).select(_complementary())[GLOBAL_WEIGHTS]
     np.testing.assert_array_equal(weights, [1, 1, 0, 0])
 
 
 def test_greedy_stops_at_the_best_prefix():
     # With one perfect candidate, adding anything else can only lower the score: the best prefix is that one alone.
     preds = _val([1, 0, 1, 0], {"bad": [0.4, 0.6, 0.4, 0.6], "perfect": [0.9, 0.1, 0.9, 0.1]})
-    np.testing.assert_array_equal(Greedy(k=4).select(preds)[GLOBAL], [0, 1])
+    np.testing.assert_array_equal(Greedy(k=4).select(preds)[GLOBAL_WEIGHTS], [0, 1])
 
 
 def test_per_body_part_uses_different_members_where_they_differ():
@@ -152,6 +152,23 @@ def test_every_strategy_is_saved_and_scored_on_test(ensembled: Path):
         folder = ensembled / "ensemble" / strategy
         spec = json.loads((folder / ENSEMBLE_FILE).read_text())
         assert spec["strategy"] == strategy and spec["members"] and spec["tune_thresholds"]
+        assert list(spec) == [
+            "format",
+            "muratune_version",
+            "strategy",
+            "size",
+            "ranked_by",
+            "tta",
+            "thresholds",
+            "threshold_default",
+            "tune_thresholds",
+            "weights",
+            "data_config",
+            "val_score",
+            "test_score",
+            "members",
+        ]  # the keys muratune 0.1 wrote, in its order
+        assert read_ensemble_spec(folder / ENSEMBLE_FILE).to_json() == spec  # written through the one schema
         for member in spec["members"]:
             assert (folder / member["path"] / "model.safetensors").is_file()
             assert not Path(member["path"]).is_absolute()
@@ -231,7 +248,7 @@ def test_member_path_escaping_the_artifact_is_refused(ensembled, tmp_path):
 @pytest.mark.slow
 def test_wrong_weight_shape_or_tensor_shape_is_refused(ensembled, tmp_path):
     folder = _copy_artifact(ensembled, tmp_path, "greedy-per-body-part")
-    _edit_spec(folder, lambda spec: spec["weights"].update({GLOBAL: [1.0] * (len(spec["members"]) + 1)}))
+    _edit_spec(folder, lambda spec: spec["weights"].update({GLOBAL_WEIGHTS: [1.0] * (len(spec["members"]) + 1)}))
     with pytest.raises(UserError, match=r"weights\.all: \d+ weight\(s\) for \d+ member\(s\)"):
         StudyPredictor.load(folder)
     folder = _copy_artifact(ensembled, tmp_path / "b", "best-single")

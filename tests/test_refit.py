@@ -32,6 +32,7 @@ from muratune.layout import (
 )
 from muratune.layout import REFIT_PLAN as PLAN_FILE
 from muratune.refit.run import run_refit
+from muratune.schemas import read_ensemble_spec
 
 FOLDS, EPOCHS, TOP = 2, 2, 2
 
@@ -140,6 +141,28 @@ def test_cv_ensemble_holds_the_fold_models_and_loads_in_predict_and_serve(refit:
     assert spec["strategy"] == "cv" and spec["selected_strategy"] in ("greedy", "greedy-per-body-part")
     assert spec["folds"] == FOLDS and len(spec["members"]) == FOLDS * len(spec["configurations"])
     assert {"oof_kappa", "oof_auc"} <= set(spec["oof_score"]) and "test_kappa" in spec["test_score"]
+    assert list(spec) == [
+        "format",
+        "muratune_version",
+        "strategy",
+        "selected_strategy",
+        "size",
+        "ranked_by",
+        "tta",
+        "thresholds",
+        "threshold_default",
+        "tune_thresholds",
+        "folds",
+        "epochs",
+        "weights",
+        "data_config",
+        "configurations",
+        "dropped_configurations",
+        "oof_score",
+        "test_score",
+        "members",
+    ]  # the keys muratune 0.1 wrote, in its order
+    assert read_ensemble_spec(cv / ENSEMBLE_FILE).to_json() == spec  # written through the one schema
     weights = np.asarray(spec["weights"]["all"])
     assert weights.sum() == pytest.approx(sum(spec["configurations"].values()))
     for j in range(0, len(weights), FOLDS):  # each configuration's weight split equally over its folds
@@ -244,15 +267,16 @@ def test_an_overwritten_refit_stays_restorable_until_its_successor_finishes(
 
 def test_a_tta_cv_ensemble_is_selected_on_tta_out_of_fold_predictions(refit: dict, tmp_path: Path) -> None:
     from muratune.data.split import FOLD
-    from muratune.ensemble.build import load_experiment_config, open_caches
+    from muratune.ensemble.inputs import open_caches
     from muratune.ensemble.predictor import member_image_probs
     from muratune.ensemble.trained import load_trained_model
+    from muratune.experiment_folder import load_resolved_config
     from muratune.refit.ensemble import build_cv_ensemble, oof_with_tta
     from muratune.refit.oof import assemble_oof
     from muratune.refit.plan import RefitPlan
 
     exp = refit["exp"]
-    config = load_experiment_config(exp)
+    config = load_resolved_config(exp)
     plan = RefitPlan.read(exp / REFIT_DIR / PLAN_FILE)
     summary = pd.read_csv(exp / REFIT_DIR / REFIT_SUMMARY, dtype={"trial_id": str, "configuration": str})
     names = [c.trial_id for c in plan.configurations]
@@ -329,11 +353,11 @@ def test_bad_refit_options_are_refused_before_anything_is_trained(
 
 
 def test_a_top_beyond_the_searchs_trials_resumes_with_the_same_command(tiny_experiment: Path, tmp_path: Path) -> None:
-    from muratune.ensemble.build import load_experiment_config
+    from muratune.experiment_folder import load_resolved_config
     from muratune.refit.plan import RefitPlan, make_plan
 
     exp = _copy_experiment(tiny_experiment, tmp_path / "tiny")
-    config = load_experiment_config(exp)
+    config = load_resolved_config(exp)
     trials = len(pd.read_csv(exp / SUMMARY_CSV).dropna(subset=["best_val_kappa"]))
     plan = make_plan(exp, config, top=trials + 5, folds=2, epochs=1, resume=False, overwrite=False)
     assert len(plan.configurations) == trials and plan.requested_top == trials + 5

@@ -24,7 +24,6 @@ COMMAND_MODULES = (
     "muratune.cam.export",
     "muratune.report.write",
     "muratune.refit.run",
-    "muratune.refit.ensemble",  # the second half of the refit command: writes ensemble/cv with the ensemble stage
 )
 # The search's runner: no other stage may learn names or helpers from it.
 TUNER_MODULES = ("muratune.search.run", "muratune.search.tuner")

@@ -72,7 +72,11 @@ def refit_command(
     epochs: Annotated[int | None, typer.Option(help="Epochs per fold model (default: budget.max_epochs).")] = None,
     size: Annotated[int, typer.Option("--size", min=1, help="Most greedy picks in the out-of-fold selection.")] = 5,
     tune_thresholds: Annotated[
-        bool, typer.Option(help="Tune one threshold per body part on the out-of-fold predictions.")
+        bool,
+        typer.Option(
+            help="Tune one threshold per body part on the out-of-fold predictions (on by default, unlike `muratune "
+            "ensemble`: they cover the whole official train split)."
+        ),
     ] = True,
     tta: Annotated[
         bool, typer.Option("--tta", help="Horizontal-flip test-time augmentation (out-of-fold predictions too).")
@@ -118,7 +122,12 @@ def ensemble_command(
     ] = None,
     tune_thresholds: Annotated[
         bool,
-        typer.Option("--tune-thresholds", "--per-body-part", help="Tune one decision threshold per body part."),
+        typer.Option(
+            "--tune-thresholds",
+            "--per-body-part",
+            help="Tune one decision threshold per body part on internal val (off by default, unlike `muratune refit`: "
+            "internal val is small, so tuned thresholds overfit it).",
+        ),
     ] = False,
     tta: Annotated[bool, typer.Option("--tta", help="Horizontal-flip test-time augmentation.")] = False,
     rank_by: Annotated[str, typer.Option(help="top-k-mean ranking on internal val: kappa or loss.")] = "kappa",
@@ -134,7 +143,7 @@ def ensemble_command(
         tune_thresholds=tune_thresholds,
         tta=tta,
         overwrite=overwrite,
-        by=rank_by,
+        rank_by=rank_by,
         echo=typer.echo,
     )
 

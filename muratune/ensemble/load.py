@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 
 from muratune.ensemble.predictor import StudyPredictor
-from muratune.ensemble.spec import GLOBAL
 from muratune.ensemble.trained import load_trained_model
 from muratune.errors import UserError
 from muratune.layout import ENSEMBLE_FILE, MODEL_FILE, TRIAL_FILE
+from muratune.schemas import GLOBAL_WEIGHTS
 
 
 def load_ensemble(path: str | os.PathLike, device: str | None = None) -> StudyPredictor:
@@ -24,7 +24,7 @@ def load_ensemble(path: str | os.PathLike, device: str | None = None) -> StudyPr
     if (path / ENSEMBLE_FILE).is_file():
         return StudyPredictor.load(path, device=device)
     if (path / TRIAL_FILE).is_file() and (path / MODEL_FILE).is_file():
-        return StudyPredictor([load_trained_model(path)], {GLOBAL: np.ones(1)}, device=device)
+        return StudyPredictor([load_trained_model(path)], {GLOBAL_WEIGHTS: np.ones(1)}, device=device)
     raise UserError(
         f"{path}: not an ensemble folder ({ENSEMBLE_FILE}) nor a checkpoint ({TRIAL_FILE} + {MODEL_FILE}); "
         "build one with `muratune ensemble EXPERIMENT`"

@@ -9,9 +9,10 @@ import numpy as np
 import pandas as pd
 
 from muratune.constants import BODY_PART, IMAGE_PATH, LABEL, STUDY_PATH
-from muratune.ensemble.spec import GLOBAL
 from muratune.errors import UserError
 from muratune.metrics import kappa, log_loss
+from muratune.ranking import rank_candidates
+from muratune.schemas import GLOBAL_WEIGHTS, STRATEGIES
 
 Weights = dict[str, np.ndarray]
 
@@ -88,12 +89,14 @@ def score(labels: np.ndarray, probs: np.ndarray) -> tuple[float, float]:
     return kappa(labels, probs >= 0.5), -log_loss(labels, probs)
 
 
-def ranking(preds: ValPredictions, by: str = "kappa") -> list[int]:
-    """Candidate indices, best first, by study kappa (log loss breaks ties) or by log loss alone."""
+def ranking(preds: ValPredictions, rank_by: str = "kappa") -> list[int]:
+    """Candidate indices, best first: by study kappa at 0.5 (lower log loss breaks ties) or by log loss, then name.
+
+    The one ranking of `muratune.ranking.rank_candidates`.
+    """
     labels = preds.labels
     scores = [score(labels, preds.probs[:, j]) for j in range(len(preds.names))]
-    key = (lambda j: (-scores[j][0], -scores[j][1], j)) if by == "kappa" else (lambda j: (-scores[j][1], j))
-    return sorted(range(len(preds.names)), key=key)
+    return rank_candidates([s[0] for s in scores], [-s[1] for s in scores], preds.names, rank_by)
 
 
 def weighted(probs: np.ndarray, weights: np.ndarray) -> np.ndarray:
@@ -114,7 +117,7 @@ class BestSingle:
 
     def select(self, preds: ValPredictions) -> Weights:
         """Weight 1 for the best candidate."""
-        return {GLOBAL: _one_hot(len(preds.names), ranking(preds)[0])}
+        return {GLOBAL_WEIGHTS: _one_hot(len(preds.names), ranking(preds)[0])}
 
 
 @dataclass
@@ -122,14 +125,14 @@ class TopKMean:
     """Plain mean of the top ``k`` candidates, ranked by internal-validation study kappa or log loss."""
 
     k: int = 5
-    by: str = "kappa"
+    rank_by: str = "kappa"
     name: str = "top-k-mean"
 
     def select(self, preds: ValPredictions) -> Weights:
         """Equal weights for the top ``k``."""
         weights = np.zeros(len(preds.names))
-        weights[ranking(preds, self.by)[: self.k]] = 1.0
-        return {GLOBAL: weights}
+        weights[ranking(preds, self.rank_by)[: self.k]] = 1.0
+        return {GLOBAL_WEIGHTS: weights}
 
 
 @dataclass
@@ -145,7 +148,7 @@ class Greedy:
 
     def select(self, preds: ValPredictions) -> Weights:
         """Weights proportional to how often each candidate was picked."""
-        return {GLOBAL: greedy_counts(preds.labels, preds.probs, self.k)}
+        return {GLOBAL_WEIGHTS: greedy_counts(preds.labels, preds.probs, self.k)}
 
 
 def greedy_counts(labels: np.ndarray, probs: np.ndarray, k: int) -> np.ndarray:
@@ -175,7 +178,7 @@ class GreedyPerBodyPart:
 
     def select(self, preds: ValPredictions) -> Weights:
         """Global weights under ``all`` plus one weight vector per body part of the validation studies."""
-        weights = {GLOBAL: greedy_counts(preds.labels, preds.probs, self.k)}
+        weights = {GLOBAL_WEIGHTS: greedy_counts(preds.labels, preds.probs, self.k)}
         parts = preds.studies[BODY_PART].to_numpy()
         for part in sorted(set(parts)):
             sub = preds.subset(parts == part)
@@ -183,15 +186,14 @@ class GreedyPerBodyPart:
         return weights
 
 
-STRATEGIES = ("best-single", "top-k-mean", "greedy", "greedy-per-body-part")
-
-
-def create_strategy(name: str, k: int = 5, by: str = "kappa") -> BestSingle | TopKMean | Greedy | GreedyPerBodyPart:
+def create_strategy(
+    name: str, k: int = 5, rank_by: str = "kappa"
+) -> BestSingle | TopKMean | Greedy | GreedyPerBodyPart:
     """Build a strategy by its name (see ``STRATEGIES``)."""
     if name == "best-single":
         return BestSingle()
     if name == "top-k-mean":
-        return TopKMean(k, by)
+        return TopKMean(k, rank_by)
     if name == "greedy":
         return Greedy(k)
     if name == "greedy-per-body-part":
@@ -201,8 +203,8 @@ def create_strategy(name: str, k: int = 5, by: str = "kappa") -> BestSingle | To
 
 def weights_for(weights: Weights, body_parts: Sequence[str | None]) -> np.ndarray:
     """One weight row per item: its body part's weights, else the global ones."""
-    rows = [weights.get(part or GLOBAL, weights[GLOBAL]) for part in body_parts]
-    return np.stack(rows) if rows else np.zeros((0, len(weights[GLOBAL])))
+    rows = [weights.get(part or GLOBAL_WEIGHTS, weights[GLOBAL_WEIGHTS]) for part in body_parts]
+    return np.stack(rows) if rows else np.zeros((0, len(weights[GLOBAL_WEIGHTS])))
 
 
 def combine(probs: np.ndarray, body_parts: Sequence[str | None], weights: Weights) -> np.ndarray:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -12,45 +13,54 @@ from muratune import __version__
 from muratune.config import ExperimentConfig
 from muratune.constants import BODY_PART
 from muratune.data.split import FOLD
-from muratune.ensemble.build import (
-    Candidate,
-    open_caches,
-    scored_studies,
-    test_frame,
-    test_metrics,
-    tuned_thresholds,
-    used_members,
-    write_artifact,
-)
+from muratune.ensemble.artifact import EnsembleArtifact, member_entries, used_members, write_artifact
+from muratune.ensemble.inputs import Candidate, open_caches, test_frame
 from muratune.ensemble.predictor import member_image_probs
+from muratune.ensemble.scoring import scored_studies, test_metrics, test_score, tuned_thresholds
 from muratune.ensemble.select import ValPredictions, Weights, combine, create_strategy
-from muratune.ensemble.spec import FORMAT_VERSION, GLOBAL, TUNE_THRESHOLDS
-from muratune.ensemble.trained import load_trained_model
+from muratune.ensemble.trained import TrainedModel, load_trained_model
 from muratune.fileio import write_json
 from muratune.layout import CV_ENSEMBLE as CV
 from muratune.layout import ENSEMBLE_DIR, TEST_METRICS, TEST_STUDIES
 from muratune.metrics import defined_or_none, study_metrics
 from muratune.refit.oof import OutOfFold, assemble_oof, fold_checkpoints
 from muratune.refit.plan import RefitPlan, member_id, refit_dir
+from muratune.schemas import ENSEMBLE_FORMAT, GLOBAL_WEIGHTS, DataConfig, EnsembleSpec
 
 CV_STRATEGIES = ("greedy", "greedy-per-body-part")  # tried in this order; a tie keeps the simpler one
 
 
-def select_on_oof(oof: ValPredictions, size: int, tune: bool) -> tuple[str, Weights, dict[str, float], dict]:
-    """Run each strategy on the out-of-fold predictions; keep the one with the best out-of-fold kappa.
+@dataclass
+class OofSelection:
+    """The strategy chosen on out-of-fold predictions: its per-configuration weights, thresholds and metrics."""
 
-    Returns:
-        The strategy's name, its per-configuration weights, its thresholds and its out-of-fold metrics.
-    """
-    best: tuple[str, Weights, dict[str, float], dict] | None = None
+    strategy: str
+    weights: Weights
+    thresholds: dict[str, float]
+    oof_score: dict[str, float]
+
+
+@dataclass
+class CvSettings:
+    """The settings of one cv ensemble (``muratune refit`` options)."""
+
+    size: int
+    tune_thresholds: bool
+    tta: bool = False
+    dropped_configurations: dict[str, str] = field(default_factory=dict)
+
+
+def select_on_oof(oof: ValPredictions, size: int, tune_thresholds: bool) -> OofSelection:
+    """Run each strategy on the out-of-fold predictions; keep the one with the best out-of-fold kappa."""
+    best: OofSelection | None = None
     parts = list(oof.studies[BODY_PART])
     for name in CV_STRATEGIES:
         weights = create_strategy(name, size).select(oof)
         probs = combine(oof.probs, parts, weights)
-        thresholds = tuned_thresholds(oof.studies, probs) if tune else {}
+        thresholds = tuned_thresholds(oof.studies, probs) if tune_thresholds else {}
         score = study_metrics(oof.studies.assign(prob=probs), prefix="oof", thresholds=thresholds)
-        if best is None or score["oof_kappa"] > best[3]["oof_kappa"]:
-            best = (name, weights, thresholds, score)
+        if best is None or score["oof_kappa"] > best.oof_score["oof_kappa"]:
+            best = OofSelection(name, weights, thresholds, score)
     assert best is not None
     return best
 
@@ -61,9 +71,14 @@ def fold_weights(weights: Weights, used: np.ndarray, folds: int) -> Weights:
 
 
 def oof_with_tta(
-    oof: OutOfFold, summary: pd.DataFrame, plan: RefitPlan, index: pd.DataFrame, config: ExperimentConfig,
-    batch_size: int, echo: Callable[[str], None],
-) -> OutOfFold:  # fmt: skip
+    oof: OutOfFold,
+    summary: pd.DataFrame,
+    plan: RefitPlan,
+    index: pd.DataFrame,
+    config: ExperimentConfig,
+    batch_size: int,
+    echo: Callable[[str], None],
+) -> OutOfFold:
     """The out-of-fold predictions again with horizontal-flip TTA: each fold model on its own held-out fold.
 
     The fold models saved their held-out predictions without TTA; an ensemble that predicts with TTA must be
@@ -79,38 +94,60 @@ def oof_with_tta(
         for k, model in enumerate(models):
             rows = folds == k
             probs[rows, j] = member_image_probs(
-                [model], oof.images[rows], index.attrs["root"], caches, True, batch_size,
+                [model],
+                oof.images[rows],
+                index.attrs["root"],
+                caches,
+                True,
+                batch_size,
                 on_error=lambda msg: echo(f"warning: {msg}"),
-            )[:, 0]  # fmt: skip
+            )[:, 0]
     return OutOfFold(oof.images, probs, oof.names)
 
 
 def cv_spec(
-    plan: RefitPlan, strategy: str, size: int, thresholds: dict[str, float], tune: bool, tta: bool = False
-) -> dict:
-    """The settings part of the cv ensemble's ``ensemble.json``."""
-    return {
-        "format": FORMAT_VERSION,
-        "muratune_version": __version__,
-        "strategy": CV,
-        "selected_strategy": strategy,
-        "size": size,
-        "ranked_by": "kappa",
-        "tta": tta,
-        "thresholds": thresholds,
-        "threshold_default": 0.5,
-        TUNE_THRESHOLDS: tune,
-        "folds": plan.folds,
-        "epochs": plan.epochs,
-    }
+    plan: RefitPlan,
+    selection: OofSelection,
+    settings: CvSettings,
+    configurations: Sequence[str],
+    members: Sequence[TrainedModel],
+    sources: Sequence[Candidate],
+    test: dict[str, float],
+) -> EnsembleSpec:
+    """The cv ensemble's ``ensemble.json``: the selection on out-of-fold predictions and its fold models.
 
-
-def scores(oof_score: dict, test: dict) -> dict:
-    """The ``oof_score`` and ``test_score`` parts of ``ensemble.json`` (undefined metrics as null)."""
-    return {
-        "oof_score": defined_or_none(oof_score),
-        "test_score": defined_or_none({k: test[k] for k in ("test_kappa", "test_auc", "test_accuracy")}),
-    }
+    Args:
+        plan: the refit's plan (folds, epochs).
+        selection: what was chosen on the out-of-fold predictions, per candidate configuration.
+        settings: the refit's ensemble options.
+        configurations: the candidate configurations (trial ids), in the order of the selection's weights.
+        members: the used configurations' fold models, configuration-major.
+        sources: their checkpoints.
+        test: the ensemble's test metrics.
+    """
+    used = used_members(selection.weights)
+    member_weights = fold_weights(selection.weights, used, plan.folds)
+    return EnsembleSpec(
+        format=ENSEMBLE_FORMAT,
+        muratune_version=__version__,
+        strategy=CV,
+        selected_strategy=selection.strategy,
+        size=settings.size,
+        ranked_by="kappa",
+        tta=settings.tta,
+        thresholds=selection.thresholds,
+        threshold_default=0.5,
+        tune_thresholds=settings.tune_thresholds,
+        folds=plan.folds,
+        epochs=plan.epochs,
+        weights={part: [float(w) for w in vector] for part, vector in member_weights.items()},
+        data_config=DataConfig.model_validate(members[0].data_config),
+        configurations={configurations[j]: float(selection.weights[GLOBAL_WEIGHTS][j]) for j in used},
+        dropped_configurations=settings.dropped_configurations,
+        oof_score=defined_or_none(selection.oof_score),
+        test_score=test_score(test),
+        members=member_entries(members, sources),
+    )
 
 
 def build_cv_ensemble(
@@ -119,7 +156,7 @@ def build_cv_ensemble(
     plan: RefitPlan,
     summary: pd.DataFrame,
     size: int,
-    tune: bool,
+    tune_thresholds: bool,
     overwrite: bool,
     echo: Callable[[str], None] = print,
     batch_size: int = 64,
@@ -134,62 +171,71 @@ def build_cv_ensemble(
     records the ones left out for a failed fold model, with its error.
 
     Returns:
-        The ``ensemble.json`` content (without members).
+        The ``ensemble.json`` content.
     """
     from muratune.data.index import load_index
 
     names = configurations or [c.trial_id for c in plan.configurations]
+    settings = CvSettings(size, tune_thresholds, tta, dropped or {})
     index = load_index(config.data.root)  # type: ignore[arg-type]
     oof = assemble_oof(refit_dir(exp_dir), config, names, plan.folds, plan.split_seed, summary)
     if tta:
         oof = oof_with_tta(oof, summary, plan, index, config, batch_size, echo)
-    strategy, weights, thresholds, oof_score = select_on_oof(oof.studies(), size, tune)
-    used = used_members(weights)
+    selection = select_on_oof(oof.studies(), size, tune_thresholds)
+    used = used_members(selection.weights)
     sources = [
         Candidate(member_id(names[j], k), Path(_checkpoint(summary, names[j], k)))
         for j in used
         for k in range(plan.folds)
     ]
     members = [load_trained_model(c.checkpoint, name=c.name) for c in sources]
-    member_weights = fold_weights(weights, used, plan.folds)
-    studies, metrics = score_on_test(members, member_weights, index, config, thresholds, tta, batch_size, echo)
-    spec = {
-        **cv_spec(plan, strategy, size, thresholds, tune, tta),
-        "weights": {part: [float(w) for w in vector] for part, vector in member_weights.items()},
-        "data_config": members[0].data_config,
-        "configurations": {names[j]: float(weights[GLOBAL][j]) for j in used},
-        "dropped_configurations": dropped or {},
-        **scores(oof_score, metrics),
-    }
+    member_weights = fold_weights(selection.weights, used, plan.folds)
+    studies, metrics = score_on_test(
+        members, member_weights, index, config, selection.thresholds, tta, batch_size, echo
+    )
+    spec = cv_spec(plan, selection, settings, names, members, sources, metrics)
     files = {
         TEST_STUDIES: lambda path: studies.to_parquet(path, index=False),
         TEST_METRICS: lambda path: write_json(path, defined_or_none(metrics)),
     }
-    write_artifact(exp_dir / ENSEMBLE_DIR / CV, spec, members, sources, files, overwrite)
-    echo(announcement(spec, len(members), oof_score, metrics, exp_dir / ENSEMBLE_DIR / CV))
-    return spec
+    write_artifact(exp_dir / ENSEMBLE_DIR / CV, EnsembleArtifact(spec, sources, files), overwrite)
+    echo(announcement(spec, selection.oof_score, metrics, exp_dir / ENSEMBLE_DIR / CV))
+    return spec.to_json()
 
 
-def announcement(spec: dict, members: int, oof: dict, test: dict, folder: Path) -> str:
-    """The lines that say what the cv ensemble is, how it scored, and where it is."""
-    with_tta = " with TTA" if spec["tta"] else ""
+def announcement(spec: EnsembleSpec, oof: dict, test: dict, folder: Path) -> str:
+    """The lines that say what the cv ensemble is, how it scored (raw scores: NaN, not null), and where it is."""
+    with_tta = " with TTA" if spec.tta else ""
     return (
-        f"cv ensemble ({spec['selected_strategy']} on out-of-fold predictions{with_tta}, {members} fold models of "
-        f"{', '.join(spec['configurations'])}): oof_kappa {oof['oof_kappa']:.3f}  "
+        f"cv ensemble ({spec.selected_strategy} on out-of-fold predictions{with_tta}, {len(spec.members)} fold models "
+        f"of {', '.join(spec.configurations)}): oof_kappa {oof['oof_kappa']:.3f}  "
         f"test_kappa {test['test_kappa']:.3f}  test_auc {test['test_auc']:.3f}\nensemble: {folder}"
     )
 
 
 def score_on_test(
-    members: list, weights: Weights, index: pd.DataFrame, config: ExperimentConfig, thresholds: dict[str, float],
-    tta: bool, batch_size: int, echo: Callable[[str], None],
-) -> tuple[pd.DataFrame, dict]:  # fmt: skip
+    members: list,
+    weights: Weights,
+    index: pd.DataFrame,
+    config: ExperimentConfig,
+    thresholds: dict[str, float],
+    tta: bool,
+    batch_size: int,
+    echo: Callable[[str], None],
+) -> tuple[pd.DataFrame, dict]:
     """The ensemble's study predictions on the test split (the official valid split), and their metrics."""
     test = test_frame(index, config)
+    caches = open_caches(index, members, config)
     probs = member_image_probs(
-        members, test, index.attrs["root"], open_caches(index, members, config), tta, batch_size,
-        progress=True, on_error=lambda msg: echo(f"warning: {msg}"),
-    )  # fmt: skip
+        members,
+        test,
+        index.attrs["root"],
+        caches,
+        tta,
+        batch_size,
+        progress=True,
+        on_error=lambda msg: echo(f"warning: {msg}"),
+    )
     studies = scored_studies(test, combine(probs, list(test[BODY_PART]), weights), thresholds)
     return studies, test_metrics(studies, thresholds)
 

@@ -26,8 +26,8 @@ from muratune import layout
 from muratune.cluster import connect_ray
 from muratune.config import ExperimentConfig
 from muratune.constants import EPOCH, METRIC, VAL_AUC
-from muratune.ensemble.build import load_experiment_config
 from muratune.errors import UserError
+from muratune.experiment_folder import load_resolved_config
 from muratune.fileio import (
     move_aside,
     refuse_existing,
@@ -215,7 +215,7 @@ def run_refit(
         The refit summary; ``ensemble`` is the cv ensemble's spec once every fold has finished.
     """
     exp_dir = Path(experiment).expanduser().resolve()
-    config = load_experiment_config(exp_dir)
+    config = load_resolved_config(exp_dir)
     plan = prepare_refit(exp_dir, config, top, folds, epochs, resume, overwrite, size, echo)
     cache_info = preflight(config, local=address is None and not os.environ.get("RAY_ADDRESS"), echo=echo)
     results, aside = _fit(config, plan, exp_dir, address, resume, drop_failed, num_cpus, stop, cache_info, echo)

@@ -1,4 +1,4 @@
-"""Pick the configurations to refit: the K best trials of a finished search by internal-val kappa, then AUC."""
+"""Pick the configurations to refit: the K best trials of a finished search (`muratune.ranking.rank_trials`)."""
 
 from __future__ import annotations
 
@@ -11,10 +11,9 @@ import pandas as pd
 from muratune.config import BudgetConfig
 from muratune.errors import UserError
 from muratune.layout import SUMMARY_CSV, TRIAL_FILE, trial_dir
+from muratune.ranking import rank_trials
 from muratune.search.summary import read_search_summary
 from muratune.trainables import checkpoint as ckpt
-
-RANK_COLUMNS = ("best_val_kappa", "best_val_auc")
 
 
 @dataclass
@@ -73,17 +72,6 @@ def read_finished_summary(exp_dir: Path, budget: BudgetConfig | None = None) -> 
     return summary
 
 
-def rank_trials(summary: pd.DataFrame) -> pd.DataFrame:
-    """Non-failed trials, best first: internal-val kappa, ties broken by AUC (missing AUC last), then trial id."""
-    ranked = summary[summary["state"] != "FAIL"].copy()
-    for column in RANK_COLUMNS:
-        if column not in ranked:
-            ranked[column] = math.nan  # summaries written before best_val_auc existed
-    ranked = ranked.dropna(subset=["best_val_kappa"])
-    ranked = ranked.sort_values(["best_val_kappa", "best_val_auc", "trial_id"], ascending=[False, False, True])
-    return ranked.reset_index(drop=True)
-
-
 def trial_checkpoint(exp_dir: Path, row: pd.Series) -> Path:
     """The trial's best checkpoint folder, also after the experiment folder was moved; refuses a missing one."""
     recorded = row.get("checkpoint")
@@ -105,7 +93,7 @@ def select_configurations(exp_dir: Path, top: int, budget: BudgetConfig | None =
     """
     if top < 1:
         raise UserError(f"--top {top}: must be at least 1")
-    ranked = rank_trials(read_finished_summary(exp_dir, budget))
+    ranked = rank_trials(read_finished_summary(exp_dir, budget)).dropna(subset=["best_val_kappa"])
     if ranked.empty:
         raise UserError(f"{exp_dir / SUMMARY_CSV}: no trial with an internal-val kappa to refit (all failed?)")
     chosen = []

@@ -9,9 +9,10 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import yaml
 
+from muratune.config import read_yaml
 from muratune.errors import UserError
+from muratune.experiment_folder import experiment_config_file
 from muratune.layout import (
     CAM_SCORE_JSON,
     CAMS_DIR,
@@ -21,13 +22,12 @@ from muratune.layout import (
     PROGRESS_CSV,
     REFIT_DIR,
     REFIT_SUMMARY,
-    RESOLVED_CONFIG,
     SUMMARY_CSV,
     TEST_STUDIES,
     TRIALS_TEST_DIR,
     trial_dir,
 )
-from muratune.schemas import read_json, validate_ensemble
+from muratune.schemas import EnsembleSpec, read_ensemble_spec
 from muratune.search.summary import read_search_summary
 
 CAM_DIRS = (CAMS_DIR, "cam")  # "cam" is where muratune 0.1's README put them
@@ -39,7 +39,7 @@ class Ensemble:
     """One ensemble strategy's spec and its test-split study predictions."""
 
     name: str
-    spec: dict[str, Any]
+    spec: EnsembleSpec
     studies: pd.DataFrame
 
 
@@ -84,16 +84,7 @@ class Experiment:
 
 def read_config(exp_dir: Path) -> dict[str, Any]:
     """The resolved config as plain YAML data (not re-validated, so old experiments still report)."""
-    path = exp_dir / RESOLVED_CONFIG
-    if not path.is_file():
-        raise UserError(f"{path}: not found; is {exp_dir} a muratune experiment folder?")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as err:
-        raise UserError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
-    if not isinstance(data, dict):
-        raise UserError(f"{path}: expected a mapping of config sections")
-    return data
+    return read_yaml(experiment_config_file(exp_dir))
 
 
 def read_summary(exp_dir: Path) -> pd.DataFrame:
@@ -133,9 +124,8 @@ def read_ensembles(exp_dir: Path) -> list[Ensemble]:
         spec_path, studies_path = sub / ENSEMBLE_FILE, sub / TEST_STUDIES
         if sub.name.startswith(".") or not (spec_path.is_file() and studies_path.is_file()):
             continue
-        spec = read_json(spec_path)
-        validate_ensemble(spec, spec_path)  # a tampered ensemble.json is one line naming the field, not a wrong table
-        ensembles.append(Ensemble(str(spec.get("strategy", sub.name)), spec, pd.read_parquet(studies_path)))
+        spec = read_ensemble_spec(spec_path)  # a tampered ensemble.json is one line naming the field, not a wrong table
+        ensembles.append(Ensemble(spec.strategy or sub.name, spec, pd.read_parquet(studies_path)))
     return ensembles
 
 

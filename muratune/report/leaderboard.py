@@ -11,7 +11,7 @@ import pandas as pd
 
 from muratune.config import HYPERPARAMETERS
 from muratune.constants import BODY_PARTS, short_part
-from muratune.ensemble.spec import thresholds_were_tuned
+from muratune.ranking import rank_trials
 from muratune.report.bootstrap import DEFAULT_LEVEL, DEFAULT_REPLICATES
 from muratune.report.experiment import Experiment
 from muratune.report.scoring import OVERALL, score_studies
@@ -74,24 +74,24 @@ def reference_entries() -> list[Entry]:
 def _ensemble_entries(exp: Experiment, replicates: int, seed: int, level: float) -> list[Entry]:
     entries = []
     for ens in exp.ensembles:
-        members = [str(m.get("trial_id", m.get("name"))) for m in ens.spec.get("members", [])]
+        members = [m.trial_id if m.trial_id is not None else m.name for m in ens.spec.members]
         hours = [exp.trial_hours(t) for t in members]
         details = {
             "members": ", ".join(members),
-            "thresholds": "tuned per body part" if thresholds_were_tuned(ens.spec) else "0.5",
-            "tta": bool(ens.spec.get("tta", False)),
+            "thresholds": "tuned per body part" if ens.spec.tune_thresholds else "0.5",
+            "tta": ens.spec.tta,
         }
-        if ens.spec.get("folds"):  # a cv ensemble: name its configurations, not every fold model
-            configurations = ", ".join(ens.spec.get("configurations") or {})
-            details["members"] = f"{configurations} ({ens.spec['folds']} fold models each, out-of-fold selection)"
+        if ens.spec.folds:  # a cv ensemble: name its configurations, not every fold model
+            configurations = ", ".join(ens.spec.configurations)
+            details["members"] = f"{configurations} ({ens.spec.folds} fold models each, out-of-fold selection)"
         entries.append(
             Entry(
                 name=ens.name,
                 kind=ENSEMBLE,
                 split=TEST_SPLIT,
                 score=score_studies(ens.studies, replicates, seed, level),
-                val_kappa=_number((ens.spec.get("val_score") or {}).get("val_kappa")),
-                oof_kappa=_number((ens.spec.get("oof_score") or {}).get("oof_kappa")),
+                val_kappa=_number(ens.spec.val_score.get("val_kappa")),
+                oof_kappa=_number(ens.spec.oof_score.get("oof_kappa")),
                 details=details,
                 cpu_hours=sum(h[0] for h in hours),
                 gpu_hours=sum(h[1] for h in hours),
@@ -102,8 +102,7 @@ def _ensemble_entries(exp: Experiment, replicates: int, seed: int, level: float)
 
 
 def _trial_entries(exp: Experiment, top: int, replicates: int, seed: int, level: float) -> list[Entry]:
-    summary = exp.summary[exp.summary["state"] != "FAIL"]
-    summary = summary.sort_values("best_val_kappa", ascending=False, na_position="last", kind="stable").head(top)
+    summary = rank_trials(exp.summary).head(top)
     entries = []
     for row in summary.to_dict("records"):
         trial_id = str(row["trial_id"])

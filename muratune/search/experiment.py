@@ -6,8 +6,9 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-from muratune.config import ExperimentConfig, dump_config, load_config
+from muratune.config import ExperimentConfig, dump_config
 from muratune.errors import UserError
+from muratune.experiment_folder import load_resolved_config
 from muratune.fileio import move_aside, refuse_foreign, replaced_folders, write_json, write_marker, write_text
 from muratune.layout import CACHE_JSON, RESOLVED_CONFIG, TRIALS_DIR, experiment_dir
 
@@ -74,7 +75,7 @@ def finish_replacing(
 def resumed_config(config: ExperimentConfig) -> ExperimentConfig:
     """On resume, the experiment's own resolved config wins (so the same study and space are continued)."""
     saved = experiment_dir(config) / RESOLVED_CONFIG
-    return load_config(saved) if saved.is_file() else config
+    return load_resolved_config(saved.parent) if saved.is_file() else config
 
 
 def preflight(config: ExperimentConfig, local: bool = True, echo: Callable[[str], None] = print) -> dict | None:
