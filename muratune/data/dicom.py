@@ -137,6 +137,7 @@ def _pixel_source(path: Path, header: Any, max_pixels: int | None) -> Any:
             file inflates past what its header declares.
     """
     import pydicom
+    from pydicom.dataelem import RawDataElement
 
     if is_deflated(header.file_meta):
         if max_pixels is not None and _frame_pixels(header) > max_pixels:
@@ -150,7 +151,9 @@ def _pixel_source(path: Path, header: Any, max_pixels: int | None) -> Any:
         return dataset
     element = pydicom.dcmread(path, defer_size=1024).get_item("PixelData", keep_deferred=True)
     if element is not None and str(header.file_meta.get("TransferSyntaxUID")) in NATIVE_SYNTAXES:
-        _check_pixel_length(path, header, element.length)
+        # a large value stays deferred (a RawDataElement that knows its length): the pixels are not read here
+        length = element.length if isinstance(element, RawDataElement) else len(element.value or b"")
+        _check_pixel_length(path, header, length)
     return path
 
 
