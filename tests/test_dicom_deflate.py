@@ -172,6 +172,11 @@ def test_every_stage_refuses_a_deflate_bomb_in_one_line(tmp_path, capsys):
     assert_one_line_error(err, [image, "Deflated DICOM refused", "--skip-bad-images"])
     code, _, err = run(_cache(root, tmp_path, "--skip-bad-images"), capsys)
     assert code == 0 and err.strip().startswith("excluded: ") and image in err
+    ensemble = make_ensemble(tmp_path / "ensemble")
+    images_csv = Path(root) / "MURA-v1.1" / "train_image_paths.csv"
+    code, _, err = run(["predict", str(ensemble), str(images_csv), str(tmp_path / "out.csv")], capsys)
+    assert code == 2
+    assert_one_line_error(err, [image, "Deflated DICOM refused", "--skip-bad-images"])
 
 
 def test_every_stage_turns_a_corrupt_deflate_stream_into_one_bad_image(tmp_path, capsys):
@@ -191,3 +196,7 @@ def test_every_stage_turns_a_corrupt_deflate_stream_into_one_bad_image(tmp_path,
     assert_one_line_error(err, [image, "invalid block type", "--skip-bad-images"])
     code, _, err = run(["predict", str(ensemble), str(images_csv), str(out), "--skip-bad-images"], capsys)
     assert code == 0 and out.exists() and study not in out.read_text()
+    code, _, err = run(["cam", str(ensemble), "--out", str(tmp_path / "cams"), "--csv", str(images_csv)], capsys)
+    assert code == 0 and "Traceback" not in err, err
+    [warning] = [line for line in err.splitlines() if line.startswith("muratune: warning: unreadable image:")]
+    assert image in warning and "invalid block type" in warning
