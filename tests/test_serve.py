@@ -476,8 +476,14 @@ def test_stalled_uploads_neither_starve_health_nor_predict_and_are_cut_off(serve
     assert requests.get(f"{server}/health", timeout=30).status_code == 200
 
 
-def _asgi_call(app, path: str, headers: dict[str, str], chunks: list[tuple[float, bytes]]) -> tuple[int, int, str]:
-    """Run one POST through the ASGI app; the body arrives as (delay, bytes) chunks, then the client falls silent.
+async def _asgi_request(
+    app, path: str, headers: dict[str, str], chunks: list[tuple[float, bytes]], complete: bool = False, silent=None
+) -> tuple[int, int, str]:
+    """One POST through the ASGI app; its body arrives as (delay, bytes) chunks, then the client falls silent.
+
+    Args:
+        complete: the last chunk ends the body instead.
+        silent: an ``asyncio.Event`` set when the client falls silent.
 
     Returns:
         The response status, how many times the app asked for the body, and the response body.
@@ -503,17 +509,26 @@ def _asgi_call(app, path: str, headers: dict[str, str], chunks: list[tuple[float
         nonlocal asked
         asked += 1
         if asked > len(chunks):
+            if silent is not None:
+                silent.set()
             await asyncio.Event().wait()  # a client that never sends the rest
         delay, data = chunks[asked - 1]
         await asyncio.sleep(delay)
-        return {"type": "http.request", "body": data, "more_body": True}
+        return {"type": "http.request", "body": data, "more_body": not (complete and asked == len(chunks))}
 
     async def send(message: dict) -> None:
         sent.append(message)
 
-    asyncio.run(asyncio.wait_for(app(scope, receive, send), 30))
+    await asyncio.wait_for(app(scope, receive, send), 30)
     status = next(m["status"] for m in sent if m["type"] == "http.response.start")
     return status, asked, b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body").decode()
+
+
+def _asgi_call(app, path: str, headers: dict[str, str], chunks: list[tuple[float, bytes]]) -> tuple[int, int, str]:
+    """``_asgi_request`` run to its end (see there)."""
+    import asyncio
+
+    return asyncio.run(_asgi_request(app, path, headers, chunks))
 
 
 def test_the_api_key_is_refused_before_any_body_is_read(service):
@@ -535,6 +550,30 @@ def test_a_body_that_trickles_below_the_rate_floor_is_cut_off(service):
     assert status == 408 and "too slow: under 64 KB/s" in detail  # never silent for 0.3 s, but 100 bytes a second
     assert asked < 100  # cut off while the client still had most of its body to send
     assert time.monotonic() - start < 5.0
+
+
+def test_the_bodies_held_at_once_stay_under_their_budget(service):
+    import asyncio
+
+    limits = ServeLimits(max_request_bytes=1000, max_buffered_bytes=1500, body_idle_s=1.0)
+    app = create_app(LocalBackend(service), limits)
+    headers = {"Host": "127.0.0.1:8000", "Content-Type": "multipart/form-data; boundary=x"}
+
+    async def two_uploads() -> tuple[tuple, tuple]:
+        silent = asyncio.Event()
+        first = asyncio.create_task(_asgi_request(app, "/predict", headers, [(0, b"x" * 900)], silent=silent))
+        await silent.wait()  # the first upload holds 900 bytes
+        second = await _asgi_request(app, "/predict", headers, [(0, b"y" * 900)], complete=True)
+        return await first, second
+
+    first, second = asyncio.run(two_uploads())
+    assert second[0] == 503 and "server busy" in second[2]
+    assert first[0] == 408
+    status, _, detail = asyncio.run(_asgi_request(app, "/predict", headers, [(0, b"y" * 900)], complete=True))
+    assert status not in (408, 503), detail  # the budget was given back: the body is read whole, and parsed
+    small = create_app(LocalBackend(service), ServeLimits(max_request_bytes=1000, max_buffered_bytes=10))
+    status, _, detail = asyncio.run(_asgi_request(small, "/predict", headers, [(0, b"y" * 900)], complete=True))
+    assert status not in (408, 503), detail  # a budget below one body still serves one body of the largest size
 
 
 # --------------------------------------------------------------------------------------------- DICOM bombs

@@ -36,14 +36,15 @@ DEFAULT_MAX_REQUEST_MB = 32.0
 DEFAULT_MAX_FILES = 12
 DEFAULT_BODY_IDLE_S = 10.0
 DEFAULT_BODY_MIN_RATE = 32 * 1024
+DEFAULT_BUFFERED_REQUESTS = 8  # request bodies of the largest size the ingress holds at once (then 503)
 API_PATHS = frozenset({"/predict", "/cam", "/health", "/info"})
 
 
 @dataclass(frozen=True)
 class ServeLimits:
-    """Request limits: body size (413), views per study (422), pixels per image and per request (413), and how
+    """Request limits: body size (413), views per study (422), pixels per image and per request (413), how
     slowly a body may arrive (408): at most ``body_idle_s`` seconds of silence, and after that long at least
-    ``body_min_rate`` bytes a second on average."""
+    ``body_min_rate`` bytes a second on average, and the bytes of all bodies held at once (503)."""
 
     max_request_bytes: int = int(DEFAULT_MAX_REQUEST_MB * 1024 * 1024)
     max_files: int = DEFAULT_MAX_FILES
@@ -52,6 +53,7 @@ class ServeLimits:
     max_request_pixels: int = DEFAULT_REQUEST_PIXELS
     body_idle_s: float = DEFAULT_BODY_IDLE_S
     body_min_rate: int = DEFAULT_BODY_MIN_RATE
+    max_buffered_bytes: int | None = None  # None: DEFAULT_BUFFERED_REQUESTS bodies of max_request_bytes
 
     @property
     def pixels(self) -> PixelLimits:
@@ -141,18 +143,33 @@ class BodyStalled(Exception):
     """The client sends its body too slowly, or not at all."""
 
 
+class BodiesOverBudget(Exception):
+    """The request bodies held at once would pass ``max_buffered`` bytes."""
+
+
 class BodySizeLimit:
     """ASGI middleware: read the whole body first; 413 above ``max_bytes`` (declared or streamed), 408 when it stalls.
 
     A body that is silent for ``idle_s`` seconds, or averages under ``min_rate`` bytes a second once ``idle_s`` has
     passed, is cut off, so a stalled upload holds a request slot for seconds, not for as long as its client likes.
+    The bodies held at once (read, or in analysis) stay under ``max_buffered`` bytes: past it, 503.
     """
 
-    def __init__(self, app: ASGIApp, max_bytes: int, idle_s: float = DEFAULT_BODY_IDLE_S, min_rate: int = 0):
+    def __init__(
+        self,
+        app: ASGIApp,
+        max_bytes: int,
+        idle_s: float = DEFAULT_BODY_IDLE_S,
+        min_rate: int = 0,
+        max_buffered: int | None = None,
+    ):
         self.app = app
         self.max_bytes = max_bytes
         self.idle_s = idle_s
         self.min_rate = min_rate
+        # never below one whole body, or a request of the largest size could not be served at all
+        self.max_buffered = max(max_bytes, max_buffered or DEFAULT_BUFFERED_REQUESTS * max_bytes)
+        self.buffered = 0  # bytes of the bodies held now (one event loop: no lock needed)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -162,21 +179,26 @@ class BodySizeLimit:
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
             await self._reject(send)
             return
+        held = [0]  # what this request adds to ``self.buffered``, given back when it is answered
         try:
-            body = await self._read_body(receive)
+            body = await self._read_body(receive, held)
+            if body is None:
+                await self._reject(send)
+            else:
+                await self.app(scope, _replay(body), send)
         except BodyStalled as err:
             await _answer(send, 408, str(err), close=True)
-            return
-        if body is None:
-            await self._reject(send)
-            return
-        await self.app(scope, _replay(body), send)
+        except BodiesOverBudget as err:
+            await _answer(send, 503, str(err), close=True)
+        finally:
+            self.buffered -= held[0]
 
-    async def _read_body(self, receive: Receive) -> bytes | None:
-        """The whole body, or None as soon as it grows past the limit.
+    async def _read_body(self, receive: Receive, held: list[int]) -> bytes | None:
+        """The whole body, or None as soon as it grows past the limit; ``held[0]`` counts its bytes.
 
         Raises:
             BodyStalled: the client fell silent, or below the rate floor.
+            BodiesOverBudget: the bodies held at once would pass ``max_buffered``.
         """
         chunks, size, more, start = [], 0, True, time.monotonic()
         while more:
@@ -190,6 +212,12 @@ class BodySizeLimit:
             size += len(chunk)
             if size > self.max_bytes:
                 return None
+            if self.buffered + len(chunk) > self.max_buffered:
+                raise BodiesOverBudget(
+                    f"server busy: {self.max_buffered / (1024 * 1024):g} MB of uploads in hand; retry"
+                )
+            self.buffered += len(chunk)
+            held[0] += len(chunk)
             chunks.append(chunk)
             more = message.get("more_body", False)
             late = time.monotonic() - start - self.idle_s
@@ -236,7 +264,11 @@ def page_html() -> str:
 def add_guards(app: FastAPI, limits: ServeLimits, access: ServeAccess) -> None:
     """The middleware, added innermost first: body limits, the API key, the same-origin rule, the Host allow-list."""
     app.add_middleware(
-        BodySizeLimit, max_bytes=limits.max_request_bytes, idle_s=limits.body_idle_s, min_rate=limits.body_min_rate
+        BodySizeLimit,
+        max_bytes=limits.max_request_bytes,
+        idle_s=limits.body_idle_s,
+        min_rate=limits.body_min_rate,
+        max_buffered=limits.max_buffered_bytes,
     )
     if access.api_key:
         app.add_middleware(ApiKeyGate, api_key=access.api_key, paths=API_PATHS)

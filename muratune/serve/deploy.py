@@ -18,8 +18,8 @@ ERROR = "error"
 TOO_LARGE = "too_large"
 MAX_ONGOING = 2  # one study in analysis and one waiting (or an /info call) per model replica
 # Requests the ingress serves at once (Ray Serve's default is 5). Health checks and short requests need slots while
-# uploads arrive; a stalled upload gives its slot back after ServeLimits.body_idle_s. Each slot holds at most one
-# request body (ServeLimits.max_request_bytes) in memory.
+# uploads arrive; a stalled upload gives its slot back after ServeLimits.body_idle_s, and the bodies held at once stay
+# under ServeLimits.max_buffered_bytes whatever the number of slots.
 INGRESS_MAX_ONGOING = 64
 
 
