@@ -1,13 +1,18 @@
-"""Memory check for `muratune serve`: a decompression bomb and 8 concurrent worst-case requests against one replica.
+"""Memory check for `muratune serve`: decompression bombs, stalled uploads and 8 worst-case requests on one replica.
 
 Starts local Ray and the Serve application (one model replica) on a free loopback port, then:
 
 1. posts a 164 KB PNG declaring 13000 x 13000 pixels once: status, latency, and each Serve process's RSS before and
    after;
 2. posts it from 8 threads at once;
-3. posts the largest legitimate study the default limits allow (views at the per-image pixel cap, up to the request's
-   pixel budget, RGBA: the most bytes per pixel while decoding) from 8 threads at once, and reads each process's peak
-   RSS (VmHWM, reset before the phase through /proc/PID/clear_refs).
+3. posts a 0.4 MB Deflated DICOM (transfer syntax 1.2.840.10008.1.2.1.99) declaring 64 x 64 pixels whose Pixel Data
+   inflates to 400 MB, once and from 8 threads at once;
+4. holds 20 uploads open that sent their headers and first bytes, and meanwhile times GET /health and a real POST;
+   then waits for the server to close them (its body read timeout);
+5. posts the largest legitimate study the default limits allow (views at the per-image pixel cap, up to the request's
+   pixel budget, RGBA: the most bytes per pixel while decoding) from 8 threads at once.
+
+Each phase reads each Serve process's peak RSS (VmHWM, reset before the phase through /proc/PID/clear_refs).
 
     python -m bench.serve_memory demo-out/runs/demo/ensemble/greedy
 """
@@ -23,10 +28,13 @@ import time
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import requests
 
 MB = 1024 * 1024
+STALLED = 20
+_PIXEL_DATA_OW = b"\xe0\x7f\x10\x00OW\x00\x00"  # (7FE0,0010) OW, explicit VR little endian
 
 
 def parse_args() -> argparse.Namespace:
@@ -54,6 +62,29 @@ def bomb_png(width: int = 13_000, height: int = 13_000) -> bytes:
     idat = b"".join(packer.compress(row) for _ in range(height)) + packer.flush()
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
+def deflate_bomb(pixel_bytes: int = 400 * MB) -> bytes:
+    """A Deflated DICOM declaring 64 x 64 pixels whose Pixel Data inflates to ``pixel_bytes`` zeros."""
+    import numpy as np
+    import pydicom
+    from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+    from muratune.data.dicom import encode_dicom
+    from muratune.data.dicom_inflate import read_meta
+
+    ds = pydicom.dcmread(io.BytesIO(encode_dicom(np.zeros((64, 64), np.uint8))))
+    del ds.PixelData
+    ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    written = io.BytesIO()
+    ds.save_as(written, enforce_file_format=True)
+    stream = io.BytesIO(written.getvalue())
+    read_meta(stream)
+    header = zlib.decompress(written.getvalue()[stream.tell() :], -zlib.MAX_WBITS)
+    packer, zeros = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS), bytes(MB)
+    parts = [packer.compress(header + _PIXEL_DATA_OW + struct.pack("<I", pixel_bytes))]
+    parts += [packer.compress(zeros) for _ in range(pixel_bytes // MB)]
+    return written.getvalue()[: stream.tell()] + b"".join([*parts, packer.flush()])
 
 
 def largest_legitimate_study() -> list[tuple[str, bytes]]:
@@ -130,9 +161,62 @@ def phase(title, url, payload, n, timeout, pids, peak) -> None:
     wall = time.perf_counter() - start
     codes = sorted({code for code, _, _ in results})
     latencies = sorted(t for _, t, _ in results)
-    print(f"{title}: {n} request(s), status {codes}, latency min {latencies[0]:.3f} s, max {latencies[-1]:.3f} s, "
-          f"wall {wall:.2f} s" + (f"; detail: {results[0][2]}" if results[0][2] else ""))  # fmt: skip
+    detail = f"; detail: {results[0][2]}" if results[0][2] else ""
+    print(
+        f"{title}: {n} request(s), status {codes}, latency min {latencies[0]:.3f} s, max {latencies[-1]:.3f} s, "
+        f"wall {wall:.2f} s{detail}"
+    )
     show("  memory:", pids, before, peak)
+
+
+def stalled_upload(url: str) -> socket.socket:
+    """A raw connection that sends a multipart upload's headers and first bytes, then holds it open."""
+    host, port = url.removeprefix("http://").split("/")[0].rsplit(":", 1)
+    sock = socket.create_connection((host, int(port)), timeout=30)
+    part = b'--stall\r\nContent-Disposition: form-data; name="files"; filename="a.png"\r\n\r\n\x89PNG\r\n'
+    head = (
+        f"POST /predict HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Length: 1000000\r\n"
+        "Content-Type: multipart/form-data; boundary=stall\r\n\r\n"
+    )
+    sock.sendall(head.encode() + part)
+    return sock
+
+
+def seconds_until_closed(sock: socket.socket, opened: float, timeout: float) -> tuple[float, bytes]:
+    """Seconds from ``opened`` until the server closes ``sock``, and the status line it sent first."""
+    received = b""
+    sock.settimeout(timeout)
+    try:
+        while chunk := sock.recv(65536):
+            received += chunk
+    except TimeoutError:
+        return math.inf, received.split(b"\r\n")[0]
+    return time.monotonic() - opened, received.split(b"\r\n")[0]
+
+
+def stalled_phase(base: str, legit: list[tuple[str, bytes]], pids: dict[str, int], timeout: float) -> None:
+    """Hold STALLED uploads open; time /health and a real POST meanwhile, then how soon the stalled ones are closed."""
+    for pid in pids.values():
+        reset_peak(pid)
+    before: dict[str, Any] = {label: status(pid) for label, pid in pids.items()}
+    opened = time.monotonic()
+    sockets = [stalled_upload(base) for _ in range(STALLED)]
+    try:
+        start = time.perf_counter()
+        health = requests.get(f"{base}/health", timeout=timeout)
+        health_s = time.perf_counter() - start
+        [(code, predict_s, _)] = post_many(f"{base}/predict", legit, 1, timeout)
+        closed = [seconds_until_closed(sock, opened, timeout) for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+    answers = sorted({line.decode(errors="replace") for _, line in closed})
+    print(
+        f"{STALLED} stalled uploads: /health {health.status_code} in {health_s:.3f} s, POST /predict {code} in "
+        f"{predict_s:.2f} s; stalled ones closed after {min(t for t, _ in closed):.1f}-{max(t for t, _ in closed):.1f}"
+        f" s with {answers}"
+    )
+    show("  memory:", pids, before, peak=True)
 
 
 def main() -> int:
@@ -144,17 +228,25 @@ def main() -> int:
 
     bomb = [("bomb.png", bomb_png())]
     legit = largest_legitimate_study()
-    print(f"bomb: {len(bomb[0][1]) / 1024:.0f} KB declaring 13000x13000; legitimate study: {len(legit)} RGBA view(s) "
-          f"of {len(legit[0][1]) / 1024:.0f} KB at the per-image cap")  # fmt: skip
+    dicom_bomb = [("bomb.dcm", deflate_bomb())]
+    print(
+        f"bomb: {len(bomb[0][1]) / 1024:.0f} KB declaring 13000x13000; Deflated DICOM bomb: "
+        f"{len(dicom_bomb[0][1]) / 1024:.0f} KB inflating to 400 MB; legitimate study: {len(legit)} RGBA view(s) "
+        f"of {len(legit[0][1]) / 1024:.0f} KB at the per-image cap"
+    )
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, object_store_memory=400 * MB)
     try:
-        url = f"{start_server(args.ensemble, ServeOptions(port=free_port()))}/{args.endpoint}"
+        base = start_server(args.ensemble, ServeOptions(port=free_port()))
+        url = f"{base}/{args.endpoint}"
         small = largest_legitimate_study_small()
         post_many(url, small, 1, args.timeout)  # warm-up: the model replica has run once
         pids = serve_processes()
         print("processes: " + ", ".join(f"{label} {pid}" for label, pid in pids.items()))
         phase("bomb, once", url, bomb, 1, args.timeout, pids, peak=True)
         phase("bomb, concurrent", url, bomb, args.concurrency, args.timeout, pids, peak=True)
+        phase("Deflated DICOM bomb, once", url, dicom_bomb, 1, args.timeout, pids, peak=True)
+        phase("Deflated DICOM bomb, concurrent", url, dicom_bomb, args.concurrency, args.timeout, pids, peak=True)
+        stalled_phase(base, small, pids, args.timeout)
         phase("largest legitimate study, concurrent", url, legit, args.concurrency, args.timeout, pids, peak=True)
     finally:
         serve.shutdown()

@@ -8,6 +8,7 @@ import os
 import shutil
 import socket
 import tempfile
+import time
 from pathlib import Path
 
 import cv2
@@ -27,6 +28,8 @@ from tests.helpers.files import bomb_png, tree_digest
 pytestmark = pytest.mark.slow
 
 LIMIT_BYTES = 3 * 1024 * 1024
+STALL_S = 2.0  # the test server's body read timeout
+STALLED = 20  # stalled uploads held open at once (Ray Serve's default ingress had 5 request slots)
 CHROMIUM = Path("/usr/bin/chromium")
 OUTPUT = Path(__file__).resolve().parents[1] / "test-output"
 
@@ -55,7 +58,8 @@ def server(ray_session, ensemble: Path) -> str:
 
     from muratune.serve.deploy import ServeOptions, start_server
 
-    options = ServeOptions(port=_free_port(), limits=ServeLimits(max_request_bytes=LIMIT_BYTES, max_files=4))
+    limits = ServeLimits(max_request_bytes=LIMIT_BYTES, max_files=4, body_idle_s=STALL_S)
+    options = ServeOptions(port=_free_port(), limits=limits)
     url = start_server(ensemble, options)
     yield url
     serve.shutdown()
@@ -402,3 +406,171 @@ def test_the_service_screens_uploads_itself(service):
     Image.new("L", (64, 64)).save(out, format="BMP")
     with pytest.raises(UserError, match="v.bmp: not a PNG, JPEG or DICOM file"):
         service.analyse([Upload("v.bmp", out.getvalue())])
+
+
+# --------------------------------------------------------------------------------------------- stalled uploads
+def stalled_upload(url: str, headers: str = "") -> socket.socket:
+    """A raw connection that sends a multipart upload's headers and first bytes, then holds it open."""
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    sock = socket.create_connection((host, int(port)), timeout=30)
+    part = b'--stall\r\nContent-Disposition: form-data; name="files"; filename="a.png"\r\n\r\n\x89PNG\r\n'
+    head = (
+        f"POST /predict HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Length: 1000000\r\n{headers}"
+        "Content-Type: multipart/form-data; boundary=stall\r\n\r\n"
+    )
+    sock.sendall(head.encode() + part)
+    return sock
+
+
+def read_until_closed(sock: socket.socket, deadline: float) -> bytes:
+    """Everything the server sends until it closes the connection; fails at ``deadline`` (time.monotonic)."""
+    received = b""
+    while True:
+        sock.settimeout(max(0.01, deadline - time.monotonic()))
+        try:
+            chunk = sock.recv(65536)
+        except TimeoutError:
+            raise AssertionError(f"the connection was still open at the deadline; received {received[:80]!r}") from None
+        if not chunk:
+            return received
+        received += chunk
+
+
+def test_stalled_uploads_neither_starve_health_nor_predict_and_are_cut_off(server, study):
+    opened = time.monotonic()
+    sockets = [stalled_upload(server) for _ in range(STALLED)]
+    try:
+        start = time.monotonic()
+        assert requests.get(f"{server}/health", timeout=30).json() == {"status": "ok"}
+        health_s = time.monotonic() - start
+        assert time.monotonic() - opened < STALL_S  # measured while every stalled upload was still held
+        assert health_s < 1.0, f"/health took {health_s:.2f} s beside {STALLED} stalled uploads"
+        response = requests.post(f"{server}/predict", files=_files(study), data={"body_part": "wrist"}, timeout=120)
+        assert response.status_code == 200, response.text
+        deadline = opened + STALL_S + 10.0
+        for sock in sockets:
+            reply = read_until_closed(sock, deadline)
+            assert reply.startswith(b"HTTP/1.1 408 "), reply[:200]
+            assert b"request body stalled" in reply
+    finally:
+        for sock in sockets:
+            sock.close()
+    assert requests.get(f"{server}/health", timeout=30).status_code == 200
+
+
+async def _asgi_request(
+    app, path: str, headers: dict[str, str], chunks: list[tuple[float, bytes]], complete: bool = False, silent=None
+) -> tuple[int, int, str]:
+    """One POST through the ASGI app; its body arrives as (delay, bytes) chunks, then the client falls silent.
+
+    Args:
+        complete: the last chunk ends the body instead.
+        silent: an ``asyncio.Event`` set when the client falls silent.
+
+    Returns:
+        The response status, how many times the app asked for the body, and the response body.
+    """
+    import asyncio
+
+    asked, sent = 0, []
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "scheme": "http",
+        "http_version": "1.1",
+        "server": ("127.0.0.1", 8000),
+        "client": ("127.0.0.1", 5000),
+        "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()],
+    }
+
+    async def receive() -> dict:
+        nonlocal asked
+        asked += 1
+        if asked > len(chunks):
+            if silent is not None:
+                silent.set()
+            await asyncio.Event().wait()  # a client that never sends the rest
+        delay, data = chunks[asked - 1]
+        await asyncio.sleep(delay)
+        return {"type": "http.request", "body": data, "more_body": not (complete and asked == len(chunks))}
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    await asyncio.wait_for(app(scope, receive, send), 30)
+    status = next(m["status"] for m in sent if m["type"] == "http.response.start")
+    return status, asked, b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body").decode()
+
+
+def _asgi_call(app, path: str, headers: dict[str, str], chunks: list[tuple[float, bytes]]) -> tuple[int, int, str]:
+    """``_asgi_request`` run to its end (see there)."""
+    import asyncio
+
+    return asyncio.run(_asgi_request(app, path, headers, chunks))
+
+
+def test_the_api_key_is_refused_before_any_body_is_read(service):
+    access = ServeAccess(host="0.0.0.0", allowed_hosts=("mura.lan",), api_key="s3cret")
+    app = create_app(LocalBackend(service), ServeLimits(body_idle_s=0.5), access)
+    host = {"Host": "mura.lan:8000", "Content-Type": "multipart/form-data; boundary=x", "Content-Length": "999"}
+    for headers in ({}, {"X-API-Key": "wrong"}, {"Authorization": "Bearer wrong"}):
+        status, asked, detail = _asgi_call(app, "/predict", {**host, **headers}, [])
+        assert (status, asked) == (401, 0) and "missing or wrong API key" in detail
+    status, asked, detail = _asgi_call(app, "/predict", {**host, "X-API-Key": "s3cret"}, [])
+    assert (status, asked) == (408, 1) and "nothing received for 0.5 s" in detail  # with the key: read, then cut off
+
+
+def test_a_body_that_trickles_below_the_rate_floor_is_cut_off(service):
+    app = create_app(LocalBackend(service), ServeLimits(body_idle_s=0.3, body_min_rate=64 * 1024))
+    headers = {"Host": "127.0.0.1:8000", "Content-Type": "multipart/form-data; boundary=x"}
+    start = time.monotonic()
+    status, asked, detail = _asgi_call(app, "/predict", headers, [(0.1, b"x" * 10)] * 100)
+    assert status == 408 and "too slow: under 64 KB/s" in detail  # never silent for 0.3 s, but 100 bytes a second
+    assert asked < 100  # cut off while the client still had most of its body to send
+    assert time.monotonic() - start < 5.0
+
+
+def test_the_bodies_held_at_once_stay_under_their_budget(service):
+    import asyncio
+
+    limits = ServeLimits(max_request_bytes=1000, max_buffered_bytes=1500, body_idle_s=1.0)
+    app = create_app(LocalBackend(service), limits)
+    headers = {"Host": "127.0.0.1:8000", "Content-Type": "multipart/form-data; boundary=x"}
+
+    async def two_uploads() -> tuple[tuple, tuple]:
+        silent = asyncio.Event()
+        first = asyncio.create_task(_asgi_request(app, "/predict", headers, [(0, b"x" * 900)], silent=silent))
+        await silent.wait()  # the first upload holds 900 bytes
+        second = await _asgi_request(app, "/predict", headers, [(0, b"y" * 900)], complete=True)
+        return await first, second
+
+    first, second = asyncio.run(two_uploads())
+    assert second[0] == 503 and "server busy" in second[2]
+    assert first[0] == 408
+    status, _, detail = asyncio.run(_asgi_request(app, "/predict", headers, [(0, b"y" * 900)], complete=True))
+    assert status not in (408, 503), detail  # the budget was given back: the body is read whole, and parsed
+    small = create_app(LocalBackend(service), ServeLimits(max_request_bytes=1000, max_buffered_bytes=10))
+    status, _, detail = asyncio.run(_asgi_request(small, "/predict", headers, [(0, b"y" * 900)], complete=True))
+    assert status not in (408, 503), detail  # a budget below one body still serves one body of the largest size
+
+
+# --------------------------------------------------------------------------------------------- DICOM bombs
+def test_a_deflate_bomb_and_a_corrupt_deflate_stream_are_refused_fast(service, study):
+    from tests.test_dicom_deflate import BOMB_BYTES, deflated_dicom
+
+    client = _client(service)
+    bomb = deflated_dicom(np.zeros((64, 64), np.uint8), pixel_bytes=BOMB_BYTES)
+    corrupt = deflated_dicom(np.zeros((64, 64), np.uint8), corrupt_pixels=True)
+    for name, data, reason in (("bomb.dcm", bomb, "Deflated DICOM refused"), ("bad.dcm", corrupt, "invalid block")):
+        start = time.monotonic()
+        response = client.post("/predict", files=[("files", (name, data, "application/dicom"))])
+        assert time.monotonic() - start < 1.0
+        assert response.status_code == 422 and response.json()["detail"].startswith(f"{name}: "), response.text
+        assert reason in response.json()["detail"]
+    valid = deflated_dicom(cv2.imread(str(study[0]), cv2.IMREAD_GRAYSCALE))
+    response = client.post("/predict", files=[("files", ("ok.dcm", valid, "application/dicom"))])
+    assert response.status_code == 200, response.text

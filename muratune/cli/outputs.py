@@ -111,7 +111,12 @@ def serve_command(
     ] = None,
     api_key: Annotated[
         str | None,
-        typer.Option(envvar="MURATUNE_API_KEY", show_envvar=True, help="API key; required to bind beyond loopback."),
+        typer.Option(
+            envvar="MURATUNE_API_KEY",
+            show_envvar=True,
+            help="API key; required to bind beyond loopback. Prefer setting MURATUNE_API_KEY: a key given on the "
+            "command line is visible to other users in ps.",
+        ),
     ] = None,
 ) -> None:
     """Serve an ensemble over HTTP with Ray Serve: POST /predict and /cam, GET /health and /info, a page at /."""

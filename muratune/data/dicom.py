@@ -17,6 +17,15 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from muratune.data.dicom_inflate import (
+    DEFLATED_SYNTAX,
+    MAX_HEADER_BYTES,
+    InflateLimitExceeded,
+    is_deflated,
+    read_deflated_dataset,
+    read_deflated_header,
+    read_meta,
+)
 from muratune.errors import ImageReadError
 
 DICOM_SUFFIX = ".dcm"
@@ -27,6 +36,9 @@ HEAD_BYTES = PREAMBLE_BYTES + len(MAGIC)
 _PIP_NAMES = {"gdcm": "python-gdcm"}
 # Computed Radiography Image Storage: the IOD of a plain radiograph.
 CR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.1"
+# Uncompressed pixel data: implicit and explicit VR little endian, explicit big endian, and Deflated (whose dataset,
+# once inflated, is explicit little endian).
+NATIVE_SYNTAXES = ("1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2", DEFLATED_SYNTAX)
 
 
 def is_dicom(head: bytes) -> bool:
@@ -65,16 +77,17 @@ def read_dicom(
 
     path = Path(path)
     try:
-        header = pydicom.dcmread(path, stop_before_pixels=True)
+        header = _read_header(path)
         rows, columns = _dimensions(path, header, max_pixels)
         _check_decoder(path, header)
-        frame = pydicom.pixels.pixel_array(path, index=0)
+        source = _pixel_source(path, header, max_pixels)
+        frame = pydicom.pixels.pixel_array(source, index=0)
         image = to_display_gray(frame, header)
     except ImageReadError:
         raise
     except (InvalidDicomError, AttributeError, KeyError, ValueError, TypeError, NotImplementedError) as err:
         raise ImageReadError(f"{path}: cannot decode DICOM ({_first_line(err)})") from None
-    except (RuntimeError, OSError, EOFError) as err:
+    except Exception as err:  # whatever a decoder raises (zlib.error, RuntimeError, ...) is one unreadable image
         raise ImageReadError(f"{path}: cannot decode DICOM pixel data ({_first_line(err)})") from None
     if max_side and max(rows, columns) > 2 * max_side:
         factor = max(rows, columns) // max_side // 2 or 1
@@ -88,18 +101,84 @@ def read_dicom_size(source: str | os.PathLike | Any, name: str | None = None) ->
     Raises:
         ImageReadError: not a readable DICOM image (the message names ``name``).
     """
-    import pydicom
-    from pydicom.errors import InvalidDicomError
-
     label = Path(name if name is not None else str(source))
     try:
-        header = pydicom.dcmread(source, stop_before_pixels=True)
-    except (InvalidDicomError, AttributeError, KeyError, ValueError, TypeError, OSError, EOFError) as err:
+        header = _read_header(source)
+    except ImageReadError:
+        raise
+    except Exception as err:  # a corrupt or bombing header is one unreadable image, whatever pydicom raises
         raise ImageReadError(f"{label}: cannot read the DICOM header ({_first_line(err)})") from None
     finally:
         if not isinstance(source, str | os.PathLike):
             source.seek(0)
     return _dimensions(label, header, None)
+
+
+def _read_header(source: str | os.PathLike | Any) -> Any:
+    """The dataset before its Pixel Data, from a path or a stream; a Deflated one inflated only that far."""
+    if isinstance(source, str | os.PathLike):
+        with open(source, "rb") as handle:
+            return _read_header(handle)
+    import pydicom
+
+    start = source.tell()
+    meta = read_meta(source)
+    if is_deflated(meta):
+        return read_deflated_header(source, meta)
+    source.seek(start)
+    return pydicom.dcmread(source, stop_before_pixels=True)
+
+
+def _pixel_source(path: Path, header: Any, max_pixels: int | None) -> Any:
+    """What pydicom decodes the pixels from: the file, or a Deflated file's dataset inflated within its cap.
+
+    Raises:
+        ImageReadError: the Pixel Data's length disagrees with the header (uncompressed syntaxes), or a Deflated
+            file inflates past what its header declares.
+    """
+    import pydicom
+    from pydicom.dataelem import RawDataElement
+
+    if is_deflated(header.file_meta):
+        if max_pixels is not None and _frame_pixels(header) > max_pixels:
+            raise ImageReadError(f"{path}: Deflated DICOM too large ({_frame_pixels(header)} pixels in all frames)")
+        with open(path, "rb") as handle:
+            try:
+                dataset = read_deflated_dataset(handle, read_meta(handle), MAX_HEADER_BYTES + pixel_bytes(header))
+            except InflateLimitExceeded as err:
+                raise ImageReadError(f"{path}: Deflated DICOM refused: {err}") from None
+        _check_pixel_length(path, header, len(dataset.get("PixelData") or b""))
+        return dataset
+    element = pydicom.dcmread(path, defer_size=1024).get_item("PixelData", keep_deferred=True)
+    if element is not None and str(header.file_meta.get("TransferSyntaxUID")) in NATIVE_SYNTAXES:
+        # a large value stays deferred (a RawDataElement that knows its length): the pixels are not read here
+        length = element.length if isinstance(element, RawDataElement) else len(element.value or b"")
+        _check_pixel_length(path, header, length)
+    return path
+
+
+def _frame_pixels(header: Any) -> int:
+    return int(header.Rows) * int(header.Columns) * int(header.get("NumberOfFrames") or 1)
+
+
+def pixel_bytes(header: Any) -> int:
+    """Bytes of uncompressed Pixel Data the header declares: Rows x Columns x frames x samples x BitsAllocated / 8."""
+    samples = int(header.get("SamplesPerPixel") or 1)
+    if str(header.get("PhotometricInterpretation", "")).upper() == "YBR_FULL_422":
+        samples = 2  # two chroma samples shared by each pair of pixels
+    values = _frame_pixels(header) * samples
+    bits = int(header.get("BitsAllocated") or 0)
+    return (values + 7) // 8 if bits == 1 else values * (bits // 8)
+
+
+def _check_pixel_length(path: Path, header: Any, length: int) -> None:
+    """Refuse uncompressed Pixel Data whose length is not what the header declares (one pad byte allowed)."""
+    expected = pixel_bytes(header)
+    if length not in (expected, expected + expected % 2):
+        raise ImageReadError(
+            f"{path}: DICOM Pixel Data holds {length} bytes, but the header declares {expected} "
+            f"(Rows x Columns x frames x SamplesPerPixel x BitsAllocated {header.get('BitsAllocated')} / 8)"
+        )
 
 
 def _first_line(err: BaseException) -> str:

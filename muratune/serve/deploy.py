@@ -17,6 +17,10 @@ APP_NAME = "muratune"
 ERROR = "error"
 TOO_LARGE = "too_large"
 MAX_ONGOING = 2  # one study in analysis and one waiting (or an /info call) per model replica
+# Requests the ingress serves at once (Ray Serve's default is 5). Health checks and short requests need slots while
+# uploads arrive; a stalled upload gives its slot back after ServeLimits.body_idle_s, and the bodies held at once stay
+# under ServeLimits.max_buffered_bytes whatever the number of slots.
+INGRESS_MAX_ONGOING = 64
 
 
 @dataclass(frozen=True)
@@ -96,7 +100,7 @@ class RemoteBackend:
         return await self.handle.info.remote()
 
 
-@serve.deployment(name="HttpIngress", ray_actor_options={"num_cpus": 0})
+@serve.deployment(name="HttpIngress", ray_actor_options={"num_cpus": 0}, max_ongoing_requests=INGRESS_MAX_ONGOING)
 @serve.ingress()
 class HttpIngress:
     """The HTTP entry point: the FastAPI app, built on the replica around a handle to the model deployment."""

@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import hmac
-from collections.abc import Callable
 from dataclasses import dataclass
 
-from fastapi import Depends, HTTPException
 from fastapi.responses import JSONResponse
-from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -72,20 +69,29 @@ class SameOriginPost:
         await self.app(scope, receive, send)
 
 
-_key_header = APIKeyHeader(name=API_KEY_HEADER, auto_error=False, description="the server's API key")
-_bearer = HTTPBearer(auto_error=False, description="the server's API key as a bearer token")
+class ApiKeyGate:
+    """ASGI middleware: answer 401 to an API request without the key, from its headers, before any body is read.
 
+    The key comes as ``X-API-Key`` or ``Authorization: Bearer``; the page (``/``) and the API docs are open, the page
+    asks for the key itself.
+    """
 
-def api_key_dependency(expected: str) -> Callable:
-    """A FastAPI dependency that answers 401 unless the request carries ``expected`` (X-API-Key or Bearer)."""
-    want = expected.encode()
+    def __init__(self, app: ASGIApp, api_key: str, paths: frozenset[str]):
+        self.app = app
+        self.want = api_key.encode()
+        self.paths = paths
 
-    async def require_key(
-        key: str | None = Depends(_key_header), bearer: HTTPAuthorizationCredentials | None = Depends(_bearer)
-    ) -> None:
-        given = key if key is not None else (bearer.credentials if bearer is not None else "")
-        if not hmac.compare_digest(given.encode(), want):
-            raise HTTPException(401, f"missing or wrong API key ({API_KEY_HEADER} header or Authorization: Bearer)",
-                                headers={"WWW-Authenticate": "Bearer"})  # fmt: skip
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] in self.paths and not self._has_key(Headers(scope=scope)):
+            detail = f"missing or wrong API key ({API_KEY_HEADER} header or Authorization: Bearer)"
+            response = JSONResponse({"detail": detail}, status_code=401, headers={"WWW-Authenticate": "Bearer"})
+            await response(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
 
-    return require_key
+    def _has_key(self, headers: Headers) -> bool:
+        given = headers.get(API_KEY_HEADER)
+        if given is None:
+            scheme, _, token = headers.get("authorization", "").partition(" ")
+            given = token if scheme.lower() == "bearer" else ""
+        return hmac.compare_digest(given.encode(), self.want)
