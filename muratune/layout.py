@@ -25,6 +25,7 @@ drawn, and that the README's drawing agrees)::
                     optimizer.json          its metadata, likewise
                     val_images.parquet      internal-validation predictions, per image
                     val_studies.parquet     and per study
+        trials_train/               Train runs of data-parallel trials (their checkpoints)  (search)
         refit/                      cross-validated retraining of the best configurations   (refit)
             refit.json              the plan: configurations, folds, epochs, split seed
             refit_summary.csv       one row per fold model
@@ -72,6 +73,7 @@ CACHE_JSON = "cache.json"  # the shared cache a local search used, with the imag
 SUMMARY_CSV = "search_summary.csv"
 TIME_BUDGET_REACHED = "time_budget_reached"  # left by the time budget when it ended the search (not by an interruption)
 TRIALS_DIR = "trials"
+TRAIN_RUNS_DIR = "trials_train"  # the Train runs of data-parallel trials, beside trials/ (and in refit/)
 MLFLOW_DB = "mlflow.db"  # the MLflow store of ``tracking.mlflow: true``
 MLFLOW_ARTIFACTS = "mlartifacts"  # artifacts of a local (SQLite) MLflow store, beside its database
 TRIAL_DIR_PREFIX = "trial_"
@@ -159,3 +161,22 @@ def trial_dir(exp_dir: Path, trial_id: str) -> Path:
 def ensemble_dir(exp_dir: Path, strategy: str) -> Path:
     """Where an ensemble strategy's predictor lies in an experiment."""
     return exp_dir / ENSEMBLE_DIR / strategy
+
+
+def checkpoint_in_experiment(exp_dir: Path, recorded: str) -> Path | None:
+    """Where a checkpoint recorded in ``search_summary.csv`` lies inside ``exp_dir``; None if it lies nowhere there.
+
+    A recorded path outside the folder (the experiment was moved, copied or synced from cloud storage) is re-rooted
+    at its last ``trials/`` (or ``trials_train/``) part. Checkpoints are only ever read from inside the experiment
+    being worked on, never through an absolute path into another one.
+    """
+    exp = exp_dir.resolve()
+    path = Path(recorded)
+    if not path.resolve().is_relative_to(exp):
+        roots = (TRIALS_DIR, TRAIN_RUNS_DIR)
+        at = [i for i, part in enumerate(path.parts) if part in roots]
+        if not at:
+            return None
+        path = exp.joinpath(*path.parts[at[-1] :])
+    resolved = path.resolve()
+    return resolved if resolved.is_relative_to(exp) else None

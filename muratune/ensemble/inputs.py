@@ -15,7 +15,7 @@ from muratune.data.cache import ImageCache
 from muratune.ensemble.select import align_image_predictions
 from muratune.ensemble.trained import TrainedModel
 from muratune.errors import UserError
-from muratune.layout import MODEL_FILE, SUMMARY_CSV, VAL_IMAGES_FILE, trial_dir
+from muratune.layout import MODEL_FILE, SUMMARY_CSV, VAL_IMAGES_FILE, checkpoint_in_experiment
 from muratune.search.summary import read_search_summary
 
 
@@ -40,11 +40,9 @@ def read_candidates(exp_dir: Path) -> list[Candidate]:
     for row in summary.itertuples():
         if row.state == "FAIL" or not isinstance(row.checkpoint, str) or not row.checkpoint:
             continue
-        path = Path(row.checkpoint)
-        if not path.is_dir():  # the experiment folder was moved: look for the checkpoint where it is now
-            path = trial_dir(exp_dir, str(row.trial_id)) / path.name
-        if not (path / MODEL_FILE).is_file():
-            raise UserError(f"{row.checkpoint}: checkpoint of trial {row.trial_id} not found")
+        path = checkpoint_in_experiment(exp_dir, row.checkpoint)
+        if path is None or not (path / MODEL_FILE).is_file():
+            raise UserError(f"{row.checkpoint}: checkpoint of trial {row.trial_id} not found in {exp_dir}")
         candidates.append(Candidate(str(row.trial_id), path))
     if not candidates:
         raise UserError(f"{summary_path}: no trial with a checkpoint to ensemble (all failed?)")

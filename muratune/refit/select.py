@@ -10,7 +10,7 @@ import pandas as pd
 
 from muratune.config import BudgetConfig
 from muratune.errors import UserError
-from muratune.layout import SUMMARY_CSV, TRIAL_FILE, trial_dir
+from muratune.layout import SUMMARY_CSV, TRIAL_FILE, checkpoint_in_experiment
 from muratune.ranking import rank_trials
 from muratune.search.summary import read_search_summary
 from muratune.trainables import checkpoint as ckpt
@@ -77,11 +77,9 @@ def trial_checkpoint(exp_dir: Path, row: pd.Series) -> Path:
     recorded = row.get("checkpoint")
     if not isinstance(recorded, str) or not recorded:
         raise UserError(f"{exp_dir / SUMMARY_CSV}: trial {row['trial_id']} has no checkpoint to refit from")
-    path = Path(recorded)
-    if not path.is_dir():
-        path = trial_dir(exp_dir, str(row["trial_id"])) / path.name
-    if not (path / TRIAL_FILE).is_file():
-        raise UserError(f"{recorded}: checkpoint of trial {row['trial_id']} not found (trials missing?)")
+    path = checkpoint_in_experiment(exp_dir, recorded)
+    if path is None or not (path / TRIAL_FILE).is_file():
+        raise UserError(f"{recorded}: checkpoint of trial {row['trial_id']} not found in {exp_dir} (trials missing?)")
     return path
 
 

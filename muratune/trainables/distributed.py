@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from muratune.config import ExperimentConfig
-from muratune.layout import trials_storage
+from muratune.layout import TRAIN_RUNS_DIR, trials_storage
 
 
 class TrainWorkerHooks:
@@ -72,5 +72,5 @@ def ddp_tune_trainable(hparams: dict, experiment_config: dict | None = None, tra
 
 def _train_storage(config: ExperimentConfig) -> str:
     """Where the Train runs of data-parallel trials are stored: beside the search's trials."""
-    storage_path, name = trials_storage(config)
-    return f"{storage_path}/{name}_train"
+    storage_path, _ = trials_storage(config)
+    return f"{storage_path}/{TRAIN_RUNS_DIR}"
