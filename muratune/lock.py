@@ -7,10 +7,11 @@ import json
 import os
 import socket
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 
 from muratune.errors import UserError
+from muratune.layout import RESOLVED_CONFIG
 
 LOCK_SUFFIX = ".lock"
 _held: dict[Path, int] = {}  # lock files this process holds, with how many nested blocks hold each
@@ -73,3 +74,15 @@ def _holder(path: Path) -> str:
         return f"muratune {holder['command']} (PID {int(holder['pid'])} on {holder['host']})"
     except (OSError, ValueError, KeyError, TypeError):
         return "another muratune process (PID unknown)"
+
+
+def experiment_holding(path: str | os.PathLike) -> Path | None:
+    """The experiment folder ``path`` is or lies in (the nearest folder up holding ``resolved_config.yaml``)."""
+    path = Path(path).expanduser().resolve()
+    return next((folder for folder in (path, *path.parents) if (folder / RESOLVED_CONFIG).is_file()), None)
+
+
+def lock_experiment_holding(path: str | os.PathLike, command: str) -> AbstractContextManager[None]:
+    """`experiment_lock` on the experiment ``path`` writes into; no lock for an output outside any experiment."""
+    exp_dir = experiment_holding(path)
+    return nullcontext() if exp_dir is None else experiment_lock(exp_dir, command)

@@ -66,3 +66,27 @@ def test_nested_blocks_in_one_process_share_the_lock(tmp_path):
         )
         assert holder.returncode != 0 and f"PID {os.getpid()}" in holder.stderr  # still held by the outer block
     assert not exp.exists()  # the lock lies beside the experiment and creates no folder for it
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("command", [["ensemble"], ["report"]])
+def test_a_stage_writing_into_a_locked_experiment_is_refused_in_one_line(
+    command: list[str], tiny_experiment: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+):
+    import shutil
+
+    from muratune.layout import ENSEMBLE_DIR, REFIT_DIR
+    from tests.helpers.cli import assert_one_line_error, run
+    from tests.helpers.files import tree_digest
+
+    exp = tmp_path / "tiny"
+    shutil.copytree(tiny_experiment, exp, ignore=shutil.ignore_patterns(REFIT_DIR, ENSEMBLE_DIR))
+    before = tree_digest(exp)
+    holder = start_holder(exp)
+    try:
+        code, _, err = run([*command, str(exp)], capsys)
+    finally:
+        holder.communicate("")
+    assert code == 2
+    assert_one_line_error(err, [str(exp), f"PID {holder.pid}", "is writing this experiment"])
+    assert tree_digest(exp) == before  # refused before anything was written

@@ -26,6 +26,7 @@ from muratune.ensemble.predictor import complete_frame
 from muratune.errors import UserError
 from muratune.fileio import Input, atomic_dir, check_output, json_safe, refuse_existing
 from muratune.layout import CAM_IMAGES_DIR, CAM_INDEX_HTML, CAM_SCORE_JSON, CAMS_JSON
+from muratune.lock import lock_experiment_holding
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm")
 _POSITIVE_RE = re.compile(r"study\d+_positive$")
@@ -268,7 +269,7 @@ def export_cams(
     truth = read_boxes(score_boxes) if score_boxes is not None else None
     predictor = load_ensemble(ensemble, options.device)
     explainer = EnsembleCam.from_predictor(predictor, options.layer, options.method, options.shifts)
-    with atomic_dir(out, overwrite, kind="cams") as tmp:
+    with lock_experiment_holding(out, "cam"), atomic_dir(out, overwrite, kind="cams") as tmp:
         records, unreadable = write_overlays(tmp, frame, base, explainer, options, progress, warn)
         if not records:
             raise UserError(f"{selection.source}: none of the {len(frame)} images could be read")
@@ -280,8 +281,8 @@ def export_cams(
         _write_json(tmp / CAMS_JSON, {"layers": layers, "images": records})
         score = None
         if truth is not None:
-            score = {**json_safe(localisation_score(_predictions(records), truth)), "boxes": str(score_boxes),
-                     "layers": layers}  # fmt: skip
+            score = json_safe(localisation_score(_predictions(records), truth))
+            score.update(boxes=str(score_boxes), layers=layers)
             _write_json(tmp / CAM_SCORE_JSON, score)
     return ExportSummary(Path(out), len(records), unreadable, layers, score, records)
 

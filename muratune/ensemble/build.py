@@ -27,6 +27,7 @@ from muratune.errors import UserError
 from muratune.experiment_folder import load_resolved_config
 from muratune.fileio import refuse_existing, write_json
 from muratune.layout import ENSEMBLE_DIR, TEST_METRICS, TEST_STUDIES, TRIALS_TEST_DIR
+from muratune.lock import experiment_lock
 from muratune.metrics import defined_or_none, study_metrics
 from muratune.ranking import RANK_BY
 from muratune.schemas import ENSEMBLE_FORMAT, DataConfig, EnsembleSpec
@@ -168,9 +169,10 @@ def build_ensembles(
     options = EnsembleOptions(size, tune_thresholds, tta, rank_by)
     check_options(exp_dir, names, options, overwrite)
     config = load_resolved_config(exp_dir)
-    inputs = prepare_inputs(exp_dir, config, tta, batch_size, echo)
-    trials = write_trials_test(exp_dir, inputs.candidates, inputs.test, inputs.test_probs, tta)
-    table = pd.DataFrame([write_strategy(exp_dir, name, inputs, options, overwrite) for name in names])
+    with experiment_lock(exp_dir, "ensemble"):
+        inputs = prepare_inputs(exp_dir, config, tta, batch_size, echo)
+        trials = write_trials_test(exp_dir, inputs.candidates, inputs.test, inputs.test_probs, tta)
+        table = pd.DataFrame([write_strategy(exp_dir, name, inputs, options, overwrite) for name in names])
     echo(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     best = trials.loc[trials["trial_id"] == inputs.candidates[ranking(inputs.val)[0]].trial_id].iloc[0]
     echo(f"best single trial on internal val: {best['trial_id']} (test_kappa {best['test_kappa']:.3f})")

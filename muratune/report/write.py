@@ -26,6 +26,7 @@ from muratune.layout import (
     REPORT_INDEX_HTML,
     REPORT_MD,
 )
+from muratune.lock import experiment_lock, lock_experiment_holding
 from muratune.report.bootstrap import DEFAULT_REPLICATES
 from muratune.report.build import build_report, metrics_document
 from muratune.report.leaderboard import DEFAULT_TOP
@@ -58,6 +59,20 @@ def write_report(
     target = Path(out) if out is not None else Path(experiment) / REPORT_DIR
     check_output(target, [Input(experiment, "the experiment", holds_outputs=True)])
     refuse_existing(target, overwrite, kind="report")
+    with experiment_lock(experiment, "report"), lock_experiment_holding(target, "report"):
+        return _write(experiment, target, overwrite, replicates, seed, top, echo)
+
+
+def _write(
+    experiment: str | os.PathLike,
+    target: Path,
+    overwrite: bool,
+    replicates: int,
+    seed: int,
+    top: int,
+    echo: Callable[[str], None],
+) -> Path:
+    """Build the report and write its folder (under the experiment's lock)."""
     report = build_report(experiment, top=top, replicates=replicates, seed=seed)
     with atomic_dir(target, overwrite=overwrite, kind="report") as tmp:
         for key, png in report.figures.items():
