@@ -1,12 +1,15 @@
 """Benchmark: search efficiency at cluster scale on LCBench's real learning curves (YAHPO Gym surrogate).
 
 Each method searches LCBench's 7-hyperparameter MLP space on one OpenML task for a budget counted in epochs (a full
-trial is 52). ``muratune`` is the searcher and scheduler ``muratune search`` builds from a config; the others are
-Ray's stock pairings (see bench/lcbench/methods.py). Trials run on ``--workers`` concurrent workers, each epoch
-taking the surrogate's time, in a discrete-event simulation (bench/lcbench/simulate.py) or, with ``--backend tune``,
-in real Ray Tune (bench/lcbench/real_tune.py). Measures per task, seed and method: best-so-far accuracy against
-epochs and simulated time, the speedup over random search, and the regret at the budget against the best of 10,000
-random configurations. bench/lcbench/jobs.py runs the searches; this module is the command line.
+trial is 50 trained epochs, the surrogate's epochs 2-51; see bench/lcbench/surrogate.py). ``muratune`` is the
+searcher and scheduler ``muratune search`` builds from a config; the others are Ray's stock pairings (see
+bench/lcbench/methods.py). Trials run on ``--workers`` concurrent workers, each epoch taking the surrogate's time, in
+a discrete-event simulation (bench/lcbench/simulate.py) or, with ``--backend tune``, in real Ray Tune
+(bench/lcbench/real_tune.py). Measures per task, seed and method: best-so-far accuracy against epochs and simulated
+time, the speedups over random search and over random-asha, the regret at the budget against the best of 10,000
+random configurations, and the any-time measures (normalised regret against the share of the budget used, and each
+method's rank over the budget; bench/lcbench/measures.py). bench/lcbench/jobs.py runs the searches; this module is
+the command line.
 
     python -m bench.search_scale --workers 8 --out runs/bench/scale-w8
 """
@@ -30,11 +33,11 @@ from muratune.fileio import write_json
 
 DEFAULT_BUDGET = 30 * MAX_EPOCHS
 HELD_BACK = "held-back"  # --tasks: every LCBench task but the development ones, kept back for judging defaults
-# --quick: 2 tasks, 2 seeds, 8 full trials, 3 methods
+# --quick: 2 tasks, 2 seeds, 8 full trials, 4 methods
 QUICK_TASKS = (3945, 7593)
 QUICK_SEEDS = 2
 QUICK_BUDGET = 8 * MAX_EPOCHS
-QUICK_METHODS = ("muratune", "stock-optuna-asha", "random")
+QUICK_METHODS = ("muratune", "stock-optuna-asha", "random-asha", "random")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -47,9 +50,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--seeds", type=int, default=5, help="seeds per task (0..N-1)")
     parser.add_argument("--workers", type=int, default=8, help="concurrent trials")
-    parser.add_argument("--budget", type=int, default=DEFAULT_BUDGET, help="epochs per search (a full trial is 52)")
+    parser.add_argument("--budget", type=int, default=DEFAULT_BUDGET, help="epochs per search (a full trial is 50)")
     parser.add_argument("--out", type=Path, default=Path("runs/bench/search-scale"), help="output folder")
-    parser.add_argument("--quick", action="store_true", help="2 tasks, 2 seeds, 8 full trials, 3 methods")
+    parser.add_argument("--quick", action="store_true", help="2 tasks, 2 seeds, 8 full trials, 4 methods")
     parser.add_argument("--surrogate", type=Path, default=None, help="LCBench folder (default ../shared/data/...)")
     parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated methods")
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="KEY=VALUE for muratune's config")
@@ -116,7 +119,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     summary.update(overrides=args.overrides, command=" ".join(["python -m bench.search_scale", *sys.argv[1:]]))
     args.out.mkdir(parents=True, exist_ok=True)
     write_json(args.out / "summary.json", summary)
-    write_curves(runs, known, args.out, every=CURVE_EVERY)
+    write_curves(runs, known, args.out, every=CURVE_EVERY, budget=args.budget)
     print(format_table(summary))
     print(f"\nwrote {args.out}/summary.json, curves.csv, curves.png ({summary['wall_s']} s, CPU {summary['cpu_s']} s)")
     return summary

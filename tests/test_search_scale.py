@@ -9,7 +9,10 @@ import pytest
 
 pytest.importorskip("onnxruntime")
 
-from bench.lcbench.surrogate import MAX_EPOCHS, Surrogate, default_surrogate_dir  # noqa: E402
+import numpy as np  # noqa: E402
+
+from bench.lcbench.surrogate import FIDELITY_EPOCHS, MAX_EPOCHS, Surrogate, default_surrogate_dir  # noqa: E402
+from muratune.constants import EPOCH  # noqa: E402
 
 SURROGATE = default_surrogate_dir()
 pytestmark = pytest.mark.skipif(SURROGATE is None, reason="LCBench surrogate not found (../shared/data/yahpo-lcbench)")
@@ -37,6 +40,60 @@ def test_surrogate_curves_rise_for_a_sane_configuration(surrogate: Surrogate) ->
     assert curve.accuracy.shape == curve.epoch_s.shape == (MAX_EPOCHS,)
     assert 0 < curve.accuracy[0] < curve.accuracy[10] < curve.accuracy[-1] <= 1
     assert (curve.epoch_s > 0).all()
+
+
+class RecordingSurrogate(Surrogate):
+    """The real surrogate, remembering every surrogate epoch it was asked for."""
+
+    def __init__(self, folder: Path) -> None:
+        super().__init__(folder)
+        self.epochs_read: set[int] = set()
+
+    def query(self, task: int, rows: np.ndarray) -> np.ndarray:
+        self.epochs_read.update(int(e) for e in np.asarray(rows, dtype=float).reshape(-1, 8)[:, 0])
+        return super().query(task, rows)
+
+
+def test_a_trials_epoch_e_reads_surrogate_epoch_e_plus_1(surrogate: Surrogate) -> None:
+    hparams = {"batch_size": 64, "learning_rate": 1e-3, "momentum": 0.9, "weight_decay": 1e-4}
+    hparams |= {"num_layers": 2, "max_units": 256, "max_dropout": 0.1}
+    values = [hparams[name] for name in ("batch_size", "learning_rate", "momentum", "weight_decay")]
+    values += [hparams[name] for name in ("num_layers", "max_units", "max_dropout")]
+    direct = surrogate.query(TASK, np.array([[epoch, *values] for epoch in range(1, 53)]))[:, 1] / 100
+    curve = surrogate.curve(TASK, hparams)
+    assert FIDELITY_EPOCHS == (2, 51) and MAX_EPOCHS == 50 == len(curve.accuracy)
+    assert curve.accuracy[0] == pytest.approx(direct[1])  # a trial's epoch 1 is surrogate epoch 2, one trained epoch
+    assert curve.accuracy[-1] == pytest.approx(direct[50])  # its epoch 50 is surrogate epoch 51
+    np.testing.assert_allclose(curve.accuracy, direct[1:51], rtol=1e-6)
+
+
+def test_nothing_reads_surrogate_epoch_1_or_52_and_a_full_trial_is_50_epochs(tmp_path: Path) -> None:
+    from bench.lcbench.surrogate import best_known
+    from bench.lcbench.jobs import simulate
+
+    assert SURROGATE is not None
+    recording = RecordingSurrogate(SURROGATE)
+    _, controller = simulate(recording, TASK, "random", seed=0, workers=4, budget=BUDGET)
+    assert recording.epochs_read == set(range(2, 52))
+    full = [t for t in controller.trials if t.status == "TERMINATED" and t.epochs == MAX_EPOCHS]
+    assert full and all(t.epochs <= MAX_EPOCHS for t in controller.trials)
+    assert all(t.last_result[EPOCH] == MAX_EPOCHS for t in full)
+    recording.epochs_read.clear()
+    known = best_known(recording, [TASK], tmp_path / "best_known.json")
+    assert recording.epochs_read == {51}  # the best known accuracy is taken at the last sensible epoch
+    assert json.loads((tmp_path / "best_known.json").read_text())["fidelity_epochs"] == [2, 51]
+    assert 0 < known[TASK] <= 1
+
+
+def test_a_best_known_cache_of_another_fidelity_is_refused(surrogate: Surrogate, tmp_path: Path) -> None:
+    from bench.lcbench.surrogate import best_known
+    from muratune.errors import UserError
+
+    old = tmp_path / "best_known.json"
+    old.write_text(json.dumps({str(TASK): 0.9}))  # the old format, computed at surrogate epoch 52
+    with pytest.raises(UserError, match="computed at another fidelity"):
+        best_known(surrogate, [TASK], old)
+    assert json.loads(old.read_text()) == {str(TASK): 0.9}
 
 
 def test_stopped_trials_are_pruned_with_their_intermediate_values(surrogate: Surrogate) -> None:
@@ -126,24 +183,74 @@ def test_a_seed_reproduces_the_search(surrogate: Surrogate) -> None:
 
 @pytest.mark.slow
 def test_cli_writes_summary_curves_and_table(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from bench.lcbench.report import CURVE_EVERY
+    from bench.lcbench.surrogate import BEST_KNOWN_JSON
     from bench.search_scale import main
 
     out = tmp_path / "scale"
     argv = ["--tasks", str(TASK), "--seeds", "2", "--budget", str(4 * MAX_EPOCHS), "--jobs", "1", "--out", str(out)]
-    summary = main([*argv, "--methods", "muratune,stock-optuna-asha,random", "--workers", "4"])
+    summary = main([*argv, "--methods", "muratune,stock-optuna-asha,random-asha,random", "--workers", "4"])
     saved = json.loads((out / "summary.json").read_text())
     assert saved["tasks"] == [TASK] and saved["seeds"] == 2 and saved["workers"] == 4
     assert saved["budget_epochs"] == 4 * MAX_EPOCHS
-    assert set(saved["regret"]) == {"muratune", "stock-optuna-asha", "random"}
+    assert set(saved["regret"]) == set(saved["mean_rank"]) == {"muratune", "stock-optuna-asha", "random-asha", "random"}
+    assert saved["fidelity_epochs"] == [2, 51] and 0 <= saved["anytime_regret_auc"]["muratune"] <= 1
+    assert saved["speedup_vs_random_asha"] == summary["speedup_vs_random_asha"] >= 0
     assert saved["speedup_vs_random"] == summary["speedup_vs_random"] and len(saved["speedup_vs_random_ci"]) == 2
     assert 0 <= saved["p_muratune_vs_stock"] <= 1
     assert saved["speedup_by_method"]["random"] == 1.0
     assert (out / "curves.png").stat().st_size > 0
     curves = (out / "curves.csv").read_text().splitlines()
     assert curves[0] == "method,workers,task,seed,epochs,wall_s,best,regret"
-    assert len(curves) > 1 + 3 * 2 * 4 * MAX_EPOCHS // 13 - 1
-    assert (tmp_path / "best_known.json").is_file()
+    assert len(curves) > 1 + 4 * 2 * 4 * MAX_EPOCHS // CURVE_EVERY - 1
+    assert (tmp_path / BEST_KNOWN_JSON).is_file() and not (tmp_path / "best_known.json").exists()
     assert "muratune" in capsys.readouterr().out
+
+
+def _summary(surrogate: Surrogate, methods: list[str], seeds: int) -> dict:
+    from bench.lcbench.measures import RunCurve
+    from bench.lcbench.report import aggregate
+    from bench.lcbench.jobs import simulate
+
+    runs = []
+    for seed in range(seeds):
+        for method in methods:
+            events, controller = simulate(surrogate, TASK, method, seed=seed, workers=4, budget=2 * MAX_EPOCHS)
+            curve = RunCurve.from_events(events)
+            runs.append({"task": TASK, "seed": seed, "method": method, "best": curve.best, "clock_s": curve.clock_s})
+            runs[-1]["trials"] = len(controller.trials)
+    return aggregate(runs, {TASK: 1.0}, [TASK], seeds, 4, 2 * MAX_EPOCHS, methods)
+
+
+def test_summary_has_the_anytime_measures_and_the_speedup_against_random_asha(surrogate: Surrogate) -> None:
+    methods = ["muratune", "stock-optuna-asha", "random-asha", "random"]
+    summary = _summary(surrogate, methods, seeds=2)
+    assert summary["fidelity_epochs"] == [2, 51] and summary["trial_epochs"] == MAX_EPOCHS
+    assert set(summary["anytime_regret_auc"]) == set(summary["mean_rank"]) == set(methods)
+    for method in methods:
+        assert 0 <= summary["anytime_regret_auc"][method] <= 1
+        low, high = summary["anytime_regret_auc_ci"][method]
+        assert low <= summary["anytime_regret_auc"][method] <= high
+        assert 1 <= summary["mean_rank"][method] <= len(methods)
+    # Every share of the budget ranks each method once: the ranks of a task and seed add up to 1 + 2 + ... + n.
+    assert sum(summary["mean_rank"].values()) == pytest.approx(len(methods) * (len(methods) + 1) / 2)
+    assert summary["speedup_vs_random_asha_by_method"]["random-asha"] == 1.0
+    assert summary["speedup_vs_random_asha"] == summary["speedup_vs_random_asha_by_method"]["muratune"] >= 0
+    low, high = summary["speedup_vs_random_asha_ci"]
+    assert low <= summary["speedup_vs_random_asha"] <= high
+    assert summary == _summary(surrogate, methods, seeds=2)  # the seeds reproduce every figure
+
+
+def test_anytime_measures_of_known_curves() -> None:
+    from bench.lcbench.measures import BUDGET_GRID, RunCurve, iqm, normalised_regret, ranks, regret_auc
+
+    curve = RunCurve(best=np.array([0.5, 0.6, 0.6, 0.8]), clock_s=np.arange(4.0))
+    assert curve.at_budget_shares(4, np.array([0.25, 0.5, 0.75, 1.0])).tolist() == [0.5, 0.6, 0.6, 0.8]
+    assert curve.at_budget_shares(8, np.array([0.25, 1.0])).tolist() == [0.6, 0.8]  # past its end: its last value
+    assert normalised_regret(np.array([0.5, 0.8]), low=0.5, high=0.9).tolist() == pytest.approx([1.0, 0.25])
+    assert regret_auc(np.full(len(BUDGET_GRID), 0.25)) == pytest.approx(0.25)
+    assert ranks(np.array([[0.9, 0.5], [0.7, 0.5], [0.8, 0.1]])).tolist() == [[1, 1.5], [3, 1.5], [2, 3]]
+    assert float(iqm(np.array([0.0, 1.0, 2.0, 3.0, 100.0, -100.0, 1.5, 2.5]))) == pytest.approx(1.75)
 
 
 def test_cli_refuses_unknown_tasks_and_methods(tmp_path: Path) -> None:

@@ -1,4 +1,10 @@
-"""Measures of one search (best-so-far curve, speedup against random search, regret) and their aggregates."""
+"""Measures of searches (best-so-far curve, speedup, regret, any-time normalised regret and rank) and aggregates.
+
+The any-time measures are those of Syne Tune's benchmarking and the BOHB and DEHB papers: each run's best-so-far
+accuracy is read at shares of its epoch budget (`BUDGET_GRID`); normalised regret is 0 at the best and 1 at the worst
+accuracy any method and seed saw on the task; methods are ranked per task, seed and share (1 is best); aggregates
+over tasks and seeds are interquartile means with percentile-bootstrap 95% CIs.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +16,8 @@ import numpy as np
 from bench.lcbench.simulate import Event
 
 BOOTSTRAP_RESAMPLES = 2000
+BUDGET_POINTS = 100
+BUDGET_GRID = np.arange(1, BUDGET_POINTS + 1) / BUDGET_POINTS  # shares of the budget the any-time measures read
 
 
 @dataclass
@@ -30,17 +38,22 @@ class RunCurve:
         """The best accuracy at the budget."""
         return float(self.best[-1])
 
+    def at_budget_shares(self, budget: int, shares: np.ndarray = BUDGET_GRID) -> np.ndarray:
+        """Best-so-far accuracy once each share of ``budget`` epochs was used (the last value past the curve's end)."""
+        index = np.ceil(np.asarray(shares) * budget).astype(int) - 1
+        return self.best[np.clip(index, 0, len(self.best) - 1)]
+
     def epochs_to_reach(self, value: float) -> int | None:
         """Epochs used when the best first reached ``value`` (None if it never did)."""
         hits = np.flatnonzero(self.best >= value - 1e-12)
         return int(hits[0]) + 1 if len(hits) else None
 
 
-def speedup(method: RunCurve, random_search: RunCurve) -> float:
-    """Epochs random search needs to reach its own final best, over the epochs ``method`` needs (0 if never)."""
-    target = random_search.final
+def speedup(method: RunCurve, baseline: RunCurve) -> float:
+    """Epochs ``baseline`` needs to reach its own final best, over the epochs ``method`` needs (0 if never)."""
+    target = baseline.final
     needed = method.epochs_to_reach(target)
-    return 0.0 if needed is None else random_search.epochs_to_reach(target) / needed  # type: ignore[operator]
+    return 0.0 if needed is None else baseline.epochs_to_reach(target) / needed  # type: ignore[operator]
 
 
 def regret(best_known: float, best: float) -> float:
@@ -74,3 +87,37 @@ def wilcoxon_less(first: Sequence[float], second: Sequence[float]) -> float:
     if len(diff) == 0 or np.all(diff == 0):
         return 1.0
     return float(wilcoxon(first, second, alternative="less").pvalue)
+
+
+def normalised_regret(best: np.ndarray, low: float, high: float) -> np.ndarray:
+    """(high - best) / (high - low), in [0, 1] for accuracies between the task's worst ``low`` and best ``high``."""
+    span = high - low
+    return np.zeros_like(best, dtype=float) if span <= 0 else (high - np.asarray(best, dtype=float)) / span
+
+
+def regret_auc(normalised: np.ndarray) -> float:
+    """The area under a normalised-regret curve read at `BUDGET_GRID` (its mean), in [0, 1]: lower is better."""
+    return float(np.mean(normalised))
+
+
+def ranks(best_by_method: np.ndarray) -> np.ndarray:
+    """Each method's rank (1 = highest accuracy, ties share their mean rank) per column of a methods x shares array."""
+    from scipy.stats import rankdata
+
+    return rankdata(-np.asarray(best_by_method, dtype=float), axis=0)
+
+
+def iqm(values: np.ndarray) -> np.ndarray:
+    """Interquartile mean along the first axis (the mean of the middle 50%)."""
+    from scipy.stats import trim_mean
+
+    return np.asarray(trim_mean(np.asarray(values, dtype=float), 0.25, axis=0))
+
+
+def iqm_ci(values: np.ndarray, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """IQM along the first axis (runs) with a percentile-bootstrap 95% CI, for each remaining column."""
+    data = np.asarray(values, dtype=float)
+    rng = np.random.default_rng(seed)
+    resamples = rng.integers(0, len(data), size=(BOOTSTRAP_RESAMPLES, len(data)))
+    boot = np.stack([iqm(data[rows]) for rows in resamples])
+    return iqm(data), np.percentile(boot, 2.5, axis=0), np.percentile(boot, 97.5, axis=0)

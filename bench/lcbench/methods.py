@@ -1,7 +1,7 @@
 """The search methods the scale benchmark compares, each a Ray searcher and scheduler built for LCBench.
 
 ``muratune``, ``random-asha`` and ``random`` come from muratune's own factories, given an `ExperimentConfig` as
-``muratune search`` would build it (LCBench's 52 epochs; the space from `bench.lcbench.surrogate.SPACE_YAML`). The
+``muratune search`` would build it (LCBench's 50 trained epochs; the space from `bench.lcbench.SPACE_YAML`). The
 others are Ray's stock classes with their own defaults.
 """
 
@@ -99,7 +99,7 @@ def _bohb(seed: int, workers: int) -> tuple[Any, Any]:
 
 
 def _optuna_hyperband(seed: int, workers: int) -> tuple[Any, Any]:
-    """Optuna's TPE (its defaults) with Optuna's HyperbandPruner (reduction factor 3) from 1 to 52 epochs."""
+    """Optuna's TPE (its defaults) with Optuna's HyperbandPruner (reduction factor 3) from 1 to 50 epochs."""
     import optuna
     from ray.tune.search import ConcurrencyLimiter
 
