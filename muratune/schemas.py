@@ -233,3 +233,41 @@ def read_ensemble_spec(path: str | os.PathLike) -> EnsembleSpec:
 def read_trial_record(path: str | os.PathLike) -> TrialRecord:
     """Read and check a ``trial.json`` file."""
     return validate_trial(read_json(path), Path(path))
+
+
+class RefitConfiguration(BaseModel):
+    """One configuration of ``refit.json``: its search trial, hyperparameters and internal-val scores."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    trial_id: Name
+    hparams: Annotated[dict[str, Any], Field(min_length=1)]
+    val_kappa: Annotated[Number, Field(allow_inf_nan=False)] | None = None
+    val_auc: Annotated[Number, Field(allow_inf_nan=False)] | None = None
+    checkpoint: StrictStr = ""
+
+
+class RefitPlanRecord(BaseModel):
+    """``refit.json``: the configurations a refit trains, each on ``folds`` folds for ``epochs`` epochs."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    top: Annotated[StrictInt, Field(ge=1)] | None = None  # plans written before --top was recorded lack it
+    folds: Annotated[StrictInt, Field(ge=2)]
+    epochs: Annotated[StrictInt, Field(ge=1)]
+    split_seed: StrictInt
+    configurations: Annotated[list[RefitConfiguration], Field(min_length=1)]
+
+    @field_validator("configurations")
+    @classmethod
+    def _one_entry_per_trial(cls, value: list[RefitConfiguration]) -> list[RefitConfiguration]:
+        ids = [c.trial_id for c in value]
+        repeated = sorted({i for i in ids if ids.count(i) > 1})
+        if repeated:
+            raise ValueError(f"trial {repeated[0]} is listed more than once")
+        return value
+
+
+def read_refit_plan(path: str | os.PathLike) -> RefitPlanRecord:
+    """Read and check a ``refit.json`` file."""
+    return _validate(RefitPlanRecord, read_json(path), Path(path))

@@ -10,7 +10,7 @@ from muratune.errors import UserError
 from muratune.fileio import refuse_foreign
 from muratune.layout import REFIT_DIR, REFIT_PLAN
 from muratune.refit.select import Configuration, select_configurations
-from muratune.trainables import checkpoint as ckpt
+from muratune.schemas import read_refit_plan
 
 ENTRY = "entry"  # the Tune parameter holding one (configuration, fold)
 REFIT_KIND = "refit"  # the marker kind of a refit folder (older ones are known by their refit.json)
@@ -52,14 +52,10 @@ class RefitPlan:
 
     @classmethod
     def read(cls, path: Path) -> RefitPlan:
-        """Read ``refit.json``."""
-        data = ckpt.read_json(path)
-        try:
-            configurations = [Configuration.from_json(c) for c in data["configurations"]]
-            top = None if data.get("top") is None else int(data["top"])
-            return cls(configurations, int(data["folds"]), int(data["epochs"]), int(data["split_seed"]), top)
-        except (KeyError, TypeError, ValueError, AttributeError):
-            raise UserError(f"{path}: not a muratune refit plan") from None
+        """Read ``refit.json``, checked by its schema (one line naming the file and the field otherwise)."""
+        record = read_refit_plan(path)
+        configurations = [Configuration.from_json(c.model_dump()) for c in record.configurations]
+        return cls(configurations, record.folds, record.epochs, record.split_seed, record.top)
 
 
 def member_id(trial_id: str, fold: int) -> str:
