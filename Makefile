@@ -31,7 +31,7 @@ typecheck: $(STAMP)
 
 test: lint typecheck
 	$(BIN)/python tools/architecture.py
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=25
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"
