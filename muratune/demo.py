@@ -13,6 +13,12 @@ from muratune.errors import UserError
 from muratune.fileio import write_text
 
 DEMO_CONFIG = "demo.yaml"
+# The demo's size. Trials train at most DEMO_EPOCHS, half the demo config's budget.max_epochs, and ASHA stops the
+# weaker ones after DEMO_GRACE_PERIOD, so that a newcomer's first run takes well under ten minutes on two slow cores.
+DEMO_STUDIES = 600
+DEMO_TRIALS = 8
+DEMO_EPOCHS = 4
+DEMO_GRACE_PERIOD = 2
 
 
 def demo_config_text() -> str:
@@ -20,15 +26,13 @@ def demo_config_text() -> str:
     return shipped_config_path("demo").read_text(encoding="utf-8")
 
 
-def demo_commands(out: Path, studies: int, trials: int, overwrite: bool, epochs: int | None = None) -> list[list[str]]:
+def demo_commands(out: Path, studies: int, trials: int, overwrite: bool, epochs: int) -> list[list[str]]:
     """The demo's muratune commands, in order."""
     data = out / "data"
     dataset = data / "MURA-v1.1"
     exp = out / "runs" / "demo"
     force = ["--overwrite"] if overwrite else []
-    shorter = (
-        ["--set", f"budget.max_epochs={epochs}", "--set", f"budget.grace_period={min(epochs, 3)}"] if epochs else []
-    )
+    budget = ["--set", f"budget.max_epochs={epochs}", "--set", f"budget.grace_period={min(epochs, DEMO_GRACE_PERIOD)}"]
     # Two trials at once (the demo config), each with half of this machine's cores: 1 each on a 2-core machine.
     cores = ["--set", f"resources.cpus_per_trial={max(1, usable_cores() // 2)}"]
     return [
@@ -36,7 +40,7 @@ def demo_commands(out: Path, studies: int, trials: int, overwrite: bool, epochs:
         ["data", "check", str(data)],
         ["data", "cache", str(data), "--size", "64"],
         ["search", str(out / DEMO_CONFIG), "--data", str(data), "--set", f"storage={out / 'runs'}",
-         "--set", f"budget.num_samples={trials}", *cores, *shorter, *force],
+         "--set", f"budget.num_samples={trials}", *cores, *budget, *force],
         ["ensemble", str(exp), *force],
         ["cam", str(exp / "ensemble" / "greedy"), "--csv", str(dataset / "valid_image_paths.csv"),
          "--root", str(data), "--abnormal-only", "--out", str(exp / "cams"),
@@ -55,10 +59,10 @@ def usable_cores() -> int:
 def run_demo(
     out: Path,
     run: Callable[[list[str]], None],
-    studies: int = 600,
-    trials: int = 8,
+    studies: int = DEMO_STUDIES,
+    trials: int = DEMO_TRIALS,
     overwrite: bool = False,
-    epochs: int | None = None,
+    epochs: int = DEMO_EPOCHS,
     echo: Callable[[str], None] = print,
 ) -> Path:
     """Run the whole pipeline and return the report's ``index.html``.
@@ -69,7 +73,7 @@ def run_demo(
         studies: synthetic studies to generate.
         trials: search trials (at least 8 keeps ASHA and TPE meaningful).
         overwrite: replace an earlier demo in ``out``.
-        epochs: maximum epochs per trial (default: the demo config's).
+        epochs: maximum epochs per trial; ASHA's grace period is the smaller of this and ``DEMO_GRACE_PERIOD``.
         echo: where the commands and the summary are printed.
     """
     out = out.resolve()

@@ -211,6 +211,22 @@ def slow_scripted_trial(config: dict, experiment_config: dict | None = None) -> 
         ray.tune.report({"epoch": epoch, "val_kappa": 0.01 * epoch, "val_auc": 0.5 + 0.01 * epoch})
 
 
+def test_a_time_budget_from_the_first_report_starts_its_clock_then(tmp_path):
+    import time
+
+    from muratune.search.stopper import TimeBudget
+
+    mark = tmp_path / layout.TIME_BUDGET_REACHED
+    budget = TimeBudget(0.05, mark, from_first_report=True)
+    assert not budget.stop_all()
+    time.sleep(0.1)
+    assert not budget.stop_all() and not mark.exists()  # no trial has reported: the budget has not started
+    assert not budget("trial", {"epoch": 1})
+    assert not budget.stop_all()  # the clock starts here
+    time.sleep(0.1)
+    assert budget.stop_all() and mark.is_file()
+
+
 def test_a_search_ended_by_its_time_budget_is_finished_and_refits(ray_session, tmp_path, synthetic_root):
     from muratune.refit.select import rank_trials, read_finished_summary
 
@@ -218,7 +234,14 @@ def test_a_search_ended_by_its_time_budget_is_finished_and_refits(ray_session, t
         synthetic_root,
         tmp_path / "runs",
         name="budget",
-        **{"budget.num_samples": 4, "budget.max_epochs": 100, "budget.time_budget_s": 20, "budget.scheduler": "none"},
+        **{
+            "budget.num_samples": 4,
+            "budget.max_epochs": 100,
+            "budget.time_budget_s": 20,
+            "budget.scheduler": "none",
+            # The 20 s count from the first epoch reported: on a loaded machine the trials may take longer to start.
+            "debug.time_budget_from_first_report": "true",
+        },
     )
     config = load_config(DEMO, overrides)
     lines: list[str] = []

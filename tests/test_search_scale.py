@@ -68,8 +68,8 @@ def test_a_trials_epoch_e_reads_surrogate_epoch_e_plus_1(surrogate: Surrogate) -
 
 
 def test_nothing_reads_surrogate_epoch_1_or_52_and_a_full_trial_is_50_epochs(tmp_path: Path) -> None:
-    from bench.lcbench.surrogate import best_known
     from bench.lcbench.jobs import simulate
+    from bench.lcbench.surrogate import best_known
 
     assert SURROGATE is not None
     recording = RecordingSurrogate(SURROGATE)
@@ -208,9 +208,9 @@ def test_cli_writes_summary_curves_and_table(tmp_path: Path, capsys: pytest.Capt
 
 
 def _summary(surrogate: Surrogate, methods: list[str], seeds: int) -> dict:
+    from bench.lcbench.jobs import simulate
     from bench.lcbench.measures import RunCurve
     from bench.lcbench.report import aggregate
-    from bench.lcbench.jobs import simulate
 
     runs = []
     for seed in range(seeds):

@@ -68,8 +68,13 @@ def test_search_logs_one_mlflow_run_per_trial(ray_session, synthetic_root, tmp_p
     assert location == (tmp_path / "tracking" / MLFLOW_ARTIFACTS).as_uri()  # beside the database, not in the cwd
 
 
-def slow_trial(config: dict, experiment_config: dict | None = None) -> None:
-    """Checkpoints every epoch and takes a while, so that a short time budget interrupts it."""
+def release_file(experiment_config: dict) -> Path:
+    """The file that lets `held_trial` go past its first epoch: the test writes it before it resumes the search."""
+    return Path(experiment_config["storage"]) / "released"
+
+
+def held_trial(config: dict, experiment_config: dict | None = None) -> None:
+    """Checkpoints every epoch, holding after the first until released: an interrupt finds it started and unfinished."""
     import ray.tune
 
     start = 0
@@ -78,7 +83,9 @@ def slow_trial(config: dict, experiment_config: dict | None = None) -> None:
         with checkpoint.as_directory() as folder:
             start = json.loads((Path(folder) / "state.json").read_text())["epoch"]
     for epoch in range(start + 1, experiment_config["budget"]["max_epochs"] + 1):
-        time.sleep(1.0)
+        while epoch > 1 and not release_file(experiment_config).exists():
+            time.sleep(0.2)
+        time.sleep(0.2)
         with tempfile.TemporaryDirectory() as folder:
             (Path(folder) / "state.json").write_text(json.dumps({"epoch": epoch}))
             metrics = {"epoch": epoch, "val_kappa": 0.1 * epoch, "val_auc": 0.5 + 0.05 * epoch}
@@ -103,16 +110,22 @@ def test_resumed_trials_continue_their_mlflow_runs(ray_session, synthetic_root, 
     }
     config = load_config(DEMO, tiny_overrides(synthetic_root, tmp_path / "runs", name="resumed", **extra))
     trials_dir = tmp_path / "runs" / "resumed" / TRIALS_DIR
-    # Ctrl-C once the first checkpoint is written: Tune saves its state and returns, as for a user's interrupt.
-    watcher = threading.Thread(target=_interrupt_when, args=(lambda: any(trials_dir.glob("trial_*/checkpoint_*")),))
+
+    def both_trials_checkpointed() -> bool:
+        return len({path.parent for path in trials_dir.glob("trial_*/checkpoint_*")}) == 2
+
+    # Ctrl-C once both trials have written their first checkpoint (they hold there until released): Tune saves its
+    # state and returns, as for a user's interrupt.
+    watcher = threading.Thread(target=_interrupt_when, args=(both_trials_checkpointed,))
     watcher.start()
-    first = run_search(config, trainable=slow_trial, echo=lambda _: None)
+    first = run_search(config, trainable=held_trial, echo=lambda _: None)
     watcher.join()
-    assert first.unfinished > 0
+    assert first.unfinished == 2
     uri = f"sqlite:///{first.experiment_dir / MLFLOW_DB}"
     assert len(_runs(uri, "resumed")) == 2
 
-    result = run_search(config, resume=True, trainable=slow_trial, echo=lambda _: None)
+    release_file(config.model_dump(mode="json")).touch()
+    result = run_search(config, resume=True, trainable=held_trial, echo=lambda _: None)
     assert set(result.summary.state) == {"COMPLETE"}
 
     runs = _runs(uri, "resumed")

@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from muratune.cli.app import AddressOpt, ReplicatesOpt, SeedOpt, app, run_in_process, warn
+from muratune.demo import DEMO_EPOCHS, DEMO_GRACE_PERIOD, DEMO_STUDIES, DEMO_TRIALS
 from muratune.errors import UserError
 
 
@@ -141,11 +142,11 @@ def serve_command(
 @app.command("demo")
 def demo_command(
     out: Annotated[Path, typer.Option(help="Folder for the data, experiment and report.")] = Path("demo-out"),
-    studies: Annotated[int, typer.Option(min=1, help="Synthetic studies to generate.")] = 600,
-    trials: Annotated[int, typer.Option(min=1, help="Search trials.")] = 8,
+    studies: Annotated[int, typer.Option(min=1, help="Synthetic studies to generate.")] = DEMO_STUDIES,
+    trials: Annotated[int, typer.Option(min=1, help="Search trials.")] = DEMO_TRIALS,
     epochs: Annotated[
-        int | None, typer.Option(min=1, help="Maximum epochs per trial (default: the demo config's).")
-    ] = None,
+        int, typer.Option(min=1, help=f"Maximum epochs per trial (ASHA may stop a trial after {DEMO_GRACE_PERIOD}).")
+    ] = DEMO_EPOCHS,
     open_report: Annotated[bool, typer.Option("--open", help="Open the report in a browser at the end.")] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace an earlier demo in OUT.")] = False,
 ) -> None:

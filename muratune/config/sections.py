@@ -183,11 +183,14 @@ class TrackingConfig(_Strict):
 
 
 class DebugConfig(_Strict):
-    """Fault injection for testing failure handling: make matching trials fail on purpose."""
+    """Settings for tests: make matching trials fail on purpose, or start the time budget at a trial's first report."""
 
     fault: Literal["nan", "oom", "crash"] | None = None
     fault_epoch: Annotated[int, Field(ge=1)] = 1
     fault_backbone: str | None = None
+    # Count budget.time_budget_s from the first epoch any trial reports instead of from the search's start, so a test
+    # on a loaded machine does not see the budget run out while its trials are still starting.
+    time_budget_from_first_report: bool = False
 
 
 class ExperimentConfig(_Strict):

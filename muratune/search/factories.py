@@ -133,7 +133,8 @@ def search_stopper(config: ExperimentConfig, stop: Any = None) -> Any:
 
     if config.budget.time_budget_s is None:
         return stop
-    budget = TimeBudget(config.budget.time_budget_s, experiment_dir(config) / TIME_BUDGET_REACHED)
+    mark = experiment_dir(config) / TIME_BUDGET_REACHED
+    budget = TimeBudget(config.budget.time_budget_s, mark, config.debug.time_budget_from_first_report)
     return budget if stop is None else CombinedStopper(stop, budget)
 
 

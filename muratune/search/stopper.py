@@ -14,12 +14,18 @@ class TimeBudget(TimeoutStopper):
     tells a search that is over (its budget is spent, so ``--resume`` would train nothing) from one to resume.
     """
 
-    def __init__(self, seconds: float, mark: Path) -> None:
+    def __init__(self, seconds: float, mark: Path, from_first_report: bool = False) -> None:
         super().__init__(seconds)
         self.mark = mark
+        # The clock starts at the first check after a trial's first report (``debug.time_budget_from_first_report``).
+        self.waiting_for_report = from_first_report
+
+    def __call__(self, trial_id: str, result: dict) -> bool:
+        self.waiting_for_report = False
+        return super().__call__(trial_id, result)
 
     def stop_all(self) -> bool:
-        if not super().stop_all():
+        if self.waiting_for_report or not super().stop_all():
             return False
         try:
             self.mark.touch()
