@@ -15,6 +15,7 @@ from muratune.layout import (
     REPORT_CAMS_DIR,
     REPORT_DIR,
     REPORT_INDEX_HTML,
+    REPORT_KIND,
     REPORT_MD,
 )
 from muratune.report.bootstrap import DEFAULT_REPLICATES
@@ -48,9 +49,9 @@ def write_report(
     """
     target = Path(out) if out is not None else Path(experiment) / REPORT_DIR
     check_output(target, [Input(experiment, "the experiment", holds_outputs=True)])
-    refuse_existing(target, overwrite, kind="report")
+    refuse_existing(target, overwrite, kind=REPORT_KIND)
     report = build_report(experiment, top=top, replicates=replicates, seed=seed)
-    with atomic_dir(target, overwrite=overwrite, kind="report") as tmp:
+    with atomic_dir(target, overwrite=overwrite, kind=REPORT_KIND) as tmp:
         for key, png in report.figures.items():
             write_bytes(tmp / PLOTS_DIR / f"{key}.png", png)
         cams = report.experiment.cams
