@@ -31,6 +31,7 @@ from muratune.demo import DEMO_CONFIG, demo_config_text, usable_cores
 from muratune.fileio import refuse_foreign, write_json, write_text
 from muratune.layout import (
     ENSEMBLE_DIR,
+    EXPERIMENT_KIND,
     REFIT_DIR,
     REFIT_PLAN,
     REFIT_SUMMARY,
@@ -39,7 +40,6 @@ from muratune.layout import (
     TRIALS_DIR,
 )
 from muratune.report.bootstrap import percentile_interval, replicate_kappas, resample_counts
-from muratune.search.experiment import EXPERIMENT_KIND
 
 MODELS = ("cv", "best-single", "greedy")
 REPLICATES = 2000

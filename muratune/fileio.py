@@ -8,13 +8,14 @@ import math
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from muratune.errors import DiskFullError, UserError
+from muratune.layout import KIND_SIGNATURES, MARKER
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -104,18 +105,8 @@ def write_json(target: str | os.PathLike, obj: Any) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ output folders
-# A folder muratune made holds a marker naming its kind. Folders written before markers existed are recognised by
-# the file each kind always writes. Nothing else is ever replaced.
-MARKER = ".muratune"
-SIGNATURES: dict[str, tuple[str, ...]] = {
-    "dataset": ("boxes.csv",),
-    "ensemble": ("ensemble.json",),
-    "cams": ("cams.json",),
-    "report": ("metrics.json", "leaderboard.csv"),
-    "experiment": ("resolved_config.yaml",),
-    "refit": ("refit.json",),
-    "checkpoints": (),
-}
+# A folder muratune made holds layout.MARKER naming its kind (layout's ``*_KIND``). Folders written before markers
+# existed are recognised by the files each kind always writes (layout.KIND_SIGNATURES). Nothing else is replaced.
 
 
 @dataclass(frozen=True)
@@ -148,12 +139,13 @@ def made_by_muratune(folder: Path, kind: str) -> bool:
             return json.loads(marker.read_text(encoding="utf-8")).get("kind") == kind
         except (OSError, ValueError, AttributeError):
             return False
-    signature = SIGNATURES.get(kind, ())
+    signature = KIND_SIGNATURES.get(kind, ())
     return bool(signature) and all((folder / name).is_file() for name in signature)
 
 
-def check_output(target: str | os.PathLike, inputs: Sequence[Input] = (), is_dir: bool = True,
-                 flag: str = "--out") -> Path:  # fmt: skip
+def check_output(
+    target: str | os.PathLike, inputs: Sequence[Input] = (), is_dir: bool = True, flag: str = "--out"
+) -> Path:
     """Refuse, before any work, an output path that would touch an input or a folder that is not the command's.
 
     Refused: a filesystem root or the home folder; an output that is an input, holds one, or lies inside one (unless
@@ -242,6 +234,64 @@ def move_aside(target: Path) -> Path | None:
     aside = Path(tempfile.mkdtemp(prefix=f".{target.name}.replaced-", dir=target.parent))
     os.replace(target, aside)  # over the empty folder mkdtemp made
     return aside
+
+
+@dataclass
+class Replacement:
+    """An output folder a run replaces (see `replacing_folder`).
+
+    Attributes:
+        target: the output folder.
+        kind: its kind (layout's ``*_KIND``).
+        aside: where `move_old_aside` moved the folder being replaced (None when nothing was replaced).
+        finished: whether the new output is complete; the block sets False when its run stopped unfinished
+            (e.g. trials a ``--resume`` continues).
+    """
+
+    target: Path
+    kind: str
+    aside: Path | None = None
+    finished: bool = True
+
+    def move_old_aside(self) -> Path | None:
+        """Rename an existing ``target`` aside (`move_aside`), once the caller has refused what it may not replace."""
+        self.aside = move_aside(self.target)
+        return self.aside
+
+
+@contextmanager
+def replacing_folder(
+    target: str | os.PathLike, kind: str, echo: Callable[[str], None] = print
+) -> Iterator[Replacement]:
+    """Run a block that writes ``target``, keeping a replaced ``kind`` folder aside until the block has finished.
+
+    The block moves the old folder aside (`Replacement.move_old_aside`) when its checks have passed. When the block
+    succeeds with ``finished`` set, the replaced folder is deleted, and with it every ``kind`` folder earlier
+    interrupted runs left aside at ``target`` (`replaced_folders`): a ``--resume`` finishing an interrupted
+    ``--overwrite`` removes what that one replaced. When the block fails, is interrupted or ends unfinished, the old
+    folder stays aside and a line says how to restore it.
+    """
+    replacement = Replacement(Path(target), kind)
+    try:
+        yield replacement
+    except BaseException:
+        replacement.finished = False
+        finish_replacing(replacement, echo)
+        raise
+    finish_replacing(replacement, echo)
+
+
+def finish_replacing(replacement: Replacement, echo: Callable[[str], None] = print) -> None:
+    """Delete what a finished run replaced; until it has finished, say where the replaced folder is kept."""
+    target, aside, kind = replacement.target, replacement.aside, replacement.kind
+    if not replacement.finished:
+        if aside is not None:
+            echo(f"the replaced {kind} is kept at {aside} until this one finishes; `mv {aside} {target}` restores it")
+        return
+    for old in sorted({*replaced_folders(target, kind), *([aside] if aside is not None else [])}):
+        shutil.rmtree(old, ignore_errors=True)
+        if old != aside:
+            echo(f"removed {old}: the {kind} it kept was replaced by this one, now finished")
 
 
 def replaced_folders(target: Path, kind: str) -> list[Path]:

@@ -119,8 +119,27 @@ METRICS_JSON = "metrics.json"
 PLOTS_DIR = "plots"
 REPORT_CAMS_DIR = "cams"
 
-# Marker file a stage writes into every folder it creates; only folders holding it are ever replaced.
+# ------------------------------------------------------------------------------------------------ output folders
+# A folder muratune made holds MARKER, a JSON file naming its kind; only such folders are ever replaced. Folders
+# written before markers existed are recognised by the files their kind always writes (KIND_SIGNATURES).
 MARKER = ".muratune"
+BOXES_CSV = "boxes.csv"  # a synthetic dataset's ground-truth boxes
+DATASET_KIND = "dataset"
+EXPERIMENT_KIND = "experiment"
+REFIT_KIND = "refit"
+ENSEMBLE_KIND = "ensemble"
+CAMS_KIND = "cams"
+REPORT_KIND = "report"
+CHECKPOINTS_KIND = "checkpoints"  # `muratune train`'s output
+KIND_SIGNATURES: dict[str, tuple[str, ...]] = {
+    DATASET_KIND: (BOXES_CSV,),
+    EXPERIMENT_KIND: (RESOLVED_CONFIG,),
+    REFIT_KIND: (REFIT_PLAN,),
+    ENSEMBLE_KIND: (ENSEMBLE_FILE,),
+    CAMS_KIND: (CAMS_JSON,),
+    REPORT_KIND: (METRICS_JSON, LEADERBOARD_CSV),
+    CHECKPOINTS_KIND: (),
+}
 
 
 def is_remote(uri: str) -> bool:

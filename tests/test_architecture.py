@@ -1,4 +1,4 @@
-"""The house rules, measured from the code: no import cycles, no stage reaching into the tuner, small rooms."""
+"""The house rules, measured from the code: no import cycles, no stage reaching into the search runner, small rooms."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import architecture  # noqa: E402
 def test_the_package_keeps_the_house_rules() -> None:
     findings = architecture.measure(ROOT)
     assert findings.cycles == []
-    assert findings.tuner_imports == []
+    assert findings.runner_imports == []
     assert findings.command_imports == []
     assert findings.long_functions == []
     assert findings.long_modules == []
@@ -32,5 +32,35 @@ def test_the_measurement_finds_a_cycle_and_a_long_function(tmp_path: Path) -> No
     findings = architecture.measure(tmp_path)
     assert findings.cycles == [["muratune.a", "muratune.b"]]
     assert findings.long_functions == ["muratune.b.f (72 lines)"]
-    assert findings.tuner_imports == ["muratune.report -> muratune.search.run"]
+    assert findings.runner_imports == ["muratune.report -> muratune.search.run"]
     assert findings.command_imports == ["muratune.report -> muratune.search.run"]
+
+
+def test_only_the_cli_and_the_doctor_may_import_the_search_runner(tmp_path: Path) -> None:
+    package = tmp_path / "muratune"
+    for folder in ("search", "refit", "cli", "doctor"):
+        (package / folder).mkdir(parents=True)
+        (package / folder / "__init__.py").write_text("")
+    (package / "__init__.py").write_text("")
+    (package / "search" / "run.py").write_text("")
+    (package / "search" / "job.py").write_text("")
+    (package / "refit" / "run.py").write_text("from muratune.search.run import helper\n")  # a command module
+    (package / "refit" / "plan.py").write_text("from muratune.search.job import helper\n")  # the shared room
+    (package / "cli" / "search.py").write_text("from muratune.search.run import run_search\n")
+    (package / "doctor" / "searches.py").write_text("from muratune.search.run import run_search\n")
+    findings = architecture.measure(tmp_path)
+    assert findings.runner_imports == ["muratune.refit.run -> muratune.search.run"]
+    assert findings.command_imports == []
+
+
+def test_a_package_whose_init_imports_its_modules_back_is_a_cycle(tmp_path: Path) -> None:
+    package = tmp_path / "muratune" / "doctor"
+    package.mkdir(parents=True)
+    (package.parent / "__init__.py").write_text("")
+    (package / "__init__.py").write_text("from muratune.doctor.run import run_doctor\n")
+    (package / "run.py").write_text("from muratune.doctor import checks\n")  # a submodule, through its package
+    (package / "checks.py").write_text("")
+    findings = architecture.measure(tmp_path)
+    assert findings.cycles == [["muratune.doctor", "muratune.doctor.run"]]
+    (package / "__init__.py").write_text('"""The package re-exports nothing."""\n')
+    assert architecture.measure(tmp_path).cycles == []

@@ -24,7 +24,7 @@ def demo_raw() -> dict:
 
 def load_checked(path: Path, overrides: list[str] | None = None) -> ExperimentConfig:
     """Load a config and check its space against timm and the policy registry, as `muratune search` does."""
-    from muratune.search.space import validate_space
+    from muratune.trainables.space import validate_space
 
     config = load_config(path, overrides)
     validate_space(config)

@@ -10,11 +10,10 @@ import pytest
 
 from muratune.cli import main
 from muratune.config import ExperimentConfig
-from muratune.doctor import Check, DoctorReport, all_checks, run_doctor
 from muratune.doctor.checks import cores_verdict
 from muratune.doctor.probes import loader_cores_needed, training_probe
-from muratune.doctor.report import timed
-from muratune.doctor.run import doctor_paths, shrink
+from muratune.doctor.report import Check, DoctorReport, timed
+from muratune.doctor.run import all_checks, doctor_paths, run_doctor, shrink
 
 GPU_CHECKS = ("cuda_devices", "training_probe", "cores_per_gpu", "fractional_gpu_trials", "data_parallel")
 

@@ -9,7 +9,8 @@ import pytest
 
 from muratune.config import load_config
 from muratune.errors import UserError
-from muratune.fileio import MARKER, atomic_dir
+from muratune.fileio import atomic_dir, replacing_folder
+from muratune.layout import CHECKPOINTS_KIND, EXPERIMENT_KIND, MARKER, experiment_dir
 from muratune.search import experiment
 from tests.helpers.cli import assert_one_line_error, run
 from tests.helpers.ensemble import make_ensemble
@@ -106,25 +107,41 @@ def test_synth_into_a_file_is_one_line(tmp_path, capsys):
     refused(["data", "synth", str(target), "--studies", "4"], capsys, [target], "OUT", "is a file")
 
 
+def interrupted_overwrite(config) -> tuple[Path, Path | None, list[str]]:
+    """Start replacing the experiment of ``config`` (``--overwrite``), then interrupt the run as Ctrl-C does.
+
+    Returns:
+        The experiment folder, where the replaced one was moved, and the lines the replacement printed.
+    """
+    lines: list[str] = []
+    with pytest.raises(KeyboardInterrupt):
+        with replacing_folder(experiment_dir(config), EXPERIMENT_KIND, echo=lines.append) as replacement:
+            exp = experiment.prepare_experiment(config, resume=False, overwrite=True, replacement=replacement)
+            raise KeyboardInterrupt
+    return exp, replacement.aside, lines
+
+
 def test_search_overwrite_keeps_the_old_experiment_until_the_new_one_finishes(tmp_path, synthetic_root):
     config = load_config(DEMO_CONFIG, tiny_overrides(synthetic_root, tmp_path / "runs", name="kept"))
-    exp, replaced = experiment.prepare_experiment(config, resume=False, overwrite=False)
+    exp = experiment.prepare_experiment(config, resume=False, overwrite=False)
     (exp / "search_summary.csv").write_text("trial_id,state\nold,COMPLETE\n")
     before = tree_digest(exp)
-    exp, replaced = experiment.prepare_experiment(config, resume=False, overwrite=True)
+    exp, replaced, lines = interrupted_overwrite(config)  # an interrupted search
     assert replaced is not None and tree_digest(replaced) == before
-    lines: list[str] = []
-    experiment.finish_replacing(exp, replaced, finished=False, echo=lines.append)  # an interrupted search
     assert replaced.is_dir() and str(replaced) in lines[0] and "mv" in lines[0]
-    experiment.finish_replacing(exp, replaced, finished=True)
+    with replacing_folder(exp, EXPERIMENT_KIND) as replacement:
+        replacement.finished = False  # a resumed search interrupted again keeps it
+    assert replaced.is_dir()
+    with replacing_folder(exp, EXPERIMENT_KIND):  # a resumed search that finished
+        pass
     assert not replaced.exists() and (exp / MARKER).is_file()
 
 
 def test_a_finished_resume_removes_what_interrupted_overwrites_kept(tmp_path, synthetic_root):
     config = load_config(DEMO_CONFIG, tiny_overrides(synthetic_root, tmp_path / "runs", name="twice"))
     experiment.prepare_experiment(config, resume=False, overwrite=False)
-    _, first = experiment.prepare_experiment(config, resume=False, overwrite=True)  # interrupted
-    exp, second = experiment.prepare_experiment(config, resume=False, overwrite=True)  # interrupted again
+    _, first, _ = interrupted_overwrite(config)
+    exp, second, _ = interrupted_overwrite(config)  # interrupted again
     bystander = tmp_path / "runs" / ".twice-notes"  # a hidden folder muratune did not make
     bystander.mkdir()
     look_alike = tmp_path / "runs" / ".twice.replaced-mine"  # named like an aside, but not an experiment of ours
@@ -132,15 +149,27 @@ def test_a_finished_resume_removes_what_interrupted_overwrites_kept(tmp_path, sy
     (look_alike / "notes.txt").write_text("mine")
     assert first is not None and second is not None and first.is_dir() and second.is_dir()
     (exp / "trials").mkdir()
-    assert experiment.prepare_experiment(config, resume=True, overwrite=False) == (exp, None)
     lines: list[str] = []
-    experiment.finish_replacing(exp, None, finished=True, echo=lines.append)  # the resumed search finished
+    with replacing_folder(exp, EXPERIMENT_KIND, echo=lines.append) as replacement:  # the resumed search finishes
+        assert experiment.prepare_experiment(config, resume=True, overwrite=False, replacement=replacement) == exp
+    assert replacement.aside is None
     assert not first.exists() and not second.exists()
     assert bystander.is_dir() and (exp / MARKER).is_file()
     assert (look_alike / "notes.txt").read_text() == "mine"
     assert sorted(lines) == sorted(
         f"removed {p}: the experiment it kept was replaced by this one, now finished" for p in (first, second)
     )
+
+
+def test_a_finished_replacement_deletes_the_folder_it_moved_aside(tmp_path):
+    out = tmp_path / "checkpoints"
+    out.mkdir()  # empty and unmarked: `muratune train --overwrite` may replace it
+    lines: list[str] = []
+    with replacing_folder(out, CHECKPOINTS_KIND, echo=lines.append) as replacement:
+        aside = replacement.move_old_aside()
+        out.mkdir()
+    assert aside is not None and not aside.exists() and out.is_dir() and lines == []
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoints"]
 
 
 def test_search_overwrite_refuses_a_folder_it_did_not_make(tmp_path, synthetic_root):

@@ -20,19 +20,22 @@ from muratune.data.index import load_index
 from muratune.data.split import patient_folds
 from muratune.ensemble.predictor import StudyPredictor
 from muratune.errors import UserError
-from muratune.fileio import MARKER
+from muratune.fileio import Replacement
 from muratune.layout import (
     ENSEMBLE_DIR,
     ENSEMBLE_FILE,
+    MARKER,
     OOF_IMAGES,
     REFIT_DIR,
+    REFIT_KIND,
     REFIT_SUMMARY,
     SUMMARY_CSV,
     TRIALS_DIR,
 )
 from muratune.layout import REFIT_PLAN as PLAN_FILE
-from muratune.refit.run import run_refit
+from muratune.refit.run import RefitOptions, run_refit
 from muratune.schemas import read_ensemble_spec
+from tests.helpers.files import tree_digest
 
 FOLDS, EPOCHS, TOP = 2, 2, 2
 
@@ -76,11 +79,13 @@ def refit(ray_session, tiny_experiment: Path, tmp_path_factory: pytest.TempPathF
     exp = _copy_experiment(tiny_experiment, tmp_path_factory.mktemp("refit") / "tiny")
     marker = exp.parent / "interrupt"
     marker.touch()
-    first = run_refit(exp, top=TOP, folds=FOLDS, epochs=EPOCHS, stop=InterruptAfterFirstFoldModel(marker), echo=print)
+    first = run_refit(
+        exp, RefitOptions(top=TOP, folds=FOLDS, epochs=EPOCHS), stop=InterruptAfterFirstFoldModel(marker), echo=print
+    )
     trials = exp / REFIT_DIR / TRIALS_DIR
     before = {p.name: _epochs_trained(p) for p in trials.glob("trial_*") if (p / "result.json").is_file()}
     marker.unlink()
-    second = run_refit(exp, resume=True, echo=print)
+    second = run_refit(exp, RefitOptions(resume=True), echo=print)
     return {"exp": exp, "first": first, "second": second, "before": before}
 
 
@@ -199,9 +204,9 @@ def test_report_shows_cv_with_its_out_of_fold_kappa_beside_test_kappa(refit: dic
 # ------------------------------------------------------------------------------------------------ refusals
 def test_an_existing_refit_or_cv_ensemble_is_only_replaced_with_overwrite(refit: dict) -> None:
     with pytest.raises(UserError, match="ensemble/cv: already exists; pass --overwrite"):
-        run_refit(refit["exp"], top=TOP, folds=FOLDS, epochs=EPOCHS)
+        run_refit(refit["exp"], RefitOptions(top=TOP, folds=FOLDS, epochs=EPOCHS))
     with pytest.raises(UserError, match="started with --folds 2"):
-        run_refit(refit["exp"], folds=3, resume=True, overwrite=True)
+        run_refit(refit["exp"], RefitOptions(folds=3, resume=True, overwrite=True))
 
 
 def test_a_running_search_is_refused(tiny_experiment: Path, tmp_path: Path) -> None:
@@ -210,14 +215,14 @@ def test_a_running_search_is_refused(tiny_experiment: Path, tmp_path: Path) -> N
     summary.loc[0, "state"] = "RUNNING"
     summary.to_csv(exp / SUMMARY_CSV, index=False)
     with pytest.raises(UserError, match=r"still RUNNING.*muratune search --resume"):
-        run_refit(exp, top=1, folds=2)
+        run_refit(exp, RefitOptions(top=1, folds=2))
     summary.loc[0, "state"] = "COMPLETE"
     summary.head(len(summary) - 1).to_csv(exp / SUMMARY_CSV, index=False)  # stopped before its last trial began
     with pytest.raises(UserError, match=rf"stopped after {len(summary) - 1} of its {len(summary)} trials"):
-        run_refit(exp, top=1, folds=2)
+        run_refit(exp, RefitOptions(top=1, folds=2))
     (exp / SUMMARY_CSV).unlink()
     with pytest.raises(UserError, match="search_summary.csv: not found; the search has not finished"):
-        run_refit(exp, top=1, folds=2)
+        run_refit(exp, RefitOptions(top=1, folds=2))
     assert not (exp / REFIT_DIR).exists()
 
 
@@ -228,9 +233,9 @@ def test_missing_trial_checkpoints_are_refused(tiny_experiment: Path, tmp_path: 
     summary.to_csv(exp / SUMMARY_CSV, index=False)
     shutil.rmtree(exp / TRIALS_DIR)
     with pytest.raises(UserError, match="checkpoint of trial .* not found"):
-        run_refit(exp, top=1, folds=2)
+        run_refit(exp, RefitOptions(top=1, folds=2))
     with pytest.raises(UserError, match="no refit to resume"):
-        run_refit(exp, resume=True)
+        run_refit(exp, RefitOptions(resume=True))
 
 
 @pytest.mark.parametrize(
@@ -252,14 +257,14 @@ def test_an_overwritten_refit_stays_restorable_until_its_successor_finishes(
     marker = tmp_path / "interrupt"
     marker.touch()
     interrupted = run_refit(
-        exp, top=1, folds=FOLDS, epochs=1, overwrite=True, stop=InterruptAfterFirstFoldModel(marker)
+        exp, RefitOptions(top=1, folds=FOLDS, epochs=1, overwrite=True), stop=InterruptAfterFirstFoldModel(marker)
     )
     assert interrupted.unfinished
     (aside,) = exp.glob(f".{REFIT_DIR}.replaced-*")
     assert (aside / PLAN_FILE).read_text() == old_plan  # the old refit, whole, beside the new one
     assert str(aside) in capsys.readouterr().out
     assert (exp / ENSEMBLE_DIR / "cv").is_dir()  # the old cv ensemble is untouched until a new one is built
-    resumed = run_refit(exp, resume=True, overwrite=True, echo=print)  # the successor finishes
+    resumed = run_refit(exp, RefitOptions(resume=True, overwrite=True), echo=print)  # the successor finishes
     assert resumed.unfinished == 0 and resumed.ensemble is not None
     assert not aside.exists() and not list(exp.glob(f".{REFIT_DIR}.replaced-*"))
     assert f"removed {aside}" in capsys.readouterr().out
@@ -348,7 +353,7 @@ def test_bad_refit_options_are_refused_before_anything_is_trained(
     exp = _copy_experiment(tiny_experiment, tmp_path / "tiny")
     prepare(exp)
     with pytest.raises(UserError, match=message):
-        run_refit(exp, top=1, folds=2, epochs=1, **options)
+        run_refit(exp, RefitOptions(top=1, folds=2, epochs=1, **options))
     assert not (exp / REFIT_DIR).exists()
 
 
@@ -387,13 +392,13 @@ def test_a_new_refit_folder_appears_with_its_plan_in_one_rename(tmp_path: Path) 
     from muratune.refit.run import create_refit_dir
 
     refit = tmp_path / REFIT_DIR
-    assert create_refit_dir(refit, RefitPlan([], 2, 1, 0, 3)) is None
+    assert create_refit_dir(Replacement(refit, REFIT_KIND), RefitPlan([], 2, 1, 0, 3)) is None
     assert sorted(p.name for p in tmp_path.iterdir()) == [REFIT_DIR]  # no temporary folder left beside it
     umask = os.umask(0)
     os.umask(umask)
     assert RefitPlan.read(refit / PLAN_FILE).requested_top == 3 and refit.stat().st_mode & 0o777 == 0o777 & ~umask
     (refit / "trials").mkdir()
-    aside = create_refit_dir(refit, RefitPlan([], 3, 1, 0, 2))
+    aside = create_refit_dir(Replacement(refit, REFIT_KIND), RefitPlan([], 3, 1, 0, 2))
     assert aside is not None and (aside / "trials").is_dir() and RefitPlan.read(aside / PLAN_FILE).folds == 2
     assert sorted(p.name for p in refit.iterdir()) == sorted([MARKER, PLAN_FILE])  # marked as a refit of ours
 
@@ -403,7 +408,7 @@ def test_a_refit_folder_muratune_did_not_make_is_never_replaced(tiny_experiment:
     (exp / REFIT_DIR).mkdir()
     (exp / REFIT_DIR / "notes.txt").write_text("mine")
     with pytest.raises(UserError, match=r"refit: exists and is not a muratune refit folder"):
-        run_refit(exp, top=1, folds=2, epochs=1, overwrite=True)
+        run_refit(exp, RefitOptions(top=1, folds=2, epochs=1, overwrite=True))
     assert sorted(p.name for p in (exp / REFIT_DIR).iterdir()) == ["notes.txt"]
     assert not list(exp.glob(f".{REFIT_DIR}.*"))  # nothing moved aside or left half-made
 
@@ -450,7 +455,7 @@ def test_a_failed_fold_model_stops_the_refit_until_resumed_with_drop_failed(
     trials = exp / REFIT_DIR / TRIALS_DIR
     before = {p.name: (p / "result.json").read_text() for p in trials.glob("trial_*") if (p / "result.json").exists()}
 
-    resumed = run_refit(exp, resume=True, drop_failed=True, echo=print)
+    resumed = run_refit(exp, RefitOptions(resume=True, drop_failed=True), echo=print)
     assert resumed.ensemble is not None and resumed.unfinished == 0
     left_out = rf"configuration {bad} left out of ensemble/cv \(trial_{bad}_fold0: .*trial crashed"
     assert re.search(left_out, capsys.readouterr().out)
@@ -461,3 +466,18 @@ def test_a_failed_fold_model_stops_the_refit_until_resumed_with_drop_failed(
     assert after == before  # --drop-failed retried no failed fold model and retrained no finished one
     predictor = StudyPredictor.load(exp / ENSEMBLE_DIR / "cv")
     assert len(predictor.members) == 2
+
+
+def test_a_resumed_plan_naming_a_fold_model_its_run_never_held_is_refused(refit: dict, tmp_path: Path) -> None:
+    exp = tmp_path / "tiny"
+    shutil.copytree(refit["exp"], exp, ignore=shutil.ignore_patterns(ENSEMBLE_DIR))  # as if cut short before it
+    plan_path = exp / REFIT_DIR / PLAN_FILE
+    plan = json.loads(plan_path.read_text())
+    plan["configurations"][0]["trial_id"] = "deadbeef"  # matches no Tune trial of this refit
+    plan_path.write_text(json.dumps(plan))
+    before = tree_digest(exp)
+    with pytest.raises(
+        UserError, match=r"refit\.json: the refit being resumed trained trial_\w+_fold0, which its plan"
+    ):
+        run_refit(exp, RefitOptions(resume=True), echo=print)
+    assert tree_digest(exp) == before

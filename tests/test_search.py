@@ -12,6 +12,7 @@ import pytest
 from muratune import layout
 from muratune.config import load_config
 from muratune.errors import UserError
+from muratune.fileio import replacing_folder
 from muratune.search import experiment, factories, resources
 from muratune.search import run as search_run
 from muratune.trainables import checkpoint as ckpt
@@ -109,8 +110,9 @@ def test_real_search_writes_experiment(ray_session, tmp_path, synthetic_root):
 
 def test_existing_experiment_is_refused_without_resume_or_overwrite(tmp_path, synthetic_root):
     config = load_config(DEMO, tiny_overrides(synthetic_root, tmp_path / "runs", name="taken"))
-    exp, replaced = experiment.prepare_experiment(config, resume=False, overwrite=False)
-    assert replaced is None
+    with replacing_folder(layout.experiment_dir(config), layout.EXPERIMENT_KIND) as replacement:
+        exp = experiment.prepare_experiment(config, resume=False, overwrite=False, replacement=replacement)
+    assert replacement.aside is None
     marker = exp / "keep.txt"
     marker.write_text("finished work")
     with pytest.raises(UserError, match="already exists"):

@@ -1,4 +1,4 @@
-"""Measure the package's structure: import cycles, imports of the tuner and of commands, long functions and modules."""
+"""Measure the package's structure: import cycles, imports of the search's runner or of commands, long code."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ MAX_MODULE_LINES = 400
 COMMAND_PACKAGES = ("muratune.cli", "muratune.doctor")
 COMMAND_MODULES = (
     "muratune.demo",
+    "muratune.trainables.standalone",
     "muratune.search.run",
     "muratune.ensemble.build",
     "muratune.ensemble.predict",
@@ -25,13 +26,24 @@ COMMAND_MODULES = (
     "muratune.report.write",
     "muratune.refit.run",
 )
-# The search's runner: no other stage may learn names or helpers from it.
-TUNER_MODULES = ("muratune.search.run", "muratune.search.tuner")
+# The search's runner: no other stage may learn names or helpers from it (shared Tune-job helpers live in
+# muratune.search.job). Only its callers import it: the CLI, and the doctor, which runs a search as a user would.
+SEARCH_RUNNER = "muratune.search.run"
+RUNNER_CALLERS = ("muratune.cli", "muratune.doctor")
+
+
+def _in_package(module: str, packages: tuple[str, ...]) -> bool:
+    return any(module == p or module.startswith(p + ".") for p in packages)
 
 
 def is_command(module: str) -> bool:
     """Whether a module is a command module (see COMMAND_MODULES)."""
-    return module in COMMAND_MODULES or any(module == p or module.startswith(p + ".") for p in COMMAND_PACKAGES)
+    return module in COMMAND_MODULES or _in_package(module, COMMAND_PACKAGES)
+
+
+def may_import_runner(module: str) -> bool:
+    """Whether a module may import the search's runner: the search's own modules and the runner's callers."""
+    return _in_package(module, ("muratune.search", *RUNNER_CALLERS))
 
 
 @dataclass
@@ -39,7 +51,7 @@ class Findings:
     """What the measurement found; empty lists mean the rule holds."""
 
     cycles: list[list[str]] = field(default_factory=list)
-    tuner_imports: list[str] = field(default_factory=list)
+    runner_imports: list[str] = field(default_factory=list)
     command_imports: list[str] = field(default_factory=list)
     long_functions: list[str] = field(default_factory=list)
     long_modules: list[str] = field(default_factory=list)
@@ -68,6 +80,8 @@ def imported_modules(tree: ast.Module, name: str, is_package: bool, known: set[s
             for alias in node.names:
                 full = f"{base}.{alias.name}"
                 found.add(full if full in known else _closest(base, known))
+                if full in known and base in known:
+                    found.add(base)  # a submodule imported through its package runs the package's __init__ first
     return {module for module in found if module and module != name}
 
 
@@ -148,8 +162,8 @@ def measure(root: Path) -> Findings:
     findings = Findings(cycles=find_cycles(graph))
     for name, imports in graph.items():
         for target in sorted(imports):
-            if target in TUNER_MODULES and not name.startswith("muratune.search") and not is_command(name):
-                findings.tuner_imports.append(f"{name} -> {target}")
+            if target == SEARCH_RUNNER and not may_import_runner(name):
+                findings.runner_imports.append(f"{name} -> {target}")
             if is_command(target) and not is_command(name):
                 findings.command_imports.append(f"{name} -> {target}")
         findings.long_functions.extend(long_functions(trees[name], name, MAX_FUNCTION_LINES))

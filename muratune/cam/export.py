@@ -25,7 +25,7 @@ from muratune.ensemble.load import load_ensemble
 from muratune.ensemble.predictor import complete_frame
 from muratune.errors import UserError
 from muratune.fileio import Input, atomic_dir, check_output, json_safe, refuse_existing
-from muratune.layout import CAM_IMAGES_DIR, CAM_INDEX_HTML, CAM_SCORE_JSON, CAMS_JSON
+from muratune.layout import CAM_IMAGES_DIR, CAM_INDEX_HTML, CAM_SCORE_JSON, CAMS_JSON, CAMS_KIND
 from muratune.lock import lock_experiment_holding
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm")
@@ -265,11 +265,11 @@ def export_cams(
         raise UserError(f"--threshold {options.threshold}: must be between 0 and 1 (a fraction of the map's maximum)")
     frame, base = select_images(selection)
     check_output(out, cam_inputs(ensemble, selection, frame, base))
-    refuse_existing(out, overwrite, kind="cams")
+    refuse_existing(out, overwrite, kind=CAMS_KIND)
     truth = read_boxes(score_boxes) if score_boxes is not None else None
     predictor = load_ensemble(ensemble, options.device)
     explainer = EnsembleCam.from_predictor(predictor, options.layer, options.method, options.shifts)
-    with lock_experiment_holding(out, "cam"), atomic_dir(out, overwrite, kind="cams") as tmp:
+    with lock_experiment_holding(out, "cam"), atomic_dir(out, overwrite, kind=CAMS_KIND) as tmp:
         records, unreadable = write_overlays(tmp, frame, base, explainer, options, progress, warn)
         if not records:
             raise UserError(f"{selection.source}: none of the {len(frame)} images could be read")

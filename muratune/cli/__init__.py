@@ -7,13 +7,15 @@ import sys
 import click
 import typer
 
-from muratune.cli import data, outputs, search  # noqa: F401 - importing registers each module's commands
 from muratune.cli.app import app, run_in_process
 from muratune.errors import UserError
 from muratune.fileio import DISK_FULL_ERRNOS, disk_full_error
 
+# Importing a command module registers its commands, in this order in --help (the doctor last).
 # isort: off
-from muratune.cli import doctor  # noqa: F401 - registered last, so it is the last command in --help
+from muratune.cli import data, outputs  # noqa: F401
+from muratune.cli import train, search, refit, ensemble, predict, dashboard  # noqa: F401
+from muratune.cli import doctor  # noqa: F401
 # isort: on
 
 __all__ = ["app", "main", "run_in_process"]

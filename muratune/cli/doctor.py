@@ -25,7 +25,7 @@ def doctor_command(
     from rich.console import Console
 
     from muratune.config import load_config
-    from muratune.doctor import run_doctor
+    from muratune.doctor.run import run_doctor
 
     settings = load_config(config, set_)
     report = run_doctor(address=address, data=data, quick=quick, config=settings, out=out, echo=typer.echo)

@@ -134,8 +134,17 @@ def serve_command(
         max_pixels=max_pixels,
         max_request_pixels=max_request_pixels,
     )
-    options = ServeOptions(host, port, replicas, cpus_per_replica, gpus_per_replica, limits, cam_shifts,
-                           tuple(allowed_host or ()), api_key or None)  # fmt: skip
+    options = ServeOptions(
+        host=host,
+        port=port,
+        replicas=replicas,
+        cpus_per_replica=cpus_per_replica,
+        gpus_per_replica=gpus_per_replica,
+        limits=limits,
+        cam_shifts=cam_shifts,
+        allowed_hosts=tuple(allowed_host or ()),
+        api_key=api_key or None,
+    )
     serve_until_interrupted(ensemble, options, address, echo=typer.echo)
 
 
@@ -153,8 +162,9 @@ def demo_command(
     """Run the whole pipeline on synthetic data on this machine: data, cache, search, ensemble, CAMs, report."""
     from muratune.demo import run_demo
 
-    report = run_demo(out, run_in_process, studies=studies, trials=trials, overwrite=overwrite, epochs=epochs,
-                      echo=typer.echo)  # fmt: skip
+    report = run_demo(
+        out, run_in_process, studies=studies, trials=trials, overwrite=overwrite, epochs=epochs, echo=typer.echo
+    )
     if open_report:
         import webbrowser
 

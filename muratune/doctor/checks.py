@@ -103,8 +103,13 @@ def check_cuda(ctx: Context, slot: dict) -> None:
     for node in ctx.gpu_nodes:
         strategy = NodeAffinitySchedulingStrategy(node["NodeID"], soft=False)
         task = _remote(probes.node_facts, num_cpus=0, num_gpus=node["Resources"]["GPU"], scheduling_strategy=strategy)
-        facts.append({"address": node["NodeManagerAddress"], "ray_gpus": node["Resources"]["GPU"],
-                      **_get(ctx, task.remote(), f"the CUDA check on {node['NodeManagerAddress']}")})  # fmt: skip
+        facts.append(
+            {
+                "address": node["NodeManagerAddress"],
+                "ray_gpus": node["Resources"]["GPU"],
+                **_get(ctx, task.remote(), f"the CUDA check on {node['NodeManagerAddress']}"),
+            }
+        )
     devices = [d for f in facts for d in f["devices"]]
     names = sorted({d["name"] for d in devices})
     slot["figure"] = f"{len(devices)} CUDA device(s) ({', '.join(names) or 'none'}); bf16 " + (
@@ -245,8 +250,11 @@ def check_cores_per_gpu(ctx: Context, slot: dict) -> None:
     """Loader cores per GPU to keep up with the training probe (probe img/s / loader img/s per core), per node."""
     train, loader = ctx.result("training"), ctx.result("loader")
     needed = probes.loader_cores_needed(train["images_per_s"], loader["images_per_s_per_core"])
-    slot["data"] = {"needed": needed, "train_images_per_s": train["images_per_s"],
-                    "loader_images_per_s_per_core": loader["images_per_s_per_core"]}  # fmt: skip
+    slot["data"] = {
+        "needed": needed,
+        "train_images_per_s": train["images_per_s"],
+        "loader_images_per_s_per_core": loader["images_per_s_per_core"],
+    }
     if not ctx.use_gpu:
         slot.update(status=SKIP, figure=f"{needed:.2f} cores per CPU trial")
         slot["detail"] = f"{NO_GPU}; for reference, the loader needs {needed:.2f} cores to feed the CPU probe"

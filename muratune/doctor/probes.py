@@ -221,13 +221,21 @@ def training_probe(config: dict, hparams: dict, steps: int, warmup: int, out: st
     peak_mib = torch.cuda.max_memory_allocated() / 2**20 if cuda else peak_rss_mib()
     metrics = _save(out, model, settings, data, hparams, normalizer, runtime, loss)
     return {
-        "images_per_s": steps * batch_size / seconds, "steps": steps, "batch_size": batch_size, "seconds": seconds,
-        "peak_memory_mib": peak_mib, "memory_kind": "cuda_max_allocated" if cuda else "process_peak_rss",
-        "device": torch.cuda.get_device_name() if cuda else "cpu", "amp": str(runtime.amp_dtype).removeprefix("torch."),
-        "channels_last": runtime.channels_last, "train_loss": loss, "val_kappa": metrics.get("val_kappa"),
-        "checkpoint": out, "hostname": socket.gethostname(),
+        "images_per_s": steps * batch_size / seconds,
+        "steps": steps,
+        "batch_size": batch_size,
+        "seconds": seconds,
+        "peak_memory_mib": peak_mib,
+        "memory_kind": "cuda_max_allocated" if cuda else "process_peak_rss",
+        "device": torch.cuda.get_device_name() if cuda else "cpu",
+        "amp": str(runtime.amp_dtype).removeprefix("torch."),
+        "channels_last": runtime.channels_last,
+        "train_loss": loss,
+        "val_kappa": metrics.get("val_kappa"),
+        "checkpoint": out,
+        "hostname": socket.gethostname(),
         "files": {p.name: p.read_bytes() for p in Path(out).iterdir() if p.is_file()},
-    }  # fmt: skip
+    }
 
 
 def _save(out: str, model, settings, data, hparams, normalizer, runtime, loss: float) -> dict:

@@ -37,9 +37,16 @@ def shrink(config: ExperimentConfig, quick: bool, data_root: Path, storage: str,
     }
     if quick:
         batch = min(int(config.space.batch_size.default()), 16)
-        values.update({"data.image_size": QUICK_SIZE, "data.num_workers": 0, "model.pretrained": False,
-                       "model.weights_dir": None, "space.backbone": {"type": "fixed", "value": QUICK_BACKBONE},
-                       "space.batch_size": {"type": "fixed", "value": batch}})  # fmt: skip
+        values.update(
+            {
+                "data.image_size": QUICK_SIZE,
+                "data.num_workers": 0,
+                "model.pretrained": False,
+                "model.weights_dir": None,
+                "space.backbone": {"type": "fixed", "value": QUICK_BACKBONE},
+                "space.batch_size": {"type": "fixed", "value": batch},
+            }
+        )
     return with_values(config, values)
 
 

@@ -35,9 +35,15 @@ def _overlap(trial_dirs: list[str]) -> int | None:
 def _search(ctx: Context, name: str, values: dict[str, Any], trainable=None):
     from muratune.search.run import run_search
 
-    config = ctx.with_values({"name": f"doctor-{ctx.token}-{name}", "budget.time_budget_s": ctx.sizes.timeout_s,
-                              "space.backbone": ctx.hparams["backbone"], "space.batch_size": ctx.hparams["batch_size"],
-                              **values})  # fmt: skip
+    config = ctx.with_values(
+        {
+            "name": f"doctor-{ctx.token}-{name}",
+            "budget.time_budget_s": ctx.sizes.timeout_s,
+            "space.backbone": ctx.hparams["backbone"],
+            "space.batch_size": ctx.hparams["batch_size"],
+            **values,
+        }
+    )
     lines: list[str] = []
     result = run_search(config, address=ctx.address, trainable=trainable, echo=lines.append)
     return config, result
@@ -53,16 +59,26 @@ def check_fractional_trials(ctx: Context, slot: dict) -> None:
     """A real muratune search of 4 one-epoch trials at gpus_per_trial 0.25 (4 CPU trials on a CPU cluster)."""
     gpu = 0.25 if ctx.use_gpu else 0
     cpus = _trial_cpus(ctx, ctx.gpu_nodes or ctx.nodes, 4)
-    values = {"budget.num_samples": 4, "resources.max_concurrent_trials": 4, "resources.gpus_per_trial": gpu,
-              "resources.cpus_per_trial": cpus, "resources.workers_per_trial": 1}  # fmt: skip
+    values = {
+        "budget.num_samples": 4,
+        "resources.max_concurrent_trials": 4,
+        "resources.gpus_per_trial": gpu,
+        "resources.cpus_per_trial": cpus,
+        "resources.workers_per_trial": 1,
+    }
     _, result = _search(ctx, "trials", values)
     summary = result.summary
     done = int((summary["state"] == "COMPLETE").sum()) if len(summary) else 0
     at_once = _overlap(list(summary["trial_dir"])) if len(summary) else None
     slot["figure"] = f"{done}/4 complete" + (f", up to {at_once} at once" if at_once is not None else "")
-    slot["data"] = {"complete": done, "max_concurrent_seen": at_once, "cpus_per_trial": cpus, "gpus_per_trial": gpu,
-                    "states": list(summary["state"]) if len(summary) else [],
-                    "errors": [e for e in summary.get("error", []) if isinstance(e, str)]}  # fmt: skip
+    slot["data"] = {
+        "complete": done,
+        "max_concurrent_seen": at_once,
+        "cpus_per_trial": cpus,
+        "gpus_per_trial": gpu,
+        "states": list(summary["state"]) if len(summary) else [],
+        "errors": [e for e in summary.get("error", []) if isinstance(e, str)],
+    }
     how = f"gpus_per_trial 0.25, {cpus:g} CPUs each" if ctx.use_gpu else f"{NO_GPU}: 4 CPU trials, {cpus:g} CPUs each"
     if done < 4:
         errors = slot["data"]["errors"]
@@ -78,8 +94,13 @@ def check_data_parallel(ctx: Context, slot: dict) -> None:
 
     world = 2 if any(n["Resources"].get("GPU", 0) >= 2 for n in ctx.gpu_nodes) else 1
     cpus = _trial_cpus(ctx, ctx.gpu_nodes or ctx.nodes, world, reserve=DDP_DRIVER_CPUS)
-    values = {"budget.num_samples": 1, "resources.max_concurrent_trials": 1, "resources.workers_per_trial": world,
-              "resources.gpus_per_trial": 1 if ctx.use_gpu else 0, "resources.cpus_per_trial": cpus}  # fmt: skip
+    values = {
+        "budget.num_samples": 1,
+        "resources.max_concurrent_trials": 1,
+        "resources.workers_per_trial": world,
+        "resources.gpus_per_trial": 1 if ctx.use_gpu else 0,
+        "resources.cpus_per_trial": cpus,
+    }
     before = set(_placement_groups())
     _, result = _search(ctx, "ddp", values, trainable=ddp_tune_trainable)
     leaked = release_leaked_groups(before)
@@ -88,10 +109,14 @@ def check_data_parallel(ctx: Context, slot: dict) -> None:
     checkpoint = Path(str(row["checkpoint"])) / "model.safetensors" if row is not None and row["checkpoint"] else None
     ok = row is not None and row["state"] == "COMPLETE"
     slot["figure"] = f"world size {world} over {backend}: " + ("complete" if ok else "failed")
-    slot["data"] = {"world_size": world, "backend": backend, "state": None if row is None else row["state"],
-                    "checkpoint": None if checkpoint is None else str(checkpoint.parent),
-                    "time_s": None if row is None else float(row["time_s"]),
-                    "leaked_placement_groups": leaked}  # fmt: skip
+    slot["data"] = {
+        "world_size": world,
+        "backend": backend,
+        "state": None if row is None else row["state"],
+        "checkpoint": None if checkpoint is None else str(checkpoint.parent),
+        "time_s": None if row is None else float(row["time_s"]),
+        "leaked_placement_groups": leaked,
+    }
     how = f"TorchTrainer with {world} worker(s) inside a Tune trial" + ("" if ctx.use_gpu else f" ({NO_GPU}: CPU)")
     if not ok:
         error = row["error"] if row is not None and isinstance(row["error"], str) else "the trial did not finish"

@@ -8,12 +8,11 @@ from pathlib import Path
 from muratune.config import ExperimentConfig
 from muratune.errors import UserError
 from muratune.fileio import refuse_foreign
-from muratune.layout import REFIT_DIR, REFIT_PLAN
+from muratune.layout import REFIT_DIR, REFIT_KIND, REFIT_PLAN
 from muratune.refit.select import Configuration, select_configurations
 from muratune.schemas import read_refit_plan
 
 ENTRY = "entry"  # the Tune parameter holding one (configuration, fold)
-REFIT_KIND = "refit"  # the marker kind of a refit folder (older ones are known by their refit.json)
 DEFAULT_TOP, DEFAULT_FOLDS = 3, 5
 
 

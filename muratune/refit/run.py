@@ -23,27 +23,39 @@ from typing import Any
 import pandas as pd
 
 from muratune import layout
-from muratune.cluster import connect_ray
 from muratune.config import ExperimentConfig
 from muratune.constants import EPOCH, METRIC, VAL_AUC
 from muratune.errors import UserError
 from muratune.experiment_folder import load_resolved_config
 from muratune.fileio import (
-    move_aside,
+    Replacement,
     refuse_existing,
     refuse_foreign,
+    replacing_folder,
     temp_dir_beside,
     write_json,
     write_marker,
 )
-from muratune.layout import CACHE_JSON, CV_ENSEMBLE, ENSEMBLE_DIR, REFIT_PLAN, REFIT_SUMMARY, TRIALS_DIR
+from muratune.layout import (
+    CACHE_JSON,
+    CV_ENSEMBLE,
+    ENSEMBLE_DIR,
+    ENSEMBLE_KIND,
+    REFIT_KIND,
+    REFIT_PLAN,
+    REFIT_SUMMARY,
+    TRAIN_RUNS_DIR,
+    TRIALS_DIR,
+    trial_dirname,
+)
+from muratune.lock import experiment_lock
 from muratune.refit.ensemble import build_cv_ensemble
-from muratune.refit.plan import ENTRY, REFIT_KIND, RefitPlan, check_folds, make_plan, member_id, refit_dir
+from muratune.refit.plan import ENTRY, RefitPlan, check_folds, make_plan, member_id, refit_dir
 from muratune.refit.summary import fold_outcome, record_refit_summary, stopped_message
-from muratune.search.experiment import finish_replacing, preflight
+from muratune.search.experiment import preflight
 from muratune.search.factories import run_config
-from muratune.search.resources import check_cluster_resources, trial_resources
-from muratune.search.run import _SigtermAsSigint
+from muratune.search.job import fit_job, ray_for_job
+from muratune.search.resources import trial_resources
 
 
 @dataclass
@@ -106,7 +118,7 @@ def refit_trainable(hparams: dict, experiment_config: dict | None = None, train_
 
 def _trial_dirname(trial: Any) -> str:
     entry = trial.config[ENTRY]
-    return f"trial_{member_id(entry['trial_id'], entry['fold'])}"
+    return trial_dirname(member_id(entry["trial_id"], entry["fold"]))
 
 
 def _bound(config: ExperimentConfig, epochs: int, exp_dir: Path) -> Any:
@@ -114,12 +126,14 @@ def _bound(config: ExperimentConfig, epochs: int, exp_dir: Path) -> Any:
 
     storage_path, name = refit_storage(exp_dir)
     bound = tune.with_parameters(
-        refit_trainable, experiment_config=epochs_settings(config, epochs), train_storage=f"{storage_path}/{name}_train"
+        refit_trainable,
+        experiment_config=epochs_settings(config, epochs),
+        train_storage=f"{storage_path}/{TRAIN_RUNS_DIR}",
     )
     return tune.with_resources(bound, trial_resources(config))
 
 
-def build_refit_tuner(
+def create_refit_tuner(
     config: ExperimentConfig, plan: RefitPlan, exp_dir: Path, stop: Any = None, verbose: int = 1
 ) -> Any:
     """A Tuner over a fixed grid of (configuration, fold) entries: no searcher, no scheduler, latest checkpoint kept.
@@ -176,30 +190,14 @@ def restore_refit_tuner(config: ExperimentConfig, plan: RefitPlan, exp_dir: Path
 
 
 # ------------------------------------------------------------------------------------------- entry
-def run_refit(
-    experiment: str | os.PathLike,
-    top: int | None = None,
-    folds: int | None = None,
-    epochs: int | None = None,
-    address: str | None = None,
-    resume: bool = False,
-    overwrite: bool = False,
-    size: int = 5,
-    tune_thresholds: bool = True,
-    tta: bool = False,
-    drop_failed: bool = False,
-    num_cpus: int | None = None,
-    stop: Any = None,
-    echo: Callable[[str], None] = print,
-) -> RefitResult:
-    """Refit the best configurations of a finished search on patient-grouped folds and build ``ensemble/cv``.
+@dataclass(frozen=True)
+class RefitOptions:
+    """What a refit is asked to do (`muratune refit`'s options).
 
-    Args:
-        experiment: the experiment folder written by ``muratune search``.
+    Attributes:
         top: how many configurations (best internal-val kappa, ties by AUC); default 3.
         folds: folds of the official train split; default 5.
         epochs: epochs per fold model; default the experiment's ``budget.max_epochs``.
-        address: Ray cluster address; default ``RAY_ADDRESS`` or local Ray.
         resume: continue an interrupted refit (its ``refit.json`` plan wins; finished folds are not retrained).
         overwrite: replace an existing refit and ``ensemble/cv``.
         size: the most greedy picks of the out-of-fold selection.
@@ -207,6 +205,36 @@ def run_refit(
         tta: predict with horizontal-flip TTA; the out-of-fold predictions are recomputed the same way.
         drop_failed: leave out configurations with a failed fold model (after ``failure.max_failures`` retries;
             none retried on ``resume``); without it a failed fold model stops the refit before ``ensemble/cv``.
+    """
+
+    top: int | None = None
+    folds: int | None = None
+    epochs: int | None = None
+    resume: bool = False
+    overwrite: bool = False
+    size: int = 5
+    tune_thresholds: bool = True
+    tta: bool = False
+    drop_failed: bool = False
+
+
+def run_refit(
+    experiment: str | os.PathLike,
+    options: RefitOptions = RefitOptions(),
+    address: str | None = None,
+    num_cpus: int | None = None,
+    stop: Any = None,
+    echo: Callable[[str], None] = print,
+) -> RefitResult:
+    """Refit the best configurations of a finished search on patient-grouped folds and build ``ensemble/cv``.
+
+    A refit being replaced (``--overwrite``) is moved aside only after all checks, and stays there until the new one
+    has built ``ensemble/cv`` (`replacing_folder`).
+
+    Args:
+        experiment: the experiment folder written by ``muratune search``.
+        options: what to refit, and how (see `RefitOptions`).
+        address: Ray cluster address; default ``RAY_ADDRESS`` or local Ray.
         num_cpus: CPUs for a local Ray started here (default: all).
         stop: a Tune stopping condition (tests use one to interrupt a refit).
         echo: where progress lines go.
@@ -215,25 +243,50 @@ def run_refit(
         The refit summary; ``ensemble`` is the cv ensemble's spec once every fold has finished.
     """
     exp_dir = Path(experiment).expanduser().resolve()
+    with experiment_lock(exp_dir, "refit"):
+        return _refit(exp_dir, options, address, num_cpus, stop, echo)
+
+
+def _refit(
+    exp_dir: Path,
+    options: RefitOptions,
+    address: str | None,
+    num_cpus: int | None,
+    stop: Any,
+    echo: Callable[[str], None],
+) -> RefitResult:
+    """`run_refit` under the experiment's lock."""
     config = load_resolved_config(exp_dir)
-    plan = prepare_refit(exp_dir, config, top, folds, epochs, resume, overwrite, size, echo)
+    plan = prepare_refit(exp_dir, config, options, echo)
     cache_info = preflight(config, local=address is None and not os.environ.get("RAY_ADDRESS"), echo=echo)
-    results, aside = _fit(config, plan, exp_dir, address, resume, drop_failed, num_cpus, stop, cache_info, echo)
     refit = refit_dir(exp_dir)
-    summary = record_refit_summary(refit, results, plan.epochs, echo)
-    unfinished, failed = fold_outcome(plan, summary)
-    if unfinished or (failed and not drop_failed):
-        echo(stopped_message(exp_dir, unfinished, failed))
-        finish_replacing(refit, aside, finished=False, echo=echo, kind=REFIT_KIND)
-        return RefitResult(refit, summary, len(unfinished) + sum(len(f) for f in failed.values()))
-    try:
+    with replacing_folder(refit, REFIT_KIND, echo) as replacement:
+        with ray_for_job(config, address, num_cpus, echo):
+            if not options.resume:
+                create_refit_dir(replacement, plan)
+            if cache_info is not None:
+                write_json(refit / CACHE_JSON, cache_info)
+            results = fit_job(refit_tuner(config, plan, exp_dir, options, stop))
+        summary = record_refit_summary(refit, results, plan.epochs, echo)
+        unfinished, failed = fold_outcome(plan, summary)
+        if unfinished or (failed and not options.drop_failed):
+            echo(stopped_message(exp_dir, unfinished, failed))
+            replacement.finished = False
+            return RefitResult(refit, summary, len(unfinished) + sum(len(f) for f in failed.values()))
         kept, dropped = kept_configurations(plan, failed, refit, echo)
-        spec = build_cv_ensemble(exp_dir, config, plan, summary, size, tune_thresholds, overwrite, echo, tta=tta,
-                                 configurations=kept, dropped=dropped)  # fmt: skip
-    except BaseException:
-        finish_replacing(refit, aside, finished=False, echo=echo, kind=REFIT_KIND)
-        raise
-    finish_replacing(refit, aside, finished=True, echo=echo, kind=REFIT_KIND)
+        spec = build_cv_ensemble(
+            exp_dir,
+            config,
+            plan,
+            summary,
+            size=options.size,
+            tune_thresholds=options.tune_thresholds,
+            overwrite=options.overwrite,
+            echo=echo,
+            tta=options.tta,
+            configurations=kept,
+            dropped=dropped,
+        )
     return RefitResult(refit, summary, 0, spec)
 
 
@@ -252,72 +305,52 @@ def kept_configurations(
 
 
 def prepare_refit(
-    exp_dir: Path, config: ExperimentConfig, top: int | None, folds: int | None, epochs: int | None, resume: bool,
-    overwrite: bool, size: int, echo: Callable[[str], None],
-) -> RefitPlan:  # fmt: skip
+    exp_dir: Path, config: ExperimentConfig, options: RefitOptions, echo: Callable[[str], None]
+) -> RefitPlan:
     """Every check that needs no Ray, then the plan (new, or the one being resumed)."""
     check_local_storage(config)
-    if size < 1:
-        raise UserError(f"--size {size}: must be at least 1")
-    refuse_existing(exp_dir / ENSEMBLE_DIR / CV_ENSEMBLE, overwrite, kind="ensemble")
-    plan = make_plan(exp_dir, config, top, folds, epochs, resume, overwrite)
+    if options.size < 1:
+        raise UserError(f"--size {options.size}: must be at least 1")
+    refuse_existing(exp_dir / ENSEMBLE_DIR / CV_ENSEMBLE, options.overwrite, kind=ENSEMBLE_KIND)
+    plan = make_plan(exp_dir, config, options.top, options.folds, options.epochs, options.resume, options.overwrite)
     if len(plan.configurations) < plan.requested_top:
         echo(f"--top {plan.requested_top}: the search has {len(plan.configurations)} trial(s) to rank; refitting those")
     check_folds(config, plan)
+    if options.resume:
+        check_plan_against_trials(plan, refit_dir(exp_dir))
     return plan
 
 
-def create_refit_dir(refit: Path, plan: RefitPlan) -> Path | None:
+def check_plan_against_trials(plan: RefitPlan, refit: Path) -> None:
+    """Refuse a resumed plan that leaves out fold models its Tune run holds: ``refit.json`` was edited (its Tune run
+    would finish its own fold models while the plan waited for others for ever)."""
+    planned = {trial_dirname(member_id(e["trial_id"], e["fold"])) for e in plan.entries()}
+    stored = sorted(p.name for p in (refit / TRIALS_DIR).glob(trial_dirname("*")) if p.is_dir())
+    strangers = [name for name in stored if name not in planned]
+    if strangers:
+        raise UserError(
+            f"{refit / REFIT_PLAN}: the refit being resumed trained {strangers[0]}, which its plan does not list "
+            f"(was refit.json edited?); start it again with --overwrite"
+        )
+
+
+def create_refit_dir(replacement: Replacement, plan: RefitPlan) -> Path | None:
     """Put a new refit folder, holding its plan, in place in one rename; return where an existing refit was moved.
 
     An interruption never leaves a refit folder without its plan (which `make_plan` would refuse to replace).
     """
+    refit = replacement.target
     refuse_foreign(refit, REFIT_KIND)
     tmp = temp_dir_beside(refit)
     write_json(tmp / REFIT_PLAN, plan.to_json())
     write_marker(tmp, REFIT_KIND)
-    aside = move_aside(refit)
+    replacement.move_old_aside()
     os.replace(tmp, refit)
-    return aside
+    return replacement.aside
 
 
-def _fit(
-    config: ExperimentConfig,
-    plan: RefitPlan,
-    exp_dir: Path,
-    address: str | None,
-    resume: bool,
-    drop_failed: bool,
-    num_cpus: int | None,
-    stop: Any,
-    cache_info: dict | None,
-    echo: Callable[[str], None],
-) -> tuple[Any, Path | None]:
-    """Start (or restore) the Tune run on Ray and wait for it; return its results and where a replaced refit went.
-
-    A refit being replaced (``--overwrite``) is moved aside only after all checks, and stays there until the new one
-    has built ``ensemble/cv`` (`finish_replacing`).
-    """
-    import ray
-
-    refit = refit_dir(exp_dir)
-    aside = None
-    started = connect_ray(address, num_cpus)
-    try:
-        check_cluster_resources(config, autoscaling=not started, echo=echo)
-        if not resume:
-            aside = create_refit_dir(refit, plan)
-        if cache_info is not None:
-            write_json(refit / CACHE_JSON, cache_info)
-        if resume:
-            tuner = restore_refit_tuner(config, plan, exp_dir, retry_failed=not drop_failed)
-        else:
-            tuner = build_refit_tuner(config, plan, exp_dir, stop)
-        with _SigtermAsSigint():
-            return tuner.fit(), aside
-    except BaseException:
-        finish_replacing(refit, aside, finished=False, echo=echo, kind=REFIT_KIND)
-        raise
-    finally:
-        if started:
-            ray.shutdown()
+def refit_tuner(config: ExperimentConfig, plan: RefitPlan, exp_dir: Path, options: RefitOptions, stop: Any) -> Any:
+    """The refit's Tuner: restored on ``resume`` (failed folds retried unless ``drop_failed``), else a new one."""
+    if options.resume:
+        return restore_refit_tuner(config, plan, exp_dir, retry_failed=not options.drop_failed)
+    return create_refit_tuner(config, plan, exp_dir, stop)

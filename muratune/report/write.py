@@ -24,6 +24,7 @@ from muratune.layout import (
     REPORT_CAMS_DIR,
     REPORT_DIR,
     REPORT_INDEX_HTML,
+    REPORT_KIND,
     REPORT_MD,
 )
 from muratune.lock import experiment_lock, lock_experiment_holding
@@ -58,7 +59,7 @@ def write_report(
     """
     target = Path(out) if out is not None else Path(experiment) / REPORT_DIR
     check_output(target, [Input(experiment, "the experiment", holds_outputs=True)])
-    refuse_existing(target, overwrite, kind="report")
+    refuse_existing(target, overwrite, kind=REPORT_KIND)
     with experiment_lock(experiment, "report"), lock_experiment_holding(target, "report"):
         return _write(experiment, target, overwrite, replicates, seed, top, echo)
 
@@ -74,7 +75,7 @@ def _write(
 ) -> Path:
     """Build the report and write its folder (under the experiment's lock)."""
     report = build_report(experiment, top=top, replicates=replicates, seed=seed)
-    with atomic_dir(target, overwrite=overwrite, kind="report") as tmp:
+    with atomic_dir(target, overwrite=overwrite, kind=REPORT_KIND) as tmp:
         for key, png in report.figures.items():
             write_bytes(tmp / PLOTS_DIR / f"{key}.png", png)
         cams = report.experiment.cams

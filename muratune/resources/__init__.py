@@ -1,1 +1,1 @@
-"""Data files shipped with muratune: the demo config and published MURA reference numbers."""
+"""Data files shipped with muratune: published MURA reference numbers (the shipped configs are in muratune.configs)."""

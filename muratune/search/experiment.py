@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 
 from muratune.config import ExperimentConfig, dump_config
 from muratune.errors import UserError
 from muratune.experiment_folder import load_resolved_config
-from muratune.fileio import move_aside, refuse_foreign, replaced_folders, write_json, write_marker, write_text
-from muratune.layout import CACHE_JSON, RESOLVED_CONFIG, TRIALS_DIR, experiment_dir
+from muratune.fileio import Replacement, refuse_foreign, write_json, write_marker, write_text
+from muratune.layout import CACHE_JSON, EXPERIMENT_KIND, RESOLVED_CONFIG, TRIALS_DIR, experiment_dir
 
-EXPERIMENT_KIND = "experiment"
 SHOWN_EXCLUDED = 5  # excluded images printed by name; cache.json lists them all
 
 
@@ -31,45 +29,29 @@ def check_experiment(config: ExperimentConfig, resume: bool, overwrite: bool) ->
     return exists
 
 
-def prepare_experiment(config: ExperimentConfig, resume: bool, overwrite: bool) -> tuple[Path, Path | None]:
+def prepare_experiment(
+    config: ExperimentConfig, resume: bool, overwrite: bool, replacement: Replacement | None = None
+) -> Path:
     """Create (or check) the experiment folder, mark it as muratune's and write the resolved config.
 
-    With ``overwrite`` an existing experiment (one muratune made) is moved aside, not deleted: `finish_replacing`
-    deletes it once the new search has finished, so an interrupted search leaves the old one restorable.
+    With ``overwrite`` an existing experiment (one muratune made) is moved aside by ``replacement``, not deleted: the
+    search's `replacing_folder` deletes it once the new search has finished, so an interrupted search leaves it
+    restorable (without a ``replacement`` it stays aside).
 
     Returns:
-        The experiment folder, and where the replaced experiment was moved (None when nothing was replaced).
+        The experiment folder.
     """
     exp_dir = experiment_dir(config)
     exists = check_experiment(config, resume, overwrite)
     if resume:
-        return exp_dir, None
-    aside = None
+        return exp_dir
     if exists:
         refuse_foreign(exp_dir, EXPERIMENT_KIND)
-        aside = move_aside(exp_dir)
+        (replacement or Replacement(exp_dir, EXPERIMENT_KIND)).move_old_aside()
     exp_dir.mkdir(parents=True, exist_ok=True)
     write_marker(exp_dir, EXPERIMENT_KIND)
     write_text(exp_dir / RESOLVED_CONFIG, dump_config(config))
-    return exp_dir, aside
-
-
-def finish_replacing(
-    exp_dir: Path, aside: Path | None, finished: bool, echo: Callable[[str], None] = print, kind: str = EXPERIMENT_KIND
-) -> None:
-    """Once a run has finished, delete what it replaced; until then say where the replaced one is kept.
-
-    A finished run (also one finished by ``--resume``) supersedes every ``kind`` folder moved aside at its path, so
-    the asides an interrupted ``--overwrite`` left behind (`replaced_folders`) go too.
-    """
-    if not finished:
-        if aside is not None:
-            echo(f"the replaced {kind} is kept at {aside} until this one finishes; `mv {aside} {exp_dir}` restores it")
-        return
-    for old in replaced_folders(exp_dir, kind):
-        shutil.rmtree(old, ignore_errors=True)
-        if old != aside:
-            echo(f"removed {old}: the {kind} it kept was replaced by this one, now finished")
+    return exp_dir
 
 
 def resumed_config(config: ExperimentConfig) -> ExperimentConfig:
@@ -92,7 +74,7 @@ def preflight(config: ExperimentConfig, local: bool = True, echo: Callable[[str]
         UserError: the space, the CSVs or an image is bad (unreadable images only without ``skip_bad_images``).
     """
     from muratune.data.index import load_index
-    from muratune.search.space import validate_space
+    from muratune.trainables.space import validate_space
 
     validate_space(config)
     if not config.data.root:

@@ -206,5 +206,6 @@ def restore_tuner(config: ExperimentConfig, trainable: Callable | None = None) -
     path = f"{storage_path}/{name}"
     if not tune.Tuner.can_restore(path):
         raise UserError(f"{path}: no restorable search state here")
-    return tune.Tuner.restore(path, trainable=bind_trainable(config, trainable), resume_unfinished=True,
-                              resume_errored=False)  # fmt: skip
+    return tune.Tuner.restore(
+        path, trainable=bind_trainable(config, trainable), resume_unfinished=True, resume_errored=False
+    )

@@ -2,28 +2,20 @@
 
 from __future__ import annotations
 
-import os
-import signal
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
-from muratune.cluster import connect_ray, ray_address
+from muratune.cluster import ray_address
 from muratune.config import ExperimentConfig
-from muratune.fileio import write_text
-from muratune.layout import SUMMARY_CSV, optuna_storage_url, trial_dir
-from muratune.search.experiment import (
-    check_experiment,
-    finish_replacing,
-    preflight,
-    prepare_experiment,
-    record_cache,
-    resumed_config,
-)
+from muratune.fileio import replacing_folder, write_text
+from muratune.layout import EXPERIMENT_KIND, SUMMARY_CSV, experiment_dir, optuna_storage_url, trial_dir
+from muratune.lock import experiment_lock
+from muratune.search.experiment import check_experiment, preflight, prepare_experiment, record_cache, resumed_config
 from muratune.search.factories import create_tuner, restore_tuner, time_budget_reached
-from muratune.search.resources import check_cluster_resources
+from muratune.search.job import fit_job, ray_for_job
 from muratune.search.summary import format_summary, summarise, unfinished_trials
 from muratune.search.tracking import require_mlflow
 from muratune.trainables import checkpoint as ckpt
@@ -37,18 +29,6 @@ class SearchResult:
     summary: pd.DataFrame
     optuna_storage: str
     unfinished: int = 0
-
-
-class _SigtermAsSigint:
-    """Treat SIGTERM like Ctrl-C during a search, so Tune saves a restorable state before exiting."""
-
-    def __enter__(self) -> _SigtermAsSigint:
-        self.previous = signal.getsignal(signal.SIGTERM)
-        signal.signal(signal.SIGTERM, lambda *_: os.kill(os.getpid(), signal.SIGINT))
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        signal.signal(signal.SIGTERM, self.previous)
 
 
 def run_search(
@@ -68,11 +48,26 @@ def run_search(
         resume: continue an interrupted search with the same name.
         overwrite: replace an existing experiment with the same name.
         num_cpus: CPUs for a local Ray started here (default: all).
-        trainable: the trial function (default: ``muratune.trainables.train.tune_trainable``).
+        trainable: the trial function (default: ``muratune.trainables.trial.tune_trainable``).
         echo: where progress lines go.
-    """
-    import ray
 
+    Raises:
+        UserError: a bad config or data, or another muratune process writing this experiment (its lock).
+    """
+    with experiment_lock(experiment_dir(config), "search"):
+        return _search(config, address, resume, overwrite, num_cpus, trainable, echo)
+
+
+def _search(
+    config: ExperimentConfig,
+    address: str | None,
+    resume: bool,
+    overwrite: bool,
+    num_cpus: int | None,
+    trainable: Callable | None,
+    echo: Callable[[str], None],
+) -> SearchResult:
+    """`run_search` under the experiment's lock."""
     if resume:
         config = resumed_config(config)
     check_experiment(config, resume=resume, overwrite=overwrite)
@@ -80,38 +75,31 @@ def run_search(
     # Local search: build the cache once here, with a progress bar, so trials only open it. On a cluster each node
     # builds its own on first use, under a file lock.
     cache_info = preflight(config, local=ray_address(address) is None, echo=echo)
-    started = connect_ray(address, num_cpus)
-    aside = None
-    try:
-        check_cluster_resources(config, autoscaling=not started, echo=echo)
-        # Only now that every check has passed is the experiment folder created (or the old one moved aside).
-        exp_dir, aside = prepare_experiment(config, resume=resume, overwrite=overwrite)
-        if cache_info is not None:
-            record_cache(exp_dir, cache_info, echo)
-        tuner = restore_tuner(config, trainable) if resume else create_tuner(config, trainable)
-        with _SigtermAsSigint():
-            results = tuner.fit()
-    except BaseException:
-        if aside is not None:
-            finish_replacing(exp_dir, aside, finished=False, echo=echo)
-        raise
-    finally:
-        if started:
-            ray.shutdown()
-    budget_reached = time_budget_reached(exp_dir)
-    unfinished = set() if budget_reached else unfinished_trials(results)  # cut short by the budget: for good
-    summary = summarise(results, config, unfinished)
-    write_text(exp_dir / SUMMARY_CSV, summary.to_csv(index=False))
-    ckpt.release_optimizer_state(finished_trial_dirs(exp_dir, summary))
-    finish_replacing(exp_dir, aside, finished=not unfinished, echo=echo)
+    with replacing_folder(experiment_dir(config), EXPERIMENT_KIND, echo) as replacement:
+        with ray_for_job(config, address, num_cpus, echo):
+            # Only now that every check has passed is the experiment folder created (or the old one moved aside).
+            exp_dir = prepare_experiment(config, resume, overwrite, replacement)
+            if cache_info is not None:
+                record_cache(exp_dir, cache_info, echo)
+            results = fit_job(restore_tuner(config, trainable) if resume else create_tuner(config, trainable))
+        budget_reached = time_budget_reached(exp_dir)
+        unfinished = set() if budget_reached else unfinished_trials(results)  # cut short by the budget: for good
+        summary = summarise(results, config, unfinished)
+        write_text(exp_dir / SUMMARY_CSV, summary.to_csv(index=False))
+        ckpt.release_optimizer_state(finished_trial_dirs(exp_dir, summary))
+        replacement.finished = not unfinished
     report_search(config, exp_dir, summary, budget_reached, len(unfinished), echo)
     return SearchResult(exp_dir, summary, optuna_storage_url(config), unfinished=len(unfinished))
 
 
 def report_search(
-    config: ExperimentConfig, exp_dir: Path, summary: pd.DataFrame, budget_reached: bool, unfinished: int,
+    config: ExperimentConfig,
+    exp_dir: Path,
+    summary: pd.DataFrame,
+    budget_reached: bool,
+    unfinished: int,
     echo: Callable[[str], None],
-) -> None:  # fmt: skip
+) -> None:
     """The summary table, where the results are, and how the search ended when it did not run to its end."""
     echo(format_summary(summary))
     echo(f"\nexperiment: {exp_dir}\noptuna study: {optuna_storage_url(config)} (study {config.name!r})")

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 
-def build_optimizer(model: nn.Module, name: str, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+def create_optimizer(model: nn.Module, name: str, lr: float, weight_decay: float) -> torch.optim.Optimizer:
     """Adam, AdamW or SGD (momentum 0.9) over the trainable parameters."""
     params = [p for p in model.parameters() if p.requires_grad]
     if name == "adam":

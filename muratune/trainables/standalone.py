@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 
 from muratune.config import HYPERPARAMETERS, ExperimentConfig, parse_override
 from muratune.errors import UserError
-from muratune.fileio import Input, check_output, move_aside, refuse_existing, write_marker
-
-KIND = "checkpoints"
+from muratune.fileio import Input, check_output, refuse_existing, replacing_folder, write_marker
+from muratune.layout import CHECKPOINTS_KIND
 
 
 def hyperparameters(config: ExperimentConfig, overrides: list[str]) -> dict:
@@ -39,8 +37,8 @@ def train_standalone(
     interrupted training leaves it restorable, and says where.
     """
     from muratune.data.index import load_index
-    from muratune.search.space import validate_space
     from muratune.trainables.reporters import FolderReporter
+    from muratune.trainables.space import validate_space
     from muratune.trainables.trial import train_trial
 
     validate_space(config)
@@ -48,18 +46,10 @@ def train_standalone(
         raise UserError("data.root: no dataset given; set it in the config or pass --data ROOT")
     check_output(out, [Input(config.data.root, "the dataset")])
     load_index(config.data.root)
-    aside = None
-    if not resume:
-        refuse_existing(out, overwrite, kind=KIND if out.exists() and any(out.iterdir()) else None)
-        aside = move_aside(out)
-    out.mkdir(parents=True, exist_ok=True)
-    write_marker(out, KIND)
-    try:
-        metrics = train_trial(hparams, config, FolderReporter(out, resume=resume, echo=echo))
-    except BaseException:
-        if aside is not None:
-            echo(f"the previous {out} is kept at {aside}; `mv {aside} {out}` restores it")
-        raise
-    if aside is not None:
-        shutil.rmtree(aside, ignore_errors=True)
-    return metrics
+    with replacing_folder(out, CHECKPOINTS_KIND, echo) as replacement:
+        if not resume:
+            refuse_existing(out, overwrite, kind=CHECKPOINTS_KIND if out.exists() and any(out.iterdir()) else None)
+            replacement.move_old_aside()
+        out.mkdir(parents=True, exist_ok=True)
+        write_marker(out, CHECKPOINTS_KIND)
+        return train_trial(hparams, config, FolderReporter(out, resume=resume, echo=echo))

@@ -19,7 +19,7 @@ from muratune.data.dataset import Normalizer
 from muratune.trainables import checkpoint as ckpt
 from muratune.trainables.data import TrialData, create_loaders, prepare_data, sample_weights, study_weights
 from muratune.trainables.loop import EpochContext, Runtime, evaluate, inject_fault, train_one_epoch
-from muratune.trainables.optim import Schedule, build_optimizer
+from muratune.trainables.optim import Schedule, create_optimizer
 from muratune.trainables.reporters import Reporter, TuneReporter
 
 
@@ -81,7 +81,7 @@ def create_epoch_context(
     runtime: Runtime, normalizer: Normalizer,
 ) -> EpochContext:  # fmt: skip
     """The optimiser, schedule and scaler of a trial around its model and training loader."""
-    optimizer = build_optimizer(model, hparams["optimizer"], hparams["lr"], hparams["weight_decay"])
+    optimizer = create_optimizer(model, hparams["optimizer"], hparams["lr"], hparams["weight_decay"])
     steps = len(train_loader)
     if config.train.max_steps_per_epoch is not None:
         steps = min(steps, config.train.max_steps_per_epoch)

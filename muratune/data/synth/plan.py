@@ -10,9 +10,9 @@ import numpy as np
 
 from muratune.constants import BODY_PARTS, SPLIT_TRAIN, SPLIT_VALID
 from muratune.errors import UserError
+from muratune.layout import BOXES_CSV
 
 ROOT_NAME = "MURA-v1.1"
-BOXES_CSV = "boxes.csv"
 IMAGE_FORMATS = {"png": ".png", "dicom": ".dcm"}  # --format -> suffix
 BOXES_HEADER = "image_path,x0,y0,x1,y1,kind"
 FINDING_KINDS: tuple[str, ...] = ("fracture", "hardware", "lesion")

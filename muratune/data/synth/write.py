@@ -29,6 +29,7 @@ from muratune.data.synth.plan import (
 )
 from muratune.errors import UserError
 from muratune.fileio import atomic_dir, check_output
+from muratune.layout import DATASET_KIND
 
 # PNG encoding: the Average filter alone (libpng otherwise tries all five per row) and, for grayscale, Huffman-only
 # deflate (docs/performance.md has the measurement). Three-channel images keep LZ77, which finds repeated gray bytes.
@@ -165,7 +166,7 @@ def generate_dataset(
     target = Path(out) / ROOT_NAME
     plan = plan_dataset(studies, seed, strength, valid_share, image_format)
     check_output(out, flag="OUT")
-    with atomic_dir(target, overwrite=overwrite, kind="dataset") as tmp:
+    with atomic_dir(target, overwrite=overwrite, kind=DATASET_KIND) as tmp:
         for study in plan:  # once per study here rather than once per image in the workers
             (tmp / study.study_path.removeprefix(f"{ROOT_NAME}/")).mkdir(parents=True, exist_ok=True)
         jobs = [_Job(im, seed, strength, long_side, str(tmp)) for s in plan for im in s.images]

@@ -1,0 +1,60 @@
+"""`muratune refit`: the best configurations retrained on folds, and their cv ensemble."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from muratune.cli.app import AddressOpt, app
+
+
+@app.command("refit")
+def refit_command(
+    experiment: Annotated[Path, typer.Argument(help="Experiment folder of a finished `muratune search`.")],
+    top: Annotated[
+        int | None, typer.Option(help="Configurations to refit: best internal-val kappa, ties by AUC (default 3).")
+    ] = None,
+    folds: Annotated[
+        int | None, typer.Option(help="Patient-grouped folds of the official train split (default 5).")
+    ] = None,
+    epochs: Annotated[int | None, typer.Option(help="Epochs per fold model (default: budget.max_epochs).")] = None,
+    size: Annotated[int, typer.Option("--size", min=1, help="Most greedy picks in the out-of-fold selection.")] = 5,
+    tune_thresholds: Annotated[
+        bool,
+        typer.Option(
+            help="Tune one threshold per body part on the out-of-fold predictions (on by default, unlike `muratune "
+            "ensemble`: they cover the whole official train split)."
+        ),
+    ] = True,
+    tta: Annotated[
+        bool, typer.Option("--tta", help="Horizontal-flip test-time augmentation (out-of-fold predictions too).")
+    ] = False,
+    address: AddressOpt = None,
+    resume: Annotated[bool, typer.Option(help="Continue an interrupted refit; finished folds are not rerun.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing refit and EXPERIMENT/ensemble/cv.")] = False,
+    drop_failed: Annotated[
+        bool,
+        typer.Option(
+            help="Build ensemble/cv without configurations whose fold models failed (not retried on --resume)."
+        ),
+    ] = False,
+) -> None:
+    """Retrain the best configurations on patient-grouped folds; build ensemble/cv on out-of-fold predictions."""
+    from muratune.refit.run import RefitOptions, run_refit
+
+    options = RefitOptions(
+        top=top,
+        folds=folds,
+        epochs=epochs,
+        resume=resume,
+        overwrite=overwrite,
+        size=size,
+        tune_thresholds=tune_thresholds,
+        tta=tta,
+        drop_failed=drop_failed,
+    )
+    result = run_refit(experiment, options, address=address, echo=typer.echo)
+    if result.ensemble is None:  # folds unfinished or failed: no ensemble/cv yet, which scripts must see
+        raise typer.Exit(1)
