@@ -39,14 +39,36 @@ def demo_commands(out: Path, studies: int, trials: int, overwrite: bool, epochs:
         ["data", "synth", str(data), "--studies", str(studies), "--seed", "0", "--difficulty", "easy", *force],
         ["data", "check", str(data)],
         ["data", "cache", str(data), "--size", "64"],
-        ["search", str(out / DEMO_CONFIG), "--data", str(data), "--set", f"storage={out / 'runs'}",
-         "--set", f"budget.num_samples={trials}", *cores, *budget, *force],
+        [
+            "search",
+            str(out / DEMO_CONFIG),
+            "--data",
+            str(data),
+            "--set",
+            f"storage={out / 'runs'}",
+            "--set",
+            f"budget.num_samples={trials}",
+            *cores,
+            *budget,
+            *force,
+        ],
         ["ensemble", str(exp), *force],
-        ["cam", str(exp / "ensemble" / "greedy"), "--csv", str(dataset / "valid_image_paths.csv"),
-         "--root", str(data), "--abnormal-only", "--out", str(exp / "cams"),
-         "--score", str(dataset / "boxes.csv"), *force],
+        [
+            "cam",
+            str(exp / "ensemble" / "greedy"),
+            "--csv",
+            str(dataset / "valid_image_paths.csv"),
+            "--root",
+            str(data),
+            "--abnormal-only",
+            "--out",
+            str(exp / "cams"),
+            "--score",
+            str(dataset / "boxes.csv"),
+            *force,
+        ],
         ["report", str(exp), *force],
-    ]  # fmt: skip
+    ]
 
 
 def usable_cores() -> int:

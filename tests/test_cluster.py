@@ -85,26 +85,48 @@ class LocalCluster:
     def start(self) -> None:
         ray = str(Path(sys.executable).with_name("ray"))
         self.head = subprocess.Popen(
-            [ray, "start", "--head", f"--port={self.port}", "--node-ip-address=127.0.0.1", "--num-cpus=1",
-             "--num-gpus=0", "--include-dashboard=false", f"--temp-dir={self.temp_dir}", "--disable-usage-stats",
-             "--block"],
-            env=self.env, stdout=self.log, stderr=subprocess.STDOUT,
-        )  # fmt: skip
+            [
+                ray,
+                "start",
+                "--head",
+                f"--port={self.port}",
+                "--node-ip-address=127.0.0.1",
+                "--num-cpus=1",
+                "--num-gpus=0",
+                "--include-dashboard=false",
+                f"--temp-dir={self.temp_dir}",
+                "--disable-usage-stats",
+                "--block",
+            ],
+            env=self.env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
         self._wait_for_nodes(1)
         # No graceful drain on the worker: SIGTERM then tears it down at once, like a lost or pre-empted node.
         self.worker = subprocess.Popen(
-            [ray, "start", f"--address={self.address}", "--node-ip-address=127.0.0.1", "--num-cpus=1",
-             "--block", "--disable-usage-stats"],
-            env={**self.env, "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0"}, stdout=self.log, stderr=subprocess.STDOUT,
-        )  # fmt: skip
+            [
+                ray,
+                "start",
+                f"--address={self.address}",
+                "--node-ip-address=127.0.0.1",
+                "--num-cpus=1",
+                "--block",
+                "--disable-usage-stats",
+            ],
+            env={**self.env, "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0"},
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
         self._wait_for_nodes(2)
 
     def _wait_for_nodes(self, count: int) -> None:
         ray = str(Path(sys.executable).with_name("ray"))
         status = None
         for _ in range(90):
-            status = subprocess.run([ray, "status", f"--address={self.address}"], env=self.env,
-                                    capture_output=True, text=True, timeout=60)  # fmt: skip
+            status = subprocess.run(
+                [ray, "status", f"--address={self.address}"], env=self.env, capture_output=True, text=True, timeout=60
+            )
             if status.returncode == 0 and status.stdout.count(" node_") >= count:
                 return
             time.sleep(1)
@@ -151,11 +173,18 @@ def _config(tmp_path: Path, root: Path, epochs: int, seconds_per_epoch: float, f
 
     demo = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
     overrides = [
-        f"data.root={root}", f"storage={tmp_path / 'runs'}", "name=cluster", "budget.num_samples=2",
-        f"budget.max_epochs={epochs}", f"budget.grace_period={epochs}", "resources.cpus_per_trial=1",
-        "resources.max_concurrent_trials=2", f"failure.max_failures={failures}", "space.backbone=resnet10t",
+        f"data.root={root}",
+        f"storage={tmp_path / 'runs'}",
+        "name=cluster",
+        "budget.num_samples=2",
+        f"budget.max_epochs={epochs}",
+        f"budget.grace_period={epochs}",
+        "resources.cpus_per_trial=1",
+        "resources.max_concurrent_trials=2",
+        f"failure.max_failures={failures}",
+        "space.backbone=resnet10t",
         f"space.lr={seconds_per_epoch / 1000}",
-    ]  # fmt: skip
+    ]
     path = tmp_path / "cluster.yaml"
     path.write_text(dump_config(load_config(demo, overrides)))
     return path
@@ -166,8 +195,12 @@ def _run_driver(tmp_path: Path, cluster: LocalCluster, config: Path) -> subproce
     script.write_text(DRIVER)
     out = tmp_path / "rows.json"
     log = (tmp_path / "driver.log").open("w")
-    return subprocess.Popen([sys.executable, str(script), cluster.address, str(config), str(out)],
-                            env=cluster.env, stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
+    return subprocess.Popen(
+        [sys.executable, str(script), cluster.address, str(config), str(out)],
+        env=cluster.env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
 
 
 def test_trials_run_on_both_nodes(cluster, tmp_path, synthetic_root):

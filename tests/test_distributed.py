@@ -27,8 +27,15 @@ def released_placement_groups(ray_session):
 
 
 def _ddp_config(tmp_path, root, **extra):
-    values = {"resources.workers_per_trial": 2, "resources.cpus_per_trial": 0.5, "resources.max_concurrent_trials": 1,
-              "budget.num_samples": 1, "budget.max_epochs": 1, "train.max_steps_per_epoch": 3, **extra}  # fmt: skip
+    values = {
+        "resources.workers_per_trial": 2,
+        "resources.cpus_per_trial": 0.5,
+        "resources.max_concurrent_trials": 1,
+        "budget.num_samples": 1,
+        "budget.max_epochs": 1,
+        "train.max_steps_per_epoch": 3,
+        **extra,
+    }
     return load_config(DEMO, tiny_overrides(root, tmp_path / "runs", name="ddp", **values))
 
 

@@ -112,9 +112,12 @@ def _probe(root: Path, out: Path, gpus: float) -> dict:
     from muratune.trainables.trial import trial_inputs
 
     config = ExperimentConfig.model_validate(
-        {"data": {"root": str(root), "image_size": 32, "num_workers": 0}, "resources": {"gpus_per_trial": gpus},
-         "space": {"batch_size": 8}}
-    )  # fmt: skip
+        {
+            "data": {"root": str(root), "image_size": 32, "num_workers": 0},
+            "resources": {"gpus_per_trial": gpus},
+            "space": {"batch_size": 8},
+        }
+    )
     hparams, _ = trial_inputs(config.space.defaults(), config)
     return training_probe(config.model_dump(mode="json"), hparams, steps=3, warmup=1, out=str(out))
 

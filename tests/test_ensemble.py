@@ -34,9 +34,12 @@ from muratune.schemas import GLOBAL_WEIGHTS, read_ensemble_spec
 # ------------------------------------------------------------------------------------------------ pure selection
 def _val(labels: list[int], columns: dict[str, list[float]], parts: list[str] | None = None) -> ValPredictions:
     studies = pd.DataFrame(
-        {STUDY_PATH: [f"s{i}/" for i in range(len(labels))], BODY_PART: parts or ["XR_WRIST"] * len(labels),
-         LABEL: labels}
-    )  # fmt: skip
+        {
+            STUDY_PATH: [f"s{i}/" for i in range(len(labels))],
+            BODY_PART: parts or ["XR_WRIST"] * len(labels),
+            LABEL: labels,
+        }
+    )
     return ValPredictions(studies, np.array(list(columns.values()), dtype=float).T, list(columns))
 
 
@@ -99,8 +102,9 @@ def test_per_body_part_uses_different_members_where_they_differ():
 
 
 def test_misaligned_validation_predictions_are_refused():
-    frame = pd.DataFrame({IMAGE_PATH: ["a.png", "b.png"], STUDY_PATH: ["s/", "s/"], BODY_PART: "XR_HAND",
-                          LABEL: 1, "prob": [0.2, 0.4]})  # fmt: skip
+    frame = pd.DataFrame(
+        {IMAGE_PATH: ["a.png", "b.png"], STUDY_PATH: ["s/", "s/"], BODY_PART: "XR_HAND", LABEL: 1, "prob": [0.2, 0.4]}
+    )
     other = frame.assign(**{IMAGE_PATH: ["a.png", "c.png"]})
     with pytest.raises(UserError, match="data.split_seed"):
         align_image_predictions([frame, other], ["trial_a", "trial_b"])

@@ -190,8 +190,9 @@ def test_cam_beside_a_hand_made_image_list_is_not_inside_an_input(tmp_path, caps
     image_list = lists / "list.csv"
     shutil.copy(fixture.csv("valid_image_paths.csv"), image_list)
     out = lists / "cams"  # beside the list: no input is there
-    code, _, err = run(["cam", str(ensemble), "--csv", str(image_list), "--root", str(fixture.base), "--out", str(out)],
-                       capsys)  # fmt: skip
+    code, _, err = run(
+        ["cam", str(ensemble), "--csv", str(image_list), "--root", str(fixture.base), "--out", str(out)], capsys
+    )
     assert code == 0, err
     assert (out / "cams.json").is_file()
     guarded = [fixture.dataset_dir, ensemble, image_list]

@@ -240,9 +240,12 @@ def test_missing_trial_checkpoints_are_refused(tiny_experiment: Path, tmp_path: 
 
 @pytest.mark.parametrize(
     ("data", "message"),
-    [({"folds": 1, "fold": 0}, "greater than or equal to 2"), ({"folds": 3, "fold": 3}, "must be below folds"),
-     ({"folds": 3}, "set together")],
-)  # fmt: skip
+    [
+        ({"folds": 1, "fold": 0}, "greater than or equal to 2"),
+        ({"folds": 3, "fold": 3}, "must be below folds"),
+        ({"folds": 3}, "set together"),
+    ],
+)
 def test_fold_settings_are_validated(data: dict, message: str) -> None:
     with pytest.raises(UserError, match=message):
         validate_config({"data": data})

@@ -259,17 +259,47 @@ class _Strength:
 
 # CLAHE costs ~200 us at 224 px (twice a warp), so it stays rare even in `heavy`.
 _LIGHT = _Strength(
-    shift=0.05, scale=0.05, rotate=10, affine_p=0.7, brightness_contrast=0.1, gamma=10,
-    clahe_clip=2.0, clahe_p=0.05, sharpen_blur_p=0.1, dropout_holes=(1, 2), dropout_side=(0.05, 0.10), dropout_p=0.1,
-)  # fmt: skip
+    shift=0.05,
+    scale=0.05,
+    rotate=10,
+    affine_p=0.7,
+    brightness_contrast=0.1,
+    gamma=10,
+    clahe_clip=2.0,
+    clahe_p=0.05,
+    sharpen_blur_p=0.1,
+    dropout_holes=(1, 2),
+    dropout_side=(0.05, 0.10),
+    dropout_p=0.1,
+)
 _MEDIUM = _Strength(
-    shift=0.08, scale=0.10, rotate=20, affine_p=0.8, brightness_contrast=0.2, gamma=20,
-    clahe_clip=3.0, clahe_p=0.10, sharpen_blur_p=0.25, dropout_holes=(1, 4), dropout_side=(0.05, 0.12), dropout_p=0.25,
-)  # fmt: skip
+    shift=0.08,
+    scale=0.10,
+    rotate=20,
+    affine_p=0.8,
+    brightness_contrast=0.2,
+    gamma=20,
+    clahe_clip=3.0,
+    clahe_p=0.10,
+    sharpen_blur_p=0.25,
+    dropout_holes=(1, 4),
+    dropout_side=(0.05, 0.12),
+    dropout_p=0.25,
+)
 _HEAVY = _Strength(
-    shift=0.12, scale=0.20, rotate=30, affine_p=0.9, brightness_contrast=0.3, gamma=30,
-    clahe_clip=4.0, clahe_p=0.15, sharpen_blur_p=0.4, dropout_holes=(2, 8), dropout_side=(0.05, 0.15), dropout_p=0.5,
-)  # fmt: skip
+    shift=0.12,
+    scale=0.20,
+    rotate=30,
+    affine_p=0.9,
+    brightness_contrast=0.3,
+    gamma=30,
+    clahe_clip=4.0,
+    clahe_p=0.15,
+    sharpen_blur_p=0.4,
+    dropout_holes=(2, 8),
+    dropout_side=(0.05, 0.15),
+    dropout_p=0.5,
+)
 
 
 def _graded(s: _Strength) -> list[A.BasicTransform]:

@@ -134,8 +134,17 @@ def _run_decoders(array_path: Path, files: list[Path], size: int, mode: str, wor
     return sorted(results)
 
 
-def _write_cache(tmp: Path, image_paths: list[str], files: list[Path], size: int, mode: str, key: str,
-                 workers: int, skip_bad_images: bool, progress: bool) -> None:  # fmt: skip
+def _write_cache(
+    tmp: Path,
+    image_paths: list[str],
+    files: list[Path],
+    size: int,
+    mode: str,
+    key: str,
+    workers: int,
+    skip_bad_images: bool,
+    progress: bool,
+) -> None:
     array_path = tmp / "images.npy"
     images = np.lib.format.open_memmap(array_path, mode="w+", dtype=np.uint8, shape=(len(files), size, size))
     del images
@@ -155,8 +164,17 @@ def _write_cache(tmp: Path, image_paths: list[str], files: list[Path], size: int
     index = index[~index["row"].isin(bad_rows)].reset_index(drop=True)
     index.to_parquet(tmp / "index.parquet", index=False)
     excluded = [{"image_path": image_paths[row], "reason": err} for row, err in bad]
-    write_json(tmp / "meta.json", {"version": CACHE_FORMAT_VERSION, "key": key, "size": size, "mode": mode,
-                                   "count": len(index), "excluded": excluded})  # fmt: skip
+    write_json(
+        tmp / "meta.json",
+        {
+            "version": CACHE_FORMAT_VERSION,
+            "key": key,
+            "size": size,
+            "mode": mode,
+            "count": len(index),
+            "excluded": excluded,
+        },
+    )
 
 
 def _checked(cache: ImageCache, skip_bad_images: bool) -> ImageCache:

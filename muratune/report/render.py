@@ -252,10 +252,34 @@ def _md_table(header: list[str], rows: list[list[str]]) -> list[str]:
     return lines
 
 
-LEADERBOARD_HEADER = ["model", "kind", "split", *COLUMNS, "AUC", "sens", "spec", "acc", "internal-val kappa",
-                      "out-of-fold kappa", "epochs", "CPU h", "GPU h", "details"]  # fmt: skip
-ROW_KEYS = ["auc", "sensitivity", "specificity", "accuracy", "val_kappa", "oof_kappa", "epochs", "cpu_hours",
-            "gpu_hours", "details"]  # fmt: skip
+LEADERBOARD_HEADER = [
+    "model",
+    "kind",
+    "split",
+    *COLUMNS,
+    "AUC",
+    "sens",
+    "spec",
+    "acc",
+    "internal-val kappa",
+    "out-of-fold kappa",
+    "epochs",
+    "CPU h",
+    "GPU h",
+    "details",
+]
+ROW_KEYS = [
+    "auc",
+    "sensitivity",
+    "specificity",
+    "accuracy",
+    "val_kappa",
+    "oof_kappa",
+    "epochs",
+    "cpu_hours",
+    "gpu_hours",
+    "details",
+]
 
 
 def _md_header(ctx: dict[str, Any]) -> list[str]:

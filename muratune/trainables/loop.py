@@ -134,8 +134,9 @@ def train_one_epoch(ctx: EpochContext, fault: float | None = None) -> float:
     return total / max(count, 1)
 
 
-def _step(ctx: EpochContext, step: int, images: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor,
-          fault: float | None) -> float:  # fmt: skip
+def _step(
+    ctx: EpochContext, step: int, images: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor, fault: float | None
+) -> float:
     """One optimiser step; returns the batch loss."""
     batch = ctx.runtime.to_input(images, ctx.normalizer)
     weights = ctx.weights_of(indices).to(ctx.runtime.device)

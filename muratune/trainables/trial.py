@@ -77,9 +77,15 @@ def create_trial_model(hparams: dict, config: ExperimentConfig, runtime: Runtime
 
 
 def create_epoch_context(
-    model: nn.Module, data: TrialData, train_set: Any, train_loader: Any, hparams: dict, config: ExperimentConfig,
-    runtime: Runtime, normalizer: Normalizer,
-) -> EpochContext:  # fmt: skip
+    model: nn.Module,
+    data: TrialData,
+    train_set: Any,
+    train_loader: Any,
+    hparams: dict,
+    config: ExperimentConfig,
+    runtime: Runtime,
+    normalizer: Normalizer,
+) -> EpochContext:
     """The optimiser, schedule and scaler of a trial around its model and training loader."""
     optimizer = create_optimizer(model, hparams["optimizer"], hparams["lr"], hparams["weight_decay"])
     steps = len(train_loader)
@@ -89,8 +95,18 @@ def create_epoch_context(
     schedule = Schedule(optimizer, config.train.schedule, total, warmup)
     scaler = torch.amp.GradScaler(runtime.device.type, enabled=runtime.amp_dtype == torch.float16)
     weights = study_weights(train_set, data.class_weights)
-    return EpochContext(model, train_loader, optimizer, schedule, scaler, runtime, normalizer,
-                        lambda idx: weights[idx], config.train.grad_clip, steps)  # fmt: skip
+    return EpochContext(
+        model,
+        train_loader,
+        optimizer,
+        schedule,
+        scaler,
+        runtime,
+        normalizer,
+        lambda idx: weights[idx],
+        config.train.grad_clip,
+        steps,
+    )
 
 
 def plateau_signal(config: ExperimentConfig, train_loss: float, val_loss: float) -> float:
@@ -149,8 +165,9 @@ def train_trial(
     return metrics
 
 
-def _restore(reporter: Reporter, model: nn.Module, optimizer: torch.optim.Optimizer,
-             schedule: Schedule) -> tuple[int, list[dict]]:  # fmt: skip
+def _restore(
+    reporter: Reporter, model: nn.Module, optimizer: torch.optim.Optimizer, schedule: Schedule
+) -> tuple[int, list[dict]]:
     """Resume model, optimizer and schedule from the reporter's checkpoint; return (epoch done, history)."""
     directory = reporter.restore_dir()
     if directory is None:
