@@ -23,9 +23,17 @@ DOTTED_NAME = re.compile(r"(?<![\w.])muratune(?:\.\w+)+")
 TEST_FILE = re.compile(r"(?<![\w/])(test_\w+\.py)\b")
 
 
+OUTSIDE_EXPERIMENTS = {layout.BOXES_CSV}  # a synthetic dataset's file (docs/data.md), never in an experiment folder
+
+
 def layout_names() -> set[str]:
-    """Every file and folder name (or name prefix) `muratune.layout` defines: its upper-case string constants."""
-    return {value for key, value in vars(layout).items() if key.isupper() and isinstance(value, str)}
+    """Every file and folder name (or name prefix) of an experiment `muratune.layout` defines: its upper-case string
+    constants, less the marker kinds (``*_KIND``, words inside ``.muratune``, not names on disk)."""
+    constants = vars(layout).items()
+    names = {
+        value for key, value in constants if key.isupper() and not key.endswith("_KIND") and isinstance(value, str)
+    }
+    return names - OUTSIDE_EXPERIMENTS
 
 
 def drawn_entries(drawing: str) -> list[tuple[int, str]]:
