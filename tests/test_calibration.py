@@ -119,6 +119,23 @@ def test_the_predictor_calibrates_study_probabilities_and_labels_follow_the_mapp
     assert thresholds["XR_WRIST"] == pytest.approx(scale(np.array([0.3]), 2.0)[0])
 
 
+def test_the_cam_page_calibrates_its_study_probability_against_the_calibrated_threshold():
+    from muratune.cam.export import study_rows
+
+    records = [
+        {STUDY_PATH: "a/", BODY_PART: "XR_HAND", "probability": 0.7},
+        {STUDY_PATH: "a/", BODY_PART: "XR_HAND", "probability": 0.9},
+        {STUDY_PATH: "b/", BODY_PART: "XR_WRIST", "probability": 0.35},
+    ]
+    calibration = CalibrationSpec(fitted_on="internal-val", temperature={"all": 2.0, "XR_HAND": 0.5})
+    thresholds = calibrated_thresholds({"XR_HAND": 0.85, "XR_WRIST": 0.3}, calibration)
+    rows = study_rows(records, thresholds, calibration)
+    assert [row["probability"] for row in rows] == pytest.approx(
+        [scale(np.array([0.8]), 0.5)[0], scale(np.array([0.35]), 2.0)[0]]
+    )
+    assert [row["label"] for row in rows] == [0, 1]  # as without calibration: 0.8 < 0.85, 0.35 >= 0.3
+
+
 def test_ece_and_brier_follow_their_definitions():
     labels = np.array([0, 0, 1, 1, 1])
     probs = np.array([0.05, 0.15, 0.15, 0.95, 1.0])
