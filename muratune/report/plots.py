@@ -156,7 +156,7 @@ def reliability_plot(name: str, before: pd.DataFrame, after: pd.DataFrame, bins:
     ax.set_xlabel("mean study probability (bin of 0.1)", fontsize=9)
     ax.set_ylabel("fraction abnormal", fontsize=9)
     ax.set_title(name, fontsize=10)
-    ax.legend(fontsize=8, frameon=False, loc="upper left")
+    ax.legend(fontsize=8, frameon=False, loc="lower right")
     fig.tight_layout()
     return to_png(fig)
 
