@@ -90,9 +90,6 @@ def refit_command(
             help="Build ensemble/cv without configurations whose fold models failed (not retried on --resume)."
         ),
     ] = False,
-    calibrate: Annotated[
-        bool, typer.Option(help="Fit per-body-part temperature scaling of the study probability on out-of-fold data.")
-    ] = True,
 ) -> None:
     """Retrain the best configurations on patient-grouped folds; build ensemble/cv on out-of-fold predictions."""
     from muratune.refit.run import run_refit
@@ -109,7 +106,6 @@ def refit_command(
         tune_thresholds=tune_thresholds,
         tta=tta,
         drop_failed=drop_failed,
-        calibrate=calibrate,
         echo=typer.echo,
     )
     if result.ensemble is None:  # folds unfinished or failed: no ensemble/cv yet, which scripts must see

@@ -188,7 +188,6 @@ def run_refit(
     tune_thresholds: bool = True,
     tta: bool = False,
     drop_failed: bool = False,
-    calibrate: bool = True,
     num_cpus: int | None = None,
     stop: Any = None,
     echo: Callable[[str], None] = print,
@@ -208,7 +207,6 @@ def run_refit(
         tta: predict with horizontal-flip TTA; the out-of-fold predictions are recomputed the same way.
         drop_failed: leave out configurations with a failed fold model (after ``failure.max_failures`` retries;
             none retried on ``resume``); without it a failed fold model stops the refit before ``ensemble/cv``.
-        calibrate: fit per-body-part temperature scaling on the out-of-fold predictions (docs/calibration.md).
         num_cpus: CPUs for a local Ray started here (default: all).
         stop: a Tune stopping condition (tests use one to interrupt a refit).
         echo: where progress lines go.
@@ -231,7 +229,7 @@ def run_refit(
     try:
         kept, dropped = kept_configurations(plan, failed, refit, echo)
         spec = build_cv_ensemble(exp_dir, config, plan, summary, size, tune_thresholds, overwrite, echo, tta=tta,
-                                 configurations=kept, dropped=dropped, calibrate=calibrate)  # fmt: skip
+                                 configurations=kept, dropped=dropped)  # fmt: skip
     except BaseException:
         finish_replacing(refit, aside, finished=False, echo=echo, kind=REFIT_KIND)
         raise
