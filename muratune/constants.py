@@ -22,6 +22,7 @@ SPLIT = "split"
 SUBSET = "subset"
 VIEW = "view"
 PROB = "prob"  # a probability of abnormality (of an image, or of a study: the mean of its views)
+PROB_UNCALIBRATED = "prob_uncalibrated"  # test_studies.parquet: the study probability before calibration
 PRED = "pred"  # a 0/1 prediction given as such (a submission file's label column)
 THRESHOLD = "threshold"
 

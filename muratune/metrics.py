@@ -142,6 +142,39 @@ def kappa_at_thresholds(labels: np.ndarray, probs: np.ndarray, cuts: np.ndarray)
     return kappa_from_counts(tp, fp, fn, tn)
 
 
+def expected_calibration_error(labels: np.ndarray, probs: np.ndarray, bins: int = 10) -> float:
+    """ECE: the study-weighted mean gap between mean probability and abnormal fraction, over equal-width bins.
+
+    Bins are ``[0, 0.1), ..., [0.9, 1]``; NaN for no rows.
+    """
+    labels = np.asarray(labels, dtype=float)
+    probs = np.asarray(probs, dtype=float)
+    if not len(labels):
+        return math.nan
+    which = np.clip((probs * bins).astype(int), 0, bins - 1)
+    count = np.bincount(which, minlength=bins)
+    gap = np.abs(np.bincount(which, probs, minlength=bins) - np.bincount(which, labels, minlength=bins))
+    return float(gap.sum() / count.sum())
+
+
+def brier_score(labels: np.ndarray, probs: np.ndarray) -> float:
+    """Mean squared difference between probability and 0/1 label (NaN for no rows)."""
+    labels = np.asarray(labels, dtype=float)
+    probs = np.asarray(probs, dtype=float)
+    return float(np.mean((probs - labels) ** 2)) if len(labels) else math.nan
+
+
+def calibration_metrics(studies: pd.DataFrame, prefix: str = "test", suffix: str = "") -> dict[str, float]:
+    """ECE and Brier score of the studies that have a probability, keyed ``{prefix}_ece{suffix}``, ``..._brier...``."""
+    known = studies[studies[PROB].notna()]
+    labels = known[LABEL].to_numpy(dtype=float)
+    probs = known[PROB].to_numpy(dtype=float)
+    return {
+        f"{prefix}_ece{suffix}": expected_calibration_error(labels, probs),
+        f"{prefix}_brier{suffix}": brier_score(labels, probs),
+    }
+
+
 def log_loss(labels: np.ndarray, probs: np.ndarray) -> float:
     """Mean binary cross-entropy of probabilities (0 for no rows)."""
     clipped = np.clip(probs, 1e-7, 1 - 1e-7)

@@ -101,6 +101,30 @@ class MemberEntry(BaseModel):
     source: StrictStr | None = None
 
 
+class CalibrationSpec(BaseModel):
+    """The ``calibration`` of ``ensemble.json``: temperature scaling of the study probability, per body part.
+
+    ``p' = sigmoid(logit(p) / T)`` with ``T = temperature[body_part]``, else ``temperature["all"]``. The map is
+    monotone and keeps 0.5, so ranks (AUC) and, with thresholds mapped through it, every label stay the same.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    method: Literal["temperature"] = "temperature"
+    fitted_on: Literal["internal-val", "out-of-fold"]
+    temperature: dict[str, Annotated[Number, Field(gt=0, allow_inf_nan=False)]]
+
+    @field_validator("temperature")
+    @classmethod
+    def _temperature_by_body_part(cls, value: dict[str, float]) -> dict[str, float]:
+        if GLOBAL_WEIGHTS not in value:
+            raise ValueError(f"needs an {GLOBAL_WEIGHTS!r} entry (and optionally one per body part)")
+        unknown = sorted(set(value) - set(BODY_PARTS) - {GLOBAL_WEIGHTS})
+        if unknown:
+            raise ValueError(f"unknown body part {unknown[0]!r}; expected one of {', '.join(BODY_PARTS)}")
+        return value
+
+
 class EnsembleSpec(BaseModel):
     """``ensemble.json``: members, per-body-part weights and thresholds, and test-time augmentation.
 
@@ -108,6 +132,9 @@ class EnsembleSpec(BaseModel):
     strategy chosen on out-of-fold predictions, the folds and epochs of its fold models, each configuration's weight,
     the configurations left out (``--drop-failed``) with the error of their failed fold model, and its out-of-fold
     metrics; an ensemble of search trials has its internal-val metrics instead.
+
+    ``calibration`` (absent in old files: no calibration) maps the study probability; ``thresholds`` are then in the
+    calibrated space (the tuned thresholds mapped through the same function), so labels do not change.
     """
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
@@ -119,6 +146,7 @@ class EnsembleSpec(BaseModel):
     size: Annotated[StrictInt, Field(ge=1)] | None = None
     ranked_by: StrictStr | None = None  # the rank_by of top-k-mean: kappa or loss
     tta: StrictBool = False
+    calibration: CalibrationSpec | None = None
     thresholds: dict[str, Unit] = {}
     threshold_default: Unit = 0.5
     tune_thresholds: StrictBool = Field(

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from sklearn.metrics import roc_auc_score
 
 from muratune.body_parts import body_part_in_path
 from muratune.constants import BODY_PART, IMAGE_PATH, LABEL, SPLIT, SPLIT_VALID, STUDY_PATH
@@ -127,7 +128,7 @@ def ensembled(tiny_experiment: Path, tmp_path_factory: pytest.TempPathFactory) -
 
     exp = tmp_path_factory.mktemp("ensembled") / "tiny"
     shutil.copytree(tiny_experiment, exp)
-    build_ensembles(exp, size=3, tune_thresholds=True, echo=lambda _: None)
+    build_ensembles(exp, size=3, tune_thresholds=True, calibrate=True, echo=lambda _: None)
     return exp
 
 
@@ -163,6 +164,7 @@ def test_every_strategy_is_saved_and_scored_on_test(ensembled: Path):
             "size",
             "ranked_by",
             "tta",
+            "calibration",
             "thresholds",
             "threshold_default",
             "tune_thresholds",
@@ -171,7 +173,7 @@ def test_every_strategy_is_saved_and_scored_on_test(ensembled: Path):
             "val_score",
             "test_score",
             "members",
-        ]  # the keys muratune 0.1 wrote, in its order
+        ]  # the keys muratune writes (0.1's, and calibration), in file order
         assert read_ensemble_spec(folder / ENSEMBLE_FILE).to_json() == spec  # written through the one schema
         for member in spec["members"]:
             assert (folder / member["path"] / "model.safetensors").is_file()
@@ -179,6 +181,15 @@ def test_every_strategy_is_saved_and_scored_on_test(ensembled: Path):
         metrics = json.loads((folder / "test_metrics.json").read_text())
         studies = pd.read_parquet(folder / "test_studies.parquet")
         assert "test_kappa" in metrics and metrics["test_studies"] == len(studies)
+        assert spec["calibration"]["fitted_on"] == "internal-val" and "all" in spec["calibration"]["temperature"]
+        assert {"test_ece", "test_brier", "test_ece_uncalibrated", "test_brier_uncalibrated"} <= set(metrics)
+        assert {"test_ece", "test_brier"} <= set(spec["test_score"]) and {"val_ece", "val_brier"} <= set(
+            spec["val_score"]
+        )
+        for _, part in studies.groupby(BODY_PART):  # a monotone map per body part: its AUC is unchanged
+            if part[LABEL].nunique() == 2:
+                auc = roc_auc_score(part[LABEL], part["prob"])
+                assert auc == pytest.approx(roc_auc_score(part[LABEL], part["prob_uncalibrated"]), abs=1e-12)
         assert studies[STUDY_PATH].is_unique and set(studies[LABEL]) <= {0, 1}
     trials = pd.read_csv(ensembled / "trials_test" / "metrics.csv", dtype={"trial_id": str})
     summary = pd.read_csv(ensembled / "search_summary.csv", dtype={"trial_id": str})

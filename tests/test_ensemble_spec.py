@@ -13,7 +13,7 @@ from muratune.errors import UserError
 from muratune.experiment_folder import experiment_config_file, load_resolved_config
 from muratune.report.experiment import Experiment, load_experiment, read_ensembles
 from muratune.report.leaderboard import ENSEMBLE, build_entries
-from muratune.schemas import ENSEMBLE_FORMAT, EnsembleSpec, MemberEntry, read_ensemble_spec
+from muratune.schemas import ENSEMBLE_FORMAT, CalibrationSpec, EnsembleSpec, MemberEntry, read_ensemble_spec
 
 SHA = "0" * 64
 DATA_CONFIG = {"image_size": 64, "resize_mode": "pad", "in_chans": 3, "mean": [0.5] * 3, "std": [0.25] * 3}
@@ -24,6 +24,7 @@ SEARCH_KEYS = [
     "size",
     "ranked_by",
     "tta",
+    "calibration",
     "thresholds",
     "threshold_default",
     "tune_thresholds",
@@ -41,6 +42,7 @@ CV_KEYS = [
     "size",
     "ranked_by",
     "tta",
+    "calibration",
     "thresholds",
     "threshold_default",
     "tune_thresholds",
@@ -77,6 +79,7 @@ def _search_spec(tune_thresholds: bool = True) -> EnsembleSpec:
         size=3,
         ranked_by="kappa",
         tta=False,
+        calibration=CalibrationSpec(fitted_on="internal-val", temperature={"all": 1.2, "XR_HAND": 0.8}),
         thresholds={"XR_HAND": 0.4},
         threshold_default=0.5,
         tune_thresholds=tune_thresholds,
@@ -98,6 +101,7 @@ def _cv_spec() -> EnsembleSpec:
         size=5,
         ranked_by="kappa",
         tta=True,
+        calibration=CalibrationSpec(fitted_on="out-of-fold", temperature={"all": 1.5}),
         thresholds={},
         threshold_default=0.5,
         tune_thresholds=True,

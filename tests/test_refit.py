@@ -146,6 +146,8 @@ def test_cv_ensemble_holds_the_fold_models_and_loads_in_predict_and_serve(refit:
     assert spec["strategy"] == "cv" and spec["selected_strategy"] in ("greedy", "greedy-per-body-part")
     assert spec["folds"] == FOLDS and len(spec["members"]) == FOLDS * len(spec["configurations"])
     assert {"oof_kappa", "oof_auc"} <= set(spec["oof_score"]) and "test_kappa" in spec["test_score"]
+    assert spec["calibration"]["fitted_on"] == "out-of-fold" and {"oof_ece", "oof_brier"} <= set(spec["oof_score"])
+    assert {"test_ece", "test_brier"} <= set(spec["test_score"])
     assert list(spec) == [
         "format",
         "muratune_version",
@@ -154,6 +156,7 @@ def test_cv_ensemble_holds_the_fold_models_and_loads_in_predict_and_serve(refit:
         "size",
         "ranked_by",
         "tta",
+        "calibration",
         "thresholds",
         "threshold_default",
         "tune_thresholds",
@@ -166,7 +169,7 @@ def test_cv_ensemble_holds_the_fold_models_and_loads_in_predict_and_serve(refit:
         "oof_score",
         "test_score",
         "members",
-    ]  # the keys muratune 0.1 wrote, in its order
+    ]  # the keys muratune writes (0.1's, and calibration), in file order
     assert read_ensemble_spec(cv / ENSEMBLE_FILE).to_json() == spec  # written through the one schema
     weights = np.asarray(spec["weights"]["all"])
     assert weights.sum() == pytest.approx(sum(spec["configurations"].values()))

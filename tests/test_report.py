@@ -397,3 +397,33 @@ def _is_number(text: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+def test_calibration_before_and_after_and_the_reliability_diagram(experiment: Path, tmp_path: Path):
+    from muratune.ensemble.calibration import scale
+    from muratune.metrics import brier_score, expected_calibration_error
+
+    folder = experiment / "ensemble" / "greedy"
+    studies = pd.read_parquet(folder / "test_studies.parquet")
+    raw = studies["prob"].to_numpy()
+    studies.insert(4, "prob_uncalibrated", raw)
+    studies["prob"] = scale(raw, 2.0)
+    studies.to_parquet(folder / "test_studies.parquet")
+    spec = json.loads((folder / "ensemble.json").read_text())
+    spec["calibration"] = {"method": "temperature", "fitted_on": "internal-val", "temperature": {"all": 2.0}}
+    (folder / "ensemble.json").write_text(json.dumps(spec))
+    out = write_report(experiment, tmp_path / "report", replicates=10, echo=lambda _: None)
+    rows = {row["ensemble"]: row for row in json.loads((out / "metrics.json").read_text())["calibration"]}
+    known = studies[studies["prob"].notna()]
+    labels = known["label"].to_numpy()
+    greedy = rows["greedy"]
+    assert greedy["calibration"] == "temperature (internal-val)"
+    assert greedy["ece_before"] == pytest.approx(expected_calibration_error(labels, known["prob_uncalibrated"]))
+    assert greedy["ece_after"] == pytest.approx(expected_calibration_error(labels, known["prob"]))
+    assert greedy["brier_after"] == pytest.approx(brier_score(labels, known["prob"]))
+    assert greedy["ece_after"] != pytest.approx(greedy["ece_before"])
+    plain = rows["top-k-mean"]  # written before calibration existed: before and after are the same
+    assert plain["calibration"] == "none" and plain["ece_before"] == plain["ece_after"] is not None
+    assert (out / "plots" / "reliability.png").stat().st_size > 0
+    assert "## Calibration (test split)" in (out / "report.md").read_text()
+    assert "Reliability diagram" in (out / "index.html").read_text()

@@ -18,8 +18,10 @@ import pytest
 import requests
 
 from muratune.cli import main
+from muratune.ensemble.calibration import calibrate
 from muratune.ensemble.predictor import StudyPredictor
 from muratune.errors import UserError
+from muratune.schemas import read_ensemble_spec
 from muratune.serve.app import LocalBackend, ServeLimits, create_app
 from muratune.serve.guard import ServeAccess
 from muratune.serve.service import StudyService, Upload
@@ -47,7 +49,7 @@ def ensemble(tiny_experiment: Path, tmp_path_factory: pytest.TempPathFactory) ->
 
     exp = tmp_path_factory.mktemp("serve") / "tiny"
     shutil.copytree(tiny_experiment, exp)
-    build_ensembles(exp, size=2, strategies=["greedy"], tune_thresholds=True, echo=lambda _: None)
+    build_ensembles(exp, size=2, strategies=["greedy"], tune_thresholds=True, calibrate=True, echo=lambda _: None)
     return exp / "ensemble" / "greedy"
 
 
@@ -89,6 +91,10 @@ def test_predict_equals_the_study_predictor(server, ensemble, study):
     assert got["prob"] == pytest.approx(expected["prob"], abs=1e-6)
     assert [v["prob"] for v in got["views"]] == pytest.approx(expected["view_probs"], abs=1e-6)
     assert got["label"] == expected["label"] and got["threshold"] == pytest.approx(expected["threshold"])
+    calibration = read_ensemble_spec(ensemble / "ensemble.json").calibration
+    assert calibration is not None  # the served probability is the calibrated mean of the views
+    mean_of_views = np.array([np.mean([v["prob"] for v in got["views"]])])
+    assert got["prob"] == pytest.approx(float(calibrate(mean_of_views, ["XR_WRIST"], calibration)[0]), abs=1e-6)
     assert got["body_part"] == "XR_WRIST" and got["body_part_source"] == "given"
     assert got["verdict"] == ("abnormal" if got["label"] else "normal")
     for view, path in zip(got["views"], study, strict=True):

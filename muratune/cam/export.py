@@ -21,12 +21,14 @@ from muratune.cam.score import Prediction, localisation_score, read_boxes
 from muratune.constants import BODY_PART, IMAGE_PATH, STUDY_PATH
 from muratune.data.image_list import default_root, read_image_list
 from muratune.data.images import ImageReadError, read_image
+from muratune.ensemble.calibration import calibrate
 from muratune.ensemble.load import load_ensemble
 from muratune.ensemble.predictor import complete_frame
 from muratune.errors import UserError
 from muratune.fileio import Input, atomic_dir, check_output, json_safe, refuse_existing
 from muratune.layout import CAM_IMAGES_DIR, CAM_INDEX_HTML, CAM_SCORE_JSON, CAMS_JSON, CAMS_KIND
 from muratune.lock import lock_experiment_holding
+from muratune.schemas import CalibrationSpec
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm")
 _POSITIVE_RE = re.compile(r"study\d+_positive$")
@@ -189,8 +191,14 @@ def image_slug(image_path: str, taken: set[str]) -> str:
     return candidate
 
 
-def study_rows(records: Sequence[dict], thresholds: dict[str, float]) -> list[dict]:
-    """Group image records by study (first-appearance order) with the study probability and 0/1 label."""
+def study_rows(
+    records: Sequence[dict], thresholds: dict[str, float], calibration: CalibrationSpec | None = None
+) -> list[dict]:
+    """Group image records by study (first-appearance order) with the study probability and 0/1 label.
+
+    The study probability is the mean of the image probabilities, calibrated as the ensemble calibrates it (its
+    thresholds are in the calibrated space).
+    """
     studies: dict[str, dict] = {}
     for rec in records:
         study = studies.setdefault(
@@ -198,7 +206,8 @@ def study_rows(records: Sequence[dict], thresholds: dict[str, float]) -> list[di
         )
         study["images"].append(rec)
     for study in studies.values():
-        prob = float(np.mean([r["probability"] for r in study["images"]]))
+        mean = np.array([np.mean([r["probability"] for r in study["images"]])])
+        prob = float(calibrate(mean, [study[BODY_PART]], calibration)[0])
         threshold = thresholds.get(study[BODY_PART] or "", 0.5)
         study.update(probability=prob, threshold=threshold, label=int(prob >= threshold))
     return list(studies.values())
@@ -276,7 +285,7 @@ def export_cams(
         layers = explainer.describe()
         details = f"ensemble {Path(ensemble).name}; maps: " + ", ".join(f"{k}: {v}" for k, v in layers.items())
         details += f"; box = largest region above {options.threshold:g} x max; probabilities are per image"
-        page = render_index(study_rows(records, predictor.thresholds), "muratune CAMs", details)
+        page = render_index(study_rows(records, predictor.thresholds, predictor.calibration), "muratune CAMs", details)
         (tmp / CAM_INDEX_HTML).write_text(page, encoding="utf-8")
         _write_json(tmp / CAMS_JSON, {"layers": layers, "images": records})
         score = None

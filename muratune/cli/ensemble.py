@@ -30,6 +30,13 @@ def ensemble_command(
     tta: Annotated[bool, typer.Option("--tta", help="Horizontal-flip test-time augmentation.")] = False,
     rank_by: Annotated[str, typer.Option(help="top-k-mean ranking on internal val: kappa or loss.")] = "kappa",
     overwrite: Annotated[bool, typer.Option(help="Replace existing EXPERIMENT/ensemble/<strategy> folders.")] = False,
+    calibrate: Annotated[
+        bool,
+        typer.Option(
+            help="Fit per-body-part temperature scaling of the study probability on internal val (off by default: "
+            "docs/calibration.md)."
+        ),
+    ] = False,
 ) -> None:
     """Select ensembles of the best checkpoints on internal val, save them, and score them on the test split."""
     from muratune.ensemble.build import build_ensembles
@@ -43,4 +50,5 @@ def ensemble_command(
         overwrite=overwrite,
         rank_by=rank_by,
         echo=typer.echo,
+        calibrate=calibrate,
     )

@@ -40,6 +40,13 @@ def refit_command(
             help="Build ensemble/cv without configurations whose fold models failed (not retried on --resume)."
         ),
     ] = False,
+    calibrate: Annotated[
+        bool,
+        typer.Option(
+            help="Fit per-body-part temperature scaling of the study probability on the out-of-fold predictions (on "
+            "by default, unlike `muratune ensemble`: they cover the whole official train split)."
+        ),
+    ] = True,
 ) -> None:
     """Retrain the best configurations on patient-grouped folds; build ensemble/cv on out-of-fold predictions."""
     from muratune.refit.run import RefitOptions, run_refit
@@ -54,6 +61,7 @@ def refit_command(
         tune_thresholds=tune_thresholds,
         tta=tta,
         drop_failed=drop_failed,
+        calibrate=calibrate,
     )
     result = run_refit(experiment, options, address=address, echo=typer.echo)
     if result.ensemble is None:  # folds unfinished or failed: no ensemble/cv yet, which scripts must see

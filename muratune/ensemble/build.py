@@ -18,6 +18,7 @@ from muratune import __version__
 from muratune.config import ExperimentConfig
 from muratune.constants import BODY_PART
 from muratune.ensemble.artifact import EnsembleArtifact, member_entries, used_members, write_artifact
+from muratune.ensemble.calibration import calibrate, calibrated_thresholds, fit_calibration
 from muratune.ensemble.inputs import Candidate, open_caches, read_candidates, test_frame, val_predictions
 from muratune.ensemble.predictor import member_image_probs
 from muratune.ensemble.scoring import scored_studies, test_metrics, test_score, tuned_thresholds, write_trials_test
@@ -28,7 +29,7 @@ from muratune.experiment_folder import load_resolved_config
 from muratune.fileio import refuse_existing, write_json
 from muratune.layout import ENSEMBLE_DIR, TEST_METRICS, TEST_STUDIES, TRIALS_TEST_DIR
 from muratune.lock import experiment_lock
-from muratune.metrics import defined_or_none, study_metrics
+from muratune.metrics import calibration_metrics, defined_or_none, study_metrics
 from muratune.ranking import RANK_BY
 from muratune.schemas import ENSEMBLE_FORMAT, DataConfig, EnsembleSpec
 
@@ -75,16 +76,20 @@ class EnsembleOptions:
     tune_thresholds: bool
     tta: bool
     rank_by: str
+    calibrate: bool = False
 
 
 def build_strategy(name: str, inputs: EnsembleInputs, options: EnsembleOptions) -> EnsembleArtifact:
     """Select one strategy's weights on internal val and score it on the test split: the ensemble to write."""
     weights = create_strategy(name, options.size, options.rank_by).select(inputs.val)
-    val_probs = combine(inputs.val.probs, list(inputs.val.studies[BODY_PART]), weights)
-    thresholds = tuned_thresholds(inputs.val.studies, val_probs) if options.tune_thresholds else {}
-    val_studies = inputs.val.studies.assign(prob=val_probs)
+    parts = list(inputs.val.studies[BODY_PART])
+    val_probs = combine(inputs.val.probs, parts, weights)
+    raw_thresholds = tuned_thresholds(inputs.val.studies, val_probs) if options.tune_thresholds else {}
+    calibration = fit_calibration(inputs.val.studies, val_probs, "internal-val") if options.calibrate else None
+    thresholds = calibrated_thresholds(raw_thresholds, calibration)
+    val_studies = inputs.val.studies.assign(prob=calibrate(val_probs, parts, calibration))
     test_probs = combine(inputs.test_probs, list(inputs.test[BODY_PART]), weights)
-    studies = scored_studies(inputs.test, test_probs, thresholds)
+    studies = scored_studies(inputs.test, test_probs, thresholds, calibration)
     metrics = test_metrics(studies, thresholds)
     used = used_members(weights)
     sources = [inputs.candidates[j] for j in used]
@@ -95,12 +100,15 @@ def build_strategy(name: str, inputs: EnsembleInputs, options: EnsembleOptions) 
         size=options.size,
         ranked_by=options.rank_by if name == "top-k-mean" else "kappa",
         tta=options.tta,
+        calibration=calibration,
         thresholds=thresholds,
         threshold_default=0.5,
         tune_thresholds=options.tune_thresholds,
         weights={part: [float(w) for w in vector[used]] for part, vector in weights.items()},
         data_config=DataConfig.model_validate(inputs.models[used[0]].data_config),
-        val_score=defined_or_none(study_metrics(val_studies, prefix="val", thresholds=thresholds)),
+        val_score=defined_or_none(
+            study_metrics(val_studies, prefix="val", thresholds=thresholds) | calibration_metrics(val_studies, "val")
+        ),
         test_score=test_score(metrics),
         members=member_entries([inputs.models[j] for j in used], sources),
     )
@@ -131,6 +139,7 @@ def write_strategy(exp_dir: Path, name: str, inputs: EnsembleInputs, options: En
         "members": ",".join(m.name for m in artifact.spec.members),
         "val_kappa": artifact.spec.val_score["val_kappa"],
         "test_kappa": artifact.spec.test_score["test_kappa"],
+        "test_ece": artifact.spec.test_score.get("test_ece"),
     }
 
 
@@ -144,6 +153,7 @@ def build_ensembles(
     rank_by: str = "kappa",
     batch_size: int = 64,
     echo: Callable[[str], None] = print,
+    calibrate: bool = False,
 ) -> pd.DataFrame:
     """Build, save and test-score ensembles of an experiment's best checkpoints.
 
@@ -160,13 +170,15 @@ def build_ensembles(
         rank_by: what top-k-mean ranks candidates by on internal val, ``kappa`` or ``loss``.
         batch_size: images per forward pass.
         echo: where progress lines go.
+        calibrate: fit per-body-part temperature scaling of the study probability on internal val (thresholds
+            are then stored in the calibrated space).
 
     Returns:
         One row per strategy: members, val and test kappa.
     """
     exp_dir = Path(experiment).expanduser().resolve()
     names = list(dict.fromkeys(strategies or STRATEGIES))
-    options = EnsembleOptions(size, tune_thresholds, tta, rank_by)
+    options = EnsembleOptions(size, tune_thresholds, tta, rank_by, calibrate)
     check_options(exp_dir, names, options, overwrite)
     config = load_resolved_config(exp_dir)
     with experiment_lock(exp_dir, "ensemble"):

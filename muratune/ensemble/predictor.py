@@ -15,11 +15,12 @@ from muratune.body_parts import body_part_in_path
 from muratune.constants import BODY_PART, IMAGE_PATH, LABEL, PROB, STUDY_PATH, THRESHOLD
 from muratune.data.cache import ImageCache
 from muratune.data.images import ImageReadError, read_square
+from muratune.ensemble.calibration import calibrate
 from muratune.ensemble.select import Weights, combine
 from muratune.ensemble.trained import TrainedModel, load_trained_model
 from muratune.errors import UserError
 from muratune.layout import ENSEMBLE_FILE
-from muratune.schemas import MemberEntry, read_ensemble_spec
+from muratune.schemas import CalibrationSpec, MemberEntry, read_ensemble_spec
 from muratune.trainables import checkpoint as ckpt
 
 DEFAULT_THRESHOLD = 0.5
@@ -165,8 +166,15 @@ def _once_per_message(handler: ErrorHandler) -> ErrorHandler:
 
 
 # ------------------------------------------------------------------------------------------------ studies
-def aggregate(images: pd.DataFrame, probs: np.ndarray, thresholds: dict[str, float]) -> pd.DataFrame:
-    """Study predictions: mean of the readable views, thresholded with the study's body-part threshold.
+def aggregate(
+    images: pd.DataFrame,
+    probs: np.ndarray,
+    thresholds: dict[str, float],
+    calibration: CalibrationSpec | None = None,
+) -> pd.DataFrame:
+    """Study predictions: mean of the readable views, calibrated, thresholded with the study's body-part threshold.
+
+    ``thresholds`` are in the calibrated space (as ``ensemble.json`` stores them).
 
     Returns:
         One row per study (first-appearance order): ``study_path, body_part, prob, label, threshold, n_views,
@@ -180,6 +188,7 @@ def aggregate(images: pd.DataFrame, probs: np.ndarray, thresholds: dict[str, flo
         body_part=(BODY_PART, "first"), prob=(PROB, "mean"), n_views=(PROB, "count"), n_images=(PROB, "size")
     ).reset_index()
     studies[N_UNREADABLE] = studies.pop("n_images") - studies[N_VIEWS]
+    studies[PROB] = calibrate(studies[PROB].to_numpy(dtype=float), list(studies[BODY_PART]), calibration)
     studies[THRESHOLD] = [thresholds.get(part, DEFAULT_THRESHOLD) for part in studies[BODY_PART]]
     label = (studies[PROB] >= studies[THRESHOLD]).astype("Int64")
     label[studies[PROB].isna()] = pd.NA
@@ -197,6 +206,7 @@ class StudyPredictor:
         thresholds: dict[str, float] | None = None,
         tta: bool = False,
         device: torch.device | str | None = None,
+        calibration: CalibrationSpec | None = None,
     ) -> None:
         from muratune.trainables.models import select_device
 
@@ -204,6 +214,7 @@ class StudyPredictor:
         self.weights = {part: np.asarray(w, dtype=float) for part, w in weights.items()}
         self.thresholds = dict(thresholds or {})
         self.tta = tta
+        self.calibration = calibration  # of the study probability; None: the identity
         self.device = torch.device(device) if device is not None else select_device()
         for member in self.members:
             member.model.to(self.device)
@@ -222,7 +233,7 @@ class StudyPredictor:
         members = [_load_ensemble_member(directory, entry, source) for entry in spec.members]
         weights = {part: np.asarray(vector, dtype=float) for part, vector in spec.weights.items()}
         thresholds = {part: float(value) for part, value in spec.thresholds.items()}
-        return cls(members, weights, thresholds, tta=spec.tta, device=device)
+        return cls(members, weights, thresholds, tta=spec.tta, device=device, calibration=spec.calibration)
 
     def threshold(self, body_part: str | None) -> float:
         """Decision threshold for a body part (0.5 when none was tuned)."""
@@ -276,14 +287,14 @@ class StudyPredictor:
         """
         images = complete_frame(frame)
         probs = self.image_probs(images, root, caches, batch_size, progress, on_error)
-        return aggregate(images, probs, self.thresholds)
+        return aggregate(images, probs, self.thresholds, self.calibration)
 
     def predict_study(self, image_paths: Sequence[str | os.PathLike], body_part: str | None = None) -> dict:
         """Predict one study from its view files.
 
         Returns:
-            ``prob`` (mean of the view probabilities), ``label`` (0/1), ``threshold``, ``body_part`` (given or
-            inferred from the path) and ``view_probs`` (one per file).
+            ``prob`` (the calibrated mean of the view probabilities), ``label`` (0/1), ``threshold``, ``body_part``
+            (given or inferred from the path) and ``view_probs`` (one per file, uncalibrated).
 
         Raises:
             ImageReadError: a file cannot be read.
@@ -294,7 +305,7 @@ class StudyPredictor:
         part = body_part or body_part_in_path(paths[0])
         frame = pd.DataFrame({IMAGE_PATH: paths, STUDY_PATH: "study", BODY_PART: part})
         view_probs = self.image_probs(frame)
-        prob = float(np.mean(view_probs))
+        prob = float(calibrate(np.array([np.mean(view_probs)]), [part], self.calibration)[0])
         threshold = self.threshold(part)
         return {
             "prob": prob,

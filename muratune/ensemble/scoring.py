@@ -8,14 +8,21 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from muratune.constants import BODY_PART, LABEL, PRED, PROB, STUDY_PATH
+from muratune.constants import BODY_PART, LABEL, PRED, PROB, PROB_UNCALIBRATED, STUDY_PATH
 from muratune.ensemble.inputs import Candidate
 from muratune.ensemble.predictor import aggregate
 from muratune.fileio import atomic_path
 from muratune.layout import TRIALS_TEST_DIR, TRIALS_TEST_METRICS
-from muratune.metrics import defined_or_none, study_metrics, tune_threshold
+from muratune.metrics import calibration_metrics, defined_or_none, study_metrics, tune_threshold
+from muratune.schemas import CalibrationSpec
 
-TEST_SCORE_KEYS = ("test_kappa", "test_auc", "test_accuracy")  # the test metrics ``ensemble.json`` repeats
+TEST_SCORE_KEYS = (
+    "test_kappa",
+    "test_auc",
+    "test_accuracy",
+    "test_ece",
+    "test_brier",
+)  # the test metrics ``ensemble.json`` repeats
 
 
 def tuned_thresholds(studies: pd.DataFrame, probs: np.ndarray) -> dict[str, float]:
@@ -25,20 +32,38 @@ def tuned_thresholds(studies: pd.DataFrame, probs: np.ndarray) -> dict[str, floa
     return {str(part): tune_threshold(labels[parts == part], probs[parts == part]) for part in sorted(set(parts))}
 
 
-def scored_studies(images: pd.DataFrame, probs: np.ndarray, thresholds: dict[str, float]) -> pd.DataFrame:
-    """Study predictions beside the true labels: ``study_path, body_part, label, prob, pred, threshold, n_views``."""
-    studies = aggregate(images, probs, thresholds).rename(columns={LABEL: PRED})
+def scored_studies(
+    images: pd.DataFrame,
+    probs: np.ndarray,
+    thresholds: dict[str, float],
+    calibration: CalibrationSpec | None = None,
+) -> pd.DataFrame:
+    """Study predictions beside the true labels: ``study_path, body_part, label, prob, pred, threshold, n_views``.
+
+    With a calibration, ``prob`` is calibrated (``thresholds`` are in its space) and ``prob_uncalibrated`` follows.
+    """
+    studies = aggregate(images, probs, thresholds, calibration).rename(columns={LABEL: PRED})
     truth = images.groupby(STUDY_PATH, sort=False)[LABEL].first()
     studies.insert(2, LABEL, studies[STUDY_PATH].map(truth).astype(int))
+    if calibration is not None:
+        studies.insert(4, PROB_UNCALIBRATED, aggregate(images, probs, {})[PROB].to_numpy())
     return studies
 
 
 def test_metrics(studies: pd.DataFrame, thresholds: dict[str, float]) -> dict[str, float]:
-    """Study metrics on the test split with the thresholds applied (unpredictable studies count as wrong)."""
+    """Study metrics on the test split with the thresholds applied (unpredictable studies count as wrong).
+
+    ECE and Brier score (``test_ece``, ``test_brier``) are of the predicted studies; with a ``prob_uncalibrated``
+    column also ``test_ece_uncalibrated`` and ``test_brier_uncalibrated``.
+    """
     frame = studies.copy()
     missing = frame[PROB].isna()
     frame.loc[missing, PROB] = 1.0 - frame.loc[missing, LABEL]  # an unreadable study is scored as a miss
-    return study_metrics(frame, prefix="test", thresholds=thresholds)
+    metrics = study_metrics(frame, prefix="test", thresholds=thresholds) | calibration_metrics(studies, "test")
+    if PROB_UNCALIBRATED in studies:
+        raw = studies.assign(**{PROB: studies[PROB_UNCALIBRATED]})
+        metrics |= calibration_metrics(raw, "test", suffix="_uncalibrated")
+    return metrics
 
 
 def test_score(metrics: dict[str, float]) -> dict[str, float | None]:

@@ -14,6 +14,7 @@ from muratune.config import ExperimentConfig
 from muratune.constants import BODY_PART
 from muratune.data.split import FOLD
 from muratune.ensemble.artifact import EnsembleArtifact, member_entries, used_members, write_artifact
+from muratune.ensemble.calibration import calibrate, calibrated_thresholds, fit_calibration
 from muratune.ensemble.inputs import Candidate, open_caches, test_frame
 from muratune.ensemble.predictor import member_image_probs
 from muratune.ensemble.scoring import scored_studies, test_metrics, test_score, tuned_thresholds
@@ -22,22 +23,26 @@ from muratune.ensemble.trained import TrainedModel, load_trained_model
 from muratune.fileio import write_json
 from muratune.layout import CV_ENSEMBLE as CV
 from muratune.layout import ENSEMBLE_DIR, TEST_METRICS, TEST_STUDIES
-from muratune.metrics import defined_or_none, study_metrics
+from muratune.metrics import calibration_metrics, defined_or_none, study_metrics
 from muratune.refit.oof import OutOfFold, assemble_oof, fold_checkpoints
 from muratune.refit.plan import RefitPlan, member_id, refit_dir
-from muratune.schemas import ENSEMBLE_FORMAT, GLOBAL_WEIGHTS, DataConfig, EnsembleSpec
+from muratune.schemas import ENSEMBLE_FORMAT, GLOBAL_WEIGHTS, CalibrationSpec, DataConfig, EnsembleSpec
 
 CV_STRATEGIES = ("greedy", "greedy-per-body-part")  # tried in this order; a tie keeps the simpler one
 
 
 @dataclass
 class OofSelection:
-    """The strategy chosen on out-of-fold predictions: its per-configuration weights, thresholds and metrics."""
+    """The strategy chosen on out-of-fold predictions: its per-configuration weights, thresholds and metrics.
+
+    With a calibration (fitted on the same predictions), the thresholds and ``oof_score`` are in its space.
+    """
 
     strategy: str
     weights: Weights
     thresholds: dict[str, float]
     oof_score: dict[str, float]
+    calibration: CalibrationSpec | None = None
 
 
 @dataclass
@@ -63,6 +68,20 @@ def select_on_oof(oof: ValPredictions, size: int, tune_thresholds: bool) -> OofS
             best = OofSelection(name, weights, thresholds, score)
     assert best is not None
     return best
+
+
+def calibrated_selection(oof: ValPredictions, selection: OofSelection) -> OofSelection:
+    """The selection with a temperature scaling fitted on its out-of-fold probabilities, thresholds mapped through it.
+
+    Kappa and AUC do not change (the map is monotone); ``oof_score`` gains ``oof_ece`` and ``oof_brier``.
+    """
+    parts = list(oof.studies[BODY_PART])
+    probs = combine(oof.probs, parts, selection.weights)
+    calibration = fit_calibration(oof.studies, probs, "out-of-fold")
+    thresholds = calibrated_thresholds(selection.thresholds, calibration)
+    studies = oof.studies.assign(prob=calibrate(probs, parts, calibration))
+    score = study_metrics(studies, prefix="oof", thresholds=thresholds) | calibration_metrics(studies, "oof")
+    return OofSelection(selection.strategy, selection.weights, thresholds, score, calibration)
 
 
 def fold_weights(weights: Weights, used: np.ndarray, folds: int) -> Weights:
@@ -135,6 +154,7 @@ def cv_spec(
         size=settings.size,
         ranked_by="kappa",
         tta=settings.tta,
+        calibration=selection.calibration,
         thresholds=selection.thresholds,
         threshold_default=0.5,
         tune_thresholds=settings.tune_thresholds,
@@ -163,12 +183,14 @@ def build_cv_ensemble(
     tta: bool = False,
     configurations: list[str] | None = None,
     dropped: dict[str, str] | None = None,
+    calibrate: bool = True,
 ) -> dict:
     """Select on out-of-fold predictions, write ``ensemble/cv`` and score it once on the test split.
 
     With ``tta`` the ensemble predicts with horizontal-flip TTA, and is selected on out-of-fold predictions made
     the same way (`oof_with_tta`). ``configurations`` are the candidates (default: all of the plan's); ``dropped``
-    records the ones left out for a failed fold model, with its error.
+    records the ones left out for a failed fold model, with its error. With ``calibrate`` (default) a per-body-part
+    temperature scaling of the study probability is fitted on the out-of-fold predictions (`calibrated_selection`).
 
     Returns:
         The ``ensemble.json`` content.
@@ -181,7 +203,10 @@ def build_cv_ensemble(
     oof = assemble_oof(refit_dir(exp_dir), config, names, plan.folds, plan.split_seed, summary)
     if tta:
         oof = oof_with_tta(oof, summary, plan, index, config, batch_size, echo)
-    selection = select_on_oof(oof.studies(), size, tune_thresholds)
+    oof_studies = oof.studies()
+    selection = select_on_oof(oof_studies, size, tune_thresholds)
+    if calibrate:
+        selection = calibrated_selection(oof_studies, selection)
     used = used_members(selection.weights)
     sources = [
         Candidate(member_id(names[j], k), Path(_checkpoint(summary, names[j], k)))
@@ -190,9 +215,7 @@ def build_cv_ensemble(
     ]
     members = [load_trained_model(c.checkpoint, name=c.name) for c in sources]
     member_weights = fold_weights(selection.weights, used, plan.folds)
-    studies, metrics = score_on_test(
-        members, member_weights, index, config, selection.thresholds, tta, batch_size, echo
-    )
+    studies, metrics = score_on_test(members, member_weights, index, config, selection, tta, batch_size, echo)
     spec = cv_spec(plan, selection, settings, names, members, sources, metrics)
     files = {
         TEST_STUDIES: lambda path: studies.to_parquet(path, index=False),
@@ -218,12 +241,15 @@ def score_on_test(
     weights: Weights,
     index: pd.DataFrame,
     config: ExperimentConfig,
-    thresholds: dict[str, float],
+    selection: OofSelection,
     tta: bool,
     batch_size: int,
     echo: Callable[[str], None],
 ) -> tuple[pd.DataFrame, dict]:
-    """The ensemble's study predictions on the test split (the official valid split), and their metrics."""
+    """The ensemble's study predictions on the test split (the official valid split), and their metrics.
+
+    The probabilities are calibrated with the selection's calibration (if any), and its thresholds applied.
+    """
     test = test_frame(index, config)
     caches = open_caches(index, members, config)
     probs = member_image_probs(
@@ -236,8 +262,9 @@ def score_on_test(
         progress=True,
         on_error=lambda msg: echo(f"warning: {msg}"),
     )
-    studies = scored_studies(test, combine(probs, list(test[BODY_PART]), weights), thresholds)
-    return studies, test_metrics(studies, thresholds)
+    combined = combine(probs, list(test[BODY_PART]), weights)
+    studies = scored_studies(test, combined, selection.thresholds, selection.calibration)
+    return studies, test_metrics(studies, selection.thresholds)
 
 
 def _checkpoint(summary: pd.DataFrame, configuration: str, fold: int) -> str:

@@ -205,6 +205,7 @@ class RefitOptions:
         tta: predict with horizontal-flip TTA; the out-of-fold predictions are recomputed the same way.
         drop_failed: leave out configurations with a failed fold model (after ``failure.max_failures`` retries;
             none retried on ``resume``); without it a failed fold model stops the refit before ``ensemble/cv``.
+        calibrate: fit per-body-part temperature scaling of the study probability on the out-of-fold predictions.
     """
 
     top: int | None = None
@@ -216,6 +217,7 @@ class RefitOptions:
     tune_thresholds: bool = True
     tta: bool = False
     drop_failed: bool = False
+    calibrate: bool = True
 
 
 def run_refit(
@@ -286,6 +288,7 @@ def _refit(
             tta=options.tta,
             configurations=kept,
             dropped=dropped,
+            calibrate=options.calibrate,
         )
     return RefitResult(refit, summary, 0, spec)
 

@@ -17,6 +17,7 @@ from muratune.errors import UserError
 from muratune.fileio import json_safe
 from muratune.report import plots
 from muratune.report.bootstrap import DEFAULT_LEVEL, DEFAULT_REPLICATES
+from muratune.report.calibration import calibration_table, uncalibrated
 from muratune.report.experiment import Experiment, load_experiment
 from muratune.report.importance import load_study, param_importances, trial_numbers
 from muratune.report.leaderboard import (
@@ -45,6 +46,7 @@ class Report:
     replicates: int
     seed: int
     level: float
+    calibration: pd.DataFrame = field(default_factory=pd.DataFrame)  # see `calibration_table`
     generated: str = field(default_factory=lambda: datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"))
 
 
@@ -113,6 +115,10 @@ def _figures(
         best_trial = next((e for e in entries if e.kind == TRIAL and e.studies is not None and e is not best), None)
         figures["roc"] = plots.roc_plot([best] + ([best_trial] if best_trial is not None else []))
         figures["confusion"] = plots.confusion_plot(best)
+    ensemble = next((e for e in exp.ensembles if best is not None and e.name == best.name), None)
+    ensemble = ensemble or next(iter(exp.ensembles), None)
+    if ensemble is not None:
+        figures["reliability"] = plots.reliability_plot(ensemble.name, uncalibrated(ensemble.studies), ensemble.studies)
     figures["progress"] = plots.progress_plot(trials)
     budget = exp.config.get("budget") or {}
     rungs = []
@@ -157,7 +163,18 @@ def build_report(
     notes = _notes(exp, entries, " ".join(n for n in (study_note, importance_note) if n))
     figures = _figures(exp, entries, best, trials, importances, level)
     return Report(
-        exp, entries, leaderboard_frame(entries), best, trials, figures, importances, notes, replicates, seed, level
+        exp,
+        entries,
+        leaderboard_frame(entries),
+        best,
+        trials,
+        figures,
+        importances,
+        notes,
+        replicates,
+        seed,
+        level,
+        calibration_table(exp.ensembles),
     )
 
 
@@ -195,6 +212,7 @@ def metrics_document(report: Report) -> dict[str, Any]:
         "best": report.best.name if report.best is not None else None,
         "notes": report.notes,
         "parameter_importance": report.importances,
+        "calibration": json_safe(report.calibration.to_dict(orient="records")),
         "cams": json_safe(exp.cams.score) if exp.cams is not None else None,
         "entries": entries,
     }

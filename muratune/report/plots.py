@@ -133,6 +133,34 @@ def roc_plot(entries: list[Entry]) -> bytes | None:
     return to_png(fig)
 
 
+def reliability_plot(name: str, before: pd.DataFrame, after: pd.DataFrame, bins: int = 10) -> bytes | None:
+    """Reliability diagram: abnormal fraction against mean probability per equal-width bin, before and after."""
+    fig = Figure(figsize=(5.2, 4.6))
+    ax = fig.add_subplot(1, 1, 1)
+    ax.plot([0, 1], [0, 1], color="#bbbbbb", lw=0.8, ls="--", label="perfectly calibrated")
+    drawn = False
+    for (label, frame), colour in zip(
+        (("uncalibrated", before), ("calibrated", after)), ROC_COLOURS[::-1], strict=False
+    ):
+        known = frame[frame[PROB].notna()]
+        if known.empty:
+            continue
+        which = np.clip((known[PROB].to_numpy(dtype=float) * bins).astype(int), 0, bins - 1)
+        grouped = known.assign(bin=which).groupby("bin")
+        ax.plot(grouped[PROB].mean(), grouped[LABEL].mean(), marker="o", color=colour, lw=1.6, label=label)
+        drawn = True
+    if not drawn:
+        return None
+    ax.set_xlim(-0.02, 1.02)
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xlabel("mean study probability (bin of 0.1)", fontsize=9)
+    ax.set_ylabel("fraction abnormal", fontsize=9)
+    ax.set_title(name, fontsize=10)
+    ax.legend(fontsize=8, frameon=False, loc="lower right")
+    fig.tight_layout()
+    return to_png(fig)
+
+
 def confusion_plot(entry: Entry) -> bytes | None:
     """2x2 confusion matrices per body part and overall (rows: truth, columns: prediction)."""
     if entry.score is None:

@@ -22,6 +22,11 @@ FIGURES = {
     ),
     "roc": ("ROC curves per body part", "Test split; study probability = mean of the view probabilities."),
     "confusion": ("Confusion matrices", "Test split, at the model's decision thresholds."),
+    "reliability": (
+        "Reliability diagram",
+        "Test split: the fraction of abnormal studies against the mean study probability in bins of 0.1, before and "
+        "after the ensemble's calibration (temperature scaling per body part, fitted on held-out predictions).",
+    ),
     "progress": (
         "Search progress",
         "Each trial's best internal-val kappa, and the best so far, by trial number and by wall time.",
@@ -200,6 +205,14 @@ def failed_trials(report: Report) -> list[dict[str, str]]:
     ]
 
 
+def calibration_rows(report: Report) -> list[dict[str, str]]:
+    """Formatted ECE and Brier score before and after calibration, one row per ensemble."""
+    return [
+        {key: fmt(value) if isinstance(value, float) else str(value) for key, value in row.items()}
+        for row in report.calibration.to_dict(orient="records")
+    ]
+
+
 def template_context(report: Report) -> dict[str, Any]:
     """Everything the HTML template shows; strings are escaped by jinja2's autoescape."""
     figures = [
@@ -216,6 +229,7 @@ def template_context(report: Report) -> dict[str, Any]:
         "rows": leaderboard_rows(report),
         "best": report.best.name if report.best is not None else None,
         "best_rows": best_rows(report),
+        "calibration": calibration_rows(report),
         "reference_note": REFERENCE_NOTE,
         "figures": figures,
         "failed": failed_trials(report),
@@ -311,6 +325,16 @@ def _md_best(ctx: dict[str, Any], level: float) -> list[str]:
     return title + _md_table(header, [[r[k] for k in keys] for r in ctx["best_rows"]]) + [""]
 
 
+CALIBRATION_HEADER = ["ensemble", "calibration", "ECE before", "ECE after", "Brier before", "Brier after"]
+
+
+def _md_calibration(ctx: dict[str, Any]) -> list[str]:
+    if not ctx["calibration"]:
+        return []
+    rows = [list(row.values()) for row in ctx["calibration"]]
+    return ["## Calibration (test split)", ""] + _md_table(CALIBRATION_HEADER, rows) + [""]
+
+
 def _md_figures(ctx: dict[str, Any]) -> list[str]:
     lines = []
     for figure in ctx["figures"]:
@@ -327,5 +351,6 @@ def _md_figures(ctx: dict[str, Any]) -> list[str]:
 def render_markdown(report: Report) -> str:
     """The Markdown report; figures are linked from ``plots/``."""
     ctx = template_context(report)
-    lines = _md_header(ctx) + _md_leaderboard(ctx) + _md_best(ctx, report.level) + _md_figures(ctx)
+    lines = _md_header(ctx) + _md_leaderboard(ctx) + _md_best(ctx, report.level) + _md_calibration(ctx)
+    lines += _md_figures(ctx)
     return "\n".join(lines)

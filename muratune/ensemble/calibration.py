@@ -1,0 +1,78 @@
+"""Temperature scaling of an ensemble's study probability, per body part, fitted on held-out predictions."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+from scipy.optimize import minimize_scalar
+from scipy.special import expit, logit
+
+from muratune.constants import BODY_PART, LABEL
+from muratune.metrics import log_loss
+from muratune.schemas import GLOBAL_WEIGHTS, CalibrationSpec
+
+MIN_STUDIES = 20  # a body part with fewer held-out studies (or one class) uses the global temperature
+LOG_T_BOUNDS = (-3.0, 3.0)  # temperatures between e^-3 and e^3
+EPS = 1e-7  # probabilities are clipped to [EPS, 1 - EPS] before the logit while fitting
+
+
+def scale(probs: np.ndarray, temperature: float | np.ndarray) -> np.ndarray:
+    """``sigmoid(logit(p) / T)``: monotone, keeps 0, 0.5, 1 and NaN."""
+    return expit(logit(np.asarray(probs, dtype=float)) / temperature)
+
+
+def fit_temperature(labels: np.ndarray, probs: np.ndarray) -> float:
+    """The temperature minimising the log loss of ``scale(probs, T)`` (bounded search on log T)."""
+    labels = np.asarray(labels, dtype=float)
+    logits = logit(np.clip(np.asarray(probs, dtype=float), EPS, 1 - EPS))
+    result = minimize_scalar(
+        lambda log_t: log_loss(labels, expit(logits / np.exp(log_t))), bounds=LOG_T_BOUNDS, method="bounded"
+    )
+    return float(np.exp(result.x))
+
+
+def _fittable(labels: np.ndarray) -> bool:
+    return len(labels) >= MIN_STUDIES and 0 < labels.sum() < len(labels)
+
+
+def fit_calibration(studies: pd.DataFrame, probs: np.ndarray, fitted_on: str) -> CalibrationSpec:
+    """Fit one temperature for all studies and one per body part with enough studies of both classes.
+
+    Args:
+        studies: held-out studies with ``body_part`` and ``label``.
+        probs: the ensemble's (uncalibrated) study probability of each row; NaN rows are ignored.
+        fitted_on: ``internal-val`` (search ensembles) or ``out-of-fold`` (cv ensembles).
+    """
+    known = ~np.isnan(np.asarray(probs, dtype=float))
+    labels = studies[LABEL].to_numpy(dtype=float)[known]
+    parts = studies[BODY_PART].to_numpy()[known]
+    probs = np.asarray(probs, dtype=float)[known]
+    temperature = {GLOBAL_WEIGHTS: fit_temperature(labels, probs) if _fittable(labels) else 1.0}
+    for part in sorted(set(parts)):
+        mask = parts == part
+        if _fittable(labels[mask]):
+            temperature[str(part)] = fit_temperature(labels[mask], probs[mask])
+    return CalibrationSpec(method="temperature", fitted_on=fitted_on, temperature=temperature)  # type: ignore[arg-type]
+
+
+def temperature_of(calibration: CalibrationSpec | None, body_part: str | None) -> float:
+    """A body part's temperature (1, the identity, without calibration)."""
+    if calibration is None:
+        return 1.0
+    return calibration.temperature.get(body_part or GLOBAL_WEIGHTS, calibration.temperature[GLOBAL_WEIGHTS])
+
+
+def calibrate(probs: np.ndarray, body_parts: Sequence[str | None], calibration: CalibrationSpec | None) -> np.ndarray:
+    """Calibrated study probabilities: each row scaled with its body part's temperature."""
+    probs = np.asarray(probs, dtype=float)
+    if calibration is None:
+        return probs.copy()
+    temperatures = np.array([temperature_of(calibration, part) for part in body_parts], dtype=float)
+    return scale(probs, temperatures)
+
+
+def calibrated_thresholds(thresholds: dict[str, float], calibration: CalibrationSpec | None) -> dict[str, float]:
+    """Thresholds mapped through the same calibration, so ``p >= t`` exactly when ``calibrate(p) >= calibrate(t)``."""
+    return {part: float(scale(np.array([t]), temperature_of(calibration, part))[0]) for part, t in thresholds.items()}
