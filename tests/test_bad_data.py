@@ -21,6 +21,7 @@ from PIL import Image
 from muratune import layout
 from muratune.cli import main
 from muratune.data.cache import ImageCache
+from muratune.search import job as search_job
 from muratune.search import run as search_run
 from tests.helpers.cli import assert_one_line_error, run
 from tests.helpers.ensemble import make_ensemble
@@ -358,8 +359,8 @@ def no_ray(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     def build(*args: object, **kwargs: object) -> None:
         raise RayWouldStart
 
-    monkeypatch.setattr(search_run, "connect_ray", connect)
-    monkeypatch.setattr(search_run, "check_cluster_resources", lambda *args, **kwargs: None)
+    monkeypatch.setattr(search_job, "connect_ray", connect)
+    monkeypatch.setattr(search_job, "check_cluster_resources", lambda *args, **kwargs: None)
     monkeypatch.setattr(search_run, "create_tuner", build)
     return calls
 
@@ -422,7 +423,7 @@ def test_search_with_overwrite_and_too_many_gpus_leaves_the_existing_experiment_
     exp.mkdir(parents=True)
     (exp / layout.RESOLVED_CONFIG).write_text("name: bad\n")
     before = _snapshot(exp)
-    monkeypatch.setattr(search_run, "connect_ray", lambda *args, **kwargs: True)  # as if a local Ray had been started
+    monkeypatch.setattr(search_job, "connect_ray", lambda *args, **kwargs: True)  # as if a local Ray had been started
     monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 2.0})
     monkeypatch.setattr(ray, "shutdown", lambda: None)
     args = _search_args(str(fixture.base), tmp_path / "runs", **{"resources.gpus_per_trial": 1})
