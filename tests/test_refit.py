@@ -396,15 +396,17 @@ def test_a_broken_refit_plan_is_one_line(tmp_path: Path, text: str) -> None:
 def test_a_new_refit_folder_appears_with_its_plan_in_one_rename(tmp_path: Path) -> None:
     from muratune.refit.plan import RefitPlan
     from muratune.refit.run import create_refit_dir
+    from muratune.refit.select import Configuration
 
     refit = tmp_path / REFIT_DIR
-    assert create_refit_dir(Replacement(refit, REFIT_KIND), RefitPlan([], 2, 1, 0, 3)) is None
+    configurations = [Configuration("a1", {"backbone": "resnet10t"}, 0.5, 0.9, "")]  # a plan has at least one
+    assert create_refit_dir(Replacement(refit, REFIT_KIND), RefitPlan(configurations, 2, 1, 0, 3)) is None
     assert sorted(p.name for p in tmp_path.iterdir()) == [REFIT_DIR]  # no temporary folder left beside it
     umask = os.umask(0)
     os.umask(umask)
     assert RefitPlan.read(refit / PLAN_FILE).requested_top == 3 and refit.stat().st_mode & 0o777 == 0o777 & ~umask
     (refit / "trials").mkdir()
-    aside = create_refit_dir(Replacement(refit, REFIT_KIND), RefitPlan([], 3, 1, 0, 2))
+    aside = create_refit_dir(Replacement(refit, REFIT_KIND), RefitPlan(configurations, 3, 1, 0, 2))
     assert aside is not None and (aside / "trials").is_dir() and RefitPlan.read(aside / PLAN_FILE).folds == 2
     assert sorted(p.name for p in refit.iterdir()) == sorted([MARKER, PLAN_FILE])  # marked as a refit of ours
 
