@@ -117,7 +117,7 @@ def tta_seed(out: Path, seed: int) -> tuple[dict, Path]:
     """
     from muratune.ensemble.build import build_ensembles
     from muratune.experiment_folder import load_resolved_config
-    from muratune.refit.ensemble import build_cv_ensemble
+    from muratune.refit.ensemble import CvSettings, build_cv_ensemble
     from muratune.refit.plan import RefitPlan
 
     exp = out / f"seed-{seed}" / "runs" / "demo"
@@ -130,9 +130,8 @@ def tta_seed(out: Path, seed: int) -> tuple[dict, Path]:
     config = load_resolved_config(exp)
     plan = RefitPlan.read(exp / REFIT_DIR / REFIT_PLAN)
     refits = pd.read_csv(exp / REFIT_DIR / REFIT_SUMMARY, dtype={"trial_id": str, "configuration": str})
-    spec = build_cv_ensemble(
-        copy, config, plan, refits, size=5, tune_thresholds=True, overwrite=True, echo=lambda line: None, tta=True
-    )  # the refit's defaults
+    settings = CvSettings(tta=True, overwrite=True)  # the refit's defaults, with TTA
+    spec = build_cv_ensemble(copy, config, plan, refits, settings, echo=lambda line: None)
     row: dict[str, Any] = {"seed": seed, "seconds": {}}
     for model in MODELS:
         metrics = json.loads((copy / ENSEMBLE_DIR / model / TEST_METRICS).read_text())

@@ -282,7 +282,7 @@ def test_a_tta_cv_ensemble_is_selected_on_tta_out_of_fold_predictions(refit: dic
     from muratune.ensemble.predictor import member_image_probs
     from muratune.ensemble.trained import load_trained_model
     from muratune.experiment_folder import load_resolved_config
-    from muratune.refit.ensemble import build_cv_ensemble, oof_with_tta
+    from muratune.refit.ensemble import CvSettings, build_cv_ensemble, oof_with_tta
     from muratune.refit.oof import assemble_oof
     from muratune.refit.plan import RefitPlan
 
@@ -307,7 +307,7 @@ def test_a_tta_cv_ensemble_is_selected_on_tta_out_of_fold_predictions(refit: dic
 
     copy = tmp_path / "tiny"
     shutil.copytree(exp, copy)
-    spec = build_cv_ensemble(copy, config, plan, summary, 5, True, overwrite=True, echo=print, tta=True)
+    spec = build_cv_ensemble(copy, config, plan, summary, CvSettings(tta=True, overwrite=True), echo=print)
     assert spec["tta"] is True and StudyPredictor.load(copy / ENSEMBLE_DIR / "cv", device="cpu").tta
     assert json.loads((copy / ENSEMBLE_DIR / "cv" / ENSEMBLE_FILE).read_text())["tta"] is True
 

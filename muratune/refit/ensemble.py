@@ -45,13 +45,28 @@ class OofSelection:
     calibration: CalibrationSpec | None = None
 
 
-@dataclass
+@dataclass(frozen=True)
 class CvSettings:
-    """The settings of one cv ensemble (``muratune refit`` options)."""
+    """How one cv ensemble is chosen and written (from ``muratune refit``'s options).
 
-    size: int
-    tune_thresholds: bool
+    Attributes:
+        size: the most greedy picks of the out-of-fold selection.
+        tune_thresholds: tune one threshold per body part on the out-of-fold predictions (else 0.5).
+        tta: predict with horizontal-flip TTA, and select on out-of-fold predictions made the same way.
+        calibrate: fit per-body-part temperature scaling of the study probability on the out-of-fold predictions.
+        overwrite: replace an existing ``ensemble/cv``.
+        batch_size: images per forward pass.
+        configurations: the candidate configurations (default: all of the plan's).
+        dropped_configurations: the ones left out for a failed fold model, with its error.
+    """
+
+    size: int = 5
+    tune_thresholds: bool = True
     tta: bool = False
+    calibrate: bool = True
+    overwrite: bool = False
+    batch_size: int = 64
+    configurations: tuple[str, ...] | None = None
     dropped_configurations: dict[str, str] = field(default_factory=dict)
 
 
@@ -175,37 +190,29 @@ def build_cv_ensemble(
     config: ExperimentConfig,
     plan: RefitPlan,
     summary: pd.DataFrame,
-    size: int,
-    tune_thresholds: bool,
-    overwrite: bool,
+    settings: CvSettings = CvSettings(),
     echo: Callable[[str], None] = print,
-    batch_size: int = 64,
-    tta: bool = False,
-    configurations: list[str] | None = None,
-    dropped: dict[str, str] | None = None,
-    calibrate: bool = True,
 ) -> dict:
     """Select on out-of-fold predictions, write ``ensemble/cv`` and score it once on the test split.
 
-    With ``tta`` the ensemble predicts with horizontal-flip TTA, and is selected on out-of-fold predictions made
-    the same way (`oof_with_tta`). ``configurations`` are the candidates (default: all of the plan's); ``dropped``
-    records the ones left out for a failed fold model, with its error. With ``calibrate`` (default) a per-body-part
-    temperature scaling of the study probability is fitted on the out-of-fold predictions (`calibrated_selection`).
+    With ``settings.tta`` the ensemble predicts with horizontal-flip TTA, and is selected on out-of-fold predictions
+    made the same way (`oof_with_tta`); with ``settings.calibrate`` a per-body-part temperature scaling of the study
+    probability is fitted on the out-of-fold predictions (`calibrated_selection`).
 
     Returns:
         The ``ensemble.json`` content.
     """
     from muratune.data.index import load_index
 
-    names = configurations or [c.trial_id for c in plan.configurations]
-    settings = CvSettings(size, tune_thresholds, tta, dropped or {})
+    names = list(settings.configurations or [c.trial_id for c in plan.configurations])
+    tta, batch_size = settings.tta, settings.batch_size
     index = load_index(config.data.root)  # type: ignore[arg-type]
     oof = assemble_oof(refit_dir(exp_dir), config, names, plan.folds, plan.split_seed, summary)
     if tta:
         oof = oof_with_tta(oof, summary, plan, index, config, batch_size, echo)
     oof_studies = oof.studies()
-    selection = select_on_oof(oof_studies, size, tune_thresholds)
-    if calibrate:
+    selection = select_on_oof(oof_studies, settings.size, settings.tune_thresholds)
+    if settings.calibrate:
         selection = calibrated_selection(oof_studies, selection)
     used = used_members(selection.weights)
     sources = [
@@ -221,7 +228,7 @@ def build_cv_ensemble(
         TEST_STUDIES: lambda path: studies.to_parquet(path, index=False),
         TEST_METRICS: lambda path: write_json(path, defined_or_none(metrics)),
     }
-    write_artifact(exp_dir / ENSEMBLE_DIR / CV, EnsembleArtifact(spec, sources, files), overwrite)
+    write_artifact(exp_dir / ENSEMBLE_DIR / CV, EnsembleArtifact(spec, sources, files), settings.overwrite)
     echo(announcement(spec, selection.oof_score, metrics, exp_dir / ENSEMBLE_DIR / CV))
     return spec.to_json()
 

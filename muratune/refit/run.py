@@ -49,7 +49,7 @@ from muratune.layout import (
     trial_dirname,
 )
 from muratune.lock import experiment_lock
-from muratune.refit.ensemble import build_cv_ensemble
+from muratune.refit.ensemble import CvSettings, build_cv_ensemble
 from muratune.refit.plan import ENTRY, RefitPlan, check_folds, make_plan, member_id, refit_dir
 from muratune.refit.summary import fold_outcome, record_refit_summary, stopped_message
 from muratune.search.experiment import preflight
@@ -276,20 +276,16 @@ def _refit(
             replacement.finished = False
             return RefitResult(refit, summary, len(unfinished) + sum(len(f) for f in failed.values()))
         kept, dropped = kept_configurations(plan, failed, refit, echo)
-        spec = build_cv_ensemble(
-            exp_dir,
-            config,
-            plan,
-            summary,
+        settings = CvSettings(
             size=options.size,
             tune_thresholds=options.tune_thresholds,
-            overwrite=options.overwrite,
-            echo=echo,
             tta=options.tta,
-            configurations=kept,
-            dropped=dropped,
             calibrate=options.calibrate,
+            overwrite=options.overwrite,
+            configurations=tuple(kept),
+            dropped_configurations=dropped,
         )
+        spec = build_cv_ensemble(exp_dir, config, plan, summary, settings, echo=echo)
     return RefitResult(refit, summary, 0, spec)
 
 
