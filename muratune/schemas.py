@@ -164,8 +164,14 @@ class EnsembleSpec(BaseModel):
     members: Annotated[list[MemberEntry], Field(min_length=1)]
 
     def to_json(self) -> dict[str, Any]:
-        """The ``ensemble.json`` content: ``format`` and the keys the writer gave (current names), in file order."""
-        return {"format": self.format, **self.model_dump(mode="json", exclude_unset=True)}
+        """The ``ensemble.json`` content: ``format`` and the keys the writer gave (current names), in file order.
+
+        An ensemble without calibration leaves the key out, as files written before calibration existed do.
+        """
+        content = {"format": self.format, **self.model_dump(mode="json", exclude_unset=True)}
+        if "calibration" in content and content["calibration"] is None:
+            del content["calibration"]
+        return content
 
     @field_validator("strategy", "selected_strategy")
     @classmethod
