@@ -13,7 +13,14 @@ from muratune.errors import UserError
 from muratune.experiment_folder import experiment_config_file, load_resolved_config
 from muratune.report.experiment import Experiment, load_experiment, read_ensembles
 from muratune.report.leaderboard import ENSEMBLE, build_entries
-from muratune.schemas import ENSEMBLE_FORMAT, CalibrationSpec, EnsembleSpec, MemberEntry, read_ensemble_spec
+from muratune.schemas import (
+    ENSEMBLE_FORMAT,
+    CalibrationSpec,
+    EnsembleSpec,
+    MemberEntry,
+    read_ensemble_spec,
+    validate_ensemble,
+)
 
 SHA = "0" * 64
 DATA_CONFIG = {"image_size": 64, "resize_mode": "pad", "in_chans": 3, "mean": [0.5] * 3, "std": [0.25] * 3}
@@ -183,3 +190,11 @@ def test_a_folder_that_is_not_an_experiment_is_one_line_in_every_stage(tmp_path:
         with pytest.raises(UserError) as err:
             opener(tmp_path)
         assert str(err.value).startswith(message) and "\n" not in str(err.value), opener
+
+
+def test_an_ensemble_without_calibration_writes_no_calibration_key():
+    uncalibrated = _search_spec().model_copy(update={"calibration": None})
+    content = uncalibrated.to_json()
+    assert "calibration" not in content  # as an ensemble.json written before calibration existed
+    assert list(content) == [key for key in SEARCH_KEYS if key != "calibration"]
+    assert validate_ensemble(content, "ensemble.json").calibration is None
