@@ -255,7 +255,8 @@ def test_a_search_ended_by_its_time_budget_is_finished_and_refits(ray_session, t
     assert any("budget.time_budget_s (20 s) ended the search" in line for line in lines)
     assert not any("--resume continues them" in line for line in lines)
     finished = read_finished_summary(result.experiment_dir, config.budget)  # refit takes it as a finished search
-    assert rank_trials(finished)["trial_id"].iloc[0] == summary.loc[summary["best_val_kappa"].idxmax(), "trial_id"]
+    best = rank_trials(finished).iloc[0]  # a trial with the best kappa (scripted trials tie; test_ranking breaks ties)
+    assert best["best_val_kappa"] == summary["best_val_kappa"].max() and best["trial_id"] in set(summary["trial_id"])
     resumed = search_run.run_search(config, resume=True, trainable=slow_scripted_trial, echo=lambda _: None)
     again = pd.read_csv(resumed.experiment_dir / layout.SUMMARY_CSV, dtype={"trial_id": str})
     assert resumed.unfinished == 0 and again["epochs"].tolist() == summary["epochs"].tolist()  # the budget is spent
