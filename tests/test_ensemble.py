@@ -30,6 +30,7 @@ from muratune.errors import UserError
 from muratune.layout import ENSEMBLE_FILE
 from muratune.metrics import log_loss
 from muratune.schemas import GLOBAL_WEIGHTS, read_ensemble_spec
+from tests.helpers.ensemble import SEARCH_KEYS
 
 
 # ------------------------------------------------------------------------------------------------ pure selection
@@ -157,23 +158,7 @@ def test_every_strategy_is_saved_and_scored_on_test(ensembled: Path):
         folder = ensembled / "ensemble" / strategy
         spec = json.loads((folder / ENSEMBLE_FILE).read_text())
         assert spec["strategy"] == strategy and spec["members"] and spec["tune_thresholds"]
-        assert list(spec) == [
-            "format",
-            "muratune_version",
-            "strategy",
-            "size",
-            "ranked_by",
-            "tta",
-            "calibration",
-            "thresholds",
-            "threshold_default",
-            "tune_thresholds",
-            "weights",
-            "data_config",
-            "val_score",
-            "test_score",
-            "members",
-        ]  # the keys muratune writes (0.1's, and calibration), in file order
+        assert list(spec) == SEARCH_KEYS  # the keys muratune writes, in file order
         assert read_ensemble_spec(folder / ENSEMBLE_FILE).to_json() == spec  # written through the one schema
         for member in spec["members"]:
             assert (folder / member["path"] / "model.safetensors").is_file()

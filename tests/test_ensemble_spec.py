@@ -21,48 +21,10 @@ from muratune.schemas import (
     read_ensemble_spec,
     validate_ensemble,
 )
+from tests.helpers.ensemble import CV_KEYS, SEARCH_KEYS
 
 SHA = "0" * 64
 DATA_CONFIG = {"image_size": 64, "resize_mode": "pad", "in_chans": 3, "mean": [0.5] * 3, "std": [0.25] * 3}
-SEARCH_KEYS = [
-    "format",
-    "muratune_version",
-    "strategy",
-    "size",
-    "ranked_by",
-    "tta",
-    "calibration",
-    "thresholds",
-    "threshold_default",
-    "tune_thresholds",
-    "weights",
-    "data_config",
-    "val_score",
-    "test_score",
-    "members",
-]
-CV_KEYS = [
-    "format",
-    "muratune_version",
-    "strategy",
-    "selected_strategy",
-    "size",
-    "ranked_by",
-    "tta",
-    "calibration",
-    "thresholds",
-    "threshold_default",
-    "tune_thresholds",
-    "folds",
-    "epochs",
-    "weights",
-    "data_config",
-    "configurations",
-    "dropped_configurations",
-    "oof_score",
-    "test_score",
-    "members",
-]
 
 
 def _member(name: str) -> MemberEntry:

@@ -35,6 +35,7 @@ from muratune.layout import (
 from muratune.layout import REFIT_PLAN as PLAN_FILE
 from muratune.refit.run import RefitOptions, run_refit
 from muratune.schemas import read_ensemble_spec
+from tests.helpers.ensemble import CV_KEYS
 from tests.helpers.files import tree_digest
 
 FOLDS, EPOCHS, TOP = 2, 2, 2
@@ -148,28 +149,7 @@ def test_cv_ensemble_holds_the_fold_models_and_loads_in_predict_and_serve(refit:
     assert {"oof_kappa", "oof_auc"} <= set(spec["oof_score"]) and "test_kappa" in spec["test_score"]
     assert spec["calibration"]["fitted_on"] == "out-of-fold" and {"oof_ece", "oof_brier"} <= set(spec["oof_score"])
     assert {"test_ece", "test_brier"} <= set(spec["test_score"])
-    assert list(spec) == [
-        "format",
-        "muratune_version",
-        "strategy",
-        "selected_strategy",
-        "size",
-        "ranked_by",
-        "tta",
-        "calibration",
-        "thresholds",
-        "threshold_default",
-        "tune_thresholds",
-        "folds",
-        "epochs",
-        "weights",
-        "data_config",
-        "configurations",
-        "dropped_configurations",
-        "oof_score",
-        "test_score",
-        "members",
-    ]  # the keys muratune writes (0.1's, and calibration), in file order
+    assert list(spec) == CV_KEYS  # the keys muratune writes, in file order
     assert read_ensemble_spec(cv / ENSEMBLE_FILE).to_json() == spec  # written through the one schema
     weights = np.asarray(spec["weights"]["all"])
     assert weights.sum() == pytest.approx(sum(spec["configurations"].values()))

@@ -21,3 +21,46 @@ def make_ensemble(folder: Path) -> Path:
     entry = {"name": "m0", "path": "members/m0", "sha256": file_sha256(member / ckpt.MODEL_FILE)}
     write_json(folder / ENSEMBLE_FILE, {"members": [entry], "weights": {"all": [1.0]}})
     return folder
+
+
+# The keys of ensemble.json that muratune writes (0.1's, and calibration), in file order: a search ensemble's and a
+# cv ensemble's.
+SEARCH_KEYS = [
+    "format",
+    "muratune_version",
+    "strategy",
+    "size",
+    "ranked_by",
+    "tta",
+    "calibration",
+    "thresholds",
+    "threshold_default",
+    "tune_thresholds",
+    "weights",
+    "data_config",
+    "val_score",
+    "test_score",
+    "members",
+]
+CV_KEYS = [
+    "format",
+    "muratune_version",
+    "strategy",
+    "selected_strategy",
+    "size",
+    "ranked_by",
+    "tta",
+    "calibration",
+    "thresholds",
+    "threshold_default",
+    "tune_thresholds",
+    "folds",
+    "epochs",
+    "weights",
+    "data_config",
+    "configurations",
+    "dropped_configurations",
+    "oof_score",
+    "test_score",
+    "members",
+]
