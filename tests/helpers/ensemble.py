@@ -1,4 +1,5 @@
-"""A one-member ensemble with random weights, written directly: enough for predict, serve and loading tests."""
+"""A one-member ensemble with random weights, written directly (enough for predict, serve and loading tests), and the
+keys `ensemble.json` holds, in file order."""
 
 from __future__ import annotations
 
