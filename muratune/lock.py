@@ -28,7 +28,8 @@ def experiment_lock(exp_dir: str | os.PathLike, command: str) -> Iterator[None]:
     """Hold the experiment's exclusive lock for the block; refuse, with the holder's PID, if another process has it.
 
     The lock is an ``flock`` on the lock file: the kernel releases it when its holder exits, however it exits, so
-    a lock left by a dead process never blocks. Nested blocks in one process share the lock.
+    a lock left by a dead process never blocks. Nested blocks in one process share the lock. Where the folder the
+    lock would lie in does not exist, there is nothing to protect and nothing is created.
 
     Raises:
         UserError: another process holds the lock (one line naming its PID and command).
@@ -41,7 +42,9 @@ def experiment_lock(exp_dir: str | os.PathLike, command: str) -> Iterator[None]:
         finally:
             _held[path] -= 1
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.parent.is_dir():  # nothing there to protect yet (a first search creates it), and no folder is made
+        yield
+        return
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         _acquire(fd, path, Path(exp_dir), command)

@@ -32,7 +32,7 @@ def start_holder(exp: Path) -> subprocess.Popen:
 
 
 def test_a_second_writer_is_refused_with_the_holders_pid(tmp_path):
-    exp = tmp_path / "runs" / "exp"
+    exp = tmp_path / "exp"
     holder = start_holder(exp)
     try:
         with pytest.raises(UserError) as refused:
@@ -66,6 +66,13 @@ def test_nested_blocks_in_one_process_share_the_lock(tmp_path):
         )
         assert holder.returncode != 0 and f"PID {os.getpid()}" in holder.stderr  # still held by the outer block
     assert not exp.exists()  # the lock lies beside the experiment and creates no folder for it
+
+
+def test_a_lock_where_no_folder_exists_creates_nothing(tmp_path):
+    exp = tmp_path / "no" / "such" / "exp"
+    with experiment_lock(exp, "report"):
+        pass
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.slow
