@@ -243,8 +243,8 @@ def test_an_overwritten_refit_stays_restorable_until_its_successor_finishes(
     marker = tmp_path / "interrupt"
     marker.touch()
     interrupted = run_refit(
-        exp, RefitOptions(top=1, folds=FOLDS, epochs=1, overwrite=True), stop=InterruptAfterFirstFoldModel(marker)
-    )
+        exp, RefitOptions(top=TOP, folds=FOLDS, epochs=1, overwrite=True), stop=InterruptAfterFirstFoldModel(marker)
+    )  # four fold models, two at a time: the interrupt after the first finished always leaves one unfinished
     assert interrupted.unfinished
     (aside,) = exp.glob(f".{REFIT_DIR}.replaced-*")
     assert (aside / PLAN_FILE).read_text() == old_plan  # the old refit, whole, beside the new one
