@@ -168,6 +168,7 @@ def test_health_info_and_openapi(server, ensemble):
     assert [m["name"] for m in info["members"]] == [m.name for m in predictor.members]
     assert info["thresholds"] == pytest.approx(predictor.thresholds) and info["muratune_version"]
     assert all(m["backbone"] == "resnet10t" and m["cam"].startswith("layercam@") for m in info["members"])
+    assert predictor.calibration is not None and info["calibration"] == predictor.calibration.model_dump()
     paths = requests.get(f"{server}/openapi.json", timeout=30).json()["paths"]
     assert {"/predict", "/cam", "/health", "/info"} <= set(paths)
     page = requests.get(f"{server}/", timeout=30)

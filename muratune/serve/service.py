@@ -143,7 +143,7 @@ class StudyService:
         self._lock = threading.Lock()
 
     def info(self) -> dict:
-        """The ensemble's members, version, thresholds and CAM layers."""
+        """The ensemble's members, version, thresholds, calibration and CAM layers."""
         return self._info
 
     def _describe(self) -> dict:
@@ -168,6 +168,8 @@ class StudyService:
             "thresholds": self.predictor.thresholds,
             "threshold_default": self.predictor.threshold(None),
             "tta": self.predictor.tta,
+            # the probabilities served are calibrated by this map (None: as the members average them)
+            "calibration": None if self.predictor.calibration is None else self.predictor.calibration.model_dump(),
             "device": str(self.predictor.device),
             "body_parts": list(BODY_PARTS),
             "box_threshold": self.box_threshold,
