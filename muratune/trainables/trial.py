@@ -113,9 +113,10 @@ def plateau_signal(config: ExperimentConfig, train_loss: float, val_loss: float)
     """The loss a plateau schedule watches: the val loss in a search, the train loss in a refit's fold model.
 
     A fold model's val subset is its held-out fold, whose predictions are its out-of-fold predictions; letting that
-    fold time the learning-rate drops would leak it into the model, so out-of-fold scores would be optimistic.
+    fold time the learning-rate drops would leak it into the model, so out-of-fold scores would be optimistic. A full
+    model (``data.whole_train``) has no val subset, so it watches its train loss too.
     """
-    return train_loss if config.data.folds is not None else val_loss
+    return train_loss if config.data.folds is not None or config.data.whole_train else val_loss
 
 
 def train_trial(
