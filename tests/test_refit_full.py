@@ -66,14 +66,15 @@ def _results(trial: Path) -> list[dict]:
 
 def _set_peaks(exp: Path) -> list[str]:
     """Give the two best search trials' best checkpoints the epochs `PEAKS` (this copy's checkpoints), and the
-    experiment the budget `BUDGET`."""
+    experiment the budget `BUDGET` (and 2 steps an epoch)."""
     from muratune.config import dump_config, load_config
     from muratune.layout import RESOLVED_CONFIG
     from muratune.ranking import rank_trials
 
     config = load_config(exp / RESOLVED_CONFIG)
     budget = config.budget.model_copy(update={"max_epochs": BUDGET})
-    (exp / RESOLVED_CONFIG).write_text(dump_config(config.model_copy(update={"budget": budget})))
+    train = config.train.model_copy(update={"max_steps_per_epoch": 2})  # epochs are what is counted here, not steps
+    (exp / RESOLVED_CONFIG).write_text(dump_config(config.model_copy(update={"budget": budget, "train": train})))
 
     summary = pd.read_csv(exp / SUMMARY_CSV, dtype={"trial_id": str})
     summary["checkpoint"] = [
