@@ -234,3 +234,7 @@ def test_full_on_a_finished_refit_with_cv_full_is_refused_without_overwrite(full
         run_refit(full_refit["exp"], RefitOptions(full=True))
     with pytest.raises(UserError, match=r"--default cv-full: needs --full"):
         run_refit(full_refit["exp"], RefitOptions(default="cv-full", resume=True))
+    with pytest.raises(UserError, match=r"--default greedy: no ensemble/greedy in this experiment"):
+        run_refit(full_refit["exp"], RefitOptions(default="greedy", resume=True))
+    with pytest.raises(UserError, match=r"--default best: expected one of auto, cv, cv-full, best-single, greedy"):
+        run_refit(full_refit["exp"], RefitOptions(default="best", resume=True))

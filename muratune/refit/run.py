@@ -298,6 +298,8 @@ def prepare_refit(
         raise UserError(f"--default {options.default}: expected one of {', '.join(DEFAULT_OPTIONS)}")
     if options.default == CV_FULL_ENSEMBLE and not options.full:
         raise UserError("--default cv-full: needs --full (ensemble/cv-full is built by it)")
+    if options.default == "greedy" and not (exp_dir / ENSEMBLE_DIR / "greedy" / ENSEMBLE_FILE).is_file():
+        raise UserError("--default greedy: no ensemble/greedy in this experiment; build it with `muratune ensemble`")
     epochs = parse_epochs(options.epochs)
     full = exp_dir / ENSEMBLE_DIR / CV_FULL_ENSEMBLE
     refuse_existing(full, options.overwrite or not options.full, kind=ENSEMBLE_KIND)
