@@ -43,6 +43,7 @@ VAL_AUC = "val_auc"
 VAL_SENSITIVITY = "val_sensitivity"
 VAL_SPECIFICITY = "val_specificity"
 TRAIN_LOSS = "train_loss"
+TRAIN_STUDIES = "train_studies"  # the studies a trial trains on (a refit's full model: every train study)
 EPOCH = "epoch"
 LEARNING_RATE = "lr"
 

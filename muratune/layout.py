@@ -31,6 +31,8 @@ drawn, and that the README's drawing agrees)::
             refit_summary.csv       one row per fold model
             oof_images.parquet      every train image's out-of-fold probability
             trials/trial_<id>_fold<k>/checkpoint_<n>/       the fold models
+            full_summary.csv        one row per full model (--full)
+            full/trial_<id>_full/checkpoint_<n>/            the full models: whole train split (--full)
         trials_test/                each candidate's best checkpoint on the test split      (ensemble)
             <trial_id>.parquet
             metrics.csv
@@ -42,6 +44,8 @@ drawn, and that the README's drawing agrees)::
                 test_studies.parquet
                 test_metrics.json
             cv/                     the same, selected on out-of-fold predictions           (refit)
+            cv-full/                cv's choice, one model per configuration on all train  (refit --full)
+            default.json            which predictor is the default, and the evidence        (refit)
         cams/                                                                               (cam)
             index.html              the overlays, grouped by study
             cams.json               the CAM layers used and one entry per image
@@ -83,7 +87,11 @@ REFIT_DIR = "refit"
 REFIT_PLAN = "refit.json"  # refit/: the configurations, folds, epochs and split seed
 REFIT_SUMMARY = "refit_summary.csv"  # refit/: one row per fold model
 OOF_IMAGES = "oof_images.parquet"  # refit/: every train image's out-of-fold probability, per configuration
+FULL_DIR = "full"  # refit/full: the Tune run of the full models (`refit --full`)
+FULL_SUMMARY = "full_summary.csv"  # refit/: one row per full model
 CV_ENSEMBLE = "cv"  # ensemble/cv: the ensemble selected on out-of-fold predictions
+CV_FULL_ENSEMBLE = "cv-full"  # ensemble/cv-full: cv's configurations retrained once on the whole train split
+DEFAULT_PREDICTOR = "default.json"  # ensemble/default.json: which ensemble is the default predictor, and why
 TRIALS_TEST_DIR = "trials_test"
 TRIALS_TEST_METRICS = "metrics.csv"
 ENSEMBLE_DIR = "ensemble"

@@ -38,7 +38,7 @@ from pydantic import (
 
 from muratune.constants import BODY_PARTS
 from muratune.errors import UserError
-from muratune.layout import CV_ENSEMBLE
+from muratune.layout import CV_ENSEMBLE, CV_FULL_ENSEMBLE
 
 ENSEMBLE_FORMAT: Final = 1  # the ``format`` of ``ensemble.json``
 GLOBAL_WEIGHTS: Final = "all"  # key of the weights used for every body part without weights of its own
@@ -125,6 +125,25 @@ class CalibrationSpec(BaseModel):
         return value
 
 
+PREDICTORS: Final = ("cv", "cv-full", "best-single", "greedy")  # what `muratune refit` may make the default
+
+
+class DefaultChoice(BaseModel):
+    """The ``default`` of ``ensemble.json`` (and ``ensemble/default.json``): which predictor of the experiment is
+    the default, why, and the out-of-fold evidence: the cv ensemble against its best configuration alone, paired on
+    the same held-out studies (differences are cv minus the configuration; a kappa gain and a log-loss loss are
+    improvements)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    predictor: Literal["cv", "cv-full", "best-single", "greedy"]
+    path: StrictStr  # where it lies, relative to the experiment folder (an ensemble or a checkpoint folder)
+    rule: StrictStr
+    reason: StrictStr
+    configuration: StrictStr | None = None  # the best single configuration the cv ensemble was compared with
+    evidence: dict[str, Any] = {}
+
+
 class EnsembleSpec(BaseModel):
     """``ensemble.json``: members, per-body-part weights and thresholds, and test-time augmentation.
 
@@ -161,6 +180,7 @@ class EnsembleSpec(BaseModel):
     dropped_configurations: dict[str, StrictStr] = {}
     oof_score: dict[str, Any] = {}
     test_score: dict[str, Any] = {}
+    default: DefaultChoice | None = None
     members: Annotated[list[MemberEntry], Field(min_length=1)]
 
     def to_json(self) -> dict[str, Any]:
@@ -169,17 +189,19 @@ class EnsembleSpec(BaseModel):
         An ensemble without calibration leaves the key out, as files written before calibration existed do.
         """
         content = {"format": self.format, **self.model_dump(mode="json", exclude_unset=True)}
-        if "calibration" in content and content["calibration"] is None:
-            del content["calibration"]
+        for key in ("calibration", "default"):
+            if key in content and content[key] is None:
+                del content[key]
         return content
 
     @field_validator("strategy", "selected_strategy")
     @classmethod
     def _known_strategy(cls, value: str | None) -> str | None:
         """A strategy is one muratune builds: the name reaches the report's HTML and CSV, so nothing else passes."""
-        if value is not None and value not in (*STRATEGIES, CV_ENSEMBLE):
+        known = (*STRATEGIES, CV_ENSEMBLE, CV_FULL_ENSEMBLE)
+        if value is not None and value not in known:
             shown = value if len(value) <= 40 else value[:40] + "..."
-            raise ValueError(f"unknown strategy {shown!r}; expected one of {', '.join((*STRATEGIES, CV_ENSEMBLE))}")
+            raise ValueError(f"unknown strategy {shown!r}; expected one of {', '.join(known)}")
         return value
 
     @field_validator("thresholds")
@@ -279,6 +301,8 @@ class RefitConfiguration(BaseModel):
     val_kappa: Annotated[Number, Field(allow_inf_nan=False)] | None = None
     val_auc: Annotated[Number, Field(allow_inf_nan=False)] | None = None
     checkpoint: StrictStr = ""
+    peak_epoch: Annotated[StrictInt, Field(ge=1)] | None = None  # its search trial's best-checkpoint epoch
+    epochs: Annotated[StrictInt, Field(ge=1)] | None = None  # what its models train (older plans: the plan's epochs)
 
 
 class RefitPlanRecord(BaseModel):
@@ -289,6 +313,7 @@ class RefitPlanRecord(BaseModel):
     top: Annotated[StrictInt, Field(ge=1)] | None = None  # plans written before --top was recorded lack it
     folds: Annotated[StrictInt, Field(ge=2)]
     epochs: Annotated[StrictInt, Field(ge=1)]
+    epochs_rule: Literal["fixed", "peak"] = "fixed"  # peak: each configuration its own epochs (older plans: fixed)
     split_seed: StrictInt
     configurations: Annotated[list[RefitConfiguration], Field(min_length=1)]
 
@@ -300,6 +325,11 @@ class RefitPlanRecord(BaseModel):
         if repeated:
             raise ValueError(f"trial {repeated[0]} is listed more than once")
         return value
+
+
+def read_default_choice(path: str | os.PathLike) -> DefaultChoice:
+    """Read and check ``ensemble/default.json``."""
+    return _validate(DefaultChoice, read_json(path), Path(path))
 
 
 def read_refit_plan(path: str | os.PathLike) -> RefitPlanRecord:

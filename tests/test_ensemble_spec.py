@@ -16,6 +16,7 @@ from muratune.report.leaderboard import ENSEMBLE, build_entries
 from muratune.schemas import (
     ENSEMBLE_FORMAT,
     CalibrationSpec,
+    DefaultChoice,
     EnsembleSpec,
     MemberEntry,
     read_ensemble_spec,
@@ -82,6 +83,9 @@ def _cv_spec() -> EnsembleSpec:
         dropped_configurations={},
         oof_score={"oof_kappa": 0.3},
         test_score={"test_kappa": 0.2, "test_auc": 0.6, "test_accuracy": 0.6},
+        default=DefaultChoice(
+            predictor="cv", path="ensemble/cv", rule="a rule", reason="a reason", evidence={"kappa_diff": 0.1}
+        ),
         members=[_member("x_fold0"), _member("x_fold1")],
     )
 

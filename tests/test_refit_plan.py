@@ -17,8 +17,10 @@ CONFIGURATION = {
     "val_kappa": 0.7,
     "val_auc": None,
     "checkpoint": "/x/trials/trial_a1b2c3d4/checkpoint_000002",
+    "peak_epoch": 2,
+    "epochs": 2,
 }
-PLAN = {"top": 1, "folds": 3, "epochs": 4, "split_seed": 0, "configurations": [CONFIGURATION]}
+PLAN = {"top": 1, "folds": 3, "epochs": 2, "epochs_rule": "peak", "split_seed": 0, "configurations": [CONFIGURATION]}
 
 
 def write(tmp_path: Path, plan: dict) -> Path:
@@ -31,6 +33,14 @@ def test_a_plan_round_trips(tmp_path: Path):
     plan = RefitPlan.read(write(tmp_path, PLAN))
     assert plan.to_json() == PLAN
     assert [c.to_json() for c in plan.configurations] == [Configuration.from_json(CONFIGURATION).to_json()]
+
+
+def test_a_plan_written_before_epochs_were_recorded_per_configuration_still_reads(tmp_path: Path):
+    configuration = {k: v for k, v in CONFIGURATION.items() if k not in ("peak_epoch", "epochs")}
+    old = {**{k: v for k, v in PLAN.items() if k != "epochs_rule"}, "epochs": 4, "configurations": [configuration]}
+    plan = RefitPlan.read(write(tmp_path, old))
+    assert plan.epochs_rule == "fixed" and plan.epochs_of("a1b2c3d4") == 4
+    assert plan.entries()[0]["epochs"] == 4 and plan.configurations[0].peak_epoch is None
 
 
 def test_a_plan_written_before_top_was_recorded_still_reads(tmp_path: Path):
@@ -50,6 +60,8 @@ def test_a_plan_written_before_top_was_recorded_still_reads(tmp_path: Path):
         ({"configurations": [{**CONFIGURATION, "hparams": {}}]}, "configurations.0.hparams"),
         ({"split_seed": None}, "split_seed"),
         ({"extra": 1}, "extra: unknown key"),
+        ({"epochs_rule": "best"}, "epochs_rule: Input should be 'fixed' or 'peak'"),
+        ({"configurations": [{**CONFIGURATION, "epochs": 0}]}, "configurations.0.epochs"),
     ],
 )
 def test_a_tampered_plan_is_refused_in_one_line(tmp_path: Path, change: dict, fragment: str):

@@ -12,7 +12,13 @@ from muratune.cli.app import app, warn
 
 @app.command("predict")
 def predict_command(
-    ensemble: Annotated[Path, typer.Argument(help="Ensemble folder (EXPERIMENT/ensemble/<strategy>).")],
+    ensemble: Annotated[
+        Path,
+        typer.Argument(
+            help="Ensemble folder (EXPERIMENT/ensemble/<strategy>), or an experiment folder after `muratune refit` "
+            "(its default predictor, ensemble/default.json)."
+        ),
+    ],
     input_csv: Annotated[Path, typer.Argument(help="Image paths, one per line, no header (valid_image_paths.csv).")],
     output_csv: Annotated[Path, typer.Argument(help="Output: study path and 0/1 per line, no header.")],
     root: Annotated[

@@ -32,6 +32,9 @@ class DataConfig(_Strict):
     # fold ``fold`` of ``folds`` (data.split.fold_split) instead of the internal val split.
     folds: Annotated[int, Field(ge=2)] | None = None
     fold: Annotated[int, Field(ge=0)] | None = None
+    # Set by `muratune refit --full`: train on the whole official train split (internal val included), validate on
+    # nothing; the model is scored only as a member of ensemble/cv-full.
+    whole_train: bool = False
     cache_dir: str | None = None
     skip_bad_images: bool = False
     in_chans: Literal[1, 3] = 1
@@ -60,6 +63,8 @@ class DataConfig(_Strict):
             raise ValueError("folds and fold must be set together (or neither)")
         if self.folds is not None and self.fold is not None and self.fold >= self.folds:
             raise ValueError(f"fold ({self.fold}) must be below folds ({self.folds})")
+        if self.whole_train and self.folds is not None:
+            raise ValueError("whole_train and folds exclude each other: a model trains on all train folds or on some")
         return self
 
 

@@ -10,17 +10,35 @@ import numpy as np
 from muratune.ensemble.predictor import StudyPredictor
 from muratune.ensemble.trained import load_trained_model
 from muratune.errors import UserError
-from muratune.layout import ENSEMBLE_FILE, MODEL_FILE, TRIAL_FILE
-from muratune.schemas import GLOBAL_WEIGHTS
+from muratune.layout import DEFAULT_PREDICTOR, ENSEMBLE_DIR, ENSEMBLE_FILE, MODEL_FILE, TRIAL_FILE
+from muratune.schemas import GLOBAL_WEIGHTS, read_default_choice
+
+
+def default_predictor(path: str | os.PathLike) -> Path:
+    """The folder a predictor is loaded from: an experiment folder with ``ensemble/default.json`` (written by
+    ``muratune refit``) stands for its default predictor; any other folder for itself.
+
+    Raises:
+        UserError: the default names a folder outside the experiment.
+    """
+    path = Path(path)
+    pointer = path / ENSEMBLE_DIR / DEFAULT_PREDICTOR
+    if (path / ENSEMBLE_FILE).is_file() or not pointer.is_file():
+        return path
+    chosen = (path / read_default_choice(pointer).path).resolve()
+    if not chosen.is_relative_to(path.resolve()):
+        raise UserError(f"{pointer}: path: {chosen} lies outside the experiment {path}")
+    return chosen
 
 
 def load_ensemble(path: str | os.PathLike, device: str | None = None) -> StudyPredictor:
-    """An ensemble folder, or one checkpoint folder as a one-member ensemble (thresholds 0.5, no TTA).
+    """An ensemble folder, one checkpoint folder as a one-member ensemble (thresholds 0.5, no TTA), or an experiment
+    folder's default predictor (`default_predictor`).
 
     Raises:
         UserError: the folder holds neither ``ensemble.json`` nor ``trial.json`` + ``model.safetensors``.
     """
-    path = Path(path)
+    path = default_predictor(path)
     if (path / ENSEMBLE_FILE).is_file():
         return StudyPredictor.load(path, device=device)
     if (path / TRIAL_FILE).is_file() and (path / MODEL_FILE).is_file():

@@ -14,7 +14,7 @@ from muratune.body_parts import body_part_in_path
 from muratune.constants import BODY_PARTS, IMAGE_PATH, LABEL, PROB, STUDY_PATH
 from muratune.data.image_list import default_root, parse_image_list
 from muratune.data.images import bad_images_error, sniff_image
-from muratune.ensemble.predictor import StudyPredictor
+from muratune.ensemble.load import load_ensemble
 from muratune.errors import UserError
 from muratune.fileio import Input, check_output, refuse_existing, write_text
 
@@ -128,7 +128,7 @@ def predict_csv(
     if not skip_bad_images:
         check_images(rows, base, input_csv)
     warn_unknown_body_parts(rows, input_csv, warn)
-    predictor = StudyPredictor.load(ensemble)
+    predictor = load_ensemble(ensemble)
     unreadable = UnreadableImages(input_csv, {str(base / image): row for row, image in rows}, skip_bad_images, warn)
     studies = predictor.predict_frame(images, root=base, progress=progress, on_error=unreadable)
     missing = studies[PROB].isna()

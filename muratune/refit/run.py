@@ -13,8 +13,8 @@ Expected results in the experiment folder::
 
 from __future__ import annotations
 
-import copy
 import os
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,11 +24,11 @@ import pandas as pd
 
 from muratune import layout
 from muratune.config import ExperimentConfig
-from muratune.constants import EPOCH, METRIC, VAL_AUC
 from muratune.errors import UserError
 from muratune.experiment_folder import load_resolved_config
 from muratune.fileio import (
     Replacement,
+    made_by_muratune,
     refuse_existing,
     refuse_foreign,
     replacing_folder,
@@ -39,39 +39,48 @@ from muratune.fileio import (
 from muratune.layout import (
     CACHE_JSON,
     CV_ENSEMBLE,
+    CV_FULL_ENSEMBLE,
     ENSEMBLE_DIR,
+    ENSEMBLE_FILE,
     ENSEMBLE_KIND,
+    FULL_SUMMARY,
     REFIT_KIND,
     REFIT_PLAN,
     REFIT_SUMMARY,
-    TRAIN_RUNS_DIR,
     TRIALS_DIR,
     trial_dirname,
 )
 from muratune.lock import experiment_lock
+from muratune.refit.default import AUTO, DEFAULT_OPTIONS, record_default
 from muratune.refit.ensemble import CvSettings, build_cv_ensemble
-from muratune.refit.plan import ENTRY, RefitPlan, check_folds, make_plan, member_id, refit_dir
+from muratune.refit.full import build_full_ensemble, full_outcome, full_tuner, read_cv_spec
+from muratune.refit.plan import (
+    EpochsOption,
+    RefitPlan,
+    check_folds,
+    make_plan,
+    member_id,
+    parse_epochs,
+    refit_dir,
+    resumed_plan,
+)
 from muratune.refit.summary import fold_outcome, record_refit_summary, stopped_message
+from muratune.refit.tuner import create_refit_tuner, restore_refit_tuner
 from muratune.search.experiment import preflight
-from muratune.search.factories import run_config
 from muratune.search.job import fit_job, ray_for_job
-from muratune.search.resources import trial_resources
 
 
 @dataclass
 class RefitResult:
-    """What a refit left behind; ``unfinished`` folds need ``--resume`` before the cv ensemble is built."""
+    """What a refit left behind; ``unfinished`` fold (or full) models need ``--resume`` (or ``--full`` again)
+    before the cv (or cv-full) ensemble is built. ``full`` is cv-full's spec, ``default`` the default choice."""
 
     refit_dir: Path
     summary: pd.DataFrame
     unfinished: int
     ensemble: dict | None = None
-
-
-def refit_storage(exp_dir: Path) -> tuple[str, str]:
-    """(storage_path, name) of the refit's Tune run: ``<experiment>/refit/trials``, in the experiment folder as found
-    now (so a moved experiment still refits); on a cluster that folder must be shared by the nodes (NFS)."""
-    return str(refit_dir(exp_dir)), TRIALS_DIR
+    full: dict | None = None
+    default: dict | None = None
 
 
 def check_local_storage(config: ExperimentConfig) -> None:
@@ -83,112 +92,6 @@ def check_local_storage(config: ExperimentConfig) -> None:
         )
 
 
-def epochs_settings(config: ExperimentConfig, epochs: int) -> dict:
-    """The experiment settings with ``epochs`` epochs per fold and no early stopping (no ASHA in a refit)."""
-    settings = config.model_dump(mode="json")
-    settings["budget"].update(max_epochs=epochs, grace_period=min(epochs, config.budget.grace_period), scheduler="none")
-    return settings
-
-
-def fold_settings(settings: dict, entry: dict) -> dict:
-    """Settings for one entry: train on the other folds, validate (out-of-fold) on ``entry['fold']``."""
-    out = copy.deepcopy(settings)
-    out["data"].update(folds=int(entry["folds"]), fold=int(entry["fold"]))
-    return out
-
-
-def refit_trainable(hparams: dict, experiment_config: dict | None = None, train_storage: str | None = None) -> None:
-    """Tune function trainable of one (configuration, fold); the other arguments are bound by ``with_parameters``.
-
-    ``train_storage`` is where a data-parallel fold model's Train run goes: inside the refit folder, so that
-    ``--overwrite`` moves it aside with the rest.
-    """
-    from muratune.trainables.reporters import TuneReporter
-    from muratune.trainables.trial import train_trial
-
-    entry = hparams[ENTRY]
-    resolved = fold_settings(experiment_config or {}, entry)
-    if int(resolved["resources"]["workers_per_trial"]) > 1:
-        from muratune.trainables.distributed import ddp_tune_trainable
-
-        ddp_tune_trainable(dict(entry["hparams"]), resolved, train_storage=train_storage)
-    else:
-        train_trial(dict(entry["hparams"]), resolved, TuneReporter())
-
-
-def _trial_dirname(trial: Any) -> str:
-    entry = trial.config[ENTRY]
-    return trial_dirname(member_id(entry["trial_id"], entry["fold"]))
-
-
-def _bound(config: ExperimentConfig, epochs: int, exp_dir: Path) -> Any:
-    from ray import tune
-
-    storage_path, name = refit_storage(exp_dir)
-    bound = tune.with_parameters(
-        refit_trainable,
-        experiment_config=epochs_settings(config, epochs),
-        train_storage=f"{storage_path}/{TRAIN_RUNS_DIR}",
-    )
-    return tune.with_resources(bound, trial_resources(config))
-
-
-def create_refit_tuner(
-    config: ExperimentConfig, plan: RefitPlan, exp_dir: Path, stop: Any = None, verbose: int = 1
-) -> Any:
-    """A Tuner over a fixed grid of (configuration, fold) entries: no searcher, no scheduler, latest checkpoint kept.
-
-    Args:
-        config: the experiment config (resources, failure handling, storage).
-        plan: the entries to train.
-        exp_dir: the experiment folder.
-        stop: a Tune stopping condition (tests interrupt a refit with one).
-        verbose: Tune's console verbosity.
-    """
-    from ray import tune
-
-    storage_path, name = refit_storage(exp_dir)
-    reporter = tune.CLIReporter(
-        metric_columns={EPOCH: "epoch", METRIC: "oof_kappa", VAL_AUC: "oof_auc"},
-        parameter_columns={f"{ENTRY}/trial_id": "configuration", f"{ENTRY}/fold": "fold"},
-        max_report_frequency=30,
-    )
-    return tune.Tuner(
-        _bound(config, plan.epochs, exp_dir),
-        param_space={ENTRY: tune.grid_search(plan.entries())},
-        tune_config=tune.TuneConfig(
-            num_samples=1,
-            max_concurrent_trials=config.resources.max_concurrent_trials,
-            reuse_actors=True,
-            trial_dirname_creator=_trial_dirname,
-            trial_name_creator=_trial_dirname,
-        ),
-        run_config=run_config(
-            config,
-            name,
-            storage_path,
-            tune.CheckpointConfig(num_to_keep=1),  # the last epoch is the fold model
-            reporter,
-            stop=stop,
-            verbose=verbose,
-        ),
-    )
-
-
-def restore_refit_tuner(config: ExperimentConfig, plan: RefitPlan, exp_dir: Path, retry_failed: bool = True) -> Any:
-    """Restore an interrupted refit: finished folds are kept, unfinished ones (and failed ones, with
-    ``retry_failed``) continue from their checkpoints."""
-    from ray import tune
-
-    storage_path, name = refit_storage(exp_dir)
-    path = f"{storage_path}/{name}"
-    if not tune.Tuner.can_restore(path):
-        raise UserError(f"{path}: no restorable refit state here; start the refit again with --overwrite")
-    return tune.Tuner.restore(
-        path, trainable=_bound(config, plan.epochs, exp_dir), resume_unfinished=True, resume_errored=retry_failed
-    )
-
-
 # ------------------------------------------------------------------------------------------- entry
 @dataclass(frozen=True)
 class RefitOptions:
@@ -197,20 +100,25 @@ class RefitOptions:
     Attributes:
         top: how many configurations (best internal-val kappa, ties by AUC); default 3.
         folds: folds of the official train split; default 5.
-        epochs: epochs per fold model; default the experiment's ``budget.max_epochs``.
+        epochs: epochs per fold model: a number, or ``peak`` (each configuration the epoch its search trial peaked
+            at); default the experiment's ``budget.max_epochs``.
         resume: continue an interrupted refit (its ``refit.json`` plan wins; finished folds are not retrained).
-        overwrite: replace an existing refit and ``ensemble/cv``.
+        overwrite: replace an existing refit and ``ensemble/cv`` (and ``ensemble/cv-full``).
         size: the most greedy picks of the out-of-fold selection.
         tune_thresholds: tune one threshold per body part on the out-of-fold predictions (else 0.5).
         tta: predict with horizontal-flip TTA; the out-of-fold predictions are recomputed the same way.
         drop_failed: leave out configurations with a failed fold model (after ``failure.max_failures`` retries;
             none retried on ``resume``); without it a failed fold model stops the refit before ``ensemble/cv``.
         calibrate: fit per-body-part temperature scaling of the study probability on the out-of-fold predictions.
+        full: also retrain cv's configurations once on the whole train split (``ensemble/cv-full``); on a refit
+            whose ``ensemble/cv`` exists, only that.
+        default: which predictor becomes the experiment's default: ``auto`` (on out-of-fold evidence) or a
+            predictor's name (``cv``, ``cv-full``, ``best-single``, ``greedy``).
     """
 
     top: int | None = None
     folds: int | None = None
-    epochs: int | None = None
+    epochs: EpochsOption = None
     resume: bool = False
     overwrite: bool = False
     size: int = 5
@@ -218,6 +126,8 @@ class RefitOptions:
     tta: bool = False
     drop_failed: bool = False
     calibrate: bool = True
+    full: bool = False
+    default: str = AUTO
 
 
 def run_refit(
@@ -228,7 +138,8 @@ def run_refit(
     stop: Any = None,
     echo: Callable[[str], None] = print,
 ) -> RefitResult:
-    """Refit the best configurations of a finished search on patient-grouped folds and build ``ensemble/cv``.
+    """Refit the best configurations of a finished search on patient-grouped folds and build ``ensemble/cv``
+    (with ``full``, then ``ensemble/cv-full``), then choose the default predictor (``ensemble/default.json``).
 
     A refit being replaced (``--overwrite``) is moved aside only after all checks, and stays there until the new one
     has built ``ensemble/cv`` (`replacing_folder`).
@@ -249,6 +160,12 @@ def run_refit(
         return _refit(exp_dir, options, address, num_cpus, stop, echo)
 
 
+def full_only(exp_dir: Path, options: RefitOptions) -> bool:
+    """``--full`` on a refit whose ``ensemble/cv`` exists (no ``--overwrite``): only the full models are trained."""
+    built = (exp_dir / ENSEMBLE_DIR / CV_ENSEMBLE / ENSEMBLE_FILE).is_file()
+    return options.full and not options.overwrite and built and (refit_dir(exp_dir) / REFIT_PLAN).is_file()
+
+
 def _refit(
     exp_dir: Path,
     options: RefitOptions,
@@ -259,11 +176,41 @@ def _refit(
 ) -> RefitResult:
     """`run_refit` under the experiment's lock."""
     config = load_resolved_config(exp_dir)
-    plan = prepare_refit(exp_dir, config, options, echo)
-    cache_info = preflight(config, local=address is None and not os.environ.get("RAY_ADDRESS"), echo=echo)
+    only_full = full_only(exp_dir, options)
+    plan = prepare_refit(exp_dir, config, options, echo, only_full)
+    local = address is None and not os.environ.get("RAY_ADDRESS")
+    cache_info = preflight(config, local=local, echo=echo)
+    if only_full:
+        summary = pd.read_csv(refit_dir(exp_dir) / REFIT_SUMMARY, dtype={"trial_id": str, "configuration": str})
+        result = RefitResult(refit_dir(exp_dir), summary, 0, read_cv_spec(exp_dir, plan).to_json())
+    else:
+        result = _fold_models(exp_dir, config, plan, options, cache_info, (address, num_cpus), stop, echo)
+        if result.ensemble is None:
+            return result
+    if options.full:
+        with ray_for_job(config, address, num_cpus, echo):
+            full_results = fit_job(
+                full_tuner(config, plan, exp_dir, list(read_cv_spec(exp_dir, plan).configurations), stop)
+            )
+        result = _finish_full(exp_dir, config, plan, options, full_results, result, echo)
+    result.default = record_default(exp_dir, plan, options.default, echo).model_dump(mode="json")
+    return result
+
+
+def _fold_models(
+    exp_dir: Path,
+    config: ExperimentConfig,
+    plan: RefitPlan,
+    options: RefitOptions,
+    cache_info: dict | None,
+    ray_at: tuple[str | None, int | None],
+    stop: Any,
+    echo: Callable[[str], None],
+) -> RefitResult:
+    """Train (or resume) the fold models and build ``ensemble/cv`` once they have all finished."""
     refit = refit_dir(exp_dir)
     with replacing_folder(refit, REFIT_KIND, echo) as replacement:
-        with ray_for_job(config, address, num_cpus, echo):
+        with ray_for_job(config, *ray_at, echo):
             if not options.resume:
                 create_refit_dir(replacement, plan)
             if cache_info is not None:
@@ -286,7 +233,44 @@ def _refit(
             dropped_configurations=dropped,
         )
         spec = build_cv_ensemble(exp_dir, config, plan, summary, settings, echo=echo)
+        remove_stale_full(exp_dir, echo)
     return RefitResult(refit, summary, 0, spec)
+
+
+def remove_stale_full(exp_dir: Path, echo: Callable[[str], None]) -> None:
+    """A new ``ensemble/cv`` makes an older ``ensemble/cv-full`` stale (other configurations or weights): remove it
+    (only a muratune ensemble folder; ``--overwrite`` was needed to get here)."""
+    stale = exp_dir / ENSEMBLE_DIR / CV_FULL_ENSEMBLE
+    if stale.is_dir() and made_by_muratune(stale, ENSEMBLE_KIND):
+        shutil.rmtree(stale)
+        echo(f"removed {stale}: it was built from the cv ensemble this refit replaced")
+
+
+def _finish_full(
+    exp_dir: Path,
+    config: ExperimentConfig,
+    plan: RefitPlan,
+    options: RefitOptions,
+    results: Any,
+    result: RefitResult,
+    echo: Callable[[str], None],
+) -> RefitResult:
+    """Record the full models; build ``ensemble/cv-full`` once they have all finished."""
+    names = list(read_cv_spec(exp_dir, plan).configurations)
+    summary = record_refit_summary(refit_dir(exp_dir), results, plan.epochs, echo, name=FULL_SUMMARY)
+    unfinished, failed = full_outcome(summary, names)
+    if unfinished or failed:
+        lines = [f"full model {error}" for error in failed]
+        lines.append(
+            f"refit --full stopped with {len(unfinished) + len(failed)} full model(s) unfinished or failed; "
+            f"`muratune refit {exp_dir} --full` goes on (finished ones are not trained again)"
+        )
+        echo("\n".join(lines))
+        result.unfinished = len(unfinished) + len(failed)
+        return result
+    spec = build_full_ensemble(exp_dir, config, plan, summary, options.overwrite, echo=echo)
+    result.full = spec.to_json()
+    return result
 
 
 def kept_configurations(
@@ -304,14 +288,27 @@ def kept_configurations(
 
 
 def prepare_refit(
-    exp_dir: Path, config: ExperimentConfig, options: RefitOptions, echo: Callable[[str], None]
+    exp_dir: Path, config: ExperimentConfig, options: RefitOptions, echo: Callable[[str], None], only_full: bool = False
 ) -> RefitPlan:
-    """Every check that needs no Ray, then the plan (new, or the one being resumed)."""
+    """Every check that needs no Ray, then the plan (new, or the one being resumed or given full models)."""
     check_local_storage(config)
     if options.size < 1:
         raise UserError(f"--size {options.size}: must be at least 1")
+    if options.default not in DEFAULT_OPTIONS:
+        raise UserError(f"--default {options.default}: expected one of {', '.join(DEFAULT_OPTIONS)}")
+    if options.default == CV_FULL_ENSEMBLE and not options.full:
+        raise UserError("--default cv-full: needs --full (ensemble/cv-full is built by it)")
+    if options.default == "greedy" and not (exp_dir / ENSEMBLE_DIR / "greedy" / ENSEMBLE_FILE).is_file():
+        raise UserError("--default greedy: no ensemble/greedy in this experiment; build it with `muratune ensemble`")
+    epochs = parse_epochs(options.epochs)
+    full = exp_dir / ENSEMBLE_DIR / CV_FULL_ENSEMBLE
+    refuse_existing(full, options.overwrite or not options.full, kind=ENSEMBLE_KIND)
+    if only_full:
+        plan = resumed_plan(exp_dir, options.top, options.folds, epochs)
+        read_cv_spec(exp_dir, plan)
+        return plan
     refuse_existing(exp_dir / ENSEMBLE_DIR / CV_ENSEMBLE, options.overwrite, kind=ENSEMBLE_KIND)
-    plan = make_plan(exp_dir, config, options.top, options.folds, options.epochs, options.resume, options.overwrite)
+    plan = make_plan(exp_dir, config, options.top, options.folds, epochs, options.resume, options.overwrite)
     if len(plan.configurations) < plan.requested_top:
         echo(f"--top {plan.requested_top}: the search has {len(plan.configurations)} trial(s) to rank; refitting those")
     check_folds(config, plan)
@@ -351,5 +348,5 @@ def create_refit_dir(replacement: Replacement, plan: RefitPlan) -> Path | None:
 def refit_tuner(config: ExperimentConfig, plan: RefitPlan, exp_dir: Path, options: RefitOptions, stop: Any) -> Any:
     """The refit's Tuner: restored on ``resume`` (failed folds retried unless ``drop_failed``), else a new one."""
     if options.resume:
-        return restore_refit_tuner(config, plan, exp_dir, retry_failed=not options.drop_failed)
-    return create_refit_tuner(config, plan, exp_dir, stop)
+        return restore_refit_tuner(config, plan.epochs, exp_dir, retry_failed=not options.drop_failed)
+    return create_refit_tuner(config, plan.entries(), plan.epochs, exp_dir, stop=stop)

@@ -18,23 +18,32 @@ from muratune.trainables import checkpoint as ckpt
 
 @dataclass
 class Configuration:
-    """One searched configuration to refit: its search trial, hyperparameters and internal-val scores."""
+    """One searched configuration to refit: its search trial, hyperparameters and internal-val scores.
+
+    ``peak_epoch`` is the epoch of the search trial's best checkpoint (by internal-val kappa, as the search keeps
+    it); ``epochs`` is how many epochs this refit trains its models (None in plans written before it was recorded:
+    the plan's ``epochs``).
+    """
 
     trial_id: str
     hparams: dict
     val_kappa: float
     val_auc: float
     checkpoint: str
+    peak_epoch: int | None = None
+    epochs: int | None = None
 
     def to_json(self) -> dict:
-        """JSON-ready fields (NaN scores become None)."""
-        return {
+        """JSON-ready fields (NaN scores become None; unknown epochs are left out)."""
+        out = {
             "trial_id": self.trial_id,
             "hparams": self.hparams,
             "val_kappa": None if math.isnan(self.val_kappa) else self.val_kappa,
             "val_auc": None if math.isnan(self.val_auc) else self.val_auc,
             "checkpoint": self.checkpoint,
         }
+        out.update({k: v for k, v in (("peak_epoch", self.peak_epoch), ("epochs", self.epochs)) if v is not None})
+        return out
 
     @classmethod
     def from_json(cls, data: dict) -> Configuration:
@@ -47,6 +56,8 @@ class Configuration:
             nan if kappa is None else float(kappa),
             nan if auc is None else float(auc),
             str(data.get("checkpoint", "")),
+            None if data.get("peak_epoch") is None else int(data["peak_epoch"]),
+            None if data.get("epochs") is None else int(data["epochs"]),
         )
 
 
@@ -83,6 +94,16 @@ def trial_checkpoint(exp_dir: Path, row: pd.Series) -> Path:
     return path
 
 
+def peak_epoch(trial: dict, row: pd.Series) -> int | None:
+    """The epoch a search trial peaked at: its best checkpoint's epoch (``trial.json``), else the summary's
+    ``best_epoch``; None when neither is recorded."""
+    epoch = trial.get("epoch")
+    if isinstance(epoch, int) and epoch >= 1:
+        return epoch
+    best = row.get("best_epoch")
+    return int(best) if best is not None and not pd.isna(best) and int(best) >= 1 else None
+
+
 def select_configurations(exp_dir: Path, top: int, budget: BudgetConfig | None = None) -> list[Configuration]:
     """The ``top`` best configurations of a finished search, with hyperparameters read from their checkpoints.
 
@@ -101,9 +122,6 @@ def select_configurations(exp_dir: Path, top: int, budget: BudgetConfig | None =
         hparams = trial.get("hyperparameters") if isinstance(trial, dict) else None
         if not isinstance(hparams, dict):
             raise UserError(f"{path / TRIAL_FILE}: no hyperparameters recorded; not a muratune checkpoint")
-        chosen.append(
-            Configuration(
-                str(row["trial_id"]), hparams, float(row["best_val_kappa"]), float(row["best_val_auc"]), str(path)
-            )
-        )
+        kappa, auc = float(row["best_val_kappa"]), float(row["best_val_auc"])
+        chosen.append(Configuration(str(row["trial_id"]), hparams, kappa, auc, str(path), peak_epoch(trial, row)))
     return chosen

@@ -11,7 +11,7 @@ import pandas as pd
 from muratune.constants import METRIC, VAL_AUC
 from muratune.fileio import write_text
 from muratune.layout import REFIT_SUMMARY, TRIAL_FILE
-from muratune.refit.plan import ENTRY, RefitPlan, member_id
+from muratune.refit.plan import ENTRY, RefitPlan, entry_id, member_id
 from muratune.search.summary import _one_line
 from muratune.trainables import checkpoint as ckpt
 
@@ -56,9 +56,11 @@ def _entry(result: Any) -> dict:
 
 
 def summarise_refit(results: Any, epochs: int) -> pd.DataFrame:
-    """One row per (configuration, fold): ``trial_id`` (the fold model), configuration, fold, state, metrics.
+    """One row per entry: ``trial_id`` (the fold or full model), configuration, fold (-1: a full model), state,
+    metrics.
 
-    ``epochs`` is the epochs of a finished fold model; ``epochs`` in the table is what its checkpoint holds.
+    ``epochs`` is the epochs of a finished model, unless its entry has its own (``--epochs peak``); ``epochs`` in
+    the table is what its checkpoint holds.
     """
     rows = []
     for result in results:
@@ -68,10 +70,10 @@ def summarise_refit(results: Any, epochs: int) -> pd.DataFrame:
         trained = checkpoint_epoch(checkpoint)
         rows.append(
             {
-                "trial_id": member_id(str(entry.get("trial_id")), int(entry.get("fold", -1))),
+                "trial_id": entry_id(entry),
                 "configuration": str(entry.get("trial_id")),
                 "fold": int(entry.get("fold", -1)),
-                "state": _state(result, trained, epochs),
+                "state": _state(result, trained, int(entry.get("epochs") or epochs)),
                 "epochs": trained,
                 "oof_kappa": metrics.get(METRIC),
                 "oof_auc": metrics.get(VAL_AUC),
@@ -117,11 +119,13 @@ def stopped_message(exp_dir: Path, unfinished: list[str], failed: dict[str, list
     return "\n".join(lines)
 
 
-def record_refit_summary(refit: Path, results: Any, epochs: int, echo: Callable[[str], None]) -> pd.DataFrame:
-    """Write ``refit_summary.csv``, drop the optimizer state of finished fold models (never trained again), and show
-    the table."""
+def record_refit_summary(
+    refit: Path, results: Any, epochs: int, echo: Callable[[str], None], name: str = REFIT_SUMMARY
+) -> pd.DataFrame:
+    """Write ``refit_summary.csv`` (or ``name``), drop the optimizer state of finished models (never trained
+    again), and show the table."""
     summary = summarise_refit(results, epochs)
-    write_text(refit / REFIT_SUMMARY, summary.to_csv(index=False))
+    write_text(refit / name, summary.to_csv(index=False))
     if len(summary):
         ckpt.release_optimizer_state(summary.loc[summary["state"] == "COMPLETE", "trial_dir"].dropna())
     shown = summary.drop(columns=["trial_dir", "checkpoint", "error"], errors="ignore")

@@ -83,6 +83,11 @@ def _notes(exp: Experiment, entries: list[Entry], importance_note: str) -> list[
         "The test split is the official MURA valid split (public), held out from the search: models, ensembles and "
         "thresholds were chosen on the internal validation split only, and rows are ordered by internal-val kappa."
     ]
+    if exp.default is not None:
+        choice = exp.default
+        notes.append(
+            f"Default predictor: {choice.predictor} ({choice.path}), chosen by muratune refit: {choice.reason}."
+        )
     if not exp.trials_test:
         notes.append(
             "Per-trial test predictions do not exist yet (run `muratune ensemble` on this experiment): trial rows "
@@ -210,6 +215,7 @@ def metrics_document(report: Report) -> dict[str, Any]:
             "method": "stratified by body part, percentile interval",
         },
         "best": report.best.name if report.best is not None else None,
+        "default": exp.default.model_dump(mode="json") if exp.default is not None else None,
         "notes": report.notes,
         "parameter_importance": report.importances,
         "calibration": json_safe(report.calibration.to_dict(orient="records")),

@@ -17,6 +17,7 @@ from muratune.layout import (
     CAM_SCORE_JSON,
     CAMS_DIR,
     CAMS_JSON,
+    DEFAULT_PREDICTOR,
     ENSEMBLE_DIR,
     ENSEMBLE_FILE,
     PROGRESS_CSV,
@@ -27,7 +28,7 @@ from muratune.layout import (
     TRIALS_TEST_DIR,
     trial_dir,
 )
-from muratune.schemas import EnsembleSpec, read_ensemble_spec
+from muratune.schemas import DefaultChoice, EnsembleSpec, read_default_choice, read_ensemble_spec
 from muratune.search.summary import read_search_summary
 
 CAM_DIRS = (CAMS_DIR, "cam")  # "cam" is where muratune 0.1's README put them
@@ -65,6 +66,7 @@ class Experiment:
     histories: dict[str, pd.DataFrame] = field(default_factory=dict)
     cams: Cams | None = None
     refit_summary: pd.DataFrame | None = None
+    default: DefaultChoice | None = None  # the default predictor `muratune refit` chose (ensemble/default.json)
 
     def resources(self) -> tuple[float, float]:
         """CPUs and accelerators held by one trial (all its workers)."""
@@ -138,6 +140,12 @@ def read_refit_summary(exp_dir: Path) -> pd.DataFrame | None:
     return summary if "time_s" in summary else summary.assign(time_s=math.nan)
 
 
+def read_default(exp_dir: Path) -> DefaultChoice | None:
+    """``ensemble/default.json``, if ``muratune refit`` chose a default predictor."""
+    path = exp_dir / ENSEMBLE_DIR / DEFAULT_PREDICTOR
+    return read_default_choice(path) if path.is_file() else None
+
+
 def read_cams(exp_dir: Path) -> Cams | None:
     """The first CAM export under ``cams/`` (a folder with ``score.json`` or ``cams.json``) and a few overlays."""
     for name in CAM_DIRS:
@@ -174,4 +182,5 @@ def load_experiment(experiment: str | Path) -> Experiment:
         histories=read_histories(exp_dir, list(summary["trial_id"])),
         cams=read_cams(exp_dir),
         refit_summary=read_refit_summary(exp_dir),
+        default=read_default(exp_dir),
     )

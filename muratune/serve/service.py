@@ -31,7 +31,7 @@ from muratune.data.images import (
     read_header,
     read_image,
 )
-from muratune.ensemble.load import load_ensemble
+from muratune.ensemble.load import default_predictor, load_ensemble
 from muratune.ensemble.predictor import file_sha256
 from muratune.errors import UserError
 from muratune.layout import ENSEMBLE_FILE
@@ -133,7 +133,7 @@ class StudyService:
         cam_shifts: int = DEFAULT_SHIFTS,
         limits: PixelLimits | None = None,
     ):
-        self.ensemble_dir = Path(ensemble_dir)
+        self.ensemble_dir = default_predictor(ensemble_dir)  # an experiment folder stands for its default
         self.limits = limits or PixelLimits()
         self.predictor = load_ensemble(self.ensemble_dir, device)
         self.cam = EnsembleCam.from_predictor(self.predictor, shifts=cam_shifts)

@@ -44,6 +44,8 @@ def prepare_data(config: ExperimentConfig) -> TrialData:
 
     With ``data.folds`` and ``data.fold`` set the trial trains on the other folds of the official train split and
     validates on fold ``data.fold``, so its val predictions are out-of-fold predictions (see ``muratune refit``).
+    With ``data.whole_train`` it trains on the whole official train split and its val subset is empty
+    (``muratune refit --full``).
     """
     from muratune.data.cache import build_cache
     from muratune.data.index import load_index
@@ -65,6 +67,8 @@ def prepare_data(config: ExperimentConfig) -> TrialData:
         frame = fold_split(index, data.folds, data.fold, data.split_seed)
     else:
         frame = internal_split(index, data.val_fraction, data.split_seed)
+        if data.whole_train:
+            frame.loc[frame[SUBSET] == SUBSET_VAL, SUBSET] = SUBSET_TRAIN
     if data.body_parts:
         frame = frame[frame[BODY_PART].isin(data.body_parts)]
     train = frame[frame[SUBSET] == SUBSET_TRAIN].reset_index(drop=True)

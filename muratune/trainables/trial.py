@@ -14,7 +14,7 @@ from torch import nn
 
 from muratune import __version__
 from muratune.config import HYPERPARAMETERS, ExperimentConfig
-from muratune.constants import EPOCH, LEARNING_RATE, TRAIN_LOSS, VAL_LOSS
+from muratune.constants import EPOCH, LEARNING_RATE, TRAIN_LOSS, TRAIN_STUDIES, VAL_LOSS
 from muratune.data.dataset import Normalizer
 from muratune.trainables import checkpoint as ckpt
 from muratune.trainables.data import TrialData, create_loaders, prepare_data, sample_weights, study_weights
@@ -113,9 +113,10 @@ def plateau_signal(config: ExperimentConfig, train_loss: float, val_loss: float)
     """The loss a plateau schedule watches: the val loss in a search, the train loss in a refit's fold model.
 
     A fold model's val subset is its held-out fold, whose predictions are its out-of-fold predictions; letting that
-    fold time the learning-rate drops would leak it into the model, so out-of-fold scores would be optimistic.
+    fold time the learning-rate drops would leak it into the model, so out-of-fold scores would be optimistic. A full
+    model (``data.whole_train``) has no val subset, so it watches its train loss too.
     """
-    return train_loss if config.data.folds is not None else val_loss
+    return train_loss if config.data.folds is not None or config.data.whole_train else val_loss
 
 
 def train_trial(
@@ -155,6 +156,7 @@ def train_trial(
         metrics, val_images, val_studies = evaluate(model, val_loader, val_set, runtime, normalizer, val_weights)
         ctx.schedule.step_epoch(plateau_signal(config, train_loss, metrics[VAL_LOSS]))
         metrics = {EPOCH: epoch, TRAIN_LOSS: train_loss, LEARNING_RATE: ctx.optimizer.param_groups[0]["lr"], **metrics}
+        metrics[TRAIN_STUDIES] = float(len(train_set.studies))
         metrics["epoch_time_s"] = time.perf_counter() - started
         history.append(metrics)
         state = {"epoch": epoch, "schedule": ctx.schedule.state_dict(), "history": history}

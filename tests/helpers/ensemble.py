@@ -63,5 +63,6 @@ CV_KEYS = [
     "dropped_configurations",
     "oof_score",
     "test_score",
+    "default",
     "members",
 ]
