@@ -125,7 +125,11 @@ class ResourcesConfig(_Strict):
 class OptunaConfig(_Strict):
     """The searcher: Optuna's sampler and where its study is stored."""
 
-    sampler: Literal["tpe", "random"] = "tpe"
+    # tpe: Optuna's TPE, ASHA-stopped trials ranked after full ones (PRUNED, by how far they got); rung-tpe: the same
+    # TPE fitted on the values at the highest ASHA rung that `rung_min_trials` trials reached (BOHB's model;
+    # muratune.search.rung_sampler); random: no model.
+    sampler: Literal["tpe", "rung-tpe", "random"] = "tpe"
+    rung_min_trials: Annotated[int, Field(ge=2)] = 20
     seed: int | None = 0
     storage: str | None = None
     # Random trials before TPE: at least `startup_trials_per_worker` per concurrent worker (`startup_trials`). Under
