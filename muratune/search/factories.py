@@ -56,7 +56,7 @@ def create_sampler(config: ExperimentConfig) -> Any:
     from muratune.search.rung_sampler import RungModelSampler, asha_levels
 
     opt, budget = config.optuna, config.budget
-    tpe = {"seed": opt.seed, "multivariate": opt.multivariate, "constant_liar": opt.constant_liar}
+    tpe: dict[str, Any] = {"seed": opt.seed, "multivariate": opt.multivariate, "constant_liar": opt.constant_liar}
     startup = opt.startup_trials(config.resources.max_concurrent_trials)
     if opt.sampler == "tpe":
         return optuna.samplers.TPESampler(n_startup_trials=startup, **tpe)
