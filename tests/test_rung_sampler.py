@@ -111,3 +111,12 @@ def test_a_bad_rung_min_trials_is_refused_in_one_line() -> None:
     with pytest.raises((UserError, ValueError)) as err:
         load_config(None, overrides=["optuna.rung_min_trials=1"])
     assert "rung_min_trials" in str(err.value)
+
+
+def test_trials_stopped_below_the_rung_are_left_out_or_shown_as_bad() -> None:
+    study = _study_where_rung_6_and_the_full_runs_disagree()
+    running = optuna.trial.TrialState.RUNNING
+    assert not RungView(study, 18, 50)._get_trials(states=(running,))
+    bad = RungView(study, 18, 50, stopped_as_bad=True)
+    assert len(bad._get_trials(states=(running,))) == 40
+    assert len(bad._get_trials(states=(optuna.trial.TrialState.COMPLETE,))) == 4

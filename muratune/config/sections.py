@@ -130,6 +130,7 @@ class OptunaConfig(_Strict):
     # muratune.search.rung_sampler); random: no model.
     sampler: Literal["tpe", "rung-tpe", "random"] = "tpe"
     rung_min_trials: Annotated[int, Field(ge=2)] = 20
+    rung_stopped_as_bad: bool = False  # rung-tpe: trials ASHA stopped below the modelled rung join TPE's bad group
     seed: int | None = 0
     storage: str | None = None
     # Random trials before TPE: at least `startup_trials_per_worker` per concurrent worker (`startup_trials`). Under

@@ -65,7 +65,9 @@ def create_sampler(config: ExperimentConfig) -> Any:
             levels = [budget.max_epochs]
         else:
             levels = asha_levels(budget.grace_period, budget.reduction_factor, budget.max_epochs)
-        return RungModelSampler(levels, opt.rung_min_trials, n_startup_trials=startup, **tpe)
+        return RungModelSampler(
+            levels, opt.rung_min_trials, n_startup_trials=startup, stopped_as_bad=opt.rung_stopped_as_bad, **tpe
+        )
     return optuna.samplers.RandomSampler(seed=opt.seed)
 
 

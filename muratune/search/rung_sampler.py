@@ -33,12 +33,14 @@ def rung_value(trial: FrozenTrial, level: int, top: int) -> float | None:
 class RungView:
     """The study as TPE sees it: each trial observed at ``level`` is COMPLETE with its value there.
 
-    Trials still running short of ``level`` stay RUNNING (pending, for the constant liar); trials that stopped
-    short of it (PRUNED earlier) or failed are left out, as BOHB fits each budget's model on that budget's
-    observations only. Everything else (directions, storage) is the real study's.
+    Trials still running short of ``level`` stay RUNNING (pending, for the constant liar). Trials that stopped
+    short of it (PRUNED earlier) are left out, as BOHB fits each budget's model on that budget's observations
+    only, or with ``stopped_as_bad`` shown as RUNNING too: TPE with the constant liar then counts them in its
+    "bad" group without changing the size of its "good" one. Failed trials are left out. Everything else
+    (directions, storage) is the real study's.
     """
 
-    def __init__(self, study: Study, level: int, top: int) -> None:
+    def __init__(self, study: Study, level: int, top: int, stopped_as_bad: bool = False) -> None:
         self._study = study
         self._trials: list[FrozenTrial] = []
         for trial in study._get_trials(deepcopy=False, states=(*_MODELLED, TrialState.RUNNING)):
@@ -47,6 +49,8 @@ class RungView:
                 self._trials.append(_as_complete(trial, value))
             elif trial.state == TrialState.RUNNING:
                 self._trials.append(trial)
+            elif stopped_as_bad and trial.state == TrialState.PRUNED:
+                self._trials.append(_as_state(trial, TrialState.RUNNING, None))
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._study, name)
@@ -62,9 +66,13 @@ class RungView:
 
 
 def _as_complete(trial: FrozenTrial, value: float) -> FrozenTrial:
+    return _as_state(trial, TrialState.COMPLETE, value)
+
+
+def _as_state(trial: FrozenTrial, state: TrialState, value: float | None) -> FrozenTrial:
     return FrozenTrial(
         number=trial.number,
-        state=TrialState.COMPLETE,
+        state=state,
         value=value,
         datetime_start=trial.datetime_start,
         datetime_complete=trial.datetime_complete,
@@ -89,6 +97,7 @@ class RungModelSampler(BaseSampler):
     Args:
         levels: epochs at which trials are compared (see `asha_levels`); the last is a full run.
         min_trials: observations a level needs before TPE is fitted on it.
+        stopped_as_bad: show TPE the trials stopped short of the level as bad ones (see `RungView`).
         n_startup_trials: finished (COMPLETE or PRUNED) trials before the model is used.
         seed: seeds TPE and the random sampler.
         **tpe_kwargs: passed to `TPESampler` (``multivariate``, ``constant_liar``, ...).
@@ -100,9 +109,11 @@ class RungModelSampler(BaseSampler):
         min_trials: int,
         n_startup_trials: int = 10,
         seed: int | None = None,
+        stopped_as_bad: bool = False,
         **tpe_kwargs: Any,
     ) -> None:
         self.levels = sorted(levels)
+        self.stopped_as_bad = stopped_as_bad
         self.min_trials = min_trials
         self.n_startup_trials = n_startup_trials
         self._tpe = TPESampler(seed=seed, n_startup_trials=0, **tpe_kwargs)
@@ -122,7 +133,7 @@ class RungModelSampler(BaseSampler):
     def _view_for(self, study: Study, trial: FrozenTrial) -> RungView | None:
         if self._view is None or self._view[0] != trial.number:
             level = self.model_level(study)
-            view = None if level is None else RungView(study, level, self.levels[-1])
+            view = None if level is None else RungView(study, level, self.levels[-1], self.stopped_as_bad)
             self._view = (trial.number, view)
         return self._view[1]
 
