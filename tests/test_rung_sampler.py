@@ -45,7 +45,7 @@ def test_the_model_is_fitted_on_the_highest_rung_with_enough_values() -> None:
     study = _study_where_rung_6_and_the_full_runs_disagree()
     assert RungModelSampler(LEVELS, min_trials=10, n_startup_trials=10).model_level(study) == 6
     assert RungModelSampler(LEVELS, min_trials=4, n_startup_trials=10).model_level(study) == 50
-    assert RungModelSampler(LEVELS, min_trials=10, n_startup_trials=100).model_level(study) is None
+    assert RungModelSampler(LEVELS, min_trials=100, n_startup_trials=10).model_level(study) is None
     view = RungView(study, 6, 50)
     trials = view._get_trials(states=(optuna.trial.TrialState.COMPLETE,))
     assert len(trials) == 44
@@ -120,3 +120,12 @@ def test_trials_stopped_below_the_rung_are_left_out_or_shown_as_bad() -> None:
     bad = RungView(study, 18, 50, stopped_as_bad=True)
     assert len(bad._get_trials(states=(running,))) == 40
     assert len(bad._get_trials(states=(optuna.trial.TrialState.COMPLETE,))) == 4
+
+
+def test_a_small_search_samples_at_random_then_with_plain_tpe_until_a_rung_has_enough_values() -> None:
+    study = _study_where_rung_6_and_the_full_runs_disagree()
+    trial = study.ask({"x": X})
+    late = RungModelSampler(LEVELS, min_trials=10, n_startup_trials=100)
+    assert late._model_study(study, study._storage.get_trial(trial._trial_id)) is None
+    small = RungModelSampler(LEVELS, min_trials=100, n_startup_trials=10)
+    assert small._model_study(study, study._storage.get_trial(trial._trial_id)) is study

@@ -92,7 +92,8 @@ class RungModelSampler(BaseSampler):
     they got, so its "good" set mixes fidelities. This gives the library's TPE a `RungView` of the study instead:
     the values at one epoch, the highest of ``levels`` (ASHA's rungs and the full run) that ``min_trials`` trials
     have reached (Falkner et al. 2018, BOHB; SMAC3's multi-fidelity facade). Below ``n_startup_trials`` finished
-    trials, or while no level has ``min_trials`` values, it samples at random. The study itself is untouched.
+    trials it samples at random; while no level has ``min_trials`` values (a small search), TPE sees the study as
+    it is, as plain TPE would. The study itself is untouched.
 
     Args:
         levels: epochs at which trials are compared (see `asha_levels`); the last is a full run.
@@ -118,22 +119,26 @@ class RungModelSampler(BaseSampler):
         self.n_startup_trials = n_startup_trials
         self._tpe = TPESampler(seed=seed, n_startup_trials=0, **tpe_kwargs)
         self._random = RandomSampler(seed=seed)
-        self._view: tuple[int, RungView | None] | None = None  # (trial number, view) for the trial being sampled
+        self._view: tuple[int, Study | None] | None = None  # (trial number, view) for the trial being sampled
 
     def model_level(self, study: Study) -> int | None:
-        """The epoch TPE is fitted on now, or None while sampling at random."""
+        """The highest level with ``min_trials`` values, which TPE is fitted on; None while there is none."""
         trials = study._get_trials(deepcopy=False, states=(*_MODELLED, TrialState.RUNNING))
-        if sum(t.state in _MODELLED for t in trials) < self.n_startup_trials:
-            return None
         for level in reversed(self.levels):
             if sum(rung_value(t, level, self.levels[-1]) is not None for t in trials) >= self.min_trials:
                 return level
         return None
 
-    def _view_for(self, study: Study, trial: FrozenTrial) -> RungView | None:
+    def _model_study(self, study: Study, trial: FrozenTrial) -> Study | None:
+        """What TPE sees for this trial: the rung view, the study itself (no level full enough), None (random)."""
         if self._view is None or self._view[0] != trial.number:
-            level = self.model_level(study)
-            view = None if level is None else RungView(study, level, self.levels[-1], self.stopped_as_bad)
+            finished = study._get_trials(deepcopy=False, states=_MODELLED, use_cache=True)
+            view: Study | None = None
+            if len(finished) >= self.n_startup_trials:
+                level = self.model_level(study)
+                view = study
+                if level is not None:
+                    view = RungView(study, level, self.levels[-1], self.stopped_as_bad)  # type: ignore[assignment]
             self._view = (trial.number, view)
         return self._view[1]
 
@@ -145,19 +150,19 @@ class RungModelSampler(BaseSampler):
         self, study: Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
     ) -> dict[str, Any]:
         """Joint sampling (multivariate TPE) on the rung view; nothing while sampling at random."""
-        view = self._view_for(study, trial)
+        view = self._model_study(study, trial)
         if view is None or not search_space:
             return {}
-        return self._tpe.sample_relative(view, trial, search_space)  # type: ignore[arg-type]
+        return self._tpe.sample_relative(view, trial, search_space)
 
     def sample_independent(
         self, study: Study, trial: FrozenTrial, param_name: str, param_distribution: BaseDistribution
     ) -> Any:
         """One parameter from TPE on the rung view, or at random before the model is used."""
-        view = self._view_for(study, trial)
+        view = self._model_study(study, trial)
         if view is None:
             return self._random.sample_independent(study, trial, param_name, param_distribution)
-        return self._tpe.sample_independent(view, trial, param_name, param_distribution)  # type: ignore[arg-type]
+        return self._tpe.sample_independent(view, trial, param_name, param_distribution)
 
     def before_trial(self, study: Study, trial: FrozenTrial) -> None:
         """Forget the previous trial's view."""
