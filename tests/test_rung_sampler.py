@@ -129,3 +129,9 @@ def test_a_small_search_samples_at_random_then_with_plain_tpe_until_a_rung_has_e
     assert late._model_study(study, study._storage.get_trial(trial._trial_id)) is None
     small = RungModelSampler(LEVELS, min_trials=100, n_startup_trials=10)
     assert small._model_study(study, study._storage.get_trial(trial._trial_id)) is study
+
+
+def test_the_default_config_builds_the_rung_model() -> None:
+    sampler = create_sampler(load_config(None))
+    assert isinstance(sampler, RungModelSampler)
+    assert sampler.min_trials == 10 and sampler.stopped_as_bad
