@@ -135,3 +135,13 @@ def test_the_default_config_builds_the_rung_model() -> None:
     sampler = create_sampler(load_config(None))
     assert isinstance(sampler, RungModelSampler)
     assert sampler.min_trials == 10 and sampler.stopped_as_bad
+
+
+def test_stopped_as_bad_without_the_constant_liar_is_refused_in_one_line() -> None:
+    from muratune.errors import UserError
+
+    with pytest.raises(UserError) as err:
+        load_config(None, overrides=["optuna.constant_liar=false"])
+    assert "constant_liar" in str(err.value) and "\n" not in str(err.value)
+    load_config(None, overrides=["optuna.constant_liar=false", "optuna.rung_stopped_as_bad=false"])
+    load_config(None, overrides=["optuna.constant_liar=false", "optuna.sampler=tpe"])

@@ -155,6 +155,13 @@ class OptunaConfig(_Strict):
             check_sqlite_schema(storage, "Optuna")
         return storage
 
+    @model_validator(mode="after")
+    def _liar_for_stopped_as_bad(self) -> OptunaConfig:
+        """rung-tpe shows stopped trials to TPE as running ones, which TPE reads only with the constant liar."""
+        if self.sampler == "rung-tpe" and self.rung_stopped_as_bad and not self.constant_liar:
+            raise ValueError("rung_stopped_as_bad needs constant_liar: true (or set rung_stopped_as_bad: false)")
+        return self
+
     def startup_trials(self, workers: int) -> int:
         """Random start-up trials for ``workers`` concurrent trials: ``n_startup_trials``, at least
         ``startup_trials_per_worker`` per worker."""
