@@ -197,14 +197,14 @@ def test_cli_writes_summary_curves_and_table(tmp_path: Path, capsys: pytest.Capt
     assert saved["fidelity_epochs"] == [2, 51] and 0 <= saved["anytime_regret_auc"]["muratune"] <= 1
     assert saved["speedup_vs_random_asha"] == summary["speedup_vs_random_asha"] >= 0
     assert saved["speedup_vs_random"] == summary["speedup_vs_random"] and len(saved["speedup_vs_random_ci"]) == 2
-    assert 0 <= saved["p_muratune_vs_stock"] <= 1
+    assert 0 <= saved["p_muratune_vs_stock"] <= 1 and 0 <= saved["p_muratune_vs_random_asha"] <= 1
+    assert "muratune < random-asha on regret" in capsys.readouterr().out
     assert saved["speedup_by_method"]["random"] == 1.0
     assert (out / "curves.png").stat().st_size > 0
     curves = (out / "curves.csv").read_text().splitlines()
     assert curves[0] == "method,workers,task,seed,epochs,wall_s,best,regret"
     assert len(curves) > 1 + 4 * 2 * 4 * MAX_EPOCHS // CURVE_EVERY - 1
     assert (tmp_path / BEST_KNOWN_JSON).is_file() and not (tmp_path / "best_known.json").exists()
-    assert "muratune" in capsys.readouterr().out
 
 
 def _summary(surrogate: Surrogate, methods: list[str], seeds: int) -> dict:

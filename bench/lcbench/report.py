@@ -126,6 +126,11 @@ def aggregate(
     }
     if "muratune" in methods and "stock-optuna-asha" in methods:
         summary["p_muratune_vs_stock"] = wilcoxon_less(regrets["muratune"], regrets["stock-optuna-asha"])
+    if "muratune" in methods and STRONG_BASELINE in methods:
+        # The target of issue 29: muratune's final regret below random-asha's, paired by task and seed.
+        summary["p_muratune_vs_random_asha"] = wilcoxon_less(regrets["muratune"], regrets[STRONG_BASELINE])
+        strong = summary["regret"][STRONG_BASELINE]
+        summary["regret_muratune_over_random_asha"] = summary["regret"]["muratune"] / strong if strong > 0 else None
     if "muratune" in methods and "bohb" in methods:
         summary["p_muratune_vs_bohb"] = wilcoxon_less(regrets["muratune"], regrets["bohb"])
         bohb = summary["regret"]["bohb"]
@@ -142,9 +147,11 @@ def format_table(summary: dict[str, Any]) -> str:
         f"{summary['fidelity_epochs'][0]}-{summary['fidelity_epochs'][1]})"
     )
     table = pd.DataFrame(rows).to_string(index=False)
-    p = summary["p_muratune_vs_stock"]
-    tail = f"Wilcoxon one-sided, muratune < stock-optuna-asha on regret: p = {p:.3g}" if p is not None else ""
-    return "\n".join([head, table, tail])
+    tails = []
+    for key, other in (("p_muratune_vs_stock", "stock-optuna-asha"), ("p_muratune_vs_random_asha", STRONG_BASELINE)):
+        if summary.get(key) is not None:
+            tails.append(f"Wilcoxon one-sided, muratune < {other} on regret: p = {summary[key]:.3g}")
+    return "\n".join([head, table, *tails])
 
 
 def _table_row(summary: dict[str, Any], m: str) -> dict[str, str]:

@@ -130,7 +130,14 @@ class ResourcesConfig(_Strict):
 class OptunaConfig(_Strict):
     """The searcher: Optuna's sampler and where its study is stored."""
 
-    sampler: Literal["tpe", "random"] = "tpe"
+    # rung-tpe (default): Optuna's TPE fitted on the values at the highest ASHA rung that `rung_min_trials` trials
+    # reached (BOHB's model; muratune.search.rung_sampler), the trials stopped below it counted as bad
+    # (`rung_stopped_as_bad`). On LCBench at 8 workers: median regret 0.0052 against tpe's 0.0073 and random-asha's
+    # 0.0105 (docs/search-efficiency.md). tpe: Optuna's TPE on the whole study, ASHA-stopped trials ranked after full
+    # ones (PRUNED, by how far they got). random: no model.
+    sampler: Literal["tpe", "rung-tpe", "random"] = "rung-tpe"
+    rung_min_trials: Annotated[int, Field(ge=2)] = 10
+    rung_stopped_as_bad: bool = True
     seed: int | None = 0
     storage: str | None = None
     # Random trials before TPE: at least `startup_trials_per_worker` per concurrent worker (`startup_trials`). Under
@@ -152,6 +159,13 @@ class OptunaConfig(_Strict):
         if storage is not None:
             check_sqlite_schema(storage, "Optuna")
         return storage
+
+    @model_validator(mode="after")
+    def _liar_for_stopped_as_bad(self) -> OptunaConfig:
+        """rung-tpe shows stopped trials to TPE as running ones, which TPE reads only with the constant liar."""
+        if self.sampler == "rung-tpe" and self.rung_stopped_as_bad and not self.constant_liar:
+            raise ValueError("rung_stopped_as_bad needs constant_liar: true (or set rung_stopped_as_bad: false)")
+        return self
 
     def startup_trials(self, workers: int) -> int:
         """Random start-up trials for ``workers`` concurrent trials: ``n_startup_trials``, at least

@@ -35,16 +35,7 @@ def create_searcher(
     if not config.space.searched():
         # Nothing to search (one fixed point, e.g. a paper's setup): repeat it num_samples times.
         return BasicVariantGenerator(max_concurrent=config.resources.max_concurrent_trials)
-    opt = config.optuna
-    if opt.sampler == "tpe":
-        sampler: optuna.samplers.BaseSampler = optuna.samplers.TPESampler(
-            seed=opt.seed,
-            n_startup_trials=opt.startup_trials(config.resources.max_concurrent_trials),
-            multivariate=opt.multivariate,
-            constant_liar=opt.constant_liar,
-        )
-    else:
-        sampler = optuna.samplers.RandomSampler(seed=opt.seed)
+    sampler = create_sampler(config)
     url = optuna_storage_url(config) if storage is True else (storage or None)
     searcher = PrunedAwareOptunaSearch(
         metric=METRIC,
@@ -53,9 +44,31 @@ def create_searcher(
         storage=optuna.storages.RDBStorage(url) if url else None,
         study_name=config.name,
         max_epochs=config.budget.max_epochs,
-        prune_stopped=opt.prune_stopped_trials if prune_stopped is None else prune_stopped,
+        prune_stopped=config.optuna.prune_stopped_trials if prune_stopped is None else prune_stopped,
     )
     return ConcurrencyLimiter(searcher, max_concurrent=config.resources.max_concurrent_trials)
+
+
+def create_sampler(config: ExperimentConfig) -> Any:
+    """The Optuna sampler ``optuna.sampler`` names: TPE, TPE on ASHA's rungs (`RungModelSampler`) or random."""
+    import optuna
+
+    from muratune.search.rung_sampler import RungModelSampler, asha_levels
+
+    opt, budget = config.optuna, config.budget
+    tpe: dict[str, Any] = {"seed": opt.seed, "multivariate": opt.multivariate, "constant_liar": opt.constant_liar}
+    startup = opt.startup_trials(config.resources.max_concurrent_trials)
+    if opt.sampler == "tpe":
+        return optuna.samplers.TPESampler(n_startup_trials=startup, **tpe)
+    if opt.sampler == "rung-tpe":
+        if budget.scheduler == "none":
+            levels = [budget.max_epochs]
+        else:
+            levels = asha_levels(budget.grace_period, budget.reduction_factor, budget.max_epochs)
+        return RungModelSampler(
+            levels, opt.rung_min_trials, n_startup_trials=startup, stopped_as_bad=opt.rung_stopped_as_bad, **tpe
+        )
+    return optuna.samplers.RandomSampler(seed=opt.seed)
 
 
 def create_scheduler(config: ExperimentConfig) -> Any:
