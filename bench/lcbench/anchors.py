@@ -159,6 +159,8 @@ class SmacSearcher(FidelitySearcher):
 
     def _ask(self) -> tuple[Any, dict, int]:
         info = self.optimiser.ask()
+        if info.budget is None:  # the multi-fidelity facade always sets a budget
+            raise RuntimeError("SMAC asked for a trial without a budget")
         return info, dict(info.config), max(1, round(float(info.budget)))
 
     def _tell(self, handle: Any, accuracy: float, epochs: int) -> None:
