@@ -204,6 +204,14 @@ def test_anchors_count_each_epoch_once_stop_at_their_fidelities_and_reproduce(
     assert [e.accuracy for e in events] != [e.accuracy for e in other]
 
 
+def test_an_anchor_whose_library_is_missing_says_how_to_install_it() -> None:
+    from bench.lcbench.anchors import _library
+    from muratune.errors import UserError
+
+    with pytest.raises(UserError, match="needs the no_such_anchor_library package \\(pip install it\\)"):
+        _library("no_such_anchor_library", "pip install it")
+
+
 def test_one_epoch_trains_the_best_first_phase_configurations_fully(surrogate: Surrogate) -> None:
     from bench.lcbench.anchors import ONE_EPOCH_SHARE
     from bench.lcbench.jobs import simulate

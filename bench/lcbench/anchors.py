@@ -27,11 +27,22 @@ from ray.tune.search import ConcurrencyLimiter, Searcher
 
 from bench.lcbench.surrogate import MAX_EPOCHS, param_space
 from muratune.constants import METRIC, MODE
+from muratune.errors import UserError
 
 ANCHORS = ("dehb", "smac-hyperband", "one-epoch")
 ETA = 3  # DEHB's and SMAC's reduction factor (both libraries' default)
 ONE_EPOCH_K = 1  # epochs of a first-phase trial
 ONE_EPOCH_SHARE = 0.25  # the share of the budget the first phase spends
+
+
+def _library(name: str, install: str) -> Any:
+    """Import an anchor's library, or say in one line how to install it."""
+    import importlib
+
+    try:
+        return importlib.import_module(name)
+    except ImportError as err:
+        raise UserError(f"--methods: the {name} anchor needs the {name} package ({install}): {err}") from None
 
 
 def config_space(seed: int) -> Any:
@@ -102,8 +113,7 @@ class DehbSearcher(FidelitySearcher):
     """DEHB (``dehb`` package) through its ask/tell interface, fidelities 1 to ``max_epochs`` epochs."""
 
     def __init__(self, seed: int, max_epochs: int = MAX_EPOCHS) -> None:
-        from dehb import DEHB
-
+        DEHB = _library("dehb", "pip install --no-deps dehb==0.1.2 loguru (it pins numpy<2)").DEHB
         super().__init__()
         self._folder = tempfile.TemporaryDirectory(prefix="dehb-")  # DEHB writes its log (and state) somewhere
         self.optimiser = DEHB(
@@ -136,8 +146,8 @@ class SmacSearcher(FidelitySearcher):
     """
 
     def __init__(self, seed: int, trials: int, max_epochs: int = MAX_EPOCHS) -> None:
-        from smac import MultiFidelityFacade, Scenario
-
+        smac = _library("smac", "pip install -e .[bench]")
+        MultiFidelityFacade, Scenario = smac.MultiFidelityFacade, smac.Scenario
         super().__init__()
         self._folder = tempfile.TemporaryDirectory(prefix="smac-")
         scenario = Scenario(
