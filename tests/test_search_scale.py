@@ -181,6 +181,53 @@ def test_a_seed_reproduces_the_search(surrogate: Surrogate) -> None:
     assert [e.accuracy for e in first] != [e.accuracy for e in other]
 
 
+@pytest.mark.parametrize("method", ["dehb", "smac-hyperband", "one-epoch"])
+def test_anchors_count_each_epoch_once_stop_at_their_fidelities_and_reproduce(
+    surrogate: Surrogate, method: str
+) -> None:
+    from bench.lcbench.jobs import simulate
+
+    pytest.importorskip({"dehb": "dehb", "smac-hyperband": "smac", "one-epoch": "numpy"}[method])
+    workers = 4
+    events, controller = simulate(surrogate, TASK, method, seed=3, workers=workers, budget=BUDGET)
+    assert len(events) == len({(e.trial_id, e.epoch) for e in events}) == BUDGET
+    assert sum(t.epochs for t in controller.trials) == BUDGET
+    asked = controller.searcher.searcher.epochs
+    # Each trial stops at the epochs its optimiser asked for; only those still running at the end stop short.
+    short = [t for t in controller.trials if t.epochs != asked[t.trial_id]]
+    assert len(short) <= workers and all(t.epochs < asked[t.trial_id] for t in short)
+    fidelities = {1, MAX_EPOCHS} if method == "one-epoch" else {2, 6, 17, MAX_EPOCHS}  # eta 3 from 1 to 50, rounded
+    assert set(asked.values()) <= fidelities and len(set(asked.values())) > 1
+    again, _ = simulate(surrogate, TASK, method, seed=3, workers=workers, budget=BUDGET)
+    other, _ = simulate(surrogate, TASK, method, seed=4, workers=workers, budget=BUDGET)
+    assert events == again
+    assert [e.accuracy for e in events] != [e.accuracy for e in other]
+
+
+def test_an_anchor_whose_library_is_missing_says_how_to_install_it() -> None:
+    from bench.lcbench.anchors import _library
+    from muratune.errors import UserError
+
+    with pytest.raises(UserError, match="needs the no_such_anchor_library package \\(pip install it\\)"):
+        _library("no_such_anchor_library", "pip install it")
+
+
+def test_one_epoch_trains_the_best_first_phase_configurations_fully(surrogate: Surrogate) -> None:
+    from bench.lcbench.anchors import ONE_EPOCH_SHARE
+    from bench.lcbench.jobs import simulate
+
+    events, controller = simulate(surrogate, TASK, "one-epoch", seed=0, workers=4, budget=BUDGET)
+    first = int(ONE_EPOCH_SHARE * BUDGET)
+    short, full = controller.trials[:first], controller.trials[first:]
+    assert all(t.epochs == 1 for t in short) and full and full[0].epochs == MAX_EPOCHS
+    best = sorted(short, key=lambda t: -t.curve.accuracy[0])
+    for rank, trial in enumerate(full):  # the full trials retrain the best one-epoch configurations, best first
+        assert trial.config == best[rank].config
+    assert min(e.clock_s for e in events if e.trial_id == full[0].trial_id) >= max(
+        e.clock_s for e in events if e.trial_id in {t.trial_id for t in short}
+    )
+
+
 @pytest.mark.slow
 def test_cli_writes_summary_curves_and_table(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from bench.lcbench.report import CURVE_EVERY

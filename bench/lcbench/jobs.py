@@ -27,7 +27,7 @@ def simulate(
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    searcher, scheduler = build_method(method, seed, workers, overrides)
+    searcher, scheduler = build_method(method, seed, workers, overrides, budget=budget)
     controller = SimController(searcher, scheduler, lambda h: surrogate.curve(task, h), workers, budget, MAX_EPOCHS)
     return controller.run(), controller
 

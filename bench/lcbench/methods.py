@@ -2,7 +2,7 @@
 
 ``muratune``, ``random-asha`` and ``random`` come from muratune's own factories, given an `ExperimentConfig` as
 ``muratune search`` would build it (LCBench's 50 trained epochs; the space from `bench.lcbench.SPACE_YAML`). The
-others are Ray's stock classes with their own defaults.
+others are Ray's stock classes with their own defaults, and the anchors of bench/lcbench/anchors.py.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from bench.lcbench.anchors import ANCHORS, build_anchor
 from bench.lcbench.surrogate import MAX_EPOCHS, param_space
 from muratune.config import ExperimentConfig, load_config
 from muratune.constants import METRIC, MODE
@@ -19,7 +20,7 @@ from muratune.constants import METRIC, MODE
 # muratune's factories: the one place to change when the search module is split (issue 17).
 from muratune.search.factories import create_scheduler, create_searcher
 
-METHODS = ("muratune", "stock-optuna-asha", "random-asha", "random", "bohb", "optuna-hyperband")
+METHODS = ("muratune", "stock-optuna-asha", "random-asha", "random", "bohb", "optuna-hyperband", *ANCHORS)
 # What the benchmark sets on muratune's defaults: the task's epochs, and the rung metric (LCBench has no AUC, so ASHA's
 # rungs rank by the search metric's key, which carries LCBench's validation accuracy; ``--set`` may change it).
 BENCH_VALUES = {"budget.max_epochs": MAX_EPOCHS}
@@ -43,7 +44,12 @@ def bench_config(method: str, seed: int, workers: int, overrides: list[str] | No
 
 
 def build_method(
-    method: str, seed: int, workers: int, overrides: list[str] | None = None, set_space: bool = True
+    method: str,
+    seed: int,
+    workers: int,
+    overrides: list[str] | None = None,
+    set_space: bool = True,
+    budget: int = 30 * MAX_EPOCHS,
 ) -> tuple[Any, Any]:
     """Return (searcher, scheduler) for ``method``.
 
@@ -53,6 +59,7 @@ def build_method(
         workers: concurrent trials.
         overrides: ``key=value`` settings for muratune's config (``--set``), to compare candidate defaults.
         set_space: set metric, mode and LCBench's space as a Tuner does (the simulation); False for a real Tuner.
+        budget: the search's epochs (the anchors size their phases or initial designs by it).
     """
     random.seed(seed)
     np.random.seed(seed)  # ASHA draws each trial's bracket from numpy's global generator
@@ -67,6 +74,8 @@ def build_method(
         searcher, scheduler = _bohb(seed, workers)
     elif method == "optuna-hyperband":
         searcher, scheduler = _optuna_hyperband(seed, workers)
+    elif method in ANCHORS:
+        searcher, scheduler = build_anchor(method, seed, workers, budget)
     else:
         raise ValueError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
     if set_space:

@@ -87,7 +87,7 @@ def run_tune(
     """One search in real Ray Tune (`start_ray` first); returns its epochs in the order they were reported."""
     from ray import tune
 
-    searcher, scheduler = build_method(method, seed, workers, set_space=False)
+    searcher, scheduler = build_method(method, seed, workers, set_space=False, budget=budget)
     recorder = _EpochRecorder(budget, time_scale)
     trainable = tune.with_parameters(
         lcbench_trainable, task=task, folder=str(folder), time_scale=time_scale, checkpoints=method == "bohb"
