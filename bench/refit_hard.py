@@ -153,10 +153,10 @@ def paired_differences(dirs: dict[int, dict[str, Path]], seed: int = 0) -> dict:
     scores = {s: {m: replicate_scores(t, weights) for m, t in per_model.items()} for s, per_model in tables.items()}
     result: dict[str, dict] = {}
     for model in STRATEGIES[1:]:
-        diffs = {s: {k: sc[model][k] - sc[BASELINE][k] for k in ("kappa", "auc")} for s, sc in scores.items()}
+        diffs = {str(s): {k: sc[model][k] - sc[BASELINE][k] for k in ("kappa", "auc")} for s, sc in scores.items()}
         diffs["mean"] = {k: np.mean([d[k] for d in diffs.values()], axis=0) for k in ("kappa", "auc")}
         result[model] = {
-            str(s): {k: [float(v[0]), *percentile_interval(v[1:])] for k, v in d.items()} for s, d in diffs.items()
+            s: {k: [float(v[0]), *percentile_interval(v[1:])] for k, v in d.items()} for s, d in diffs.items()
         }
     return result
 
