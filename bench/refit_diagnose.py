@@ -6,8 +6,9 @@ Nothing is trained. Per seed of ``python -m bench.refit_cv`` in hard mode, for o
   and the search trial's best epoch for the same configuration;
 - fold size: each fold model's test AUC and kappa against its configuration's search trial (``trials_test``);
 - selection: the cv ensemble built from the best configuration's fold models only, against the selected one;
-- thresholds: the selected members' test kappa with per-body-part thresholds tuned on out-of-fold predictions,
-  one global threshold tuned on them, and 0.5 (all uncalibrated, so only the threshold differs).
+- thresholds: the cv ensemble's members and weights, uncalibrated, with per-body-part thresholds tuned on the
+  out-of-fold predictions (what cv does; its calibration maps them without changing a label), one global
+  threshold tuned on them, and 0.5; the uncalibrated test AUC beside cv's calibrated one.
 
     python -m bench.refit_diagnose --out runs/bench/refit-hard --variant top2-folds3 --seeds 0,1,2,3,4
 """
@@ -30,12 +31,20 @@ from muratune.ensemble.select import combine, study_matrix
 from muratune.ensemble.trained import load_trained_model
 from muratune.experiment_folder import load_resolved_config
 from muratune.fileio import write_json
-from muratune.layout import REFIT_DIR, REFIT_PLAN, REFIT_SUMMARY, SUMMARY_CSV, TRIALS_TEST_DIR, TRIALS_TEST_METRICS
+from muratune.layout import (
+    CV_ENSEMBLE,
+    ENSEMBLE_DIR,
+    ENSEMBLE_FILE,
+    REFIT_DIR,
+    REFIT_PLAN,
+    REFIT_SUMMARY,
+    SUMMARY_CSV,
+    TRIALS_TEST_DIR,
+    TRIALS_TEST_METRICS,
+)
 from muratune.metrics import study_metrics, tune_threshold
-from muratune.refit.ensemble import select_on_oof
 from muratune.refit.oof import assemble_oof
 from muratune.refit.plan import RefitPlan
-from muratune.schemas import GLOBAL_WEIGHTS
 
 IDS = {"trial_id": str, "configuration": str}
 
@@ -94,7 +103,7 @@ def kappa_auc(studies: pd.DataFrame, probs: np.ndarray, thresholds: dict[str, fl
     return {"kappa": metrics["test_kappa"], "auc": metrics["test_auc"]}
 
 
-def diagnose_seed(exp: Path, copy: Path, size: int = 5) -> dict:
+def diagnose_seed(exp: Path, copy: Path) -> dict:
     """Every suspect's figures for one seed (``exp`` its search, ``copy`` the variant's refit)."""
     plan = RefitPlan.read(copy / REFIT_DIR / REFIT_PLAN)
     refits = pd.read_csv(copy / REFIT_DIR / REFIT_SUMMARY, dtype=IDS)
@@ -123,22 +132,34 @@ def diagnose_seed(exp: Path, copy: Path, size: int = 5) -> dict:
                 studies, config_probs[:, j], tuned_thresholds(oof.studies, oof.probs[:, j])
             ),
         }
-    raw = select_on_oof(oof, size, tune_thresholds=False)
-    oof_probs = combine(oof.probs, list(oof.studies[BODY_PART]), raw.weights)
-    test_probs = combine(config_probs, parts, raw.weights)
+    weights = cv_weights(copy, names, folds)
+    oof_probs = combine(oof.probs, list(oof.studies[BODY_PART]), weights)
+    test_probs = combine(config_probs, parts, weights)
     per_part = tuned_thresholds(oof.studies, oof_probs)
     overall = tune_threshold(oof.studies[LABEL].to_numpy(dtype=int), oof_probs)
     return {
         "configurations": names,
         "epochs": epoch_rows(exp, refits),
         "per_configuration": per_config,
-        "selection_without_thresholds": {"strategy": raw.strategy, "weights": raw.weights[GLOBAL_WEIGHTS].tolist()},
+        "cv_weights": {part: vector.tolist() for part, vector in weights.items()},
         "thresholds": {
             "per_body_part_oof": kappa_auc(studies, test_probs, per_part) | {"thresholds": per_part},
             "global_oof": kappa_auc(studies, test_probs, dict.fromkeys(per_part, overall)) | {"threshold": overall},
             "0.5": kappa_auc(studies, test_probs),
         },
     }
+
+
+def cv_weights(copy: Path, names: list[str], folds: int) -> dict[str, np.ndarray]:
+    """The cv ensemble's weights per configuration (its fold models' weights summed), per body part."""
+    spec = json.loads((copy / ENSEMBLE_DIR / CV_ENSEMBLE / ENSEMBLE_FILE).read_text())
+    columns = [names.index(name) for name in spec["configurations"]]
+    weights = {}
+    for part, vector in spec["weights"].items():
+        full = np.zeros(len(names))
+        full[columns] = np.asarray(vector).reshape(len(columns), folds).sum(axis=1)
+        weights[part] = full
+    return weights
 
 
 def main(argv: list[str] | None = None) -> None:
