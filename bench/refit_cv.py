@@ -8,6 +8,13 @@ reads the report's leaderboard. It prints one table and writes ``summary.json`` 
     python -m bench.refit_cv --out runs/bench/refit --seeds 0,1,2,3,4 # seeds already run are read, not rerun
     python -m bench.refit_cv --out runs/bench/refit --seeds 0,1,2,3,4 --tta   # and again with flip TTA (no training)
     python -m bench.refit_cv --out runs/bench/refit --top 2 --folds 3 --seeds 0,1
+
+With ``--difficulty`` or ``--test-studies`` it runs the hard mode (`bench.refit_hard`): harder data with a test split
+of at least 300 studies (``--studies`` then counts the train split), one search per seed, and each refit variant
+(``--refit-args``) in its own copy of the seed's experiment, so variants are compared on the same searches:
+
+    python -m bench.refit_cv --out runs/bench/refit-hard --difficulty 0.8 --studies 540 --test-studies 300 \\
+        --top 2 --folds 3 --seeds 0,1,2,3,4 [--refit-args "--epochs peak"]
 """
 
 from __future__ import annotations
@@ -224,9 +231,22 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated search seeds")
     parser.add_argument("--top", type=int, default=3)
     parser.add_argument("--folds", type=int, default=5)
-    parser.add_argument("--studies", type=int, default=600)
+    parser.add_argument("--studies", type=int, default=None, help="studies (600); the train split's in hard mode")
     parser.add_argument("--tta", action="store_true", help="also score every model with flip TTA (no training)")
+    parser.add_argument("--difficulty", default=None, help="hard mode: the synthetic data's difficulty (0.8)")
+    parser.add_argument("--test-studies", type=int, default=None, help="hard mode: test studies (300, at least)")
+    parser.add_argument("--refit-args", default="", help='hard mode: more refit options, e.g. "--epochs peak"')
+    parser.add_argument("--variant", default=None, help="hard mode: the refit variant's folder name")
     args = parser.parse_args(argv)
+    if args.difficulty is not None or args.test_studies is not None:
+        from bench.refit_hard import run_hard
+
+        args.difficulty = args.difficulty or "0.8"
+        args.studies = args.studies or 540
+        args.test_studies = args.test_studies or 300
+        run_hard(args)
+        return
+    args.studies = args.studies or 600
     out = args.out.resolve()
     data = prepare_data(out, args.studies)
     seeds = [int(s) for s in args.seeds.split(",")]

@@ -42,6 +42,7 @@ def test_version_exits_0() -> None:
         (["data", "cache", ".", "--size", "0"], "--size"),
         (["data", "synth", "x", "--studies", "0"], "--studies"),
         (["data", "synth", "x", "--seed", "-3"], "--seed"),
+        (["data", "synth", "x", "--valid-share", "-0.1"], "--valid-share"),
         (["ensemble", "x", "--size", "0"], "--size"),
         (["report", "x", "--top", "0"], "--top"),
         (["serve", "x", "--port", "0"], "--port"),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import cv2
@@ -221,3 +223,31 @@ def test_low_resolution_tissue_matches_full_resolution(body_part: str, monkeypat
     diff = fast.astype(np.int16) - full
     assert boxes == full_boxes
     assert abs(diff.mean()) < 0.5 and np.abs(diff).mean() < 0.8 and np.abs(diff).max() <= 24  # gray levels
+
+
+def test_cli_valid_share_sets_the_test_split(tmp_path: Path) -> None:
+    # A big test split without a big train split: 60 of 100 studies in valid, the rest in train.
+    result = subprocess.run(
+        [sys.executable, "-m", "muratune.cli", "data", "synth", str(tmp_path / "d"), "--studies", "100"]
+        + ["--valid-share", "0.6", "--size", "32", "--workers", "1"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    root = tmp_path / "d" / ROOT_NAME
+    assert len(_lines(root / "valid_labeled_studies.csv")) == 60
+    assert len(_lines(root / "train_labeled_studies.csv")) == 40
+
+
+def test_cli_valid_share_of_one_is_one_line(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "muratune.cli", "data", "synth", str(tmp_path / "d"), "--valid-share", "1"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "--valid-share" in lines[0], result.stderr
+    assert not (tmp_path / "d").exists()

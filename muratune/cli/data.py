@@ -14,6 +14,14 @@ from muratune.cli.app import data_app
 def data_synth(
     out: Annotated[Path, typer.Argument(help="Folder to write; MURA-v1.1/ is created inside it.")],
     studies: Annotated[int, typer.Option(min=1, help="Number of studies over both splits.")] = 600,
+    valid_share: Annotated[
+        float,
+        typer.Option(
+            min=0.0,
+            help="Share of the studies in the official valid split, muratune's test set, in [0, 1) (0.4 of 750 "
+            "studies gives 450 train and 300 test studies).",
+        ),
+    ] = 0.1,
     seed: Annotated[int, typer.Option(min=0, help="Random seed; the same seed gives the same dataset.")] = 0,
     difficulty: Annotated[
         str, typer.Option(help="Finding strength: easy, medium, hard, or a number in (0, 1] (1 = easiest).")
@@ -33,6 +41,7 @@ def data_synth(
         studies=studies,
         seed=seed,
         difficulty=difficulty,
+        valid_share=valid_share,
         long_side=size,
         workers=workers,
         overwrite=overwrite,

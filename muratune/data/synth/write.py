@@ -119,7 +119,7 @@ def _check_arguments(studies: int, long_side: int, valid_share: float, workers: 
     if not 32 <= long_side <= 8192:
         raise UserError(f"--size {long_side}: choose an image size between 32 and 8192 pixels")
     if not 0.0 <= valid_share < 1.0:
-        raise UserError(f"valid_share {valid_share}: must be in [0, 1)")
+        raise UserError(f"--valid-share {valid_share}: must be in [0, 1)")
     if workers < 0:
         raise UserError(f"--workers {workers}: must be 0 (all cores) or more")
     if image_format not in IMAGE_FORMATS:
