@@ -35,7 +35,7 @@ from muratune.metrics import calibration_metrics
 from muratune.report.bootstrap import percentile_interval, replicate_kappas, resample_counts
 
 BASELINE = "best-single"
-STRATEGIES = ("best-single", "greedy", "cv")
+STRATEGIES = ("best-single", "greedy", "cv", "cv-full")  # cv-full where the variant built it (refit --full)
 MIN_TEST_STUDIES = 300  # a difference of 0.03 in AUC is decidable from about this many test studies
 
 
@@ -98,12 +98,19 @@ def refit_variant(exp: Path, variant: str, top: int, folds: int, refit_args: str
 
 
 def strategy_dirs(exp: Path, copy: Path) -> dict[str, Path]:
-    """Each strategy's ensemble folder: best-single and greedy from the search, cv from the variant's copy."""
-    return {
+    """Each strategy's ensemble folder: best-single, greedy from the search; cv, cv-full from the variant's copy."""
+    dirs = {
         "best-single": exp / ENSEMBLE_DIR / "best-single",
         "greedy": exp / ENSEMBLE_DIR / "greedy",
         "cv": copy / ENSEMBLE_DIR / "cv",
+        "cv-full": copy / ENSEMBLE_DIR / "cv-full",
     }
+    return {m: path for m, path in dirs.items() if (path / TEST_METRICS).is_file()}
+
+
+def strategies_of(dirs: dict[int, dict[str, Path]]) -> list[str]:
+    """The strategies every seed has, in `STRATEGIES` order (cv-full only where every seed's refit built it)."""
+    return [m for m in STRATEGIES if all(m in d for d in dirs.values())]
 
 
 def strategy_figures(folder: Path) -> dict[str, Any]:
@@ -142,7 +149,8 @@ def paired_differences(dirs: dict[int, dict[str, Path]], seed: int = 0) -> dict:
     Every seed and strategy scores the same test studies, so one set of resampled studies (within body part) serves
     them all, and the mean over seeds gets an interval that accounts for the shared test split.
     """
-    tables = {s: {m: test_table(path) for m, path in d.items()} for s, d in dirs.items()}
+    models = strategies_of(dirs)
+    tables = {s: {m: test_table(d[m]) for m in models} for s, d in dirs.items()}
     first = next(iter(tables.values()))[BASELINE]
     for per_model in tables.values():
         for table in per_model.values():
@@ -152,7 +160,7 @@ def paired_differences(dirs: dict[int, dict[str, Path]], seed: int = 0) -> dict:
     weights = np.vstack([np.ones(len(first), dtype=np.int32), counts])
     scores = {s: {m: replicate_scores(t, weights) for m, t in per_model.items()} for s, per_model in tables.items()}
     result: dict[str, dict] = {}
-    for model in STRATEGIES[1:]:
+    for model in models[1:]:
         diffs = {str(s): {k: sc[model][k] - sc[BASELINE][k] for k in ("kappa", "auc")} for s, sc in scores.items()}
         diffs["mean"] = {k: np.mean([d[k] for d in diffs.values()], axis=0) for k in ("kappa", "auc")}
         result[model] = {
@@ -164,7 +172,8 @@ def paired_differences(dirs: dict[int, dict[str, Path]], seed: int = 0) -> dict:
 def hard_summary(rows: list[dict], paired: dict, settings: dict) -> dict:
     """Per-seed figures, their means over seeds, and the paired differences against best-single."""
     keys = ("kappa", "auc", "ece", "brier")
-    means = {m: {k: statistics.fmean(r[m][k] for r in rows) for k in keys} for m in STRATEGIES}
+    models = [m for m in STRATEGIES if all(m in r for r in rows)]
+    means = {m: {k: statistics.fmean(r[m][k] for r in rows) for k in keys} for m in models}
     return {
         **settings,
         "seeds": [r["seed"] for r in rows],
@@ -176,10 +185,11 @@ def hard_summary(rows: list[dict], paired: dict, settings: dict) -> dict:
 
 def hard_table(summary: dict) -> str:
     """The per-seed table (kappa / AUC / ECE per strategy), the means, and the paired CIs."""
-    head = "  ".join(f"{m + ' kappa / AUC / ECE':>28}" for m in STRATEGIES)
+    models = list(summary["mean"])
+    head = "  ".join(f"{m + ' kappa / AUC / ECE':>28}" for m in models)
     lines = [f"variant {summary['variant']}", f"seed  {head}   cv oof kappa"]
     for r in [*summary["per_seed"], {"seed": "mean", **summary["mean"]}]:
-        cells = "  ".join(f"{r[m]['kappa']:>12.3f} / {r[m]['auc']:.3f} / {r[m]['ece']:.3f}" for m in STRATEGIES)
+        cells = "  ".join(f"{r[m]['kappa']:>12.3f} / {r[m]['auc']:.3f} / {r[m]['ece']:.3f}" for m in models)
         oof = r["cv"].get("oof_kappa")
         lines.append(f"{r['seed']:>4}  {cells}   {'' if oof is None else f'{oof:.3f}'}")
     lines.append(f"minus best-single on the test split, paired stratified bootstrap ({REPLICATES} replicates):")
@@ -204,6 +214,7 @@ def run_hard(args: Any) -> None:
         dirs[seed] = strategy_dirs(exp, copy)
         row = {"seed": seed, "seconds": {k: round(v, 1) for k, v in (seconds | refit_seconds).items()}}
         rows.append(row | {m: strategy_figures(path) for m, path in dirs[seed].items()})
+    rows = [{k: v for k, v in r.items() if k not in STRATEGIES or k in strategies_of(dirs)} for r in rows]
     settings = {"variant": variant, "top": args.top, "folds": args.folds, "refit_args": args.refit_args}
     summary = hard_summary(rows, paired_differences(dirs), settings)
     write_json(out / f"summary-{variant}.json", summary)
