@@ -185,7 +185,7 @@ def test_cv_full_has_cvs_choice_with_one_member_per_configuration_and_predicts(
 
 
 def test_the_default_predictor_is_recorded_with_its_out_of_fold_evidence(full_refit: dict, tmp_path: Path) -> None:
-    from muratune.refit.default import ensemble_wins
+    from muratune.refit.default import auto_choice
     from muratune.report.write import write_report
 
     exp = full_refit["exp"]
@@ -194,7 +194,7 @@ def test_the_default_predictor_is_recorded_with_its_out_of_fold_evidence(full_re
     assert choice.configuration == full_refit["best"][0]  # compared with the best configuration alone
     assert evidence["kappa_diff"] == pytest.approx(evidence["oof_kappa_cv"] - evidence["oof_kappa_single"])
     assert evidence["kappa_diff_ci"][0] <= evidence["kappa_diff_ci"][1]
-    expected = "cv-full" if ensemble_wins(evidence) else "best-single"
+    expected, _ = auto_choice(evidence, choice.configuration, full_built=True)
     assert choice.predictor == expected and full_refit["full"].default["predictor"] == expected
     for name in ("cv", "cv-full"):
         spec = json.loads((exp / ENSEMBLE_DIR / name / ENSEMBLE_FILE).read_text())
@@ -238,3 +238,38 @@ def test_full_on_a_finished_refit_with_cv_full_is_refused_without_overwrite(full
         run_refit(full_refit["exp"], RefitOptions(default="greedy", resume=True))
     with pytest.raises(UserError, match=r"--default best: expected one of auto, cv, cv-full, best-single, greedy"):
         run_refit(full_refit["exp"], RefitOptions(default="best", resume=True))
+
+
+def _evidence(kappa: tuple[float, float, float], log_loss: tuple[float, float, float]) -> dict:
+    return {
+        "kappa_diff": kappa[0],
+        "kappa_diff_ci": list(kappa[1:]),
+        "log_loss_diff": log_loss[0],
+        "log_loss_diff_ci": list(log_loss[1:]),
+    }
+
+
+@pytest.mark.parametrize(
+    ("kappa", "log_loss", "full_built", "expected"),
+    [
+        # the hard benchmark's seed 0: kappa level, log loss clearly better -> cv-full where built, else cv
+        ((-0.001, -0.054, 0.052), (-0.009, -0.015, -0.003), True, "cv-full"),
+        ((-0.001, -0.054, 0.052), (-0.009, -0.015, -0.003), False, "cv"),
+        # its seed 1: nothing clear either way -> cv-full (more data, not worse), else the best single trial
+        ((0.009, -0.035, 0.053), (-0.002, -0.011, 0.007), True, "cv-full"),
+        ((0.009, -0.035, 0.053), (-0.002, -0.011, 0.007), False, "best-single"),
+        # cv selected the best configuration only: identical out-of-fold predictions -> cv-full, not worse
+        ((0.0, 0.0, 0.0), (0.0, 0.0, 0.0), True, "cv-full"),
+        # a clear kappa gain -> cv; a clearly worse kappa or log loss -> the best single trial, cv-full or not
+        ((0.06, 0.01, 0.11), (0.001, -0.004, 0.006), False, "cv"),
+        ((-0.08, -0.14, -0.02), (-0.01, -0.02, -0.001), True, "best-single"),
+        ((0.01, -0.03, 0.05), (0.02, 0.01, 0.03), True, "best-single"),
+    ],
+)
+def test_the_default_rule(
+    kappa: tuple[float, float, float], log_loss: tuple[float, float, float], full_built: bool, expected: str
+) -> None:
+    from muratune.refit.default import auto_choice
+
+    predictor, reason = auto_choice(_evidence(kappa, log_loss), "abc123", full_built)
+    assert predictor == expected and "abc123" in reason
