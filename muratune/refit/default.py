@@ -119,7 +119,7 @@ def auto_choice(evidence: dict, single: str, full_built: bool) -> tuple[str, str
 
     cv-full needs no win: its models are cv's configurations trained on every train study, while the best single
     trial saw the train split less its internal-val patients (on the hard refit benchmark cv-full led best-single by
-    +0.115 kappa and +0.042 AUC, docs/refit.md); it only has to be not clearly worse out of fold.
+    +0.078 kappa and +0.031 AUC over 3 seeds, docs/refit.md); it only has to be not clearly worse out of fold.
     """
     gains = f"kappa {_fmt(evidence, 'kappa_diff')}, log loss {_fmt(evidence, 'log_loss_diff')}"
     if full_built and ensemble_not_worse(evidence):
