@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
+from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +55,7 @@ def config_space(seed: int) -> Any:
     return space
 
 
-class FidelitySearcher(Searcher):
+class FidelitySearcher(Searcher, ABC):
     """A Ray searcher whose optimiser picks each trial's configuration and epochs (`epochs`, by trial id)."""
 
     def __init__(self) -> None:
@@ -83,11 +84,13 @@ class FidelitySearcher(Searcher):
             return
         self._tell(handle, float(result[METRIC]), self.epochs[trial_id])
 
+    @abstractmethod
     def _ask(self) -> tuple[Any, dict, int] | None:
-        raise NotImplementedError
+        """The optimiser's next (handle, configuration, epochs), or None when it has nothing to ask."""
 
+    @abstractmethod
     def _tell(self, handle: Any, accuracy: float, epochs: int) -> None:
-        raise NotImplementedError
+        """Tell the optimiser the accuracy its ask reached at ``epochs``."""
 
 
 class EpochStopScheduler(FIFOScheduler):
