@@ -240,6 +240,23 @@ def test_full_on_a_finished_refit_with_cv_full_is_refused_without_overwrite(full
         run_refit(full_refit["exp"], RefitOptions(default="best", resume=True))
 
 
+def test_the_command_line_refits_in_full_unless_told_not_to(
+    full_refit: dict, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`muratune refit EXP` goes on to cv-full by default (here: refused, as cv-full exists); `--no-full` stops at cv."""
+    from muratune.cli import main
+
+    exp = full_refit["exp"]
+    for flags, existing in (([], "cv-full"), (["--no-full"], "cv")):
+        with pytest.raises(SystemExit) as refused:
+            main(["refit", str(exp), *flags])
+        assert refused.value.code == 2
+        err = capsys.readouterr().err.strip()
+        assert (
+            err == f"muratune: error: {exp / ENSEMBLE_DIR / existing}: already exists; pass --overwrite to replace it"
+        )
+
+
 def _evidence(kappa: tuple[float, float, float], log_loss: tuple[float, float, float]) -> dict:
     return {
         "kappa_diff": kappa[0],

@@ -245,7 +245,9 @@ def test_cli_writes_summary_curves_and_table(tmp_path: Path, capsys: pytest.Capt
     assert saved["speedup_vs_random_asha"] == summary["speedup_vs_random_asha"] >= 0
     assert saved["speedup_vs_random"] == summary["speedup_vs_random"] and len(saved["speedup_vs_random_ci"]) == 2
     assert 0 <= saved["p_muratune_vs_stock"] <= 1 and 0 <= saved["p_muratune_vs_random_asha"] <= 1
-    assert "muratune < random-asha on regret" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "muratune < random-asha on regret" in printed
+    assert "muratune reached random-asha's final best: " in printed and "same epoch" in printed
     assert saved["speedup_by_method"]["random"] == 1.0
     assert (out / "curves.png").stat().st_size > 0
     curves = (out / "curves.csv").read_text().splitlines()
@@ -282,6 +284,10 @@ def test_summary_has_the_anytime_measures_and_the_speedup_against_random_asha(su
     # Every share of the budget ranks each method once: the ranks of a task and seed add up to 1 + 2 + ... + n.
     assert sum(summary["mean_rank"].values()) == pytest.approx(len(methods) * (len(methods) + 1) / 2)
     assert summary["speedup_vs_random_asha_by_method"]["random-asha"] == 1.0
+    outcomes = summary["speedup_vs_random_asha_outcomes"]
+    assert outcomes["random-asha"] == {"sooner": 0.0, "same_epoch": 1.0, "later": 0.0, "never": 0.0}
+    for method in methods:
+        assert sum(outcomes[method].values()) == pytest.approx(1.0)
     assert summary["speedup_vs_random_asha"] == summary["speedup_vs_random_asha_by_method"]["muratune"] >= 0
     low, high = summary["speedup_vs_random_asha_ci"]
     assert low <= summary["speedup_vs_random_asha"] <= high

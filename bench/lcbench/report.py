@@ -72,13 +72,28 @@ def strong_baseline_summary(
     """speedup_vs_random_asha: like speedup_vs_random, against random-asha's own final best (None without it)."""
     if STRONG_BASELINE not in methods:
         return {"speedup_vs_random_asha": None, "speedup_vs_random_asha_ci": None}
-    cis = {m: median_ci([speedup(curves[t, s, m], curves[t, s, STRONG_BASELINE]) for t, s in pairs]) for m in methods}
+    values = {m: [speedup(curves[t, s, m], curves[t, s, STRONG_BASELINE]) for t, s in pairs] for m in methods}
+    cis = {m: median_ci(v) for m, v in values.items()}
     main = cis.get("muratune")
     return {
         "speedup_vs_random_asha": main[0] if main else None,
         "speedup_vs_random_asha_ci": list(main[1:]) if main else None,
         "speedup_vs_random_asha_by_method": {m: ci[0] for m, ci in cis.items()},
         "speedup_vs_random_asha_ci_by_method": {m: list(ci[1:]) for m, ci in cis.items()},
+        "speedup_vs_random_asha_outcomes": {m: speedup_outcomes(v) for m, v in values.items()},
+    }
+
+
+def speedup_outcomes(speedups: Sequence[float]) -> dict[str, float]:
+    """Shares of runs that reached the baseline's final best sooner, at the same epoch, later, or never. The same
+    epoch means the same configuration trained in the same order: Optuna's TPE draws its start-up trials from a
+    RandomSampler with its seed, so a seed's start-up configurations are random search's first ones."""
+    values = np.asarray(speedups, dtype=float)
+    return {
+        "sooner": float(np.mean(values > 1)),
+        "same_epoch": float(np.mean(values == 1)),
+        "later": float(np.mean((values > 0) & (values < 1))),
+        "never": float(np.mean(values == 0)),
     }
 
 
@@ -151,6 +166,10 @@ def format_table(summary: dict[str, Any]) -> str:
     for key, other in (("p_muratune_vs_stock", "stock-optuna-asha"), ("p_muratune_vs_random_asha", STRONG_BASELINE)):
         if summary.get(key) is not None:
             tails.append(f"Wilcoxon one-sided, muratune < {other} on regret: p = {summary[key]:.3g}")
+    outcomes = (summary.get("speedup_vs_random_asha_outcomes") or {}).get("muratune")
+    if outcomes:
+        shares = ", ".join(f"{share:.0%} {name.replace('_', ' ')}" for name, share in outcomes.items())
+        tails.append(f"muratune reached random-asha's final best: {shares}")
     return "\n".join([head, table, *tails])
 
 

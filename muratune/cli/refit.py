@@ -19,9 +19,10 @@ EpochsOpt = Annotated[
 FullOpt = Annotated[
     bool,
     typer.Option(
-        "--full",
+        "--full/--no-full",
         help="Also retrain ensemble/cv's configurations once on the whole train split, for their refit epochs: "
-        "ensemble/cv-full. On a refit whose ensemble/cv exists, only that (run again to go on).",
+        "ensemble/cv-full (on by default: it beat cv and the best single trial on the hard benchmark, docs/refit.md). "
+        "On a refit whose ensemble/cv exists, only that (run again to go on).",
     ),
 ]
 DefaultOpt = Annotated[
@@ -67,7 +68,7 @@ def refit_command(
         bool, typer.Option("--tta", help="Horizontal-flip test-time augmentation (out-of-fold predictions too).")
     ] = False,
     epochs: EpochsOpt = None,
-    full: FullOpt = False,
+    full: FullOpt = True,
     default: DefaultOpt = "auto",
     tune_thresholds: TuneThresholdsOpt = True,
     calibrate: CalibrateOpt = True,

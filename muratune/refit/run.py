@@ -111,7 +111,8 @@ class RefitOptions:
             none retried on ``resume``); without it a failed fold model stops the refit before ``ensemble/cv``.
         calibrate: fit per-body-part temperature scaling of the study probability on the out-of-fold predictions.
         full: also retrain cv's configurations once on the whole train split (``ensemble/cv-full``); on a refit
-            whose ``ensemble/cv`` exists, only that.
+            whose ``ensemble/cv`` exists, only that. Off here, on by default in `muratune refit` (``--no-full``),
+            so that callers of the library that test one stage do not pay for the other.
         default: which predictor becomes the experiment's default: ``auto`` (on out-of-fold evidence) or a
             predictor's name (``cv``, ``cv-full``, ``best-single``, ``greedy``).
     """
