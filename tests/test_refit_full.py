@@ -243,7 +243,7 @@ def test_full_on_a_finished_refit_with_cv_full_is_refused_without_overwrite(full
 def test_the_command_line_refits_in_full_unless_told_not_to(
     full_refit: dict, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """`muratune refit EXP` goes on to cv-full by default (here: refused, as cv-full exists); `--no-full` stops at cv."""
+    """`muratune refit EXP` goes on to cv-full by default (refused here: it exists); `--no-full` stops at cv."""
     from muratune.cli import main
 
     exp = full_refit["exp"]
