@@ -11,10 +11,18 @@ from muratune.cli.app import AddressOpt, ReplicatesOpt, SeedOpt, app, run_in_pro
 from muratune.demo import DEMO_EPOCHS, DEMO_GRACE_PERIOD, DEMO_STUDIES, DEMO_TRIALS
 from muratune.errors import UserError
 
+PredictorArg = Annotated[
+    Path,
+    typer.Argument(
+        help="Ensemble folder (EXPERIMENT/ensemble/<strategy>), a checkpoint, or an experiment folder after "
+        "`muratune refit` (its default predictor, ensemble/default.json)."
+    ),
+]
+
 
 @app.command("cam")
 def cam_command(
-    ensemble: Annotated[Path, typer.Argument(help="Ensemble folder (EXPERIMENT/ensemble/<strategy>) or a checkpoint.")],
+    ensemble: PredictorArg,
     out: Annotated[Path, typer.Option(help="Folder to write (PNG overlays, JSON, index.html).")],
     study: Annotated[Path | None, typer.Option(help="A study folder to explain.")] = None,
     csv: Annotated[Path | None, typer.Option(help="An image list to explain (valid_image_paths.csv style).")] = None,
@@ -87,7 +95,7 @@ def score_command(
 
 @app.command("serve")
 def serve_command(
-    ensemble: Annotated[Path, typer.Argument(help="Ensemble folder (EXPERIMENT/ensemble/<strategy>) or a checkpoint.")],
+    ensemble: PredictorArg,
     host: Annotated[str, typer.Option(help="Address to bind; loopback unless you mean to expose it.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=1, max=65535, help="HTTP port.")] = 8000,
     replicas: Annotated[int, typer.Option(min=1, help="Model replicas (each holds the whole ensemble).")] = 1,
