@@ -3,7 +3,8 @@
 Every method gets the same total budget of training epochs on the same synthetic data, for several seeds. It prints
 the best internal-validation kappa against epochs consumed, and the epochs each method needs to reach the final best
 of random search without early stopping (c), on the seed-mean curves and per seed. Targets: (a) reaches (c)'s final
-best with <= 50% of (c)'s epochs; (a) is no worse than (b).
+best with <= 50% of (c)'s epochs; (a) is no worse than (b). (d) is the rung-model sampler (``optuna.sampler:
+rung-tpe``, muratune's default) on the same ASHA: its check is that it does no harm against (a), plain TPE.
 """
 
 from __future__ import annotations
@@ -22,7 +23,17 @@ METHODS: dict[str, dict[str, object]] = {
     "a_muratune_tpe_asha_pruned": {"optuna.sampler": "tpe", "optuna.prune_stopped_trials": True},
     "b_stock_optuna_asha": {"optuna.sampler": "tpe", "optuna.prune_stopped_trials": False},
     "c_random_no_stopping": {"optuna.sampler": "random", "budget.scheduler": "none"},
+    "d_muratune_rung_tpe_asha": {"optuna.sampler": "rung-tpe", "optuna.prune_stopped_trials": True},
 }
+
+
+def chosen_methods(letters: str) -> list[str]:
+    """The methods named by their letters (``a,c,d``), in `METHODS` order."""
+    wanted = {letter.strip() for letter in letters.split(",") if letter.strip()}
+    unknown = wanted - {name[0] for name in METHODS}
+    if unknown:
+        raise SystemExit(f"--methods: unknown {', '.join(sorted(unknown))}; choose from {', '.join(METHODS)}")
+    return [name for name in METHODS if name[0] in wanted]
 
 
 class EpochBudget(Stopper):
@@ -119,6 +130,7 @@ def main() -> None:
     parser.add_argument("--lr-low", type=float, default=1e-5, help="learning-rate range searched (log-uniform)")
     parser.add_argument("--lr-high", type=float, default=1e-2)
     parser.add_argument("--concurrency", type=int, default=2, help="trials at once (2 CPUs shared between them)")
+    parser.add_argument("--methods", default="a,b,c,d", help="the methods' letters (a, b, c, d), comma-separated")
     parser.add_argument("--keep-work", action="store_true", help="keep the temporary data and checkpoints")
     parser.add_argument("--out", type=Path, default=Path("bench-out/search_efficiency"), help="curves.csv, curves.png")
     args = parser.parse_args()
@@ -135,11 +147,12 @@ def main() -> None:
 
         data = work / "data"
         generate_dataset(data, studies=args.studies, seed=0, difficulty=args.difficulty, long_side=256)
+    methods = chosen_methods(args.methods)
     connect_ray(None)
-    curves: dict[str, list[pd.DataFrame]] = {name: [] for name in METHODS}
+    curves: dict[str, list[pd.DataFrame]] = {name: [] for name in methods}
     try:
         for seed in range(args.seeds):
-            for name in METHODS:
+            for name in methods:
                 run = run_method(name, data, work / "runs", seed, args)
                 curves[name].append(run)
     finally:
@@ -203,17 +216,37 @@ def first_reaching(values: np.ndarray, target: float) -> float:
 
 
 def report(curves: dict[str, list[pd.DataFrame]], budget: int) -> None:
-    """Print the mean best-so-far against epochs, epochs to reach (c)'s final best, and the two targets."""
-    names = list(curves)
-    a, b, c = names
+    """Print the mean best-so-far against epochs, epochs to reach (c)'s final best, and the targets of the methods
+    present: (a) against (c) and (b), and (d) against (a)."""
+    by_letter = {name[0]: name for name in curves}
     means = {name: mean_curve(frames, budget) for name, frames in curves.items()}
     checkpoints = [budget // 6, budget // 3, budget // 2, 2 * budget // 3, 5 * budget // 6, budget]
     print("best internal-val kappa (mean over seeds) after N epochs:")
     print("method".ljust(30) + "".join(f"{n:>7}" for n in checkpoints))
-    for name in names:
+    for name in curves:
         print(name.ljust(30) + "".join(f"{means[name][n - 1]:7.3f}" for n in checkpoints))
+    trials = {name[:1]: np.mean([f["trial"].nunique() for f in frames]) for name, frames in curves.items()}
+    print("configurations tried per search (mean over seeds): " + ", ".join(f"{k}={v:.1f}" for k, v in trials.items()))
+    if "c" in by_letter:
+        report_against_random(curves, means, by_letter, budget)
+    if "a" in by_letter and "b" in by_letter:
+        a, b = means[by_letter["a"]], means[by_letter["b"]]
+        verdict = "met" if a[-1] >= b[-1] else "NOT MET"
+        print(
+            f"final best (a) {a[-1]:.3f} vs (b) {b[-1]:.3f} (target: a >= b) -> {verdict}; "
+            f"area under the curve (a) {a.mean():.3f} vs (b) {b.mean():.3f}"
+        )
+    if "a" in by_letter and "d" in by_letter:
+        report_rung_model(curves[by_letter["a"]], curves[by_letter["d"]], budget)
+
+
+def report_against_random(
+    curves: dict[str, list[pd.DataFrame]], means: dict[str, np.ndarray], by_letter: dict[str, str], budget: int
+) -> None:
+    """Epochs each method needs to reach (c)'s final best, on the mean curves and per seed; (a)'s target."""
+    c = by_letter["c"]
     target = means[c][-1]
-    needed = {name: first_reaching(means[name], target) for name in names}
+    needed = {name: first_reaching(means[name], target) for name in curves}
     print(
         f"mean curves: (c)'s final best {target:.3f} is reached after "
         + ", ".join(f"{k[:1]}={v:g}" for k, v in needed.items())
@@ -225,25 +258,30 @@ def report(curves: dict[str, list[pd.DataFrame]], budget: int) -> None:
         reach = {
             name: first_reaching(mean_curve([frames[seed]], budget), seed_target) for name, frames in curves.items()
         }
-        per_seed.append(reach[a] / reach[c])
+        if "a" in by_letter:
+            per_seed.append(reach[by_letter["a"]] / reach[c])
         print(
             f"  seed {seed}: (c) final best {seed_target:.3f}; epochs to reach it: "
             + ", ".join(f"{k[:1]}={v:g}" for k, v in reach.items())
         )
-    trials = {name: np.mean([f["trial"].nunique() for f in frames]) for name, frames in curves.items()}
+    if "a" in by_letter:
+        ratio = needed[by_letter["a"]] / needed[c]
+        verdict = "met" if ratio <= 0.5 else "NOT MET"
+        print(f"(a) / (c) epochs to reach (c)'s final best, mean curves: {ratio:.2f} (target <= 0.50) -> {verdict}")
+        print(f"  per seed: {', '.join(f'{r:.2f}' for r in per_seed)}")
+
+
+def report_rung_model(tpe: list[pd.DataFrame], rung: list[pd.DataFrame], budget: int) -> None:
+    """(d) minus (a), seed by seed: the final best and the mean best-so-far over the budget (no harm: not below)."""
+    pairs = list(zip(tpe, rung, strict=True))
+    final = [best_at(d, budget) - best_at(a, budget) for a, d in pairs]
+    area = [float(mean_curve([d], budget).mean() - mean_curve([a], budget).mean()) for a, d in pairs]
     print(
-        "configurations tried per search (mean over seeds): " + ", ".join(f"{k[:1]}={v:.1f}" for k, v in trials.items())
-    )
-    ratio = needed[a] / needed[c]
-    verdict = "met" if ratio <= 0.5 else "NOT MET"
-    print(f"(a) epochs / (c) epochs to reach (c)'s final best, mean curves: {ratio:.2f} (target <= 0.50) -> {verdict}")
-    print(f"  per seed: {', '.join(f'{r:.2f}' for r in per_seed)}")
-    a_final, b_final = means[a][-1], means[b][-1]
-    a_auc, b_auc = means[a].mean(), means[b].mean()
-    verdict = "met" if a_final >= b_final else "NOT MET"
-    print(
-        f"final best (a) {a_final:.3f} vs (b) {b_final:.3f} (target: a >= b) -> {verdict}; "
-        f"area under the curve (a) {a_auc:.3f} vs (b) {b_auc:.3f}"
+        "(d) rung-tpe minus (a) tpe, per seed: final best "
+        + ", ".join(f"{x:+.3f}" for x in final)
+        + f" (mean {np.mean(final):+.3f}); mean best-so-far "
+        + ", ".join(f"{x:+.3f}" for x in area)
+        + f" (mean {np.mean(area):+.3f})"
     )
 
 
