@@ -31,11 +31,12 @@ from muratune.constants import BODY_PART, LABEL, PRED, PROB, STUDY_PATH
 from muratune.demo import DEMO_CONFIG, demo_config_text, usable_cores
 from muratune.fileio import refuse_foreign, write_json, write_text
 from muratune.layout import CAMS_DIR, ENSEMBLE_DIR, EXPERIMENT_KIND, REFIT_DIR, REPORT_DIR, TEST_METRICS, TEST_STUDIES
-from muratune.metrics import calibration_metrics
+from muratune.metrics import calibration_metrics, chance_ece
 from muratune.report.bootstrap import percentile_interval, replicate_kappas, resample_counts
 
 BASELINE = "best-single"
-STRATEGIES = ("best-single", "greedy", "cv", "cv-full")  # cv-full where the variant built it (refit --full)
+STRATEGIES = ("best-single", "greedy", "cv", "cv-full", "default")  # cv-full where the variant built it (--full)
+DEFAULT = "default"  # the predictor `muratune refit` chose (ensemble/default.json), whichever strategy it is
 MIN_TEST_STUDIES = 300  # a difference of 0.03 in AUC is decidable from about this many test studies
 
 
@@ -105,7 +106,17 @@ def strategy_dirs(exp: Path, copy: Path) -> dict[str, Path]:
         "cv": copy / ENSEMBLE_DIR / "cv",
         "cv-full": copy / ENSEMBLE_DIR / "cv-full",
     }
-    return {m: path for m, path in dirs.items() if (path / TEST_METRICS).is_file()}
+    found = {m: path for m, path in dirs.items() if (path / TEST_METRICS).is_file()}
+    chosen = default_choice(copy)
+    if chosen in found:
+        found[DEFAULT] = found[chosen]
+    return found
+
+
+def default_choice(copy: Path) -> str | None:
+    """The strategy `muratune refit` recorded as the default predictor (``ensemble/default.json``), if any."""
+    record = copy / ENSEMBLE_DIR / "default.json"
+    return json.loads(record.read_text())["predictor"] if record.is_file() else None
 
 
 def strategies_of(dirs: dict[int, dict[str, Path]]) -> list[str]:
@@ -120,10 +131,19 @@ def strategy_figures(folder: Path) -> dict[str, Any]:
         metrics |= calibration_metrics(pd.read_parquet(folder / TEST_STUDIES), "test")
     keys = ("test_kappa", "test_auc", "test_ece", "test_brier", "test_ece_uncalibrated", "test_brier_uncalibrated")
     figures = {key.removeprefix("test_"): metrics[key] for key in keys if metrics.get(key) is not None}
+    figures["ece_by_chance"] = chance_ece(pd.read_parquet(folder / TEST_STUDIES)[PROB].to_numpy())
     spec = json.loads((folder / "ensemble.json").read_text())
     if spec.get("oof_score"):
         figures["oof_kappa"] = spec["oof_score"].get("oof_kappa")
         figures["selection"] = f"{spec.get('selected_strategy')}: {', '.join(spec.get('configurations', {}))}"
+    return figures
+
+
+def seed_figures(dirs: dict[str, Path], chosen: str | None) -> dict[str, dict[str, Any]]:
+    """Each strategy's figures for one seed; the default's are the chosen strategy's, with its name."""
+    figures = {m: strategy_figures(path) for m, path in dirs.items() if m != DEFAULT}
+    if chosen is not None and DEFAULT in dirs:
+        figures[DEFAULT] = figures[chosen] | {"predictor": chosen}
     return figures
 
 
@@ -171,14 +191,19 @@ def paired_differences(dirs: dict[int, dict[str, Path]], seed: int = 0) -> dict:
 
 def hard_summary(rows: list[dict], paired: dict, settings: dict) -> dict:
     """Per-seed figures, their means over seeds, and the paired differences against best-single."""
-    keys = ("kappa", "auc", "ece", "brier")
+    keys = ("kappa", "auc", "ece", "brier", "ece_by_chance", "ece_uncalibrated", "brier_uncalibrated")
     models = [m for m in STRATEGIES if all(m in r for r in rows)]
-    means = {m: {k: statistics.fmean(r[m][k] for r in rows) for k in keys} for m in models}
+    means = {
+        m: {k: statistics.fmean(r[m][k] for r in rows) for k in keys if all(k in r[m] for r in rows)} for m in models
+    }
     return {
         **settings,
         "seeds": [r["seed"] for r in rows],
         "per_seed": rows,
         "mean": means,
+        "ece_over_uncalibrated": {
+            m: v["ece"] / v["ece_uncalibrated"] for m, v in means.items() if "ece_uncalibrated" in v
+        },
         "minus_best_single": paired,
     }
 
@@ -192,7 +217,16 @@ def hard_table(summary: dict) -> str:
         cells = "  ".join(f"{r[m]['kappa']:>12.3f} / {r[m]['auc']:.3f} / {r[m]['ece']:.3f}" for m in models)
         oof = r["cv"].get("oof_kappa")
         lines.append(f"{r['seed']:>4}  {cells}   {'' if oof is None else f'{oof:.3f}'}")
-    lines.append(f"minus best-single on the test split, paired stratified bootstrap ({REPLICATES} replicates):")
+    if DEFAULT in models:
+        chosen = ", ".join(f"{r['seed']}: {r[DEFAULT]['predictor']}" for r in summary["per_seed"])
+        lines.append(f"default predictor per seed (muratune refit's choice): {chosen}")
+    lines.append("calibration, mean over seeds: ECE (uncalibrated; by chance alone for a calibrated model)")
+    for m, v in summary["mean"].items():
+        before = f"{v['ece_uncalibrated']:.3f}" if "ece_uncalibrated" in v else "  -  "
+        ratio = summary["ece_over_uncalibrated"].get(m)
+        cell = f"   calibrated / uncalibrated {ratio:.2f}" if ratio is not None else ""
+        lines.append(f"{m:>12}  {v['ece']:.3f} ({before}; {v['ece_by_chance']:.3f}){cell}")
+    lines.append(f"minus best-single on the same test studies, paired stratified bootstrap ({REPLICATES} replicates):")
     for model, per_seed in summary["minus_best_single"].items():
         for name, diff in per_seed.items():
             cells = "   ".join(f"{k} {d:+.3f} [{lo:+.3f}, {hi:+.3f}]" for k, (d, lo, hi) in diff.items())
@@ -213,7 +247,7 @@ def run_hard(args: Any) -> None:
         copy, refit_seconds = refit_variant(exp, variant, args.top, args.folds, args.refit_args)
         dirs[seed] = strategy_dirs(exp, copy)
         row = {"seed": seed, "seconds": {k: round(v, 1) for k, v in (seconds | refit_seconds).items()}}
-        rows.append(row | {m: strategy_figures(path) for m, path in dirs[seed].items()})
+        rows.append(row | seed_figures(dirs[seed], default_choice(copy)))
     rows = [{k: v for k, v in r.items() if k not in STRATEGIES or k in strategies_of(dirs)} for r in rows]
     settings = {"variant": variant, "top": args.top, "folds": args.folds, "refit_args": args.refit_args}
     summary = hard_summary(rows, paired_differences(dirs), settings)

@@ -157,6 +157,21 @@ def expected_calibration_error(labels: np.ndarray, probs: np.ndarray, bins: int 
     return float(gap.sum() / count.sum())
 
 
+def chance_ece(probs: np.ndarray, bins: int = 10, draws: int = 1000, seed: int = 0) -> float:
+    """The ECE a perfectly calibrated model with these probabilities shows by chance alone on this many studies.
+
+    The mean `expected_calibration_error` over ``draws`` label sets drawn as ``Bernoulli(probs)``: on a few hundred
+    studies it is about 0.05, so a measured ECE near it is as calibrated as the sample can show (NaN for no rows).
+    """
+    probs = np.asarray(probs, dtype=float)
+    probs = probs[~np.isnan(probs)]
+    if not len(probs):
+        return math.nan
+    rng = np.random.default_rng(seed)
+    labels = rng.random((draws, len(probs))) < probs
+    return float(np.mean([expected_calibration_error(row, probs, bins) for row in labels]))
+
+
 def brier_score(labels: np.ndarray, probs: np.ndarray) -> float:
     """Mean squared difference between probability and 0/1 label (NaN for no rows)."""
     labels = np.asarray(labels, dtype=float)

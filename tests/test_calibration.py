@@ -24,7 +24,7 @@ from muratune.ensemble.predictor import StudyPredictor, aggregate
 from muratune.ensemble.scoring import tuned_thresholds
 from muratune.errors import UserError
 from muratune.layout import ENSEMBLE_FILE
-from muratune.metrics import brier_score, expected_calibration_error, study_metrics
+from muratune.metrics import brier_score, chance_ece, expected_calibration_error, study_metrics
 from muratune.schemas import CalibrationSpec, read_ensemble_spec
 from tests.helpers.cli import run
 from tests.helpers.ensemble import make_ensemble
@@ -143,6 +143,19 @@ def test_ece_and_brier_follow_their_definitions():
     assert expected_calibration_error(labels, probs) == pytest.approx((0.05 + 0.7 + 0.05) / 5)
     assert brier_score(labels, probs) == pytest.approx(brier_score_loss(labels, probs))
     assert np.isnan(expected_calibration_error(np.array([]), np.array([])))
+
+
+def test_chance_ece_is_what_a_calibrated_model_shows_and_shrinks_with_more_studies():
+    rng = np.random.default_rng(3)
+    probs = rng.uniform(0.05, 0.95, 300)
+    floor = chance_ece(probs, draws=400)
+    # labels drawn from the probabilities themselves: a perfectly calibrated model, whose ECE is the floor on average
+    drawn = [expected_calibration_error(rng.random(300) < probs, probs) for _ in range(400)]
+    assert floor == pytest.approx(np.mean(drawn), rel=0.1)
+    assert 0.03 < floor < 0.08  # a few hundred studies: about 0.05
+    assert chance_ece(np.tile(probs, 10), draws=100) < floor / 2  # 10x the studies: about 1/sqrt(10)
+    assert chance_ece(probs, draws=50, seed=1) == chance_ece(probs, draws=50, seed=1)
+    assert np.isnan(chance_ece(np.array([np.nan])))
 
 
 # ------------------------------------------------------------------------------------------------ ensemble.json
