@@ -14,6 +14,7 @@ from sklearn.metrics import brier_score_loss
 from muratune.constants import BODY_PART, LABEL, PROB, STUDY_PATH
 from muratune.ensemble.calibration import (
     MIN_STUDIES,
+    at_bound,
     calibrate,
     calibrated_thresholds,
     fit_calibration,
@@ -72,6 +73,21 @@ def test_each_body_part_gets_its_temperature_and_a_small_one_falls_back_to_the_g
     labels = studies[LABEL].to_numpy()
     assert expected_calibration_error(labels, calibrated) < expected_calibration_error(labels, probs) / 2
     assert brier_score(labels, calibrated) < brier_score(labels, probs)
+
+
+def test_a_body_part_whose_temperature_hits_the_bound_uses_the_global_one():
+    studies, probs = _studies()
+    wrist = (studies[BODY_PART] == "XR_WRIST").to_numpy()
+    labels = studies[LABEL].to_numpy()
+    # wrist's held-out predictions separate the classes at 0.5, timidly: the log loss keeps falling as T shrinks
+    # (every probability moves towards its label), so the fit runs into the bound
+    probs = probs.copy()
+    probs[wrist] = np.where(labels[wrist] == 1, 0.6, 0.4)
+    assert at_bound(fit_temperature(labels[wrist], probs[wrist]))
+    calibration = fit_calibration(studies, probs, "out-of-fold")
+    assert "XR_WRIST" not in calibration.temperature  # the global temperature applies
+    assert not at_bound(calibration.temperature["XR_HAND"]) and "XR_HAND" in calibration.temperature
+    assert not at_bound(calibration.temperature["all"])
 
 
 def test_one_class_or_nan_studies_keep_the_identity():
