@@ -24,7 +24,15 @@ from scipy.special import expit, logit
 
 from muratune.constants import BODY_PART, LABEL, PROB_UNCALIBRATED
 from muratune.data.index import load_index
-from muratune.ensemble.calibration import EPS, calibrate, fit_calibration, fit_temperature
+from muratune.ensemble.calibration import (
+    EPS,
+    LOG_T_BOUNDS,
+    MIN_STUDIES,
+    calibrate,
+    fit_calibration,
+    fit_temperature,
+    logit_log_loss,
+)
 from muratune.ensemble.select import combine
 from muratune.experiment_folder import load_resolved_config
 from muratune.fileio import write_json
@@ -54,10 +62,12 @@ def oof_probabilities(exp: Path) -> tuple[pd.DataFrame, np.ndarray]:
     studies = oof.studies()
     probs = combine(studies.probs, list(studies.studies[BODY_PART]), configuration_weights(spec, names))
     refitted = fit_calibration(studies.studies, probs, "out-of-fold").temperature
-    if spec.calibration is not None and not all(
-        np.isclose(refitted[part], t, rtol=1e-4) for part, t in spec.calibration.temperature.items()
-    ):
-        raise SystemExit(f"{exp}: the rebuilt out-of-fold predictions do not reproduce the cv ensemble's calibration")
+    shipped = spec.calibration.temperature if spec.calibration is not None else refitted
+    if set(refitted) != set(shipped) or not all(np.isclose(refitted[k], t, rtol=1e-4) for k, t in shipped.items()):
+        raise SystemExit(
+            f"{exp}: the rebuilt out-of-fold predictions do not reproduce the cv ensemble's calibration "
+            f"(rebuilt {refitted}, shipped {shipped}); rebuild it with this muratune"
+        )
     return studies.studies, probs
 
 
@@ -78,10 +88,26 @@ def _logits(probs: np.ndarray) -> np.ndarray:
 
 
 def fit_platt(labels: np.ndarray, probs: np.ndarray) -> tuple[float, float]:
-    """Platt scaling on the logit: slope and bias minimising the log loss."""
+    """Platt scaling on the logit: slope and bias minimising the log loss (unclipped, as the temperature's fit)."""
     z = _logits(probs)
-    result = minimize(lambda w: log_loss(labels, expit(w[0] * z + w[1])), [1.0, 0.0], method="L-BFGS-B")
+    result = minimize(lambda w: logit_log_loss(labels, w[0] * z + w[1]), [1.0, 0.0], method="L-BFGS-B")
     return float(result.x[0]), float(result.x[1])
+
+
+def separable(labels: np.ndarray, probs: np.ndarray) -> bool:
+    """Whether one threshold on ``probs`` puts every study on its label's side (either way round)."""
+    positive, negative = probs[labels == 1], probs[labels == 0]
+    return bool(positive.min() > negative.max() or negative.min() > positive.max())
+
+
+def platt_or_global(labels: np.ndarray, probs: np.ndarray, overall: tuple[float, float]) -> tuple[float, float]:
+    """A body part's Platt scaling, under the shipped map's rules: too few studies, one class, predictions that
+    separate the classes (no maximum-likelihood fit exists; the optimiser stops wherever the gradient vanishes), or
+    a slope past the temperature's bound (1 / e^-3) fall back to the one fitted on all studies."""
+    if len(labels) < MIN_STUDIES or len(set(labels)) < 2 or separable(labels, probs):
+        return overall
+    slope, bias = fit_platt(labels, probs)
+    return overall if abs(slope) >= 1 / np.exp(LOG_T_BOUNDS[0]) else (slope, bias)
 
 
 def fitted_maps(studies: pd.DataFrame, probs: np.ndarray) -> dict[str, Map]:
@@ -90,10 +116,7 @@ def fitted_maps(studies: pd.DataFrame, probs: np.ndarray) -> dict[str, Map]:
     shipped = fit_calibration(studies, probs, "out-of-fold")
     temperature = fit_temperature(labels, probs)
     slope, bias = fit_platt(labels, probs)
-    per_part = {
-        p: fit_platt(labels[parts == p], probs[parts == p]) if len(set(labels[parts == p])) == 2 else (slope, bias)
-        for p in set(parts)
-    }
+    per_part = {p: platt_or_global(labels[parts == p], probs[parts == p], (slope, bias)) for p in set(parts)}
 
     def platt_per_part(p: np.ndarray, part: np.ndarray) -> np.ndarray:
         coefficients = np.array([per_part.get(x, (slope, bias)) for x in part])

@@ -68,14 +68,15 @@ def prepare_holdout(out: Path, studies: int, difficulty: str) -> Path:
 
 def score_folder(ensemble: Path, test, root: Path, folder: Path) -> None:
     """One predictor on the holdout's test images: ``test_studies.parquet``, ``test_metrics.json`` and its spec."""
-    if (folder / TEST_METRICS).is_file():
-        return
+    current = json.loads((ensemble / ENSEMBLE_FILE).read_text())
+    if (folder / TEST_METRICS).is_file() and json.loads((folder / ENSEMBLE_FILE).read_text()) == current:
+        return  # scored before, and the ensemble has not been rebuilt since
     predictor = load_ensemble(ensemble)
     probs = predictor.image_probs(test, root=root, progress=True)
     studies = scored_studies(test, probs, predictor.thresholds, predictor.calibration)
     with atomic_path(folder / TEST_STUDIES) as tmp:
         studies.to_parquet(tmp, index=False)
-    write_json(folder / ENSEMBLE_FILE, json.loads((ensemble / ENSEMBLE_FILE).read_text()))
+    write_json(folder / ENSEMBLE_FILE, current)
     write_json(folder / TEST_METRICS, test_metrics(studies, predictor.thresholds))
 
 

@@ -14,7 +14,7 @@ from sklearn.metrics import brier_score_loss
 from muratune.constants import BODY_PART, LABEL, PROB, STUDY_PATH
 from muratune.ensemble.calibration import (
     MIN_STUDIES,
-    at_bound,
+    at_lower_bound,
     calibrate,
     calibrated_thresholds,
     fit_calibration,
@@ -75,19 +75,36 @@ def test_each_body_part_gets_its_temperature_and_a_small_one_falls_back_to_the_g
     assert brier_score(labels, calibrated) < brier_score(labels, probs)
 
 
-def test_a_body_part_whose_temperature_hits_the_bound_uses_the_global_one():
+@pytest.mark.parametrize("margin", [0.6, 0.9, 0.99])
+def test_a_body_part_whose_out_of_fold_predictions_separate_the_classes_uses_the_global_temperature(margin: float):
     studies, probs = _studies()
     wrist = (studies[BODY_PART] == "XR_WRIST").to_numpy()
     labels = studies[LABEL].to_numpy()
-    # wrist's held-out predictions separate the classes at 0.5, timidly: the log loss keeps falling as T shrinks
-    # (every probability moves towards its label), so the fit runs into the bound
+    # wrist's held-out predictions separate the classes at 0.5, timidly or boldly: the log loss keeps falling as T
+    # shrinks (every probability moves towards its label), so the fit runs into the lower bound
     probs = probs.copy()
-    probs[wrist] = np.where(labels[wrist] == 1, 0.6, 0.4)
-    assert at_bound(fit_temperature(labels[wrist], probs[wrist]))
+    probs[wrist] = np.where(labels[wrist] == 1, margin, 1 - margin)
+    assert at_lower_bound(fit_temperature(labels[wrist], probs[wrist]))
     calibration = fit_calibration(studies, probs, "out-of-fold")
     assert "XR_WRIST" not in calibration.temperature  # the global temperature applies
-    assert not at_bound(calibration.temperature["XR_HAND"]) and "XR_HAND" in calibration.temperature
-    assert not at_bound(calibration.temperature["all"])
+    assert calibration.temperature["XR_HAND"] == pytest.approx(0.6, rel=0.2)
+    assert not at_lower_bound(calibration.temperature["all"])
+    np.testing.assert_allclose(
+        calibrate(probs[wrist], ["XR_WRIST"] * int(wrist.sum()), calibration),
+        scale(probs[wrist], calibration.temperature["all"]),
+    )
+
+
+def test_separable_studies_everywhere_keep_the_identity_and_uninformative_ones_are_flattened():
+    labels = np.tile([0, 1], 40)
+    separable = pd.DataFrame({BODY_PART: "XR_HAND", LABEL: labels})
+    calibration = fit_calibration(separable, np.where(labels == 1, 0.8, 0.2), "out-of-fold")
+    assert calibration.temperature == {"all": 1.0}  # no estimate anywhere: the identity, not e^-3
+    backwards = np.where(labels == 1, 0.3, 0.7)  # worse than a coin: the fit flattens them towards 0.5, kept
+    assert fit_temperature(labels, backwards) == pytest.approx(np.exp(3.0), rel=1e-2)
+    assert fit_calibration(separable, backwards, "out-of-fold").temperature["XR_HAND"] == pytest.approx(
+        np.exp(3.0), rel=1e-2
+    )
 
 
 def test_one_class_or_nan_studies_keep_the_identity():

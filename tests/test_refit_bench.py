@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from scipy.special import expit, logit
 
-from bench.refit_calibration import configuration_weights, fit_platt, fitted_maps
+from bench.refit_calibration import configuration_weights, fit_platt, fitted_maps, platt_or_global
 from bench.refit_hard import DEFAULT, hard_summary, hard_table, strategy_dirs
 from muratune.constants import BODY_PART, LABEL
 from muratune.ensemble.calibration import calibrate, fit_calibration
@@ -84,3 +84,16 @@ def test_configuration_weights_sum_each_configurations_fold_models() -> None:
     spec = SimpleNamespace(folds=2, configurations={"b": 1.0, "a": 3.0}, weights={"all": [0.1, 0.1, 0.3, 0.5]})
     weights = configuration_weights(spec, ["a", "b", "c"])
     np.testing.assert_allclose(weights["all"], [0.8, 0.2, 0.0])  # b's folds first (configuration-major), c unused
+
+
+def test_platt_per_body_part_has_the_shipped_maps_fallbacks() -> None:
+    rng = np.random.default_rng(2)
+    overall = (1.0, 0.0)
+    raw = rng.uniform(0.05, 0.95, 400)
+    labels = (rng.random(raw.size) < expit(2.0 * logit(raw))).astype(float)
+    slope, _ = platt_or_global(labels, raw, overall)
+    assert slope == pytest.approx(2.0, abs=0.5)  # enough studies of both classes: its own fit
+    assert platt_or_global(labels[:10], raw[:10], overall) == overall  # too few studies
+    assert platt_or_global(np.zeros(50), raw[:50], overall) == overall  # one class
+    separable = np.tile([0.0, 1.0], 30)
+    assert platt_or_global(separable, np.where(separable == 1, 0.9, 0.1), overall) == overall  # runaway slope

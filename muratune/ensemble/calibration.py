@@ -10,13 +10,12 @@ from scipy.optimize import minimize_scalar
 from scipy.special import expit, logit
 
 from muratune.constants import BODY_PART, LABEL
-from muratune.metrics import log_loss
 from muratune.schemas import GLOBAL_WEIGHTS, CalibrationSpec
 
 MIN_STUDIES = 20  # a body part with fewer held-out studies (or one class) uses the global temperature
 LOG_T_BOUNDS = (-3.0, 3.0)  # temperatures between e^-3 and e^3
 EPS = 1e-7  # probabilities are clipped to [EPS, 1 - EPS] before the logit while fitting
-BOUND_MARGIN = 1e-3  # a fitted log T this close to a bound counts as at the bound (`at_bound`)
+BOUND_MARGIN = 1e-3  # a fitted log T this close to the lower bound counts as at it (`at_lower_bound`)
 
 
 def scale(probs: np.ndarray, temperature: float | np.ndarray) -> np.ndarray:
@@ -24,24 +23,30 @@ def scale(probs: np.ndarray, temperature: float | np.ndarray) -> np.ndarray:
     return expit(logit(np.asarray(probs, dtype=float)) / temperature)
 
 
+def logit_log_loss(labels: np.ndarray, logits: np.ndarray) -> float:
+    """Mean binary cross-entropy computed from logits, unclipped: it keeps falling for separable data as T -> 0."""
+    signs = 2.0 * np.asarray(labels, dtype=float) - 1.0
+    return float(np.mean(np.logaddexp(0.0, -signs * logits)))
+
+
 def fit_temperature(labels: np.ndarray, probs: np.ndarray) -> float:
     """The temperature minimising the log loss of ``scale(probs, T)`` (bounded search on log T)."""
     labels = np.asarray(labels, dtype=float)
     logits = logit(np.clip(np.asarray(probs, dtype=float), EPS, 1 - EPS))
     result = minimize_scalar(
-        lambda log_t: log_loss(labels, expit(logits / np.exp(log_t))), bounds=LOG_T_BOUNDS, method="bounded"
+        lambda log_t: logit_log_loss(labels, logits / np.exp(log_t)), bounds=LOG_T_BOUNDS, method="bounded"
     )
     return float(np.exp(result.x))
 
 
-def at_bound(temperature: float) -> bool:
-    """Whether a fitted temperature sits at the search's bound: no optimum inside it, so no estimate.
+def at_lower_bound(temperature: float) -> bool:
+    """Whether a fitted temperature sits at the search's lower bound: no optimum inside it, so no estimate.
 
-    The log loss was still falling at the bound, which happens when the held-out predictions (nearly) separate the
-    classes: a body part of a few dozen studies that the models happen to get all right out of fold.
+    The log loss was still falling there, which happens when the held-out predictions separate the classes (a body
+    part of a few dozen studies that the models happen to get all right out of fold): the fit would sharpen them
+    without limit. (At the upper bound the predictions carry no information, and flattening them is the answer.)
     """
-    log_t = float(np.log(temperature))
-    return log_t <= LOG_T_BOUNDS[0] + BOUND_MARGIN or log_t >= LOG_T_BOUNDS[1] - BOUND_MARGIN
+    return float(np.log(temperature)) <= LOG_T_BOUNDS[0] + BOUND_MARGIN
 
 
 def _fittable(labels: np.ndarray) -> bool:
@@ -51,9 +56,10 @@ def _fittable(labels: np.ndarray) -> bool:
 def fit_calibration(studies: pd.DataFrame, probs: np.ndarray, fitted_on: str) -> CalibrationSpec:
     """Fit one temperature for all studies and one per body part with enough studies of both classes.
 
-    A body part whose fitted temperature sits at the bound (`at_bound`) uses the global one: on the hard refit
-    benchmark one body part's out-of-fold predictions gave e^-3, which made its test predictions near 0 or 1 and the
-    test log loss 0.71 against 0.51 with the global temperature (docs/calibration.md).
+    A body part whose fitted temperature sits at the lower bound (`at_lower_bound`) uses the global one, and a global
+    one at the lower bound is 1 (the identity): on the hard refit benchmark one body part's out-of-fold predictions
+    gave e^-3, which made its test predictions near 0 or 1 and the test log loss 0.71 against 0.51 with the global
+    temperature (docs/calibration.md).
 
     Args:
         studies: held-out studies with ``body_part`` and ``label``.
@@ -64,12 +70,13 @@ def fit_calibration(studies: pd.DataFrame, probs: np.ndarray, fitted_on: str) ->
     labels = studies[LABEL].to_numpy(dtype=float)[known]
     parts = studies[BODY_PART].to_numpy()[known]
     probs = np.asarray(probs, dtype=float)[known]
-    temperature = {GLOBAL_WEIGHTS: fit_temperature(labels, probs) if _fittable(labels) else 1.0}
+    overall = fit_temperature(labels, probs) if _fittable(labels) else 1.0
+    temperature = {GLOBAL_WEIGHTS: 1.0 if at_lower_bound(overall) else overall}
     for part in sorted(set(parts)):
         mask = parts == part
         if _fittable(labels[mask]):
             fitted = fit_temperature(labels[mask], probs[mask])
-            if not at_bound(fitted):
+            if not at_lower_bound(fitted):
                 temperature[str(part)] = fitted
     return CalibrationSpec(method="temperature", fitted_on=fitted_on, temperature=temperature)  # type: ignore[arg-type]
 
