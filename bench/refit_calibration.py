@@ -20,18 +20,19 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from scipy.optimize import minimize
-from scipy.special import expit, logit
+from scipy.special import expit
 
 from muratune.constants import BODY_PART, LABEL, PROB_UNCALIBRATED
 from muratune.data.index import load_index
 from muratune.ensemble.calibration import (
-    EPS,
     LOG_T_BOUNDS,
     MIN_STUDIES,
     calibrate,
+    clipped_logits,
     fit_calibration,
     fit_temperature,
     logit_log_loss,
+    scale,
 )
 from muratune.ensemble.select import combine
 from muratune.experiment_folder import load_resolved_config
@@ -83,13 +84,9 @@ def configuration_weights(spec, names: list[str]) -> dict[str, np.ndarray]:
     return weights
 
 
-def _logits(probs: np.ndarray) -> np.ndarray:
-    return logit(np.clip(probs, EPS, 1 - EPS))
-
-
 def fit_platt(labels: np.ndarray, probs: np.ndarray) -> tuple[float, float]:
     """Platt scaling on the logit: slope and bias minimising the log loss (unclipped, as the temperature's fit)."""
-    z = _logits(probs)
+    z = clipped_logits(probs)
     result = minimize(lambda w: logit_log_loss(labels, w[0] * z + w[1]), [1.0, 0.0], method="L-BFGS-B")
     return float(result.x[0]), float(result.x[1])
 
@@ -120,13 +117,13 @@ def fitted_maps(studies: pd.DataFrame, probs: np.ndarray) -> dict[str, Map]:
 
     def platt_per_part(p: np.ndarray, part: np.ndarray) -> np.ndarray:
         coefficients = np.array([per_part.get(x, (slope, bias)) for x in part])
-        return expit(coefficients[:, 0] * _logits(p) + coefficients[:, 1])
+        return expit(coefficients[:, 0] * clipped_logits(p) + coefficients[:, 1])
 
     return {
         "none": lambda p, part: p,
         SHIPPED: lambda p, part: calibrate(p, list(part), shipped),
-        "one temperature": lambda p, part: expit(_logits(p) / temperature),
-        "Platt, one": lambda p, part: expit(slope * _logits(p) + bias),
+        "one temperature": lambda p, part: scale(p, temperature),
+        "Platt, one": lambda p, part: expit(slope * clipped_logits(p) + bias),
         "Platt per body part": platt_per_part,
     }
 

@@ -30,9 +30,19 @@ from bench.refit_cv import REPLICATES, muratune
 from muratune.constants import BODY_PART, LABEL, PRED, PROB, STUDY_PATH
 from muratune.demo import DEMO_CONFIG, demo_config_text, usable_cores
 from muratune.fileio import refuse_foreign, write_json, write_text
-from muratune.layout import CAMS_DIR, ENSEMBLE_DIR, EXPERIMENT_KIND, REFIT_DIR, REPORT_DIR, TEST_METRICS, TEST_STUDIES
+from muratune.layout import (
+    CAMS_DIR,
+    DEFAULT_PREDICTOR,
+    ENSEMBLE_DIR,
+    EXPERIMENT_KIND,
+    REFIT_DIR,
+    REPORT_DIR,
+    TEST_METRICS,
+    TEST_STUDIES,
+)
 from muratune.metrics import calibration_metrics, chance_ece
 from muratune.report.bootstrap import percentile_interval, replicate_kappas, resample_counts
+from muratune.schemas import read_default_choice
 
 BASELINE = "best-single"
 STRATEGIES = ("best-single", "greedy", "cv", "cv-full", "default")  # cv-full where the variant built it (--full)
@@ -40,15 +50,22 @@ DEFAULT = "default"  # the predictor `muratune refit` chose (ensemble/default.js
 MIN_TEST_STUDIES = 300  # a difference of 0.03 in AUC is decidable from about this many test studies
 
 
+def already_made(data: Path, record: Path, wanted: dict) -> bool:
+    """Whether ``data`` holds a dataset made with ``wanted`` (its ``record``); one made otherwise is refused."""
+    if not (data / "MURA-v1.1").exists():
+        return False
+    made = json.loads(record.read_text()) if record.exists() else None
+    if made != wanted:
+        raise SystemExit(f"{data} was made with {made}, not {wanted}; pass those or another --out")
+    return True
+
+
 def prepare_hard_data(out: Path, train: int, test: int, difficulty: str) -> Path:
     """Synthetic data with ``train`` and ``test`` studies at ``difficulty`` (data seed 0), written and cached once."""
     data = out / "data"
     wanted = {"train_studies": train, "test_studies": test, "difficulty": difficulty, "seed": 0}
     record = out / "data.json"
-    if (data / "MURA-v1.1").exists():
-        made = json.loads(record.read_text()) if record.exists() else None
-        if made != wanted:
-            raise SystemExit(f"{data} was made with {made}, not {wanted}; pass those or another --out")
+    if already_made(data, record, wanted):
         return data
     total = train + test
     share = repr(test / total)
@@ -107,16 +124,11 @@ def strategy_dirs(exp: Path, copy: Path) -> dict[str, Path]:
         "cv-full": copy / ENSEMBLE_DIR / "cv-full",
     }
     found = {m: path for m, path in dirs.items() if (path / TEST_METRICS).is_file()}
-    chosen = default_choice(copy)
+    record = copy / ENSEMBLE_DIR / DEFAULT_PREDICTOR  # the predictor `muratune refit` chose, if it chose one
+    chosen = read_default_choice(record).predictor if record.is_file() else None
     if chosen in found:
         found[DEFAULT] = found[chosen]
     return found
-
-
-def default_choice(copy: Path) -> str | None:
-    """The strategy `muratune refit` recorded as the default predictor (``ensemble/default.json``), if any."""
-    record = copy / ENSEMBLE_DIR / "default.json"
-    return json.loads(record.read_text())["predictor"] if record.is_file() else None
 
 
 def strategies_of(dirs: dict[int, dict[str, Path]]) -> list[str]:
@@ -127,11 +139,12 @@ def strategies_of(dirs: dict[int, dict[str, Path]]) -> list[str]:
 def strategy_figures(folder: Path) -> dict[str, Any]:
     """Test kappa, AUC, ECE and Brier of one ensemble (ECE and Brier computed where test_metrics.json lacks them)."""
     metrics = json.loads((folder / TEST_METRICS).read_text())
+    studies = pd.read_parquet(folder / TEST_STUDIES)
     if metrics.get("test_ece") is None:
-        metrics |= calibration_metrics(pd.read_parquet(folder / TEST_STUDIES), "test")
+        metrics |= calibration_metrics(studies, "test")
     keys = ("test_kappa", "test_auc", "test_ece", "test_brier", "test_ece_uncalibrated", "test_brier_uncalibrated")
     figures = {key.removeprefix("test_"): metrics[key] for key in keys if metrics.get(key) is not None}
-    figures["ece_by_chance"] = chance_ece(pd.read_parquet(folder / TEST_STUDIES)[PROB].to_numpy())
+    figures["ece_by_chance"] = chance_ece(studies[PROB].to_numpy())
     spec = json.loads((folder / "ensemble.json").read_text())
     if spec.get("oof_score"):
         figures["oof_kappa"] = spec["oof_score"].get("oof_kappa")
@@ -139,10 +152,11 @@ def strategy_figures(folder: Path) -> dict[str, Any]:
     return figures
 
 
-def seed_figures(dirs: dict[str, Path], chosen: str | None) -> dict[str, dict[str, Any]]:
-    """Each strategy's figures for one seed; the default's are the chosen strategy's, with its name."""
+def seed_figures(dirs: dict[str, Path]) -> dict[str, dict[str, Any]]:
+    """Each strategy's figures for one seed; the default's are those of the strategy it is, with its name."""
     figures = {m: strategy_figures(path) for m, path in dirs.items() if m != DEFAULT}
-    if chosen is not None and DEFAULT in dirs:
+    if DEFAULT in dirs:
+        chosen = next(m for m, path in dirs.items() if m != DEFAULT and path == dirs[DEFAULT])
         figures[DEFAULT] = figures[chosen] | {"predictor": chosen}
     return figures
 
@@ -247,7 +261,7 @@ def run_hard(args: Any) -> None:
         copy, refit_seconds = refit_variant(exp, variant, args.top, args.folds, args.refit_args)
         dirs[seed] = strategy_dirs(exp, copy)
         row = {"seed": seed, "seconds": {k: round(v, 1) for k, v in (seconds | refit_seconds).items()}}
-        rows.append(row | seed_figures(dirs[seed], default_choice(copy)))
+        rows.append(row | seed_figures(dirs[seed]))
     rows = [{k: v for k, v in r.items() if k not in STRATEGIES or k in strategies_of(dirs)} for r in rows]
     settings = {"variant": variant, "top": args.top, "folds": args.folds, "refit_args": args.refit_args}
     summary = hard_summary(rows, paired_differences(dirs), settings)

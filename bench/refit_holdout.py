@@ -19,7 +19,7 @@ from pathlib import Path
 from bench.refit_cv import muratune
 from bench.refit_hard import (
     DEFAULT,
-    default_choice,
+    already_made,
     hard_summary,
     hard_table,
     paired_differences,
@@ -42,17 +42,10 @@ def prepare_holdout(out: Path, studies: int, difficulty: str) -> Path:
     data = out / "holdout"
     wanted = {"studies": studies, "difficulty": difficulty, "seed": HOLDOUT_SEED}
     record = out / "holdout.json"
-    if (data / "MURA-v1.1").exists():
-        made = json.loads(record.read_text()) if record.exists() else None
-        if made != wanted:
-            raise SystemExit(f"{data} was made with {made}, not {wanted}; pass those or another --out")
+    if already_made(data, record, wanted):
         return data
     share = repr(1 - 10 / studies)  # a token train split (the CSV layout wants one); the rest is the test set
-    seed = str(HOLDOUT_SEED)
-    muratune(
-        "data",
-        "synth",
-        str(data),
+    options = [
         "--studies",
         str(studies),
         "--valid-share",
@@ -60,8 +53,9 @@ def prepare_holdout(out: Path, studies: int, difficulty: str) -> Path:
         "--difficulty",
         difficulty,
         "--seed",
-        seed,
-    )
+        str(HOLDOUT_SEED),
+    ]
+    muratune("data", "synth", str(data), *options)
     write_json(record, wanted)
     return data
 
@@ -81,20 +75,20 @@ def score_folder(ensemble: Path, test, root: Path, folder: Path) -> None:
 
 
 def score_seed(out: Path, seed: int, variant: str, test, root: Path) -> dict[str, Path]:
-    """Every strategy of one seed scored on the holdout, in ``holdout-scores/<variant>/seed-N/<strategy>``."""
+    """Every strategy of one seed scored on the holdout, in ``holdout-scores/<variant>/seed-N/<strategy>``; the
+    default maps to the folder of the strategy it is."""
     exp = out / f"seed-{seed}" / "runs" / "demo"
     copy = out / f"seed-{seed}" / "refit" / variant / "demo"
+    ensembles = strategy_dirs(exp, copy)
     scored = {}
-    for strategy, ensemble in strategy_dirs(exp, copy).items():
-        if strategy == DEFAULT:
-            continue
+    for strategy, ensemble in ensembles.items():
         folder = out / "holdout-scores" / variant / f"seed-{seed}" / strategy
-        print(f"seed {seed}: {strategy} on the holdout test set", flush=True)
-        score_folder(ensemble, test, root, folder)
+        if strategy != DEFAULT:
+            print(f"seed {seed}: {strategy} on the holdout test set", flush=True)
+            score_folder(ensemble, test, root, folder)
         scored[strategy] = folder
-    chosen = default_choice(copy)
-    if chosen in scored:
-        scored[DEFAULT] = scored[chosen]
+    if DEFAULT in ensembles:
+        scored[DEFAULT] = next(scored[m] for m, e in ensembles.items() if m != DEFAULT and e == ensembles[DEFAULT])
     return scored
 
 
@@ -113,8 +107,7 @@ def main(argv: list[str] | None = None) -> None:
     dirs, rows = {}, []
     for seed in (int(s) for s in args.seeds.split(",")):
         dirs[seed] = score_seed(out, seed, args.variant, test, Path(index.attrs["root"]))
-        chosen = default_choice(out / f"seed-{seed}" / "refit" / args.variant / "demo")
-        rows.append({"seed": seed, "seconds": {}} | seed_figures(dirs[seed], chosen))
+        rows.append({"seed": seed, "seconds": {}} | seed_figures(dirs[seed]))
     rows = [{k: v for k, v in r.items() if k in ("seed", "seconds") or k in strategies_of(dirs)} for r in rows]
     settings = {"variant": f"{args.variant} on the holdout ({len(test.drop_duplicates('study_path'))} test studies)"}
     summary = hard_summary(rows, paired_differences(dirs), settings | {"holdout": str(data)})

@@ -28,7 +28,8 @@ def test_the_default_column_is_the_strategy_refit_chose(tmp_path: Path) -> None:
         folder.mkdir(parents=True)
         (folder / "test_metrics.json").write_text("{}")
     assert DEFAULT not in strategy_dirs(exp, copy)  # no default.json: refit chose nothing
-    (copy / "ensemble" / "default.json").write_text(json.dumps({"predictor": "cv-full"}))
+    choice = {"predictor": "cv-full", "path": "ensemble/cv-full", "rule": "auto", "reason": "not clearly worse"}
+    (copy / "ensemble" / "default.json").write_text(json.dumps(choice))  # as `muratune refit` records it
     dirs = strategy_dirs(exp, copy)
     assert dirs[DEFAULT] == copy / "ensemble" / "cv-full"
     assert set(dirs) == {"best-single", "cv", "cv-full", DEFAULT}  # greedy was not built here

@@ -29,10 +29,15 @@ def logit_log_loss(labels: np.ndarray, logits: np.ndarray) -> float:
     return float(np.mean(np.logaddexp(0.0, -signs * logits)))
 
 
+def clipped_logits(probs: np.ndarray) -> np.ndarray:
+    """``logit(p)`` of probabilities clipped to ``[EPS, 1 - EPS]``: finite for 0 and 1, for fitting."""
+    return logit(np.clip(np.asarray(probs, dtype=float), EPS, 1 - EPS))
+
+
 def fit_temperature(labels: np.ndarray, probs: np.ndarray) -> float:
     """The temperature minimising the log loss of ``scale(probs, T)`` (bounded search on log T)."""
     labels = np.asarray(labels, dtype=float)
-    logits = logit(np.clip(np.asarray(probs, dtype=float), EPS, 1 - EPS))
+    logits = clipped_logits(probs)
     result = minimize_scalar(
         lambda log_t: logit_log_loss(labels, logits / np.exp(log_t)), bounds=LOG_T_BOUNDS, method="bounded"
     )
