@@ -150,7 +150,7 @@ def test_optuna_hyperband_prunes_at_optunas_own_rungs(surrogate: Surrogate) -> N
     assert off_rung <= 4 < len(pruned) - off_rung
 
 
-@pytest.mark.parametrize("method", ["muratune", "bohb", "random", "optuna-hyperband"])
+@pytest.mark.parametrize("method", ["muratune", "bohb", "random", "optuna-hyperband", "muratune-promotion"])
 def test_each_epoch_is_counted_once_and_trials_finish_out_of_order(surrogate: Surrogate, method: str) -> None:
     from bench.lcbench.jobs import simulate
 
@@ -160,7 +160,7 @@ def test_each_epoch_is_counted_once_and_trials_finish_out_of_order(surrogate: Su
     assert len(events) == BUDGET
     assert len({(e.trial_id, e.epoch) for e in events}) == BUDGET
     assert sum(t.epochs for t in controller.trials) == BUDGET
-    for trial in controller.trials:  # paused and resumed trials (BOHB) continue where they stopped
+    for trial in controller.trials:  # paused and resumed trials (BOHB, promotion) continue where they stopped
         epochs = [e.epoch for e in events if e.trial_id == trial.trial_id]
         assert epochs == list(range(1, trial.epochs + 1)), trial.trial_id
     assert [e.clock_s for e in events] == sorted(e.clock_s for e in events)
@@ -202,6 +202,71 @@ def test_anchors_count_each_epoch_once_stop_at_their_fidelities_and_reproduce(
     other, _ = simulate(surrogate, TASK, method, seed=4, workers=workers, budget=BUDGET)
     assert events == again
     assert [e.accuracy for e in events] != [e.accuracy for e in other]
+
+
+@pytest.mark.parametrize("method", ["muratune-promotion", "random-asha-promotion"])
+def test_promotion_asha_promotes_only_the_top_of_each_rung_and_reproduces(surrogate: Surrogate, method: str) -> None:
+    from bench.lcbench.jobs import simulate
+    from bench.lcbench.promotion import PromotionASHA
+
+    events, controller = simulate(surrogate, TASK, method, seed=2, workers=4, budget=BUDGET)
+    scheduler = controller.scheduler
+    assert isinstance(scheduler, PromotionASHA) and scheduler.levels == [2, 6, 18]  # muratune's grace 2, rf 3
+    assert len(events) == len({(e.trial_id, e.epoch) for e in events}) == BUDGET
+    for level in scheduler.levels:
+        beyond = {t.trial_id for t in controller.trials if t.epochs > level}
+        recorded = scheduler.rungs[level]
+        assert beyond <= scheduler.promoted[level]  # a trial trains past a rung only once promoted
+        assert len({t.trial_id for t in controller.trials if t.epochs >= level}) == len(recorded)
+    assert any(t.status == "PAUSED" for t in controller.trials)  # trials left at their rung, never stopped
+    assert any(t.epochs == MAX_EPOCHS for t in controller.trials)
+    again, _ = simulate(surrogate, TASK, method, seed=2, workers=4, budget=BUDGET)
+    other, _ = simulate(surrogate, TASK, method, seed=3, workers=4, budget=BUDGET)
+    assert events == again and [e.accuracy for e in events] != [e.accuracy for e in other]
+
+
+def test_promotion_asha_pauses_at_a_rung_and_resumes_the_best_of_its_top_third() -> None:
+    from types import SimpleNamespace
+
+    from ray.tune.schedulers import TrialScheduler
+
+    from bench.lcbench.promotion import PromotionASHA
+
+    scheduler = PromotionASHA("acc", "max", max_t=50, grace_period=2, reduction_factor=3)
+    trials = {name: SimpleNamespace(trial_id=name, status="RUNNING") for name in "abcde"}
+    controller = SimpleNamespace(get_trials=lambda: list(trials.values()))
+    for trial in trials.values():
+        scheduler.on_trial_add(controller, trial)
+
+    def report(name: str, epoch: int, acc: float) -> str:
+        decision = scheduler.on_trial_result(controller, trials[name], {"training_iteration": epoch, "acc": acc})
+        trials[name].status = {TrialScheduler.PAUSE: "PAUSED"}.get(decision, "RUNNING")
+        return decision
+
+    assert report("a", 1, 0.9) == TrialScheduler.CONTINUE  # between rungs
+    assert [report("a", 2, 0.5), report("b", 2, 0.7)] == [TrialScheduler.PAUSE] * 2  # fewer than 3 at the rung
+    assert report("c", 2, 0.6) == TrialScheduler.PAUSE  # 3 now: b is the top third, and b is paused
+    assert scheduler.choose_trial_to_run(controller) is trials["b"]  # a free worker resumes b
+    trials["b"].status = "RUNNING"
+    trials["e"].status = "PENDING"
+    assert scheduler.choose_trial_to_run(controller) is trials["e"]  # no promotion left: a new trial
+    assert report("d", 2, 0.9) == TrialScheduler.CONTINUE  # 4 at the rung, d on top and not yet promoted
+    assert scheduler.promoted[2] == {"b", "d"}
+    assert report("d", 50, 0.95) == TrialScheduler.STOP  # a full trial ends
+
+
+def test_promotion_start_up_ends_on_trials_paused_at_the_first_rung(surrogate: Surrogate) -> None:
+    from bench.lcbench.jobs import simulate
+    from bench.lcbench.promotion import FirstRungStartupSampler
+    from muratune.search.rung_sampler import RungModelSampler
+
+    _, controller = simulate(surrogate, TASK, "muratune-promotion", seed=0, workers=4, budget=BUDGET)
+    sampler, study = controller.searcher._sampler, controller.searcher._ot_study
+    assert isinstance(sampler, FirstRungStartupSampler) and sampler.n_startup_trials == 20  # 5 per worker
+    finished = [t for t in study.trials if t.state.is_finished()]
+    assert len(finished) < sampler.n_startup_trials <= len(study.trials)  # paused trials stay RUNNING in Optuna
+    assert not RungModelSampler.started_up(sampler, study)  # counting finished trials would never leave start-up
+    assert sampler.started_up(study)
 
 
 def test_an_anchor_whose_library_is_missing_says_how_to_install_it() -> None:

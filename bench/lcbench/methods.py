@@ -20,7 +20,9 @@ from muratune.constants import METRIC, MODE
 # muratune's factories: the one place to change when the search module is split (issue 17).
 from muratune.search.factories import create_scheduler, create_searcher
 
-METHODS = ("muratune", "stock-optuna-asha", "random-asha", "random", "bohb", "optuna-hyperband", *ANCHORS)
+# Candidates of issue 29 that are not muratune's default: the same searchers under promotion-type ASHA (promotion.py).
+PROMOTION = ("muratune-promotion", "random-asha-promotion")
+METHODS = ("muratune", "stock-optuna-asha", "random-asha", "random", "bohb", "optuna-hyperband", *ANCHORS, *PROMOTION)
 # What the benchmark sets on muratune's defaults: the task's epochs, and the rung metric (LCBench has no AUC, so ASHA's
 # rungs rank by the search metric's key, which carries LCBench's validation accuracy; ``--set`` may change it).
 BENCH_VALUES = {"budget.max_epochs": MAX_EPOCHS}
@@ -35,11 +37,11 @@ def bench_config(method: str, seed: int, workers: int, overrides: list[str] | No
         "resources.max_concurrent_trials": workers,
         "optuna.seed": seed,
     }
-    if method == "random-asha":
+    if method.startswith("random-asha"):
         values["optuna.sampler"] = "random"
     elif method == "random":
         values.update({"optuna.sampler": "random", "budget.scheduler": "none"})
-    candidate = list(overrides or []) if method == "muratune" else []
+    candidate = list(overrides or []) if method.startswith("muratune") else []
     return load_config(None, overrides=[*BENCH_OVERRIDES, *candidate], values=values)
 
 
@@ -74,6 +76,8 @@ def build_method(
         searcher, scheduler = _bohb(seed, workers)
     elif method == "optuna-hyperband":
         searcher, scheduler = _optuna_hyperband(seed, workers)
+    elif method in PROMOTION:
+        searcher, scheduler = _promotion(bench_config(method, seed, workers, overrides))
     elif method in ANCHORS:
         searcher, scheduler = build_anchor(method, seed, workers, budget)
     else:
@@ -126,3 +130,21 @@ def _optuna_hyperband(seed: int, workers: int) -> tuple[Any, Any]:
         max_concurrent=workers,
     )
     return searcher, OptunaPrunerScheduler(searcher, METRIC)
+
+
+def _promotion(config: ExperimentConfig) -> tuple[Any, Any]:
+    """The config's searcher (no concurrency limit; rung-tpe's start-up on first-rung trials) and promotion ASHA."""
+    from bench.lcbench.promotion import FirstRungStartupSampler, PromotionASHA
+    from muratune.config import RUNG_METRICS
+    from muratune.search.factories import create_sampler
+
+    budget = config.budget
+    limited = create_searcher(config, storage=None, sampler=create_sampler(config, FirstRungStartupSampler))
+    scheduler = PromotionASHA(
+        budget.rung_metric,
+        RUNG_METRICS[budget.rung_metric],
+        budget.max_epochs,
+        budget.grace_period,
+        budget.reduction_factor,
+    )
+    return limited.searcher, scheduler

@@ -17,7 +17,10 @@ EXPERIMENT_CONFIG_KEY = "experiment_config"
 
 
 def create_searcher(
-    config: ExperimentConfig, prune_stopped: bool | None = None, storage: str | None | bool = True
+    config: ExperimentConfig,
+    prune_stopped: bool | None = None,
+    storage: str | None | bool = True,
+    sampler: Any = None,
 ) -> Any:
     """Optuna (TPE or random) behind a concurrency limit, with ASHA-stopped trials recorded as PRUNED.
 
@@ -26,6 +29,7 @@ def create_searcher(
         prune_stopped: override ``optuna.prune_stopped_trials`` (benchmarks compare both).
         storage: True for the experiment's study storage (`optuna_storage_url`), None or False for an
             in-memory study, or a database URL.
+        sampler: an Optuna sampler instead of the one ``optuna.sampler`` names (benchmarks' candidates).
     """
     import optuna
     from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
@@ -35,7 +39,7 @@ def create_searcher(
     if not config.space.searched():
         # Nothing to search (one fixed point, e.g. a paper's setup): repeat it num_samples times.
         return BasicVariantGenerator(max_concurrent=config.resources.max_concurrent_trials)
-    sampler = create_sampler(config)
+    sampler = sampler or create_sampler(config)
     url = optuna_storage_url(config) if storage is True else (storage or None)
     searcher = PrunedAwareOptunaSearch(
         metric=METRIC,
@@ -49,7 +53,7 @@ def create_searcher(
     return ConcurrencyLimiter(searcher, max_concurrent=config.resources.max_concurrent_trials)
 
 
-def create_sampler(config: ExperimentConfig) -> Any:
+def create_sampler(config: ExperimentConfig, rung_sampler: type | None = None) -> Any:
     """The Optuna sampler ``optuna.sampler`` names: TPE, TPE on ASHA's rungs (`RungModelSampler`) or random."""
     import optuna
 
@@ -65,7 +69,7 @@ def create_sampler(config: ExperimentConfig) -> Any:
             levels = [budget.max_epochs]
         else:
             levels = asha_levels(budget.grace_period, budget.reduction_factor, budget.max_epochs)
-        return RungModelSampler(
+        return (rung_sampler or RungModelSampler)(
             levels, opt.rung_min_trials, n_startup_trials=startup, stopped_as_bad=opt.rung_stopped_as_bad, **tpe
         )
     return optuna.samplers.RandomSampler(seed=opt.seed)

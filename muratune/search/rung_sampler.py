@@ -129,12 +129,15 @@ class RungModelSampler(BaseSampler):
                 return level
         return None
 
+    def started_up(self, study: Study) -> bool:
+        """Whether ``n_startup_trials`` trials have finished (COMPLETE or PRUNED), so the model is used."""
+        return len(study._get_trials(deepcopy=False, states=_MODELLED, use_cache=True)) >= self.n_startup_trials
+
     def _model_study(self, study: Study, trial: FrozenTrial) -> Study | None:
         """What TPE sees for this trial: the rung view, the study itself (no level full enough), None (random)."""
         if self._view is None or self._view[0] != trial.number:
-            finished = study._get_trials(deepcopy=False, states=_MODELLED, use_cache=True)
             view: Study | None = None
-            if len(finished) >= self.n_startup_trials:
+            if self.started_up(study):
                 level = self.model_level(study)
                 view = study
                 if level is not None:
