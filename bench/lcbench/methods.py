@@ -2,7 +2,9 @@
 
 ``muratune``, ``random-asha`` and ``random`` come from muratune's own factories, given an `ExperimentConfig` as
 ``muratune search`` would build it (LCBench's 50 trained epochs; the space from `bench.lcbench.SPACE_YAML`). The
-others are Ray's stock classes with their own defaults, and the anchors of bench/lcbench/anchors.py.
+others are Ray's stock classes with their own defaults, the anchors of bench/lcbench/anchors.py, and the candidates
+``muratune-promotion`` and ``random-asha-promotion``: the first two's configs under promotion-type ASHA
+(bench/lcbench/promotion.py).
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ BENCH_OVERRIDES = [f"budget.rung_metric={METRIC}"]
 
 
 def bench_config(method: str, seed: int, workers: int, overrides: list[str] | None = None) -> ExperimentConfig:
-    """The experiment config ``muratune search`` would get for this method; ``overrides`` apply to muratune's."""
+    """The config ``muratune search`` would get for this method; ``overrides`` apply to the muratune methods."""
     values: dict[str, Any] = {
         **BENCH_VALUES,
         "name": f"lcbench-{method}-s{seed}",
