@@ -389,3 +389,32 @@ def test_held_back_tasks_are_every_task_but_the_development_ones(surrogate: Surr
     assert len(held_back) == len(surrogate.tasks()) - len(DEV_TASKS) > 0
     assert not set(held_back) & set(DEV_TASKS)
     assert parse_args(["--tasks", "held-back"]).tasks == "held-back"
+
+
+@pytest.mark.slow
+def test_promotion_pauses_and_resumes_trials_from_their_checkpoints_in_real_tune(
+    ray_session, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import bench.lcbench.real_tune as real_tune
+    from bench.lcbench.methods import build_method
+    from bench.lcbench.promotion import PromotionASHA
+
+    built: list = []
+
+    def keep_scheduler(*args, **kwargs):  # the real searcher and scheduler, kept to read the scheduler's record
+        built.append(build_method(*args, **kwargs))
+        return built[-1]
+
+    monkeypatch.setattr(real_tune, "build_method", keep_scheduler)
+    assert SURROGATE is not None
+    budget = 2 * MAX_EPOCHS
+    events = real_tune.run_tune(SURROGATE, TASK, "muratune-promotion", seed=0, workers=2, budget=budget)
+    scheduler = built[0][1]
+    assert isinstance(scheduler, PromotionASHA) and scheduler.resumed
+    assert len(events) == len({(e.trial_id, e.epoch) for e in events}) == budget
+    by_trial: dict[str, list[int]] = {}
+    for event in events:
+        by_trial.setdefault(event.trial_id, []).append(event.epoch)
+    for trial_id, epochs in by_trial.items():  # a resumed trial goes on from its checkpoint, never from epoch 1
+        assert epochs == list(range(1, len(epochs) + 1)), trial_id
+    assert max(len(e) for e in by_trial.values()) > 6  # promoted past two rungs

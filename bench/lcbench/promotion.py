@@ -60,6 +60,7 @@ class PromotionASHA(FIFOScheduler):
         self.rungs: dict[int, dict[str, float]] = {level: {} for level in self.levels}  # level -> {trial id: value}
         self.promoted: dict[int, set[str]] = {level: set() for level in self.levels}
         self.trials: dict[str, Any] = {}
+        self.resumed: list[str] = []  # paused trials given a worker again, in order
 
     def set_search_properties(self, metric: str | None, mode: str | None, **spec: Any) -> bool:
         """Keep the metric and mode given at construction."""
@@ -103,13 +104,14 @@ class PromotionASHA(FIFOScheduler):
         promotion = self.next_promotion()
         if promotion is not None and promotion[1].status == Trial.PAUSED:
             self.promoted[promotion[0]].add(promotion[1].trial_id)
+            self.resumed.append(promotion[1].trial_id)
             return promotion[1]
         return next((t for t in tune_controller.get_trials() if t.status == Trial.PENDING), None)
 
     def debug_string(self) -> str:
         """One line for Tune's progress output."""
         counts = ", ".join(f"{level}: {len(rung)}" for level, rung in self.rungs.items())
-        return f"Promotion-type ASHA, trials per rung {{{counts}}}"
+        return f"Promotion-type ASHA, trials per rung {{{counts}}}, {len(self.resumed)} resumed"
 
 
 class FirstRungStartupSampler(RungModelSampler):

@@ -15,11 +15,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.lcbench.methods import build_method
+from bench.lcbench.methods import PROMOTION, build_method
 from bench.lcbench.simulate import Event
 from bench.lcbench.surrogate import MAX_EPOCHS, REPOSITORY, Surrogate, param_space
 from muratune.constants import EPOCH, METRIC, MODE, VAL_LOSS
 
+PAUSING = ("bohb", *PROMOTION)  # methods that pause trials, which then resume from a checkpoint
 TIME_SCALE = 0.01  # real seconds per surrogate second: a median epoch (about 18 s) sleeps about 0.2 s
 _SURROGATES: dict[str, Surrogate] = {}
 
@@ -90,7 +91,7 @@ def run_tune(
     searcher, scheduler = build_method(method, seed, workers, set_space=False, budget=budget)
     recorder = _EpochRecorder(budget, time_scale)
     trainable = tune.with_parameters(
-        lcbench_trainable, task=task, folder=str(folder), time_scale=time_scale, checkpoints=method == "bohb"
+        lcbench_trainable, task=task, folder=str(folder), time_scale=time_scale, checkpoints=method in PAUSING
     )
     with tempfile.TemporaryDirectory(prefix="muratune-scale-") as storage:
         tuner = tune.Tuner(
