@@ -205,7 +205,7 @@ def test_anchors_count_each_epoch_once_stop_at_their_fidelities_and_reproduce(
 
 
 @pytest.mark.parametrize("method", ["muratune-promotion", "random-asha-promotion"])
-def test_promotion_asha_promotes_only_the_top_of_each_rung_and_reproduces(surrogate: Surrogate, method: str) -> None:
+def test_promotion_asha_passes_a_rung_only_when_promoted_and_reproduces(surrogate: Surrogate, method: str) -> None:
     from bench.lcbench.jobs import simulate
     from bench.lcbench.promotion import PromotionASHA
 

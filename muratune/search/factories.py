@@ -39,7 +39,7 @@ def create_searcher(
     if not config.space.searched():
         # Nothing to search (one fixed point, e.g. a paper's setup): repeat it num_samples times.
         return BasicVariantGenerator(max_concurrent=config.resources.max_concurrent_trials)
-    sampler = sampler or create_sampler(config)
+    sampler = sampler if sampler is not None else create_sampler(config)
     url = optuna_storage_url(config) if storage is True else (storage or None)
     searcher = PrunedAwareOptunaSearch(
         metric=METRIC,
