@@ -112,7 +112,7 @@ def test_an_interrupted_search_lists_its_unfinished_trials_as_running_not_pruned
         _result("interrupted", 2, done=False),
         _result("pending", 0, done=None),  # never started before the interruption
     ]
-    unfinished = summary.unfinished_trials(results)
+    unfinished = summary.unfinished_trials(results, config)  # no study recorded them
     assert unfinished == {"interrupted", "pending"}
     table = summary.summarise(results, config, unfinished)
     assert dict(zip(table.trial_id, table.state, strict=True)) == {

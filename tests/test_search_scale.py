@@ -207,7 +207,7 @@ def test_anchors_count_each_epoch_once_stop_at_their_fidelities_and_reproduce(
 @pytest.mark.parametrize("method", ["muratune-promotion", "random-asha-promotion"])
 def test_promotion_asha_passes_a_rung_only_when_promoted_and_reproduces(surrogate: Surrogate, method: str) -> None:
     from bench.lcbench.jobs import simulate
-    from bench.lcbench.promotion import PromotionASHA
+    from muratune.search.promotion import PromotionASHA
 
     events, controller = simulate(surrogate, TASK, method, seed=2, workers=4, budget=BUDGET)
     scheduler = controller.scheduler
@@ -225,48 +225,20 @@ def test_promotion_asha_passes_a_rung_only_when_promoted_and_reproduces(surrogat
     assert events == again and [e.accuracy for e in events] != [e.accuracy for e in other]
 
 
-def test_promotion_asha_pauses_at_a_rung_and_resumes_the_best_of_its_top_third() -> None:
-    from types import SimpleNamespace
-
-    from ray.tune.schedulers import TrialScheduler
-
-    from bench.lcbench.promotion import PromotionASHA
-
-    scheduler = PromotionASHA("acc", "max", max_t=50, grace_period=2, reduction_factor=3)
-    trials = {name: SimpleNamespace(trial_id=name, status="RUNNING") for name in "abcde"}
-    controller = SimpleNamespace(get_trials=lambda: list(trials.values()))
-    for trial in trials.values():
-        scheduler.on_trial_add(controller, trial)
-
-    def report(name: str, epoch: int, acc: float) -> str:
-        decision = scheduler.on_trial_result(controller, trials[name], {"training_iteration": epoch, "acc": acc})
-        trials[name].status = {TrialScheduler.PAUSE: "PAUSED"}.get(decision, "RUNNING")
-        return decision
-
-    assert report("a", 1, 0.9) == TrialScheduler.CONTINUE  # between rungs
-    assert [report("a", 2, 0.5), report("b", 2, 0.7)] == [TrialScheduler.PAUSE] * 2  # fewer than 3 at the rung
-    assert report("c", 2, 0.6) == TrialScheduler.PAUSE  # 3 now: b is the top third, and b is paused
-    assert scheduler.choose_trial_to_run(controller) is trials["b"]  # a free worker resumes b
-    trials["b"].status = "RUNNING"
-    trials["e"].status = "PENDING"
-    assert scheduler.choose_trial_to_run(controller) is trials["e"]  # no promotion left: a new trial
-    assert report("d", 2, 0.9) == TrialScheduler.CONTINUE  # 4 at the rung, d on top and not yet promoted
-    assert scheduler.promoted[2] == {"b", "d"}
-    assert report("d", 50, 0.95) == TrialScheduler.STOP  # a full trial ends
-
-
 def test_promotion_start_up_ends_on_trials_paused_at_the_first_rung(surrogate: Surrogate) -> None:
     from bench.lcbench.jobs import simulate
-    from bench.lcbench.promotion import FirstRungStartupSampler
     from muratune.search.rung_sampler import RungModelSampler
 
     _, controller = simulate(surrogate, TASK, "muratune-promotion", seed=0, workers=4, budget=BUDGET)
-    sampler, study = controller.searcher._sampler, controller.searcher._ot_study
-    assert isinstance(sampler, FirstRungStartupSampler) and sampler.n_startup_trials == 20  # 5 per worker
+    optuna_search = controller.searcher.searcher  # inside the promotion limiter
+    sampler, study = optuna_search._sampler, optuna_search._ot_study
+    assert isinstance(sampler, RungModelSampler) and sampler.startup_on_first_rung
+    assert sampler.n_startup_trials == 20  # 5 per worker
     finished = [t for t in study.trials if t.state.is_finished()]
     assert len(finished) < sampler.n_startup_trials <= len(study.trials)  # paused trials stay RUNNING in Optuna
-    assert not RungModelSampler.started_up(sampler, study)  # counting finished trials would never leave start-up
     assert sampler.started_up(study)
+    sampler.startup_on_first_rung = False
+    assert not sampler.started_up(study)  # counting finished trials only would never leave start-up
 
 
 def test_an_anchor_whose_library_is_missing_says_how_to_install_it() -> None:
@@ -397,7 +369,7 @@ def test_promotion_pauses_and_resumes_trials_from_their_checkpoints_in_real_tune
 ) -> None:
     import bench.lcbench.real_tune as real_tune
     from bench.lcbench.methods import build_method
-    from bench.lcbench.promotion import PromotionASHA
+    from muratune.search.promotion import PromotionASHA
 
     built: list = []
 

@@ -3,8 +3,8 @@
 ``muratune``, ``random-asha`` and ``random`` come from muratune's own factories, given an `ExperimentConfig` as
 ``muratune search`` would build it (LCBench's 50 trained epochs; the space from `bench.lcbench.SPACE_YAML`). The
 others are Ray's stock classes with their own defaults, the anchors of bench/lcbench/anchors.py, and the candidates
-``muratune-promotion`` and ``random-asha-promotion``: the first two's configs under promotion-type ASHA
-(bench/lcbench/promotion.py).
+``muratune-promotion`` and ``random-asha-promotion``: the first two's configs with ``budget.scheduler:
+asha-promotion`` (promotion-type ASHA, muratune/search/promotion.py).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from muratune.constants import METRIC, MODE
 # muratune's factories: the one place to change when the search module is split (issue 17).
 from muratune.search.factories import create_scheduler, create_searcher
 
-# Candidates of issue 29 that are not muratune's default: the same searchers under promotion-type ASHA (promotion.py).
+# Candidates of issue 29 that are not muratune's default: the same searchers under promotion-type ASHA.
 PROMOTION = ("muratune-promotion", "random-asha-promotion")
 METHODS = ("muratune", "stock-optuna-asha", "random-asha", "random", "bohb", "optuna-hyperband", *ANCHORS, *PROMOTION)
 # What the benchmark sets on muratune's defaults: the task's epochs, and the rung metric (LCBench has no AUC, so ASHA's
@@ -43,6 +43,8 @@ def bench_config(method: str, seed: int, workers: int, overrides: list[str] | No
         values["optuna.sampler"] = "random"
     elif method == "random":
         values.update({"optuna.sampler": "random", "budget.scheduler": "none"})
+    if method in PROMOTION:
+        values["budget.scheduler"] = "asha-promotion"
     candidate = list(overrides or []) if method.startswith("muratune") else []
     return load_config(None, overrides=[*BENCH_OVERRIDES, *candidate], values=values)
 
@@ -67,19 +69,17 @@ def build_method(
     """
     random.seed(seed)
     np.random.seed(seed)  # ASHA draws each trial's bracket from numpy's global generator
-    if method in ("muratune", "random-asha", "random"):
+    if method in ("muratune", "random-asha", "random", *PROMOTION):
         config = bench_config(method, seed, workers, overrides)
-        # Nothing reads the study back from a database here: an in-memory Optuna study per search.
-        searcher = create_searcher(config, storage=None)
         scheduler = create_scheduler(config)
+        # Nothing reads the study back from a database here: an in-memory Optuna study per search.
+        searcher = create_searcher(config, storage=None, scheduler=scheduler)
     elif method == "stock-optuna-asha":
         searcher, scheduler = _stock_optuna_asha(seed, workers)
     elif method == "bohb":
         searcher, scheduler = _bohb(seed, workers)
     elif method == "optuna-hyperband":
         searcher, scheduler = _optuna_hyperband(seed, workers)
-    elif method in PROMOTION:
-        searcher, scheduler = _promotion(bench_config(method, seed, workers, overrides))
     elif method in ANCHORS:
         searcher, scheduler = build_anchor(method, seed, workers, budget)
     else:
@@ -132,21 +132,3 @@ def _optuna_hyperband(seed: int, workers: int) -> tuple[Any, Any]:
         max_concurrent=workers,
     )
     return searcher, OptunaPrunerScheduler(searcher, METRIC)
-
-
-def _promotion(config: ExperimentConfig) -> tuple[Any, Any]:
-    """The config's searcher (no concurrency limit; rung-tpe's start-up on first-rung trials) and promotion ASHA."""
-    from bench.lcbench.promotion import FirstRungStartupSampler, PromotionASHA
-    from muratune.config import RUNG_METRICS
-    from muratune.search.factories import create_sampler
-
-    budget = config.budget
-    limited = create_searcher(config, storage=None, sampler=create_sampler(config, FirstRungStartupSampler))
-    scheduler = PromotionASHA(
-        budget.rung_metric,
-        RUNG_METRICS[budget.rung_metric],
-        budget.max_epochs,
-        budget.grace_period,
-        budget.reduction_factor,
-    )
-    return limited.searcher, scheduler

@@ -57,10 +57,16 @@ class Event:
 
 
 class _SearchAlg:
-    """What schedulers reach through ``tune_controller.search_alg`` (HyperBandForBOHB calls ``searcher.on_pause``)."""
+    """What schedulers reach through ``tune_controller.search_alg`` (HyperBandForBOHB calls ``searcher.on_pause``;
+    promotion-type ASHA asks whether the searcher has finished)."""
 
     def __init__(self, searcher: Any) -> None:
         self.searcher = searcher
+        self.finished = False
+
+    def is_finished(self) -> bool:
+        """Whether the searcher said it has no more trials to give."""
+        return self.finished
 
 
 class SimController:
@@ -160,7 +166,7 @@ class SimController:
         if config is None:
             return False
         if config == "FINISHED":  # Searcher.FINISHED
-            self._searcher_done = True
+            self._searcher_done = self.search_alg.finished = True
             return False
         trial = SimTrial(trial_id, dict(config), self.curve_fn(config))
         self.trials.append(trial)

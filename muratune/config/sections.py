@@ -97,7 +97,10 @@ class BudgetConfig(_Strict):
     grace_period: Annotated[int, Field(ge=1)] = 2
     reduction_factor: Annotated[float, Field(gt=1)] = 3
     time_budget_s: Annotated[float, Field(gt=0)] | None = None
-    scheduler: Literal["asha", "none"] = "asha"
+    # asha: Ray's ASHA, stopping type (a trial runs on until a rung cuts it). asha-promotion: promotion type, each
+    # trial pausing at each rung until it is in its top 1/reduction_factor (Li et al. 2020; muratune.search.promotion);
+    # on LCBench its any-time curve is better and its final regret worse (docs/search-efficiency.md). none: FIFO.
+    scheduler: Literal["asha", "asha-promotion", "none"] = "asha"
     brackets: Annotated[int, Field(ge=1)] = 1  # ASHA brackets (Hyperband-style); 1 = plain successive halving
     # What ASHA ranks trials by at its rungs. Study AUC by default: before a trial's probabilities cross the 0.5
     # threshold its kappa is 0 whatever it has learnt, so early-rung kappa ranks poorly (docs/performance.md).
@@ -108,6 +111,8 @@ class BudgetConfig(_Strict):
     def _grace_within_budget(self) -> BudgetConfig:
         if self.max_epochs < self.grace_period:
             raise ValueError(f"max_epochs ({self.max_epochs}) must be >= grace_period ({self.grace_period}) for ASHA")
+        if self.scheduler == "asha-promotion" and self.brackets != 1:
+            raise ValueError(f"scheduler asha-promotion runs one bracket (got brackets: {self.brackets})")
         return self
 
 
@@ -239,3 +244,10 @@ class ExperimentConfig(_Strict):
                 f"(got {shown})"
             )
         return name
+
+    @model_validator(mode="after")
+    def _promotion_searches(self) -> ExperimentConfig:
+        """Promotion-type ASHA pauses trials a searcher gave; a fixed point repeated has no searcher to limit."""
+        if self.budget.scheduler == "asha-promotion" and not self.space.searched():
+            raise ValueError("budget.scheduler asha-promotion needs a searched space (every space entry is fixed)")
+        return self

@@ -21,6 +21,7 @@ def create_searcher(
     prune_stopped: bool | None = None,
     storage: str | None | bool = True,
     sampler: Any = None,
+    scheduler: Any = None,
 ) -> Any:
     """Optuna (TPE or random) behind a concurrency limit, with ASHA-stopped trials recorded as PRUNED.
 
@@ -30,11 +31,13 @@ def create_searcher(
         storage: True for the experiment's study storage (`optuna_storage_url`), None or False for an
             in-memory study, or a database URL.
         sampler: an Optuna sampler instead of the one ``optuna.sampler`` names (benchmarks' candidates).
+        scheduler: the search's scheduler; a `PromotionASHA` gets the limit that does not count paused trials.
     """
     import optuna
     from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
 
     from muratune.search.optuna_search import PrunedAwareOptunaSearch
+    from muratune.search.promotion import PromotionASHA, PromotionLimiter
 
     if not config.space.searched():
         # Nothing to search (one fixed point, e.g. a paper's setup): repeat it num_samples times.
@@ -50,10 +53,13 @@ def create_searcher(
         max_epochs=config.budget.max_epochs,
         prune_stopped=config.optuna.prune_stopped_trials if prune_stopped is None else prune_stopped,
     )
-    return ConcurrencyLimiter(searcher, max_concurrent=config.resources.max_concurrent_trials)
+    max_concurrent = config.resources.max_concurrent_trials
+    if isinstance(scheduler, PromotionASHA):
+        return PromotionLimiter(searcher, max_concurrent, scheduler)
+    return ConcurrencyLimiter(searcher, max_concurrent=max_concurrent)
 
 
-def create_sampler(config: ExperimentConfig, rung_sampler: type | None = None) -> Any:
+def create_sampler(config: ExperimentConfig) -> Any:
     """The Optuna sampler ``optuna.sampler`` names: TPE, TPE on ASHA's rungs (`RungModelSampler`) or random."""
     import optuna
 
@@ -69,21 +75,36 @@ def create_sampler(config: ExperimentConfig, rung_sampler: type | None = None) -
             levels = [budget.max_epochs]
         else:
             levels = asha_levels(budget.grace_period, budget.reduction_factor, budget.max_epochs)
-        return (rung_sampler or RungModelSampler)(
-            levels, opt.rung_min_trials, n_startup_trials=startup, stopped_as_bad=opt.rung_stopped_as_bad, **tpe
+        return RungModelSampler(
+            levels,
+            opt.rung_min_trials,
+            n_startup_trials=startup,
+            stopped_as_bad=opt.rung_stopped_as_bad,
+            startup_on_first_rung=budget.scheduler == "asha-promotion",
+            **tpe,
         )
     return optuna.samplers.RandomSampler(seed=opt.seed)
 
 
 def create_scheduler(config: ExperimentConfig) -> Any:
-    """ASHA over epochs, ranking by ``budget.rung_metric`` (or FIFO when ``budget.scheduler`` is ``none``)."""
+    """ASHA over epochs, ranking by ``budget.rung_metric``: stopping or promotion type (or FIFO for ``none``)."""
     from ray.tune.schedulers import FIFOScheduler
 
     from muratune.search.asha import RungMetricASHA
+    from muratune.search.promotion import PromotionASHA
 
     budget = config.budget
     if budget.scheduler == "none":
         return FIFOScheduler()
+    if budget.scheduler == "asha-promotion":
+        return PromotionASHA(
+            budget.rung_metric,
+            RUNG_METRICS[budget.rung_metric],
+            budget.max_epochs,
+            budget.grace_period,
+            budget.reduction_factor,
+            max_concurrent=config.resources.max_concurrent_trials,
+        )
     return RungMetricASHA(
         metric=budget.rung_metric,
         mode=RUNG_METRICS[budget.rung_metric],
@@ -178,6 +199,7 @@ def create_tuner(
 
     storage_path, name = trials_storage(config)
     mlflow_callback = create_mlflow_callback(config, experiment_dir(config))
+    scheduler = create_scheduler(config)
     reporter = tune.CLIReporter(
         metric_columns={EPOCH: "epoch", METRIC: "val_kappa", VAL_AUC: "val_auc"},
         parameter_columns=list(HYPERPARAMETERS),
@@ -191,8 +213,8 @@ def create_tuner(
         tune_config=tune.TuneConfig(
             metric=METRIC,
             mode=MODE,
-            search_alg=searcher if searcher is not None else create_searcher(config),
-            scheduler=create_scheduler(config),
+            search_alg=searcher if searcher is not None else create_searcher(config, scheduler=scheduler),
+            scheduler=scheduler,
             num_samples=config.budget.num_samples,
             reuse_actors=True,
             trial_dirname_creator=_trial_dirname,

@@ -23,6 +23,8 @@ class PrunedAwareOptunaSearch(OptunaSearch):
       reported on every result, stay in the study;
     - a trial that errored is FAIL, even if it reported some epochs first.
 
+    A trial stopped while paused (promotion-type ASHA) comes with no result: its epochs are those it last reported.
+
     Args:
         max_epochs: epochs of a full run.
         prune_stopped: set False to reproduce the stock behaviour (for benchmarks).
@@ -33,6 +35,12 @@ class PrunedAwareOptunaSearch(OptunaSearch):
         super().__init__(*args, **kwargs)
         self.max_epochs = max_epochs
         self.prune_stopped = prune_stopped
+        self.epochs_reported: dict[str, int] = {}
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        """Record the value as an intermediate one (Ray's) and the trial's epochs."""
+        super().on_trial_result(trial_id, result)
+        self.epochs_reported[trial_id] = _epochs(result)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         """Tell Optuna the trial's final state."""
@@ -41,7 +49,7 @@ class PrunedAwareOptunaSearch(OptunaSearch):
         if trial_id in self._completed_trials or trial_id not in self._ot_trials:
             return super().on_trial_complete(trial_id, result=result, error=error)
         ot_trial = self._ot_trials[trial_id]
-        epochs = int((result or {}).get(EPOCH, (result or {}).get("training_iteration", 0)) or 0)
+        epochs = _epochs(result) if result else self.epochs_reported.get(trial_id, 0)
         ot_trial.set_user_attr("ray_trial_id", trial_id)
         ot_trial.set_user_attr("epochs", epochs)
         self._report_final_result(ot_trial, result)
@@ -68,3 +76,9 @@ class PrunedAwareOptunaSearch(OptunaSearch):
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # Optuna warns (and ignores) when the step was already reported
                 ot_trial.report(result[self.metric], step)
+
+
+def _epochs(result: dict | None) -> int:
+    """The epochs a result says its trial has trained."""
+    result = result or {}
+    return int(result.get(EPOCH, result.get("training_iteration", 0)) or 0)

@@ -83,7 +83,8 @@ def _search(
                 record_cache(exp_dir, cache_info, echo)
             results = fit_job(restore_tuner(config, trainable) if resume else create_tuner(config, trainable))
         budget_reached = time_budget_reached(exp_dir)
-        unfinished = set() if budget_reached else unfinished_trials(results)  # cut short by the budget: for good
+        # Cut short by the budget: for good.
+        unfinished = set() if budget_reached else unfinished_trials(results, config)
         summary = summarise(results, config, unfinished)
         write_text(exp_dir / SUMMARY_CSV, summary.to_csv(index=False))
         ckpt.release_optimizer_state(finished_trial_dirs(exp_dir, summary))

@@ -100,6 +100,8 @@ class RungModelSampler(BaseSampler):
         min_trials: observations a level needs before TPE is fitted on it.
         stopped_as_bad: show TPE the trials stopped short of the level as bad ones (see `RungView`).
         n_startup_trials: finished (COMPLETE or PRUNED) trials before the model is used.
+        startup_on_first_rung: count trials with a value at the first level towards ``n_startup_trials`` even while
+            they run: under promotion-type ASHA they wait, paused and RUNNING in the study, at that rung.
         seed: seeds TPE and the random sampler.
         **tpe_kwargs: passed to `TPESampler` (``multivariate``, ``constant_liar``, ...).
     """
@@ -111,9 +113,11 @@ class RungModelSampler(BaseSampler):
         n_startup_trials: int = 10,
         seed: int | None = None,
         stopped_as_bad: bool = False,
+        startup_on_first_rung: bool = False,
         **tpe_kwargs: Any,
     ) -> None:
         self.levels = sorted(levels)
+        self.startup_on_first_rung = startup_on_first_rung
         self.stopped_as_bad = stopped_as_bad
         self.min_trials = min_trials
         self.n_startup_trials = n_startup_trials
@@ -130,8 +134,13 @@ class RungModelSampler(BaseSampler):
         return None
 
     def started_up(self, study: Study) -> bool:
-        """Whether ``n_startup_trials`` trials have finished (COMPLETE or PRUNED), so the model is used."""
-        return len(study._get_trials(deepcopy=False, states=_MODELLED, use_cache=True)) >= self.n_startup_trials
+        """Whether ``n_startup_trials`` trials have finished (or, see ``startup_on_first_rung``, reached the first
+        level), so the model is used."""
+        if not self.startup_on_first_rung:
+            return len(study._get_trials(deepcopy=False, states=_MODELLED, use_cache=True)) >= self.n_startup_trials
+        trials = study._get_trials(deepcopy=False, states=(*_MODELLED, TrialState.RUNNING))
+        observed = [t for t in trials if t.state != TrialState.RUNNING or self.levels[0] in t.intermediate_values]
+        return len(observed) >= self.n_startup_trials
 
     def _model_study(self, study: Study, trial: FrozenTrial) -> Study | None:
         """What TPE sees for this trial: the rung view, the study itself (no level full enough), None (random)."""

@@ -11,22 +11,41 @@ import pandas as pd
 from muratune.config import HYPERPARAMETERS, ExperimentConfig
 from muratune.constants import EPOCH, METRIC, MODE, VAL_AUC
 from muratune.errors import UserError
-from muratune.layout import TRIAL_DIR_PREFIX
+from muratune.layout import OPTUNA_DB, TRIAL_DIR_PREFIX, experiment_dir, optuna_storage_url
 
 
-def unfinished_trials(results: Any) -> set[str]:
+def unfinished_trials(results: Any, config: ExperimentConfig) -> set[str]:
     """Ids of the trials that neither failed nor finished: interrupted, or never started.
 
     Tune marks the last result of a trial that ran to its end or that ASHA stopped with ``done``; an interrupted
-    trial's last result lacks it, and a trial that never started has no result at all. (A search its time budget
-    ended has no unfinished trials, although their results look the same: see `muratune.search.stopper`.)
+    trial's last result lacks it, and a trial that never started has no result at all. Promotion-type ASHA stops
+    the trials left paused at the end of its search without a result, so a trial the Optuna study records as
+    finished is finished too. (A search its time budget ended has no unfinished trials, although their results
+    look the same: see `muratune.search.stopper`.)
     """
     unfinished = set()
     for result in results:
         metrics = result.metrics or {}
         if result.error is None and not metrics.get("done", False):
             unfinished.add(str(metrics.get("trial_id") or Path(result.path).name.removeprefix(TRIAL_DIR_PREFIX)))
-    return unfinished
+    return unfinished - finished_in_study(config) if unfinished else unfinished
+
+
+def finished_in_study(config: ExperimentConfig) -> set[str]:
+    """Ray ids of the trials the experiment's Optuna study records as finished (COMPLETE, PRUNED or FAIL)."""
+    import optuna
+
+    if not config.space.searched():  # a fixed point has no study
+        return set()
+    if config.optuna.storage is None and not (experiment_dir(config) / OPTUNA_DB).is_file():
+        return set()  # nothing recorded (and opening the URL would create the file)
+    try:
+        study = optuna.load_study(study_name=config.name, storage=optuna_storage_url(config))
+    except KeyError:  # no study of this name
+        return set()
+    states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL)
+    trials = study.get_trials(deepcopy=False, states=states)
+    return {str(t.user_attrs["ray_trial_id"]) for t in trials if "ray_trial_id" in t.user_attrs}
 
 
 def trial_state(failed: bool, epochs: int, max_epochs: int) -> str:

@@ -1,0 +1,194 @@
+"""Promotion-type ASHA (``budget.scheduler: asha-promotion``): its decisions, its limit, and a real Tune search."""
+
+from __future__ import annotations
+
+import json
+import math
+import tempfile
+from pathlib import Path
+from types import SimpleNamespace
+
+import optuna
+import pandas as pd
+import pytest
+from ray.tune.schedulers import TrialScheduler
+
+from muratune import layout
+from muratune.config import load_config
+from muratune.errors import UserError
+from muratune.search import factories
+from muratune.search import run as search_run
+from muratune.search.promotion import PromotionASHA, PromotionLimiter
+from tests.helpers.search import tiny_overrides
+
+DEMO = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
+
+
+class Controller(SimpleNamespace):
+    """What the scheduler reaches of Tune's controller: the trials, the searcher's state, stop_trial."""
+
+    def __init__(self, trials: dict[str, SimpleNamespace], searcher_finished: bool = False) -> None:
+        super().__init__(trials=trials, stopped=[])
+        self.search_alg = SimpleNamespace(is_finished=lambda: searcher_finished)
+
+    def get_trials(self) -> list[SimpleNamespace]:
+        return list(self.trials.values())
+
+    def stop_trial(self, trial: SimpleNamespace) -> None:
+        trial.status = "TERMINATED"
+        self.stopped.append(trial.trial_id)
+
+
+def _scheduler_with(names: str, max_concurrent: int | None = None) -> tuple[PromotionASHA, Controller]:
+    scheduler = PromotionASHA("acc", "max", 50, 2, 3, max_concurrent=max_concurrent)
+    controller = Controller({name: SimpleNamespace(trial_id=name, status="RUNNING") for name in names})
+    for trial in controller.trials.values():
+        scheduler.on_trial_add(controller, trial)
+    return scheduler, controller
+
+
+def _report(scheduler: PromotionASHA, controller: Controller, name: str, epoch: int, acc: float) -> str:
+    """A result as Tune passes it; the trial's status follows the decision (a pause lands at once here)."""
+    trial = controller.trials[name]
+    decision = scheduler.on_trial_result(controller, trial, {"training_iteration": epoch, "acc": acc})
+    trial.status = {TrialScheduler.PAUSE: "PAUSED"}.get(decision, "RUNNING")
+    return decision
+
+
+def test_a_trial_pauses_at_a_rung_and_the_best_of_its_top_third_is_resumed() -> None:
+    scheduler, controller = _scheduler_with("abcde")
+    assert _report(scheduler, controller, "a", 1, 0.9) == TrialScheduler.CONTINUE  # between rungs
+    assert [_report(scheduler, controller, n, 2, acc) for n, acc in (("a", 0.5), ("b", 0.7))] == ["PAUSE"] * 2
+    assert _report(scheduler, controller, "c", 2, 0.6) == TrialScheduler.PAUSE  # 3 now: b is the top third
+    assert scheduler.promotion_waiting()
+    assert scheduler.choose_trial_to_run(controller) is controller.trials["b"]  # a free worker resumes b
+    controller.trials["b"].status = "RUNNING"
+    controller.trials["e"].status = "PENDING"
+    assert not scheduler.promotion_waiting()
+    assert scheduler.choose_trial_to_run(controller) is controller.trials["e"]  # no promotion left: a new trial
+    assert _report(scheduler, controller, "d", 2, 0.9) == TrialScheduler.CONTINUE  # 4 at the rung, d on top
+    assert scheduler.promoted[2] == {"b", "d"} and scheduler.resumed == ["b"]
+    assert _report(scheduler, controller, "d", 50, 0.95) == TrialScheduler.STOP  # a full trial ends
+
+
+def test_a_promotion_waits_for_the_pause_to_land_and_for_a_free_worker() -> None:
+    scheduler, controller = _scheduler_with("abcde", max_concurrent=2)
+    for name, acc in (("a", 0.9), ("b", 0.5)):
+        _report(scheduler, controller, name, 2, acc)
+    controller.trials["a"].status = "RUNNING"  # Tune still saves a's checkpoint: its pause has not landed
+    assert _report(scheduler, controller, "c", 2, 0.4) == TrialScheduler.PAUSE  # a is the top third
+    assert scheduler.promotion_waiting() and scheduler.choose_trial_to_run(controller) is None
+    controller.trials["a"].status = "PAUSED"
+    # d and e run (they have not reached the rung): no free worker
+    assert controller.trials["d"].status == controller.trials["e"].status == "RUNNING"
+    assert scheduler.choose_trial_to_run(controller) is None
+    controller.trials["d"].status = "TERMINATED"
+    assert scheduler.choose_trial_to_run(controller) is controller.trials["a"]
+
+
+def test_the_trials_left_paused_are_stopped_once_no_trial_can_come_or_be_promoted() -> None:
+    scheduler, controller = _scheduler_with("abc")
+    controller.search_alg.is_finished = lambda: True
+    _report(scheduler, controller, "a", 2, 0.5)
+    assert scheduler.choose_trial_to_run(controller) is None and controller.stopped == []  # b and c still run
+    _report(scheduler, controller, "b", 2, 0.4)
+    _report(scheduler, controller, "c", 2, 0.3)  # a is the top third: resumed, not stopped
+    assert scheduler.choose_trial_to_run(controller) is controller.trials["a"]
+    controller.trials["a"].status = "RUNNING"
+    assert scheduler.choose_trial_to_run(controller) is None and controller.stopped == []  # a may reach a rung
+    scheduler.on_trial_complete(controller, controller.trials["a"], {})
+    controller.trials["a"].status = "TERMINATED"
+    assert scheduler.choose_trial_to_run(controller) is None
+    assert sorted(controller.stopped) == ["b", "c"]
+
+
+def test_the_limit_does_not_count_paused_trials_and_leaves_a_worker_to_a_waiting_promotion(tmp_path: Path) -> None:
+    overrides = tiny_overrides(tmp_path, tmp_path / "runs", **{"budget.scheduler": "asha-promotion"})
+    config = load_config(DEMO, overrides)
+    scheduler = factories.create_scheduler(config)
+    limiter = factories.create_searcher(config, storage=None, scheduler=scheduler)
+    assert isinstance(scheduler, PromotionASHA) and isinstance(limiter, PromotionLimiter)
+    assert scheduler.max_concurrent == limiter.max_concurrent == 2
+    from muratune.search.space import create_search_space
+
+    limiter.set_search_properties("val_kappa", "max", create_search_space(config.space))
+    for name in "ab":
+        scheduler.on_trial_add(None, SimpleNamespace(trial_id=name, status="PAUSED"))
+    assert limiter.suggest("a") and limiter.suggest("b") and limiter.suggest("c") is None  # two run
+    scheduler.paused.add("a")  # a pauses at a rung
+    assert limiter.suggest("c") is not None
+    scheduler.paused.add("b")
+    scheduler.rungs[1] = {"a": 0.9, "b": 0.1, "x": 0.2}  # a is promotable: its worker is kept for it
+    assert scheduler.promotion_waiting() and limiter.suggest("d") is None
+
+
+def test_promotion_type_asha_runs_one_bracket(tmp_path: Path) -> None:
+    overrides = tiny_overrides(tmp_path, tmp_path / "runs", **{"budget.scheduler": "asha-promotion"})
+    with pytest.raises(UserError, match="budget.*asha-promotion runs one bracket") as err:
+        load_config(DEMO, [*overrides, "budget.brackets=2"])
+    assert "\n" not in str(err.value)
+
+
+def test_promotion_type_asha_needs_a_searched_space(tmp_path: Path) -> None:
+    overrides = tiny_overrides(tmp_path, tmp_path / "runs", **{"budget.scheduler": "asha-promotion"})
+    fixed = [f"space.{name}={value}" for name, value in load_config(DEMO, overrides).space.defaults().items()]
+    with pytest.raises(UserError, match="asha-promotion needs a searched space"):
+        load_config(DEMO, [*overrides, *fixed])
+
+
+def checkpointing_trial(config: dict, experiment_config: dict | None = None) -> None:
+    """A cheap trial whose kappa rises with lr, checkpointing each epoch and resuming from its checkpoint."""
+    import ray.tune
+
+    assert experiment_config is not None
+    start = 0
+    checkpoint = ray.tune.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as folder:
+            start = json.loads((Path(folder) / "state.json").read_text())["epoch"]
+    quality = math.log10(config["lr"]) + 5  # lr 1e-4 -> 1, 1e-2 -> 3
+    max_epochs = experiment_config["budget"]["max_epochs"]
+    for epoch in range(start + 1, max_epochs + 1):
+        kappa = quality * epoch / max_epochs / 3
+        with tempfile.TemporaryDirectory() as folder:
+            (Path(folder) / "state.json").write_text(json.dumps({"epoch": epoch}))
+            metrics = {"epoch": epoch, "val_kappa": kappa, "val_auc": 0.5 + kappa / 2, "resumed_from": start}
+            ray.tune.report(metrics, checkpoint=ray.tune.Checkpoint.from_directory(folder))
+
+
+@pytest.mark.slow
+def test_a_promotion_search_resumes_paused_trials_ends_and_records_them_in_optuna(
+    ray_session, tmp_path: Path, synthetic_root: Path
+) -> None:
+    settings = {
+        "budget.scheduler": "asha-promotion",
+        "budget.num_samples": 8,
+        "budget.max_epochs": 4,
+        "budget.grace_period": 1,
+        "budget.reduction_factor": 2,
+        "budget.time_budget_s": 600,  # a guard: the search must end by itself (asserted below), not by this
+        "space.lr": "{type: loguniform, low: 1.0e-4, high: 1.0e-2}",
+        "optuna.n_startup_trials": 3,
+    }
+    config = load_config(DEMO, tiny_overrides(synthetic_root, tmp_path / "runs", name="promotion", **settings))
+    result = search_run.run_search(config, trainable=checkpointing_trial, echo=lambda _: None)
+    assert not factories.time_budget_reached(result.experiment_dir)
+
+    summary = result.summary
+    assert len(summary) == 8 and set(summary.state) == {"COMPLETE", "PRUNED"}
+    resumed = 0
+    for trial_dir in summary.trial_dir:
+        progress = pd.read_csv(Path(trial_dir) / "progress.csv")
+        assert list(progress.epoch) == list(range(1, len(progress) + 1))  # a resumed trial never repeats an epoch
+        resumed += int(progress.resumed_from.max() > 0)
+    assert resumed  # some trial paused at a rung and went on from its checkpoint
+    study = optuna.load_study(study_name=config.name, storage=layout.optuna_storage_url(config))
+    for trial in study.get_trials(deepcopy=False):
+        epochs = trial.user_attrs["epochs"]
+        assert len(trial.intermediate_values) == epochs >= 1
+        if trial.state == optuna.trial.TrialState.PRUNED:  # stopped while paused at a rung: no result came
+            assert epochs < config.budget.max_epochs
+        else:
+            assert trial.state == optuna.trial.TrialState.COMPLETE and epochs == config.budget.max_epochs
+    by_id = {t.user_attrs["ray_trial_id"]: t.state.name for t in study.get_trials(deepcopy=False)}
+    assert dict(zip(summary.trial_id, summary.state, strict=True)) == by_id
