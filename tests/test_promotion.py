@@ -192,3 +192,16 @@ def test_a_promotion_search_resumes_paused_trials_ends_and_records_them_in_optun
             assert trial.state == optuna.trial.TrialState.COMPLETE and epochs == config.budget.max_epochs
     by_id = {t.user_attrs["ray_trial_id"]: t.state.name for t in study.get_trials(deepcopy=False)}
     assert dict(zip(summary.trial_id, summary.state, strict=True)) == by_id
+
+
+def test_the_limits_snapshot_leaves_out_the_scheduler_and_its_restore_keeps_the_running_one(tmp_path: Path) -> None:
+    overrides = tiny_overrides(tmp_path, tmp_path / "runs", **{"budget.scheduler": "asha-promotion"})
+    config = load_config(DEMO, overrides)
+    scheduler = factories.create_scheduler(config)
+    limiter = factories.create_searcher(config, storage=None, scheduler=scheduler)
+    limiter.live_trials.add("a")
+    state = limiter.get_state()
+    assert "scheduler" not in state and "searcher" not in state and state["live_trials"] == {"a"}
+    limiter.live_trials.clear()
+    limiter.set_state(state)
+    assert limiter.live_trials == {"a"} and limiter.scheduler is scheduler

@@ -16,6 +16,7 @@ Optuna study, like trials stopped by stopping-type ASHA.
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 from ray.tune.experiment import Trial
@@ -180,3 +181,8 @@ class PromotionLimiter(ConcurrencyLimiter):
             self.live_trials.add(trial_id)
             self.num_unfinished_live_trials += 1
         return suggestion
+
+    def get_state(self) -> dict:
+        """The limit's own state for Tune's experiment snapshot: not the searcher's, nor the scheduler (with its
+        trials), which stays the one the Tuner runs with when restored."""
+        return copy.deepcopy({k: v for k, v in self.__dict__.items() if k not in ("searcher", "scheduler")})
