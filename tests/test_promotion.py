@@ -22,6 +22,7 @@ from muratune.search.promotion import PromotionASHA, PromotionLimiter
 from tests.helpers.search import tiny_overrides
 
 DEMO = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
+PROMOTION = {"budget.scheduler": "asha-promotion", "optuna.sampler": "rung-tpe"}  # the demo's tpe is refused
 
 
 class Controller(SimpleNamespace):
@@ -77,13 +78,25 @@ def test_a_promotion_waits_for_the_pause_to_land_and_for_a_free_worker() -> None
         _report(scheduler, controller, name, 2, acc)
     controller.trials["a"].status = "RUNNING"  # Tune still saves a's checkpoint: its pause has not landed
     assert _report(scheduler, controller, "c", 2, 0.4) == TrialScheduler.PAUSE  # a is the top third
+    controller.trials["e"].status = "TERMINATED"  # only d runs: a worker is free
     assert scheduler.promotion_waiting() and scheduler.choose_trial_to_run(controller) is None
+    assert "a" not in scheduler.landed_pauses()
     controller.trials["a"].status = "PAUSED"
-    # d and e run (they have not reached the rung): no free worker
-    assert controller.trials["d"].status == controller.trials["e"].status == "RUNNING"
+    controller.trials["e"].status = "RUNNING"  # d and e run: no free worker
     assert scheduler.choose_trial_to_run(controller) is None
     controller.trials["d"].status = "TERMINATED"
     assert scheduler.choose_trial_to_run(controller) is controller.trials["a"]
+
+
+def test_a_nan_value_ranks_last_and_a_restarted_trial_passes_a_rung_it_was_promoted_from() -> None:
+    scheduler, controller = _scheduler_with("abcdef")
+    for name, acc in (("a", 0.5), ("b", float("nan")), ("c", 0.4), ("d", 0.3), ("e", 0.2)):
+        _report(scheduler, controller, name, 2, acc)
+    assert scheduler.promotable(2) == ["a"]  # 5 values: the top 1; NaN would sort anywhere
+    assert _report(scheduler, controller, "f", 2, 0.9) == TrialScheduler.CONTINUE  # 6 values: f, then a
+    assert scheduler.promotable(2) == ["a"] and "b" not in scheduler.promotable(2)
+    controller.trials["f"].status = "RUNNING"
+    assert _report(scheduler, controller, "f", 2, 0.9) == TrialScheduler.CONTINUE  # restarted: it passed rung 2
 
 
 def test_the_trials_left_paused_are_stopped_once_no_trial_can_come_or_be_promoted() -> None:
@@ -103,7 +116,7 @@ def test_the_trials_left_paused_are_stopped_once_no_trial_can_come_or_be_promote
 
 
 def test_the_limit_does_not_count_paused_trials_and_leaves_a_worker_to_a_waiting_promotion(tmp_path: Path) -> None:
-    overrides = tiny_overrides(tmp_path, tmp_path / "runs", **{"budget.scheduler": "asha-promotion"})
+    overrides = tiny_overrides(tmp_path, tmp_path / "runs", **PROMOTION)
     config = load_config(DEMO, overrides)
     scheduler = factories.create_scheduler(config)
     limiter = factories.create_searcher(config, storage=None, scheduler=scheduler)
@@ -122,15 +135,58 @@ def test_the_limit_does_not_count_paused_trials_and_leaves_a_worker_to_a_waiting
     assert scheduler.promotion_waiting() and limiter.suggest("d") is None
 
 
+def test_the_limit_counts_a_trial_whose_pause_has_not_landed(tmp_path: Path) -> None:
+    overrides = tiny_overrides(tmp_path, tmp_path / "runs", **PROMOTION)
+    config = load_config(DEMO, overrides)
+    scheduler = factories.create_scheduler(config)
+    limiter = factories.create_searcher(config, storage=None, scheduler=scheduler)
+    from muratune.search.space import create_search_space
+
+    limiter.set_search_properties("val_kappa", "max", create_search_space(config.space))
+    trials = {name: SimpleNamespace(trial_id=name, status="RUNNING") for name in "ab"}
+    for trial in trials.values():
+        scheduler.on_trial_add(None, trial)
+    assert limiter.suggest("a") and limiter.suggest("b")
+    scheduler.paused.add("a")  # a pauses at a rung; Tune still saves its checkpoint, holding its worker
+    assert limiter.suggest("c") is None
+    trials["a"].status = "PAUSED"
+    assert limiter.suggest("c") is not None
+
+
+def test_a_promotion_search_refuses_a_searcher_without_its_limit(tmp_path: Path) -> None:
+    from ray.tune.search import ConcurrencyLimiter
+
+    overrides = tiny_overrides(tmp_path, tmp_path / "runs", **PROMOTION)
+    config = load_config(DEMO, overrides)
+    plain = ConcurrencyLimiter(factories.create_searcher(config, storage=None).searcher, max_concurrent=2)
+    with pytest.raises(ValueError, match="PromotionLimiter"):
+        factories.create_tuner(config, searcher=plain)
+
+
 def test_promotion_type_asha_runs_one_bracket(tmp_path: Path) -> None:
-    overrides = tiny_overrides(tmp_path, tmp_path / "runs", **{"budget.scheduler": "asha-promotion"})
+    overrides = tiny_overrides(tmp_path, tmp_path / "runs", **PROMOTION)
     with pytest.raises(UserError, match="budget.*asha-promotion runs one bracket") as err:
         load_config(DEMO, [*overrides, "budget.brackets=2"])
     assert "\n" not in str(err.value)
 
 
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ("optuna.sampler=tpe", "needs optuna.sampler rung-tpe or random"),
+        ("resources.workers_per_trial=2", "needs resources.workers_per_trial: 1"),
+    ],
+)
+def test_promotion_type_asha_refuses_a_model_blind_to_paused_trials_and_data_parallel_trials(
+    tmp_path: Path, setting: str, message: str
+) -> None:
+    overrides = tiny_overrides(tmp_path, tmp_path / "runs", **PROMOTION)
+    with pytest.raises(UserError, match=message):
+        load_config(DEMO, [*overrides, setting])
+
+
 def test_promotion_type_asha_needs_a_searched_space(tmp_path: Path) -> None:
-    overrides = tiny_overrides(tmp_path, tmp_path / "runs", **{"budget.scheduler": "asha-promotion"})
+    overrides = tiny_overrides(tmp_path, tmp_path / "runs", **PROMOTION)
     fixed = [f"space.{name}={value}" for name, value in load_config(DEMO, overrides).space.defaults().items()]
     with pytest.raises(UserError, match="asha-promotion needs a searched space"):
         load_config(DEMO, [*overrides, *fixed])
@@ -161,7 +217,7 @@ def test_a_promotion_search_resumes_paused_trials_ends_and_records_them_in_optun
     ray_session, tmp_path: Path, synthetic_root: Path
 ) -> None:
     settings = {
-        "budget.scheduler": "asha-promotion",
+        **PROMOTION,
         "budget.num_samples": 8,
         "budget.max_epochs": 4,
         "budget.grace_period": 1,
@@ -195,7 +251,7 @@ def test_a_promotion_search_resumes_paused_trials_ends_and_records_them_in_optun
 
 
 def test_the_limits_snapshot_leaves_out_the_scheduler_and_its_restore_keeps_the_running_one(tmp_path: Path) -> None:
-    overrides = tiny_overrides(tmp_path, tmp_path / "runs", **{"budget.scheduler": "asha-promotion"})
+    overrides = tiny_overrides(tmp_path, tmp_path / "runs", **PROMOTION)
     config = load_config(DEMO, overrides)
     scheduler = factories.create_scheduler(config)
     limiter = factories.create_searcher(config, storage=None, scheduler=scheduler)

@@ -247,7 +247,15 @@ class ExperimentConfig(_Strict):
 
     @model_validator(mode="after")
     def _promotion_searches(self) -> ExperimentConfig:
-        """Promotion-type ASHA pauses trials a searcher gave; a fixed point repeated has no searcher to limit."""
-        if self.budget.scheduler == "asha-promotion" and not self.space.searched():
+        """What promotion-type ASHA needs: a searcher to limit, a model that reads paused trials, resumable trials."""
+        if self.budget.scheduler != "asha-promotion":
+            return self
+        if not self.space.searched():
             raise ValueError("budget.scheduler asha-promotion needs a searched space (every space entry is fixed)")
+        if self.optuna.sampler == "tpe":
+            # TPE's start-up counts finished trials only, and paused ones stay RUNNING: it would sample at random.
+            raise ValueError("budget.scheduler asha-promotion needs optuna.sampler rung-tpe or random (not tpe)")
+        if self.resources.workers_per_trial > 1:
+            # A data-parallel trial reports its checkpoint as a metric, which Tune cannot resume a paused trial from.
+            raise ValueError("budget.scheduler asha-promotion needs resources.workers_per_trial: 1")
         return self

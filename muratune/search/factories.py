@@ -213,7 +213,7 @@ def create_tuner(
         tune_config=tune.TuneConfig(
             metric=METRIC,
             mode=MODE,
-            search_alg=searcher if searcher is not None else create_searcher(config, scheduler=scheduler),
+            search_alg=_search_alg(config, scheduler, searcher),
             scheduler=scheduler,
             num_samples=config.budget.num_samples,
             reuse_actors=True,
@@ -235,6 +235,18 @@ def create_tuner(
             verbose=verbose,
         ),
     )
+
+
+def _search_alg(config: ExperimentConfig, scheduler: Any, searcher: Any) -> Any:
+    """The config's searcher, or ``searcher`` (benchmarks) if the scheduler can work with it."""
+    from muratune.search.promotion import PromotionASHA, PromotionLimiter
+
+    if searcher is None:
+        return create_searcher(config, scheduler=scheduler)
+    if isinstance(scheduler, PromotionASHA) and not isinstance(searcher, PromotionLimiter):
+        # Another limit counts paused trials as live: it would stop suggesting, and the search would never end.
+        raise ValueError("budget.scheduler asha-promotion needs its searcher behind a PromotionLimiter")
+    return searcher
 
 
 def restore_tuner(config: ExperimentConfig, trainable: Callable | None = None) -> Any:

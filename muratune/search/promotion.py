@@ -17,6 +17,7 @@ Optuna study, like trials stopped by stopping-type ASHA.
 from __future__ import annotations
 
 import copy
+import math
 from typing import Any
 
 from ray.tune.experiment import Trial
@@ -84,14 +85,17 @@ class PromotionASHA(FIFOScheduler):
         self.paused.discard(trial.trial_id)
 
     def promotable(self, level: int) -> list[str]:
-        """The trials in the top ``1/reduction_factor`` of the rung at ``level`` not yet promoted, best first."""
+        """The trials in the top ``1/reduction_factor`` of the rung at ``level`` not yet promoted, best first.
+
+        A NaN value (a kappa or AUC of one class only) ranks last and is never promoted.
+        """
         rung = self.rungs[level]
-        top = sorted(rung, key=lambda trial_id: -self.sign * rung[trial_id])[: int(len(rung) // self.reduction_factor)]
+        ranked = sorted((t for t in rung if not math.isnan(rung[t])), key=lambda t: -self.sign * rung[t])
+        top = ranked[: int(len(rung) // self.reduction_factor)]
         return [trial_id for trial_id in top if trial_id not in self.promoted[level]]
 
     def next_promotion(self, reporting: str | None = None) -> tuple[int, str] | None:
-        """The (rung, trial id) to promote next: the best promotable paused (or ``reporting``) trial, highest rung
-        first."""
+        """The (rung, trial id) to promote next: the best promotable paused (or reporting) trial, top rung first."""
         for level in reversed(self.levels):
             for trial_id in self.promotable(level):
                 if trial_id == reporting or self._resumable(trial_id):
@@ -102,6 +106,10 @@ class PromotionASHA(FIFOScheduler):
         """Whether the trial is paused here and Tune has not ended it (a time budget ends paused trials too)."""
         return trial_id in self.paused and self.trials[trial_id].status not in (Trial.TERMINATED, Trial.ERROR)
 
+    def landed_pauses(self) -> set[str]:
+        """The paused trials whose pause (a checkpoint save) is over, so their worker is free."""
+        return {trial_id for trial_id in self.paused if self.trials[trial_id].status == Trial.PAUSED}
+
     def promotion_waiting(self) -> bool:
         """Whether a paused trial is to be promoted: the next free worker goes to it, not to a new trial."""
         return self.next_promotion() is not None
@@ -111,7 +119,7 @@ class PromotionASHA(FIFOScheduler):
         epoch = int(result[self.time_attr])
         if epoch >= self.max_t:
             return TrialScheduler.STOP
-        if epoch not in self.rungs:
+        if epoch not in self.rungs or trial.trial_id in self.promoted[epoch]:  # between rungs, or passed this one
             return TrialScheduler.CONTINUE
         self.rungs[epoch][trial.trial_id] = float(result[self.rung_metric])
         promotion = self.next_promotion(reporting=trial.trial_id)
@@ -127,11 +135,16 @@ class PromotionASHA(FIFOScheduler):
         if promotion is not None:
             return self._resume(*promotion)
         pending = next((t for t in tune_controller.get_trials() if t.status == Trial.PENDING), None)
-        if pending is None and self._searcher_finished(tune_controller) and not self._running():
-            for trial_id in sorted(self.paused):
-                if self.trials[trial_id].status == Trial.PAUSED:
-                    tune_controller.stop_trial(self.trials[trial_id])
+        if pending is None:
+            self._stop_paused_if_over(tune_controller)
         return pending
+
+    def _stop_paused_if_over(self, tune_controller: Any) -> None:
+        """Stop the trials left paused once the searcher is done and none runs: Tune ends when every trial has."""
+        if not tune_controller.search_alg.is_finished() or self._running():
+            return
+        for trial_id in sorted(self.landed_pauses()):
+            tune_controller.stop_trial(self.trials[trial_id])
 
     def _resume(self, level: int, trial_id: str) -> Any:
         """The paused trial, promoted, once its pause (a checkpoint save) is over and a worker is free; else None."""
@@ -146,11 +159,6 @@ class PromotionASHA(FIFOScheduler):
     def _running(self) -> int:
         """Trials running or about to (paused ones, and those still pausing, not counted)."""
         return sum(t.status in _ACTIVE and t.trial_id not in self.paused for t in self.trials.values())
-
-    @staticmethod
-    def _searcher_finished(tune_controller: Any) -> bool:
-        """Whether the search has given every trial it will (``num_samples``, or stopped)."""
-        return bool(tune_controller.search_alg.is_finished())
 
     def debug_string(self) -> str:
         """One line for Tune's progress output."""
@@ -172,8 +180,11 @@ class PromotionLimiter(ConcurrencyLimiter):
         self.scheduler = scheduler
 
     def suggest(self, trial_id: str) -> dict | None:
-        """A new trial, unless ``max_concurrent`` trials run or a paused trial waits for the next worker."""
-        running = len(self.live_trials - self.scheduler.paused)
+        """A new trial, unless ``max_concurrent`` trials run (or still pause) or a paused trial waits for a worker."""
+        if not self._limit_concurrency:
+            return self.searcher.suggest(trial_id)
+        assert trial_id not in self.live_trials, f"Trial ID {trial_id} must be unique: already found in set."
+        running = len(self.live_trials - self.scheduler.landed_pauses())
         if running >= self.max_concurrent or self.scheduler.promotion_waiting():
             return None
         suggestion = self.searcher.suggest(trial_id)
@@ -183,6 +194,5 @@ class PromotionLimiter(ConcurrencyLimiter):
         return suggestion
 
     def get_state(self) -> dict:
-        """The limit's own state for Tune's experiment snapshot: not the searcher's, nor the scheduler (with its
-        trials), which stays the one the Tuner runs with when restored."""
+        """The limit's own state for Tune's snapshot, without the scheduler (a restore keeps the Tuner's own)."""
         return copy.deepcopy({k: v for k, v in self.__dict__.items() if k not in ("searcher", "scheduler")})

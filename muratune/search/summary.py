@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,8 @@ from muratune.config import HYPERPARAMETERS, ExperimentConfig
 from muratune.constants import EPOCH, METRIC, MODE, VAL_AUC
 from muratune.errors import UserError
 from muratune.layout import OPTUNA_DB, TRIAL_DIR_PREFIX, experiment_dir, optuna_storage_url
+
+logger = logging.getLogger(__name__)
 
 
 def unfinished_trials(results: Any, config: ExperimentConfig) -> set[str]:
@@ -41,7 +44,8 @@ def finished_in_study(config: ExperimentConfig) -> set[str]:
         return set()  # nothing recorded (and opening the URL would create the file)
     try:
         study = optuna.load_study(study_name=config.name, storage=optuna_storage_url(config))
-    except KeyError:  # no study of this name
+    except Exception as exc:  # noqa: BLE001 - no such study, or an unreachable database: Tune's record alone then
+        logger.warning("could not read the Optuna study %r to tell finished trials: %s", config.name, exc)
         return set()
     states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL)
     trials = study.get_trials(deepcopy=False, states=states)
