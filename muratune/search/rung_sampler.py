@@ -134,8 +134,7 @@ class RungModelSampler(BaseSampler):
         return None
 
     def started_up(self, study: Study) -> bool:
-        """Whether ``n_startup_trials`` trials have finished (or, see ``startup_on_first_rung``, reached the first
-        level), so the model is used."""
+        """Whether enough trials finished (or reached the first level: ``startup_on_first_rung``) to use the model."""
         if not self.startup_on_first_rung:
             return len(study._get_trials(deepcopy=False, states=_MODELLED, use_cache=True)) >= self.n_startup_trials
         trials = study._get_trials(deepcopy=False, states=(*_MODELLED, TrialState.RUNNING))
