@@ -88,6 +88,16 @@ def test_a_promotion_waits_for_the_pause_to_land_and_for_a_free_worker() -> None
     assert scheduler.choose_trial_to_run(controller) is controller.trials["a"]
 
 
+def test_a_rung_stays_ranked_as_values_arrive_and_a_value_set_again_replaces_the_old_one() -> None:
+    scheduler = PromotionASHA("acc", "min", 50, 2, 3)
+    values = {"a": 0.5, "b": float("nan"), "c": 0.1, "d": 0.9, "e": 0.3, "f": 0.1}
+    for name, value in values.items():
+        scheduler.record(2, name, value)
+    scheduler.record(2, "d", 0.05)  # d reports rung 2 again (a restarted trial)
+    assert scheduler.ranked[2] == ["d", "c", "f", "e", "a"]  # lowest first for "min"; NaN left out; ties in order
+    assert scheduler.promotable(2) == ["d", "c"]  # 6 values: the top 2
+
+
 def test_a_nan_value_ranks_last_and_a_restarted_trial_passes_a_rung_it_was_promoted_from() -> None:
     scheduler, controller = _scheduler_with("abcdef")
     for name, acc in (("a", 0.5), ("b", float("nan")), ("c", 0.4), ("d", 0.3), ("e", 0.2)):
@@ -131,7 +141,8 @@ def test_the_limit_does_not_count_paused_trials_and_leaves_a_worker_to_a_waiting
     scheduler.paused.add("a")  # a pauses at a rung
     assert limiter.suggest("c") is not None
     scheduler.paused.add("b")
-    scheduler.rungs[1] = {"a": 0.9, "b": 0.1, "x": 0.2}  # a is promotable: its worker is kept for it
+    for name, value in (("a", 0.9), ("b", 0.1), ("x", 0.2)):  # a is promotable: its worker is kept for it
+        scheduler.record(1, name, value)
     assert scheduler.promotion_waiting() and limiter.suggest("d") is None
 
 

@@ -103,7 +103,6 @@ class SimController:
         self._queue: list[tuple[float, int, str]] = []
         self._running: set[str] = set()
         self._seq = 0
-        self._searcher_done = False
 
     # ------------------------------------------------------------------ what schedulers call
     def get_trials(self) -> list[SimTrial]:
@@ -159,14 +158,14 @@ class SimController:
             self._schedule_epoch(trial)
 
     def _add_trial(self) -> bool:
-        if self._searcher_done:
+        if self.search_alg.finished:
             return False
         trial_id = f"{len(self.trials):05d}"
         config = self.searcher.suggest(trial_id)
         if config is None:
             return False
         if config == "FINISHED":  # Searcher.FINISHED
-            self._searcher_done = self.search_alg.finished = True
+            self.search_alg.finished = True
             return False
         trial = SimTrial(trial_id, dict(config), self.curve_fn(config))
         self.trials.append(trial)

@@ -20,7 +20,6 @@ def create_searcher(
     config: ExperimentConfig,
     prune_stopped: bool | None = None,
     storage: str | None | bool = True,
-    sampler: Any = None,
     scheduler: Any = None,
 ) -> Any:
     """Optuna (TPE or random) behind a concurrency limit, with ASHA-stopped trials recorded as PRUNED.
@@ -30,7 +29,6 @@ def create_searcher(
         prune_stopped: override ``optuna.prune_stopped_trials`` (benchmarks compare both).
         storage: True for the experiment's study storage (`optuna_storage_url`), None or False for an
             in-memory study, or a database URL.
-        sampler: an Optuna sampler instead of the one ``optuna.sampler`` names (benchmarks' candidates).
         scheduler: the search's scheduler; a `PromotionASHA` gets the limit that does not count paused trials.
     """
     import optuna
@@ -42,7 +40,7 @@ def create_searcher(
     if not config.space.searched():
         # Nothing to search (one fixed point, e.g. a paper's setup): repeat it num_samples times.
         return BasicVariantGenerator(max_concurrent=config.resources.max_concurrent_trials)
-    sampler = sampler if sampler is not None else create_sampler(config)
+    sampler = create_sampler(config)
     url = optuna_storage_url(config) if storage is True else (storage or None)
     searcher = PrunedAwareOptunaSearch(
         metric=METRIC,

@@ -16,6 +16,7 @@ Optuna study, like trials stopped by stopping-type ASHA.
 
 from __future__ import annotations
 
+import bisect
 import copy
 import math
 from typing import Any
@@ -59,6 +60,7 @@ class PromotionASHA(FIFOScheduler):
         self.max_concurrent = max_concurrent
         self.levels = asha_levels(grace_period, reduction_factor, max_t)[:-1]
         self.rungs: dict[int, dict[str, float]] = {level: {} for level in self.levels}  # level -> {trial id: value}
+        self.ranked: dict[int, list[str]] = {level: [] for level in self.levels}  # each rung's non-NaN ids, best first
         self.promoted: dict[int, set[str]] = {level: set() for level in self.levels}
         self.trials: dict[str, Any] = {}
         self.paused: set[str] = set()  # trials this scheduler paused and has not resumed (pausing ones included)
@@ -89,10 +91,17 @@ class PromotionASHA(FIFOScheduler):
 
         A NaN value (a kappa or AUC of one class only) ranks last and is never promoted.
         """
-        rung = self.rungs[level]
-        ranked = sorted((t for t in rung if not math.isnan(rung[t])), key=lambda t: -self.sign * rung[t])
-        top = ranked[: int(len(rung) // self.reduction_factor)]
+        top = self.ranked[level][: int(len(self.rungs[level]) // self.reduction_factor)]
         return [trial_id for trial_id in top if trial_id not in self.promoted[level]]
+
+    def record(self, level: int, trial_id: str, value: float) -> None:
+        """Set a trial's value at the rung at ``level``, keeping it ranked (a restarted trial replaces its own)."""
+        rung, ranked = self.rungs[level], self.ranked[level]
+        if trial_id in rung and not math.isnan(rung[trial_id]):
+            ranked.remove(trial_id)
+        rung[trial_id] = value
+        if not math.isnan(value):
+            bisect.insort(ranked, trial_id, key=lambda t: -self.sign * rung[t])
 
     def next_promotion(self, reporting: str | None = None) -> tuple[int, str] | None:
         """The (rung, trial id) to promote next: the best promotable paused (or reporting) trial, top rung first."""
@@ -121,7 +130,7 @@ class PromotionASHA(FIFOScheduler):
             return TrialScheduler.STOP
         if epoch not in self.rungs or trial.trial_id in self.promoted[epoch]:  # between rungs, or passed this one
             return TrialScheduler.CONTINUE
-        self.rungs[epoch][trial.trial_id] = float(result[self.rung_metric])
+        self.record(epoch, trial.trial_id, float(result[self.rung_metric]))
         promotion = self.next_promotion(reporting=trial.trial_id)
         if promotion is not None and promotion[1] == trial.trial_id:
             self.promoted[promotion[0]].add(trial.trial_id)
