@@ -8,14 +8,7 @@ import pytest
 
 from muratune.config import load_config
 from muratune.search.factories import create_sampler, create_searcher
-from muratune.search.rung_sampler import (
-    RungModelSampler,
-    RungView,
-    asha_levels,
-    discordant_pairs,
-    nearest_neighbour_predictions,
-    ranking_weights,
-)
+from muratune.search.rung_sampler import RungModelSampler, RungView, asha_levels
 
 X = optuna.distributions.FloatDistribution(0.0, 1.0)
 LEVELS = [2, 6, 18, 50]
@@ -152,68 +145,3 @@ def test_stopped_as_bad_without_the_constant_liar_is_refused_in_one_line() -> No
     assert "constant_liar" in str(err.value) and "\n" not in str(err.value)
     load_config(None, overrides=["optuna.constant_liar=false", "optuna.rung_stopped_as_bad=false"])
     load_config(None, overrides=["optuna.constant_liar=false", "optuna.sampler=tpe"])
-
-
-def test_discordant_pairs_count_reversed_and_tied_orderings() -> None:
-    observed = np.array([0.1, 0.2, 0.3, 0.4])
-    assert discordant_pairs(observed * 2, observed) == 0
-    assert discordant_pairs(-observed, observed) == 6
-    assert discordant_pairs(np.zeros(4), observed) == 6  # a constant ranker orders nothing
-    assert discordant_pairs(np.array([0.1, 0.2, 0.4, 0.3]), observed) == 1
-
-
-def test_nearest_neighbour_predictions_leave_each_trial_out() -> None:
-    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=0))
-    for x in (0.0, 0.1, 0.5, 0.55, 1.0):
-        study.enqueue_trial({"x": x})
-        trial = study.ask({"x": X})
-        study.tell(trial, x)
-    trials = study.trials
-    values = np.array([t.value for t in trials])
-    np.testing.assert_allclose(nearest_neighbour_predictions(trials, values), [0.1, 0.0, 0.55, 0.5, 0.55])
-
-
-def _study_where_rung_6_ranks_like_the_full_runs_and_rung_2_does_not() -> optuna.Study:
-    """30 trials stopped at epoch 6 and 12 full runs; every value at 6 grows with x, as the full runs' final values
-    do, while the full runs' values at 2 fall with x."""
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=1))
-    for _ in range(30):
-        trial = study.ask({"x": X})
-        trial.report(0.5 * trial.params["x"], 2)
-        trial.report(0.5 * trial.params["x"], 6)
-        study.tell(trial, state=optuna.trial.TrialState.PRUNED)
-    for _ in range(12):
-        trial = study.ask({"x": X})
-        x = trial.params["x"]
-        trial.report(1 - x, 2)
-        trial.report(0.5 * x, 6)
-        study.tell(trial, x)
-    return study
-
-
-def test_ranking_weights_go_to_the_rung_that_ranks_like_the_top_one() -> None:
-    study = _study_where_rung_6_ranks_like_the_full_runs_and_rung_2_does_not()
-    weights = ranking_weights(study, [2, 6, 50], 50, np.random.RandomState(0))
-    assert weights[2] == 0
-    assert weights[6] > weights[50]  # the nearest-neighbour ranking of the top rung errs where rung 6 does not
-    assert sum(weights.values()) == pytest.approx(1)
-    weighted = RungModelSampler(LEVELS, min_trials=10, n_startup_trials=10, ranking_weighted=True, seed=0)
-    drawn = [weighted.model_level(study) for _ in range(40)]
-    assert 2 not in drawn
-    assert drawn.count(6) > drawn.count(50)
-    assert RungModelSampler(LEVELS, min_trials=10, n_startup_trials=10).model_level(study) == 50
-
-
-def test_ranking_weights_keep_the_top_rung_when_the_lower_one_cannot_rank() -> None:
-    study = _study_where_rung_6_and_the_full_runs_disagree()  # the 4 full runs all have 0.1 at rung 6
-    weighted = RungModelSampler(LEVELS, min_trials=4, n_startup_trials=10, ranking_weighted=True, seed=0)
-    assert weighted.full_levels(study) == [2, 6, 18, 50]
-    weights = ranking_weights(study, [2, 6, 18, 50], 50, np.random.RandomState(0))
-    assert weights[50] > 0.9  # the lower rungs share only resamples where the nearest neighbour errs as well
-    assert max(weights[2], weights[6], weights[18]) < 0.05
-
-
-def test_rung_weighting_is_built_from_the_config() -> None:
-    config = load_config(None, overrides=["optuna.rung_weighting=true"])
-    assert create_sampler(config).ranking_weighted

@@ -142,8 +142,6 @@ class OptunaConfig(_Strict):
     # ones (PRUNED, by how far they got). random: no model.
     sampler: Literal["tpe", "rung-tpe", "random"] = "rung-tpe"
     rung_min_trials: Annotated[int, Field(ge=2)] = 10
-    # Fit on a rung drawn by how well it ranks the highest full rung's trials (Hyper-Tune) instead of that rung.
-    rung_weighting: bool = False
     rung_stopped_as_bad: bool = True
     seed: int | None = 0
     storage: str | None = None

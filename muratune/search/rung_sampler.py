@@ -5,8 +5,7 @@ from __future__ import annotations
 from collections.abc import Container, Sequence
 from typing import Any
 
-import numpy as np
-from optuna.distributions import BaseDistribution, CategoricalDistribution
+from optuna.distributions import BaseDistribution
 from optuna.samplers import BaseSampler, RandomSampler, TPESampler
 from optuna.study import Study
 from optuna.trial import FrozenTrial, TrialState
@@ -86,67 +85,6 @@ def _as_state(trial: FrozenTrial, state: TrialState, value: float | None) -> Fro
     )
 
 
-def discordant_pairs(predicted: np.ndarray, observed: np.ndarray) -> int:
-    """Pairs of different ``observed`` values that ``predicted`` does not order the same way, a tie included
-    (Hyper-Tune's ranking loss: a ranker that cannot tell two trials apart has not ranked them)."""
-    order_p = np.sign(predicted[:, None] - predicted[None, :])
-    order_o = np.sign(observed[:, None] - observed[None, :])
-    return int(np.sum(np.triu((order_o != 0) & (order_p != order_o), k=1)))
-
-
-def _unit_params(trial: FrozenTrial, names: Sequence[str]) -> np.ndarray:
-    """A trial's parameters on [0, 1] (log scale where the distribution is; categoricals by choice index)."""
-    row = []
-    for name in names:
-        dist, value = trial.distributions[name], trial.params[name]
-        if isinstance(dist, CategoricalDistribution):
-            row.append(float(dist.to_internal_repr(value)))
-            continue
-        low, high, x = dist.low, dist.high, value  # type: ignore[attr-defined]
-        if getattr(dist, "log", False):
-            low, high, x = np.log(low), np.log(high), np.log(x)
-        row.append(0.0 if high == low else (x - low) / (high - low))
-    return np.asarray(row, dtype=float)
-
-
-def nearest_neighbour_predictions(trials: Sequence[FrozenTrial], values: np.ndarray) -> np.ndarray:
-    """Leave-one-out predictions of ``values``: each trial gets its nearest other trial's value (the stand-in for
-    Hyper-Tune's cross-validated top-fidelity model; TPE itself predicts no values)."""
-    names = sorted(set.intersection(*(set(t.params) for t in trials)))
-    points = np.stack([_unit_params(t, names) for t in trials])
-    categorical = np.array([isinstance(trials[0].distributions[n], CategoricalDistribution) for n in names])
-    gaps = np.abs(points[:, None, :] - points[None, :, :])
-    gaps[..., categorical] = gaps[..., categorical] > 0
-    distance = np.sqrt(np.sum(gaps**2, axis=-1))
-    np.fill_diagonal(distance, np.inf)
-    return values[np.argmin(distance, axis=1)]
-
-
-def ranking_weights(
-    study: Study, levels: Sequence[int], top: int, rng: np.random.RandomState, resamples: int = 50
-) -> dict[int, float]:
-    """Hyper-Tune's weights (Li et al., VLDB 2022): each level's share of bootstrap resamples of the trials observed
-    at the ``top`` level in which that level ranks them with the fewest discordant pairs (ties share). A lower level
-    ranks by its observed values, the top level by leave-one-out `nearest_neighbour_predictions`."""
-    trials = study._get_trials(deepcopy=False, states=(*_MODELLED, TrialState.RUNNING))
-    at_top = [t for t in trials if rung_value(t, top, levels[-1]) is not None]
-    observed = np.array([rung_value(t, top, levels[-1]) for t in at_top], dtype=float)
-    rankers = {level: np.array([rung_value(t, level, levels[-1]) for t in at_top], dtype=float) for level in levels}
-    rankers[top] = nearest_neighbour_predictions(at_top, observed)
-    rankers = {level: r for level, r in rankers.items() if not np.isnan(r).any()}
-    wins, used = dict.fromkeys(rankers, 0.0), 0
-    for _ in range(resamples):
-        sample = rng.randint(len(at_top), size=len(at_top))
-        if len(np.unique(observed[sample])) < 2:
-            continue  # no pair to rank in this resample
-        losses = {level: discordant_pairs(r[sample], observed[sample]) for level, r in rankers.items()}
-        best = [level for level, loss in losses.items() if loss == min(losses.values())]
-        for level in best:
-            wins[level] += 1 / len(best)
-        used += 1
-    return {level: count / used for level, count in wins.items()} if used else {top: 1.0}
-
-
 class RungModelSampler(BaseSampler):
     """Optuna's TPESampler, fitted on the values at the highest rung that has ``min_trials`` observations.
 
@@ -164,8 +102,6 @@ class RungModelSampler(BaseSampler):
         n_startup_trials: finished (COMPLETE or PRUNED) trials before the model is used.
         startup_on_first_rung: count trials with a value at the first level towards ``n_startup_trials`` even while
             they run: under promotion-type ASHA they wait, paused and RUNNING in the study, at that rung.
-        ranking_weighted: fit TPE on a level drawn by `ranking_weights` among the levels with ``min_trials`` values
-            (Hyper-Tune's rung weighting), instead of always the highest of them.
         seed: seeds TPE and the random sampler.
         **tpe_kwargs: passed to `TPESampler` (``multivariate``, ``constant_liar``, ...).
     """
@@ -178,12 +114,9 @@ class RungModelSampler(BaseSampler):
         seed: int | None = None,
         stopped_as_bad: bool = False,
         startup_on_first_rung: bool = False,
-        ranking_weighted: bool = False,
         **tpe_kwargs: Any,
     ) -> None:
         self.levels = sorted(levels)
-        self.ranking_weighted = ranking_weighted
-        self._rng = np.random.RandomState(seed)
         self.startup_on_first_rung = startup_on_first_rung
         self.stopped_as_bad = stopped_as_bad
         self.min_trials = min_trials
@@ -192,24 +125,13 @@ class RungModelSampler(BaseSampler):
         self._random = RandomSampler(seed=seed)
         self._view: tuple[int, Study | None] | None = None  # (trial number, view) for the trial being sampled
 
-    def full_levels(self, study: Study) -> list[int]:
-        """The levels with ``min_trials`` values, lowest first."""
-        trials = study._get_trials(deepcopy=False, states=(*_MODELLED, TrialState.RUNNING))
-        top = self.levels[-1]
-        counts = {level: sum(rung_value(t, level, top) is not None for t in trials) for level in self.levels}
-        return [level for level in self.levels if counts[level] >= self.min_trials]
-
     def model_level(self, study: Study) -> int | None:
-        """The level TPE is fitted on: the highest with ``min_trials`` values, or one drawn by `ranking_weights`
-        among them (``ranking_weighted``); None while there is none."""
-        full = self.full_levels(study)
-        if not full:
-            return None
-        if not self.ranking_weighted or len(full) == 1:
-            return full[-1]
-        weights = ranking_weights(study, full, full[-1], self._rng)
-        drawn = list(weights)
-        return int(drawn[self._rng.choice(len(drawn), p=np.array([weights[level] for level in drawn]))])
+        """The highest level with ``min_trials`` values, which TPE is fitted on; None while there is none."""
+        trials = study._get_trials(deepcopy=False, states=(*_MODELLED, TrialState.RUNNING))
+        for level in reversed(self.levels):
+            if sum(rung_value(t, level, self.levels[-1]) is not None for t in trials) >= self.min_trials:
+                return level
+        return None
 
     def started_up(self, study: Study) -> bool:
         """Whether enough trials finished (or reached the first level: ``startup_on_first_rung``) to use the model."""
@@ -266,4 +188,3 @@ class RungModelSampler(BaseSampler):
         """Reseed TPE and the random sampler."""
         self._tpe.reseed_rng()
         self._random.reseed_rng()
-        self._rng.seed()
