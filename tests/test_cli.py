@@ -47,6 +47,9 @@ def test_version_exits_0() -> None:
         (["report", "x", "--top", "0"], "--top"),
         (["serve", "x", "--port", "0"], "--port"),
         (["serve", "x", "--max-pixels", "0"], "--max-pixels"),
+        (["serve", "x", "--body-idle-s", "0"], "--body-idle-s"),
+        (["serve", "x", "--body-min-rate-kb", "-1"], "--body-min-rate-kb"),
+        (["serve", "x", "--max-buffered-mb", "0"], "--max-buffered-mb"),
     ],
 )
 def test_out_of_range_values_are_one_line_naming_the_option(args: list[str], option: str, tmp_path) -> None:

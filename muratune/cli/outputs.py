@@ -19,6 +19,27 @@ PredictorArg = Annotated[
     ),
 ]
 
+CamShiftsOpt = Annotated[
+    int, typer.Option(min=1, max=8, help="CAM shift averaging per axis (1 = off: about half the CPU time per view).")
+]
+MaxPixelsOpt = Annotated[
+    int, typer.Option(min=1, help="Largest image in pixels, read from its header before decoding (413 above).")
+]
+MaxRequestPixelsOpt = Annotated[
+    int, typer.Option(min=1, help="Most pixels of one request's views together (413 above).")
+]
+BodyIdleOpt = Annotated[
+    float, typer.Option(min=0.1, help="Seconds an upload may fall silent before it is cut off (408).")
+]
+BodyMinRateOpt = Annotated[
+    float,
+    typer.Option(min=0, help="Slowest average upload, KB/s, once --body-idle-s has passed (408 below; 0: no floor)."),
+]
+MaxBufferedOpt = Annotated[
+    float | None,
+    typer.Option(min=0.01, help="MB of uploads the server holds at once before 503 (default: 8 x --max-request-mb)."),
+]
+
 
 @app.command("cam")
 def cam_command(
@@ -104,16 +125,12 @@ def serve_command(
     max_request_mb: Annotated[float, typer.Option(min=0.01, help="Largest request body; larger ones get 413.")] = 32.0,
     max_files: Annotated[int, typer.Option(min=1, help="Most views per study.")] = 12,
     address: AddressOpt = None,
-    cam_shifts: Annotated[
-        int,
-        typer.Option(min=1, max=8, help="CAM shift averaging per axis (1 = off: about half the CPU time per view)."),
-    ] = 2,
-    max_pixels: Annotated[
-        int, typer.Option(min=1, help="Largest image in pixels, read from its header before decoding (413 above).")
-    ] = 40_000_000,
-    max_request_pixels: Annotated[
-        int, typer.Option(min=1, help="Most pixels of one request's views together (413 above).")
-    ] = 80_000_000,
+    cam_shifts: CamShiftsOpt = 2,
+    max_pixels: MaxPixelsOpt = 40_000_000,
+    max_request_pixels: MaxRequestPixelsOpt = 80_000_000,
+    body_idle_s: BodyIdleOpt = 10.0,
+    body_min_rate_kb: BodyMinRateOpt = 32.0,
+    max_buffered_mb: MaxBufferedOpt = None,
     allowed_host: Annotated[
         list[str] | None,
         typer.Option(help="Another Host name clients may use (repeatable); the bound host and loopback always are."),
@@ -136,11 +153,8 @@ def serve_command(
 
     if Image.MAX_IMAGE_PIXELS is not None and max_pixels > Image.MAX_IMAGE_PIXELS:
         raise UserError(f"--max-pixels {max_pixels}: above Pillow's bomb limit ({Image.MAX_IMAGE_PIXELS})")
-    limits = ServeLimits(
-        max_request_bytes=int(max_request_mb * 1024 * 1024),
-        max_files=max_files,
-        max_pixels=max_pixels,
-        max_request_pixels=max_request_pixels,
+    limits = ServeLimits.from_options(
+        max_request_mb, max_files, max_pixels, max_request_pixels, body_idle_s, body_min_rate_kb, max_buffered_mb
     )
     options = ServeOptions(
         host=host,

@@ -40,13 +40,17 @@ DEFAULT_BUFFERED_REQUESTS = 8  # request bodies of the largest size the ingress 
 API_PATHS = frozenset({"/predict", "/cam", "/health", "/info"})
 
 
+def _megabytes(mb: float) -> int:
+    return int(mb * 1024 * 1024)
+
+
 @dataclass(frozen=True)
 class ServeLimits:
     """Request limits: body size (413), views per study (422), pixels per image and per request (413), how
     slowly a body may arrive (408): at most ``body_idle_s`` seconds of silence, and after that long at least
     ``body_min_rate`` bytes a second on average, and the bytes of all bodies held at once (503)."""
 
-    max_request_bytes: int = int(DEFAULT_MAX_REQUEST_MB * 1024 * 1024)
+    max_request_bytes: int = _megabytes(DEFAULT_MAX_REQUEST_MB)
     max_files: int = DEFAULT_MAX_FILES
     max_pixels: int = MAX_PIXELS
     max_side: int = MAX_SIDE
@@ -54,6 +58,28 @@ class ServeLimits:
     body_idle_s: float = DEFAULT_BODY_IDLE_S
     body_min_rate: int = DEFAULT_BODY_MIN_RATE
     max_buffered_bytes: int | None = None  # None: DEFAULT_BUFFERED_REQUESTS bodies of max_request_bytes
+
+    @classmethod
+    def from_options(
+        cls,
+        max_request_mb: float,
+        max_files: int,
+        max_pixels: int,
+        max_request_pixels: int,
+        body_idle_s: float,
+        body_min_rate_kb: float,
+        max_buffered_mb: float | None,
+    ) -> ServeLimits:
+        """The limits as `muratune serve` takes them: sizes in MB, the upload rate floor in KB/s."""
+        return cls(
+            max_request_bytes=_megabytes(max_request_mb),
+            max_files=max_files,
+            max_pixels=max_pixels,
+            max_request_pixels=max_request_pixels,
+            body_idle_s=body_idle_s,
+            body_min_rate=int(body_min_rate_kb * 1024),
+            max_buffered_bytes=None if max_buffered_mb is None else _megabytes(max_buffered_mb),
+        )
 
     @property
     def pixels(self) -> PixelLimits:
