@@ -4,7 +4,9 @@ Every method gets the same total budget of training epochs on the same synthetic
 the best internal-validation kappa against epochs consumed, and the epochs each method needs to reach the final best
 of random search without early stopping (c), on the seed-mean curves and per seed. Targets: (a) reaches (c)'s final
 best with <= 50% of (c)'s epochs; (a) is no worse than (b). (d) is the rung-model sampler (``optuna.sampler:
-rung-tpe``, muratune's default) on the same ASHA: its check is that it does no harm against (a), plain TPE.
+rung-tpe``, muratune's default) on the same ASHA: its check is that it does no harm against (a), plain TPE. (e) is
+(d) with promotion-type ASHA and Sobol start-up trials (``budget.scheduler: asha-promotion``, ``optuna.startup:
+sobol``): its check is that it does no harm against (d).
 """
 
 from __future__ import annotations
@@ -24,6 +26,12 @@ METHODS: dict[str, dict[str, object]] = {
     "b_stock_optuna_asha": {"optuna.sampler": "tpe", "optuna.prune_stopped_trials": False},
     "c_random_no_stopping": {"optuna.sampler": "random", "budget.scheduler": "none"},
     "d_muratune_rung_tpe_asha": {"optuna.sampler": "rung-tpe", "optuna.prune_stopped_trials": True},
+    "e_muratune_promotion_sobol": {
+        "optuna.sampler": "rung-tpe",
+        "optuna.prune_stopped_trials": True,
+        "budget.scheduler": "asha-promotion",
+        "optuna.startup": "sobol",
+    },
 }
 
 
@@ -130,7 +138,7 @@ def main() -> None:
     parser.add_argument("--lr-low", type=float, default=1e-5, help="learning-rate range searched (log-uniform)")
     parser.add_argument("--lr-high", type=float, default=1e-2)
     parser.add_argument("--concurrency", type=int, default=2, help="trials at once (2 CPUs shared between them)")
-    parser.add_argument("--methods", default="a,b,c,d", help="the methods' letters (a, b, c, d), comma-separated")
+    parser.add_argument("--methods", default="a,b,c,d", help="the methods' letters (a, b, c, d, e), comma-separated")
     parser.add_argument("--keep-work", action="store_true", help="keep the temporary data and checkpoints")
     parser.add_argument("--out", type=Path, default=Path("bench-out/search_efficiency"), help="curves.csv, curves.png")
     args = parser.parse_args()
@@ -237,7 +245,10 @@ def report(curves: dict[str, list[pd.DataFrame]], budget: int) -> None:
             f"area under the curve (a) {a.mean():.3f} vs (b) {b.mean():.3f}"
         )
     if "a" in by_letter and "d" in by_letter:
-        report_rung_model(curves[by_letter["a"]], curves[by_letter["d"]], budget)
+        report_no_harm("(d) rung-tpe minus (a) tpe", curves[by_letter["a"]], curves[by_letter["d"]], budget)
+    if "d" in by_letter and "e" in by_letter:
+        label = "(e) promotion + sobol minus (d) rung-tpe"
+        report_no_harm(label, curves[by_letter["d"]], curves[by_letter["e"]], budget)
 
 
 def report_against_random(
@@ -271,13 +282,14 @@ def report_against_random(
         print(f"  per seed: {', '.join(f'{r:.2f}' for r in per_seed)}")
 
 
-def report_rung_model(tpe: list[pd.DataFrame], rung: list[pd.DataFrame], budget: int) -> None:
-    """(d) minus (a), seed by seed: the final best and the mean best-so-far over the budget (no harm: not below)."""
-    pairs = list(zip(tpe, rung, strict=True))
+def report_no_harm(label: str, base: list[pd.DataFrame], candidate: list[pd.DataFrame], budget: int) -> None:
+    """``candidate`` minus ``base``, seed by seed: the final best and the mean best-so-far over the budget (no harm:
+    not below)."""
+    pairs = list(zip(base, candidate, strict=True))
     final = [best_at(d, budget) - best_at(a, budget) for a, d in pairs]
     area = [float(mean_curve([d], budget).mean() - mean_curve([a], budget).mean()) for a, d in pairs]
     print(
-        "(d) rung-tpe minus (a) tpe, per seed: final best "
+        f"{label}, per seed: final best "
         + ", ".join(f"{x:+.3f}" for x in final)
         + f" (mean {np.mean(final):+.3f}); mean best-so-far "
         + ", ".join(f"{x:+.3f}" for x in area)

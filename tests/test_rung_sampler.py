@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import optuna
 import pytest
+from optuna.samplers import RandomSampler
 
 from muratune.config import load_config
 from muratune.search.factories import create_sampler, create_searcher
@@ -145,3 +146,58 @@ def test_stopped_as_bad_without_the_constant_liar_is_refused_in_one_line() -> No
     assert "constant_liar" in str(err.value) and "\n" not in str(err.value)
     load_config(None, overrides=["optuna.constant_liar=false", "optuna.rung_stopped_as_bad=false"])
     load_config(None, overrides=["optuna.constant_liar=false", "optuna.sampler=tpe"])
+
+
+SPACE = {
+    "x": X,
+    "lr": optuna.distributions.FloatDistribution(1e-5, 1e-1, log=True),
+    "depth": optuna.distributions.IntDistribution(1, 4),
+    "backbone": optuna.distributions.CategoricalDistribution(["resnet10t", "resnet18", "efficientnet_b0"]),
+}
+
+
+def _start_up(sampler: optuna.samplers.BaseSampler, n: int) -> list[dict]:
+    """The parameters of ``n`` trials asked of ``sampler`` and told at once (so the model never starts)."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction="maximize", sampler=sampler)
+    params = []
+    for _ in range(n):
+        trial = study.ask(SPACE)
+        params.append(trial.params)
+        study.tell(trial, 0.5)
+    return params
+
+
+def test_sobol_start_up_trials_are_optunas_scrambled_sobol_sequence_and_reproduce() -> None:
+    import warnings
+
+    sobol = RungModelSampler(LEVELS, min_trials=10, n_startup_trials=100, seed=3, startup="sobol")
+    drawn = _start_up(sobol, 16)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        reference = optuna.samplers.QMCSampler(scramble=True, seed=3, independent_sampler=RandomSampler(seed=3))
+    assert drawn[1:] == _start_up(reference, 16)[1:]  # the first trial is the independent (random) sampler's
+    assert drawn == _start_up(RungModelSampler(LEVELS, 10, n_startup_trials=100, seed=3, startup="sobol"), 16)
+    assert drawn != _start_up(RungModelSampler(LEVELS, 10, n_startup_trials=100, seed=3), 16)
+    xs = sorted(p["x"] for p in drawn)
+    assert max(np.diff([0.0, *xs, 1.0])) < 0.2  # 16 Sobol points leave no gap of a fifth in any coordinate
+
+
+def test_sobol_start_up_hands_over_to_the_model() -> None:
+    study = _study_where_rung_6_and_the_full_runs_disagree()
+    sampler = RungModelSampler(LEVELS, 10, n_startup_trials=10, seed=0, startup="sobol", multivariate=False)
+    study.sampler = sampler
+    trial = study.ask({"x": X})
+    frozen = study._storage.get_trial(trial._trial_id)
+    assert sampler.infer_relative_search_space(study, frozen) == {}  # TPE's, not the Sobol sequence's
+    assert sampler._model_study(study, frozen) is not None
+
+
+def test_sobol_start_up_is_built_from_the_config_and_refused_without_rung_tpe() -> None:
+    from muratune.errors import UserError
+
+    assert create_sampler(load_config(None, overrides=["optuna.startup=sobol"]))._sobol is not None
+    assert create_sampler(load_config(None))._sobol is None
+    with pytest.raises(UserError) as err:
+        load_config(None, overrides=["optuna.startup=sobol", "optuna.sampler=tpe"])
+    assert "startup: sobol needs sampler: rung-tpe" in str(err.value) and "\n" not in str(err.value)

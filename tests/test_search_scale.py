@@ -241,6 +241,21 @@ def test_promotion_start_up_ends_on_trials_paused_at_the_first_rung(surrogate: S
     assert not sampler.started_up(study)  # counting finished trials only would never leave start-up
 
 
+def test_sobol_start_up_runs_in_the_search_and_reproduces(surrogate: Surrogate) -> None:
+    from bench.lcbench.jobs import simulate
+
+    sobol = ["optuna.startup=sobol"]
+    events, controller = simulate(surrogate, TASK, "muratune-promotion", 2, workers=4, budget=BUDGET, overrides=sobol)
+    assert controller.searcher.searcher._sampler._sobol is not None
+    assert len(events) == len({(e.trial_id, e.epoch) for e in events}) == BUDGET
+    study = controller.searcher.searcher._ot_study
+    drawn = study._storage.get_study_system_attrs(study._study_id)
+    assert any(key.startswith("qmc:") for key in drawn)  # the Sobol sequence drew the start-up trials
+    again, _ = simulate(surrogate, TASK, "muratune-promotion", 2, workers=4, budget=BUDGET, overrides=sobol)
+    plain, _ = simulate(surrogate, TASK, "muratune-promotion", 2, workers=4, budget=BUDGET)
+    assert events == again and events != plain
+
+
 def test_an_anchor_whose_library_is_missing_says_how_to_install_it() -> None:
     from bench.lcbench.anchors import _library
     from muratune.errors import UserError

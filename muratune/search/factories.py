@@ -79,6 +79,7 @@ def create_sampler(config: ExperimentConfig) -> Any:
             n_startup_trials=startup,
             stopped_as_bad=opt.rung_stopped_as_bad,
             startup_on_first_rung=budget.scheduler == "asha-promotion",
+            startup=opt.startup,
             **tpe,
         )
     return optuna.samplers.RandomSampler(seed=opt.seed)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Container, Sequence
-from typing import Any
+from typing import Any, Literal
 
 from optuna.distributions import BaseDistribution
-from optuna.samplers import BaseSampler, RandomSampler, TPESampler
+from optuna.exceptions import ExperimentalWarning
+from optuna.samplers import BaseSampler, QMCSampler, RandomSampler, TPESampler
 from optuna.study import Study
 from optuna.trial import FrozenTrial, TrialState
 
@@ -102,7 +104,9 @@ class RungModelSampler(BaseSampler):
         n_startup_trials: finished (COMPLETE or PRUNED) trials before the model is used.
         startup_on_first_rung: count trials with a value at the first level towards ``n_startup_trials`` even while
             they run: under promotion-type ASHA they wait, paused and RUNNING in the study, at that rung.
-        seed: seeds TPE and the random sampler.
+        startup: how start-up trials are drawn: ``random``, or ``sobol`` (Optuna's `QMCSampler`, a scrambled Sobol
+            sequence, which spreads them over the space more evenly; its first trial is random).
+        seed: seeds TPE, the random sampler and the Sobol scrambling.
         **tpe_kwargs: passed to `TPESampler` (``multivariate``, ``constant_liar``, ...).
     """
 
@@ -114,6 +118,7 @@ class RungModelSampler(BaseSampler):
         seed: int | None = None,
         stopped_as_bad: bool = False,
         startup_on_first_rung: bool = False,
+        startup: Literal["random", "sobol"] = "random",
         **tpe_kwargs: Any,
     ) -> None:
         self.levels = sorted(levels)
@@ -123,6 +128,17 @@ class RungModelSampler(BaseSampler):
         self.n_startup_trials = n_startup_trials
         self._tpe = TPESampler(seed=seed, n_startup_trials=0, **tpe_kwargs)
         self._random = RandomSampler(seed=seed)
+        self._sobol: QMCSampler | None = None
+        if startup == "sobol":
+            with warnings.catch_warnings():  # QMCSampler is marked experimental since Optuna 3.0
+                warnings.simplefilter("ignore", ExperimentalWarning)
+                self._sobol = QMCSampler(
+                    scramble=True,
+                    seed=seed,
+                    independent_sampler=self._random,
+                    warn_asynchronous_seeding=False,  # one searcher draws every trial, on the driver
+                    warn_independent_sampling=False,
+                )
         self._view: tuple[int, Study | None] | None = None  # (trial number, view) for the trial being sampled
 
     def model_level(self, study: Study) -> int | None:
@@ -154,16 +170,21 @@ class RungModelSampler(BaseSampler):
         return self._view[1]
 
     def infer_relative_search_space(self, study: Study, trial: FrozenTrial) -> dict[str, BaseDistribution]:
-        """TPE's relative search space (empty unless ``multivariate``), inferred on the real study."""
+        """The Sobol sequence's space while starting up (``startup: sobol``); else TPE's (empty unless
+        ``multivariate``), inferred on the real study."""
+        if self._sobol is not None and self._model_study(study, trial) is None:
+            return self._sobol.infer_relative_search_space(study, trial)
         return self._tpe.infer_relative_search_space(study, trial)
 
     def sample_relative(
         self, study: Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
     ) -> dict[str, Any]:
-        """Joint sampling (multivariate TPE) on the rung view; nothing while sampling at random."""
+        """Joint sampling (multivariate TPE) on the rung view; the next Sobol point while starting up."""
         view = self._model_study(study, trial)
-        if view is None or not search_space:
+        if not search_space:
             return {}
+        if view is None:
+            return {} if self._sobol is None else self._sobol.sample_relative(study, trial, search_space)
         return self._tpe.sample_relative(view, trial, search_space)
 
     def sample_independent(
@@ -185,6 +206,8 @@ class RungModelSampler(BaseSampler):
         self._tpe.after_trial(study, trial, state, values)
 
     def reseed_rng(self) -> None:
-        """Reseed TPE and the random sampler."""
+        """Reseed TPE, the random sampler and the Sobol sequence."""
         self._tpe.reseed_rng()
         self._random.reseed_rng()
+        if self._sobol is not None:
+            self._sobol.reseed_rng()
