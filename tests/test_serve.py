@@ -581,25 +581,3 @@ def test_a_deflate_bomb_and_a_corrupt_deflate_stream_are_refused_fast(service, s
     valid = deflated_dicom(cv2.imread(str(study[0]), cv2.IMREAD_GRAYSCALE))
     response = client.post("/predict", files=[("files", ("ok.dcm", valid, "application/dicom"))])
     assert response.status_code == 200, response.text
-
-
-def test_the_serve_options_default_to_the_servers_own_limits_and_reach_them():
-    import typer.main
-
-    from muratune.cli.app import app
-
-    serve_command = typer.main.get_command(app).commands["serve"]  # type: ignore[attr-defined]
-    defaults = {param.name: param.default for param in serve_command.params}
-    names = ["max_request_mb", "max_files", "max_pixels", "max_request_pixels"]
-    names += ["body_idle_s", "body_min_rate_kb", "max_buffered_mb"]
-    assert ServeLimits.from_options(*(defaults[name] for name in names)) == ServeLimits()
-    given = ServeLimits.from_options(2, 3, 1000, 2000, 1.5, 8, 64)
-    assert given == ServeLimits(
-        max_request_bytes=2 * 1024 * 1024,
-        max_files=3,
-        max_pixels=1000,
-        max_request_pixels=2000,
-        body_idle_s=1.5,
-        body_min_rate=8 * 1024,
-        max_buffered_bytes=64 * 1024 * 1024,
-    )

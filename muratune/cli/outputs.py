@@ -37,7 +37,10 @@ BodyMinRateOpt = Annotated[
 ]
 MaxBufferedOpt = Annotated[
     float | None,
-    typer.Option(min=0.01, help="MB of uploads the server holds at once before 503 (default: 8 x --max-request-mb)."),
+    typer.Option(
+        min=0.01,
+        help="MB of uploads the server holds at once before 503 (default: 8 x --max-request-mb; at least that).",
+    ),
 ]
 
 
@@ -154,7 +157,13 @@ def serve_command(
     if Image.MAX_IMAGE_PIXELS is not None and max_pixels > Image.MAX_IMAGE_PIXELS:
         raise UserError(f"--max-pixels {max_pixels}: above Pillow's bomb limit ({Image.MAX_IMAGE_PIXELS})")
     limits = ServeLimits.from_options(
-        max_request_mb, max_files, max_pixels, max_request_pixels, body_idle_s, body_min_rate_kb, max_buffered_mb
+        max_request_mb=max_request_mb,
+        max_files=max_files,
+        max_pixels=max_pixels,
+        max_request_pixels=max_request_pixels,
+        body_idle_s=body_idle_s,
+        body_min_rate_kb=body_min_rate_kb,
+        max_buffered_mb=max_buffered_mb,
     )
     options = ServeOptions(
         host=host,

@@ -173,7 +173,7 @@ class OptunaConfig(_Strict):
     def _sobol_for_rung_tpe(self) -> OptunaConfig:
         """Only rung-tpe draws its start-up trials itself; tpe's and random's would ignore the setting."""
         if self.startup == "sobol" and self.sampler != "rung-tpe":
-            raise ValueError(f"startup: sobol needs sampler: rung-tpe (sampler is {self.sampler})")
+            raise ValueError(f"optuna.startup: sobol needs optuna.sampler: rung-tpe (it is {self.sampler})")
         return self
 
     @model_validator(mode="after")

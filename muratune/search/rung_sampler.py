@@ -94,8 +94,8 @@ class RungModelSampler(BaseSampler):
     they got, so its "good" set mixes fidelities. This gives the library's TPE a `RungView` of the study instead:
     the values at one epoch, the highest of ``levels`` (ASHA's rungs and the full run) that ``min_trials`` trials
     have reached (Falkner et al. 2018, BOHB; SMAC3's multi-fidelity facade). Below ``n_startup_trials`` finished
-    trials it samples at random; while no level has ``min_trials`` values (a small search), TPE sees the study as
-    it is, as plain TPE would. The study itself is untouched.
+    trials it samples at random (or from a Sobol sequence: ``startup``); while no level has ``min_trials`` values
+    (a small search), TPE sees the study as it is, as plain TPE would. The study itself is untouched.
 
     Args:
         levels: epochs at which trials are compared (see `asha_levels`); the last is a full run.

@@ -8,6 +8,7 @@ read timeout (408: silent too long, or slower than a floor), then the image head
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from dataclasses import dataclass
 from importlib import resources
@@ -21,6 +22,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from muratune import __version__
 from muratune.data.images import MAX_PIXELS, MAX_SIDE
+from muratune.errors import UserError
 from muratune.serve.guard import ApiKeyGate, SameOriginPost, ServeAccess
 from muratune.serve.service import (
     DEFAULT_REQUEST_PIXELS,
@@ -70,7 +72,16 @@ class ServeLimits:
         body_min_rate_kb: float,
         max_buffered_mb: float | None,
     ) -> ServeLimits:
-        """The limits as `muratune serve` takes them: sizes in MB, the upload rate floor in KB/s."""
+        """The limits as `muratune serve` takes them: sizes in MB, the upload rate floor in KB/s.
+
+        Raises:
+            UserError: a size, time or rate that is not a finite number (``inf``, ``nan``), naming its option.
+        """
+        numbers = {"max_request_mb": max_request_mb, "body_idle_s": body_idle_s, "body_min_rate_kb": body_min_rate_kb}
+        numbers["max_buffered_mb"] = 0.0 if max_buffered_mb is None else max_buffered_mb
+        for name, value in numbers.items():
+            if not math.isfinite(value):
+                raise UserError(f"--{name.replace('_', '-')} {value}: must be a finite number")
         return cls(
             max_request_bytes=_megabytes(max_request_mb),
             max_files=max_files,
