@@ -205,3 +205,25 @@ def test_sobol_start_up_is_built_from_the_config_and_refused_without_rung_tpe() 
     assert "optuna.startup: sobol needs optuna.sampler: rung-tpe (it is tpe)" in str(err.value) and "\n" not in str(
         err.value
     )
+
+
+def test_sobol_start_up_does_not_warn_of_conditions_in_a_one_backbone_search() -> None:
+    import logging
+
+    from muratune.search.factories import create_scheduler
+    from muratune.search.space import create_search_space
+
+    one_backbone = {"space.backbone": {"type": "choice", "values": ["resnet10t"]}}
+    config = load_config(None, values=one_backbone, overrides=["optuna.startup=sobol", "optuna.seed=0"])
+    searcher = create_searcher(config, storage=None, scheduler=create_scheduler(config))
+    searcher.set_search_properties("val_kappa", "max", create_search_space(config.space))
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append  # type: ignore[method-assign]
+    logging.getLogger("optuna").addHandler(handler)
+    try:
+        suggested = [searcher.searcher.suggest(f"t{i}") for i in range(3)]  # running together, none finished
+    finally:
+        logging.getLogger("optuna").removeHandler(handler)
+    assert len({s["lr"] for s in suggested}) == 3
+    assert not [r for r in records if "conditions" in r.getMessage()]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import warnings
 from collections.abc import Container, Sequence
 from typing import Any, Literal
@@ -13,6 +14,15 @@ from optuna.study import Study
 from optuna.trial import FrozenTrial, TrialState
 
 _MODELLED = (TrialState.COMPLETE, TrialState.PRUNED)
+_QMC_LOGGER = "optuna.samplers._qmc"
+
+
+class _FlatSpaceFilter(logging.Filter):
+    """Drops QMCSampler's warning that the space looks conditional. muratune's spaces are flat, but Optuna's ask sets
+    a single-valued parameter (a one-backbone search) before sampling, so the trial being created looks like one."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "does not include any conditions" not in record.getMessage()
 
 
 def asha_levels(grace_period: int, reduction_factor: float, max_epochs: int) -> list[int]:
@@ -130,6 +140,9 @@ class RungModelSampler(BaseSampler):
         self._random = RandomSampler(seed=seed)
         self._sobol: QMCSampler | None = None
         if startup == "sobol":
+            qmc_logger = logging.getLogger(_QMC_LOGGER)
+            if not any(isinstance(f, _FlatSpaceFilter) for f in qmc_logger.filters):
+                qmc_logger.addFilter(_FlatSpaceFilter())
             with warnings.catch_warnings():  # QMCSampler is marked experimental since Optuna 3.0
                 warnings.simplefilter("ignore", ExperimentalWarning)
                 self._sobol = QMCSampler(
