@@ -252,6 +252,12 @@ def test_a_search_ended_by_its_time_budget_is_finished_and_refits(ray_session, t
     summary = pd.read_csv(result.experiment_dir / layout.SUMMARY_CSV, dtype={"trial_id": str})
     assert (summary["epochs"] > 0).any() and (summary["epochs"] < 100).all()
     assert set(summary["state"]) == {"PRUNED"}  # cut short by the budget: stopped for good, not RUNNING
+    study = optuna.load_study(study_name=config.name, storage=result.optuna_storage)
+    recorded = {t.user_attrs["ray_trial_id"]: t for t in study.trials}  # each knows its Ray trial from the start
+    assert {t.state for t in study.trials} == {optuna.trial.TrialState.PRUNED}  # Optuna agrees: none left RUNNING
+    assert {trial_id: recorded[trial_id].user_attrs["epochs"] for trial_id in summary["trial_id"]} == dict(
+        zip(summary["trial_id"], summary["epochs"], strict=True)
+    )
     assert any("budget.time_budget_s (20 s) ended the search" in line for line in lines)
     assert not any("--resume continues them" in line for line in lines)
     finished = read_finished_summary(result.experiment_dir, config.budget)  # refit takes it as a finished search

@@ -37,6 +37,14 @@ class PrunedAwareOptunaSearch(OptunaSearch):
         self.prune_stopped = prune_stopped
         self.epochs_reported: dict[str, int] = {}
 
+    def suggest(self, trial_id: str) -> dict | None:
+        """Ray's suggestion; its Optuna trial records the Ray trial id from the start, so a trial Tune ends without
+        telling the searcher (`muratune.search.summary.prune_cut_trials`) keeps its link to its Ray trial."""
+        suggestion = super().suggest(trial_id)
+        if isinstance(suggestion, dict) and trial_id in self._ot_trials:
+            self._ot_trials[trial_id].set_user_attr("ray_trial_id", trial_id)
+        return suggestion
+
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         """Record the value as an intermediate one (Ray's) and the trial's epochs."""
         super().on_trial_result(trial_id, result)

@@ -16,7 +16,7 @@ from muratune.lock import experiment_lock
 from muratune.search.experiment import check_experiment, preflight, prepare_experiment, record_cache, resumed_config
 from muratune.search.factories import create_tuner, restore_tuner, time_budget_reached
 from muratune.search.job import fit_job, ray_for_job
-from muratune.search.summary import format_summary, summarise, unfinished_trials
+from muratune.search.summary import format_summary, prune_cut_trials, summarise, unfinished_trials
 from muratune.search.tracking import require_mlflow
 from muratune.trainables import checkpoint as ckpt
 
@@ -83,6 +83,8 @@ def _search(
                 record_cache(exp_dir, cache_info, echo)
             results = fit_job(restore_tuner(config, trainable) if resume else create_tuner(config, trainable))
         budget_reached = time_budget_reached(exp_dir)
+        if budget_reached:
+            prune_cut_trials(config)
         # Cut short by the budget: for good.
         unfinished = set() if budget_reached else unfinished_trials(results, config)
         summary = summarise(results, config, unfinished)

@@ -38,18 +38,46 @@ def finished_in_study(config: ExperimentConfig) -> set[str]:
     """Ray ids of the trials the experiment's Optuna study records as finished (COMPLETE, PRUNED or FAIL)."""
     import optuna
 
-    if not config.space.searched():  # a fixed point has no study
-        return set()
-    if config.optuna.storage is None and not (experiment_dir(config) / OPTUNA_DB).is_file():
-        return set()  # nothing recorded (and opening the URL would create the file)
-    try:
-        study = optuna.load_study(study_name=config.name, storage=optuna_storage_url(config))
-    except Exception as exc:  # noqa: BLE001 - no such study, or an unreachable database: Tune's record alone then
-        logger.warning("could not read the Optuna study %r to tell finished trials: %s", config.name, exc)
+    study = recorded_study(config, "to tell finished trials")
+    if study is None:
         return set()
     states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL)
     trials = study.get_trials(deepcopy=False, states=states)
     return {str(t.user_attrs["ray_trial_id"]) for t in trials if "ray_trial_id" in t.user_attrs}
+
+
+def prune_cut_trials(config: ExperimentConfig) -> int:
+    """Record as PRUNED the trials the study still holds as RUNNING once the time budget has ended the search.
+
+    Tune ends a search's trials (running or paused at a promotion rung) without telling the searcher, so Optuna
+    would show them running for ever. Each keeps its intermediate values; its epochs are the last one reported.
+    Returns how many were pruned.
+    """
+    import optuna
+
+    study = recorded_study(config, "to prune the trials the budget cut")
+    if study is None:
+        return 0
+    running = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+    for frozen in running:
+        optuna.Trial(study, frozen._trial_id).set_user_attr("epochs", max(frozen.intermediate_values, default=0))
+        study.tell(frozen.number, state=optuna.trial.TrialState.PRUNED)
+    return len(running)
+
+
+def recorded_study(config: ExperimentConfig, purpose: str) -> Any | None:
+    """The experiment's Optuna study, or None when it has none (a fixed point, nothing recorded, unreachable)."""
+    import optuna
+
+    if not config.space.searched():  # a fixed point has no study
+        return None
+    if config.optuna.storage is None and not (experiment_dir(config) / OPTUNA_DB).is_file():
+        return None  # nothing recorded (and opening the URL would create the file)
+    try:
+        return optuna.load_study(study_name=config.name, storage=optuna_storage_url(config))
+    except Exception as exc:  # noqa: BLE001 - no such study, or an unreachable database: Tune's record alone then
+        logger.warning("could not read the Optuna study %r %s: %s", config.name, purpose, exc)
+        return None
 
 
 def trial_state(failed: bool, epochs: int, max_epochs: int) -> str:
