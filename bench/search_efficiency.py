@@ -4,9 +4,10 @@ Every method gets the same total budget of training epochs on the same synthetic
 the best internal-validation kappa against epochs consumed, and the epochs each method needs to reach the final best
 of random search without early stopping (c), on the seed-mean curves and per seed. Targets: (a) reaches (c)'s final
 best with <= 50% of (c)'s epochs; (a) is no worse than (b). (d) is the rung-model sampler (``optuna.sampler:
-rung-tpe``, muratune's default) on the same ASHA: its check is that it does no harm against (a), plain TPE. (e) is
-(d) with promotion-type ASHA and Sobol start-up trials (``budget.scheduler: asha-promotion``, ``optuna.startup:
-sobol``): its check is that it does no harm against (d).
+rung-tpe``) on the same stopping-type ASHA, muratune's default before stop 38: its check is that it does no harm
+against (a), plain TPE. (e) is (d) with promotion-type ASHA and Sobol start-up trials (``budget.scheduler:
+asha-promotion``, ``optuna.startup: sobol``), muratune's default since: its check is that it does no harm against
+(d). Every method keeps the demo config's 2 start-up trials per worker.
 """
 
 from __future__ import annotations
@@ -21,11 +22,12 @@ import numpy as np
 import pandas as pd
 from ray.tune import Stopper
 
+STOPPING = {"budget.scheduler": "asha"}  # stopping-type ASHA, muratune's default before promotion-type ASHA
 METHODS: dict[str, dict[str, object]] = {
-    "a_muratune_tpe_asha_pruned": {"optuna.sampler": "tpe", "optuna.prune_stopped_trials": True},
-    "b_stock_optuna_asha": {"optuna.sampler": "tpe", "optuna.prune_stopped_trials": False},
+    "a_muratune_tpe_asha_pruned": {"optuna.sampler": "tpe", "optuna.prune_stopped_trials": True, **STOPPING},
+    "b_stock_optuna_asha": {"optuna.sampler": "tpe", "optuna.prune_stopped_trials": False, **STOPPING},
     "c_random_no_stopping": {"optuna.sampler": "random", "budget.scheduler": "none"},
-    "d_muratune_rung_tpe_asha": {"optuna.sampler": "rung-tpe", "optuna.prune_stopped_trials": True},
+    "d_muratune_rung_tpe_asha": {"optuna.sampler": "rung-tpe", "optuna.prune_stopped_trials": True, **STOPPING},
     "e_muratune_promotion_sobol": {
         "optuna.sampler": "rung-tpe",
         "optuna.prune_stopped_trials": True,
@@ -130,6 +132,7 @@ def main() -> None:
     )
     parser.add_argument("--val-fraction", type=float, default=0.3, help="internal validation share (less kappa noise)")
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--first-seed", type=int, default=0, help="seeds first-seed..first-seed+seeds-1 (to add seeds)")
     parser.add_argument("--budget", type=int, default=72, help="total epochs per search (8 full trials)")
     parser.add_argument("--max-epochs", type=int, default=9, help="epochs of a full trial")
     parser.add_argument("--grace-period", type=int, default=3, help="ASHA's first rung (rungs at 3 and 9)")
@@ -159,7 +162,7 @@ def main() -> None:
     connect_ray(None)
     curves: dict[str, list[pd.DataFrame]] = {name: [] for name in methods}
     try:
-        for seed in range(args.seeds):
+        for seed in range(args.first_seed, args.first_seed + args.seeds):
             for name in methods:
                 run = run_method(name, data, work / "runs", seed, args)
                 curves[name].append(run)
@@ -168,7 +171,7 @@ def main() -> None:
         keep_trial_logs(work / "runs", args.out / "trials")
         if not args.keep_work:
             shutil.rmtree(work, ignore_errors=True)  # checkpoints: about 10 GB per run at the defaults
-    save_curves(curves, args.out)
+    save_curves(curves, args.out, args.first_seed)
     report(curves, args.budget)
     print(f"wall time {(time.perf_counter() - started) / 60:.1f} min; curves and trial logs in {args.out}")
 
@@ -181,7 +184,7 @@ def keep_trial_logs(runs: Path, out: Path) -> None:
         shutil.copy2(log, out / search / trial / log.name)
 
 
-def save_curves(curves: dict[str, list[pd.DataFrame]], out: Path) -> None:
+def save_curves(curves: dict[str, list[pd.DataFrame]], out: Path, first_seed: int = 0) -> None:
     """Write every best-so-far curve to ``curves.csv`` and draw the mean curve of each method to ``curves.png``."""
     import matplotlib
 
@@ -189,7 +192,11 @@ def save_curves(curves: dict[str, list[pd.DataFrame]], out: Path) -> None:
     import matplotlib.pyplot as plt
 
     out.mkdir(parents=True, exist_ok=True)
-    rows = [f.assign(method=name, seed=seed) for name, frames in curves.items() for seed, f in enumerate(frames)]
+    rows = [
+        f.assign(method=name, seed=seed)
+        for name, frames in curves.items()
+        for seed, f in enumerate(frames, start=first_seed)
+    ]
     pd.concat(rows).to_csv(out / "curves.csv", index=False)
     fig, ax = plt.subplots(figsize=(6, 4))
     for name, frames in curves.items():

@@ -308,15 +308,56 @@ def test_plain_int_range_is_unchanged() -> None:
 
 
 def test_startup_trials_scale_with_concurrent_workers() -> None:
-    """TPE's random start-up covers five trials per concurrent worker, and never fewer than configured."""
+    """TPE's start-up covers trials per concurrent worker (1 by default, 5 under stopping-type ASHA), and never fewer
+    than configured."""
     from muratune.config import OptunaConfig
 
-    assert OptunaConfig(n_startup_trials=4).startup_trials(1) == 5
-    assert OptunaConfig(n_startup_trials=4).startup_trials(8) == 40
+    assert OptunaConfig(n_startup_trials=4).startup_trials(1) == 4
+    assert OptunaConfig(n_startup_trials=4).startup_trials(8) == 8
+    assert load_config(None, values={"budget.scheduler": "asha"}).optuna.startup_trials(8) == 40
     assert OptunaConfig(n_startup_trials=50).startup_trials(8) == 50
     assert OptunaConfig(n_startup_trials=4, startup_trials_per_worker=2).startup_trials(8) == 16
-    assert load_config(REPO / "configs" / "mura-wide.yaml").optuna.startup_trials(8) == 40
+    assert load_config(REPO / "configs" / "mura-wide.yaml").optuna.startup_trials(8) == 16
     assert load_config(REPO / "configs" / "demo.yaml").optuna.startup_trials(2) == 4  # 8 trials: TPE picks 4
+
+
+@pytest.mark.parametrize(
+    ("values", "scheduler", "startup", "per_worker"),
+    [
+        ({}, "asha-promotion", "sobol", 1),  # the defaults
+        ({"optuna.sampler": "random"}, "asha-promotion", "random", 1),  # random draws its own
+        ({"optuna.sampler": "tpe"}, "asha", "random", 5),  # tpe would sample at random under promotion
+        ({"resources.workers_per_trial": 2}, "asha", "random", 5),  # a data-parallel trial cannot resume
+        ({"budget.brackets": 3}, "asha", "random", 5),  # promotion runs one bracket
+        ({"space.lr": 1e-3, "space.backbone": "resnet18", "space.batch_size": 32}, "asha", "random", 5),  # fixed
+        ({"budget.scheduler": "asha"}, "asha", "random", 5),
+        ({"budget.scheduler": "none"}, "none", "random", 5),
+        ({"budget.scheduler": "asha", "optuna.startup": "sobol"}, "asha", "sobol", 5),  # what is set stays set
+        ({"optuna.sampler": "tpe", "optuna.startup_trials_per_worker": 2}, "asha", "random", 2),
+    ],
+)
+def test_the_default_scheduler_and_start_up_give_way_where_promotion_cannot_run(
+    values: dict, scheduler: str, startup: str, per_worker: int
+) -> None:
+    """Unset, the scheduler is promotion-type ASHA where it can run and stopping-type ASHA elsewhere; unset start-up
+    settings follow the scheduler; the resolved config reads back the same."""
+    config = load_config(None, values=values)
+    assert (config.budget.scheduler, config.optuna.startup) == (scheduler, startup)
+    assert config.optuna.startup_trials_per_worker == per_worker
+    assert ExperimentConfig.model_validate(config.model_dump(mode="json")) == config
+
+
+@pytest.mark.parametrize(
+    ("values", "refusal"),
+    [
+        ({"budget.scheduler": "asha-promotion", "optuna.sampler": "tpe"}, "needs optuna.sampler rung-tpe or random"),
+        ({"budget.scheduler": "asha-promotion", "budget.brackets": 3}, "runs one bracket"),
+        ({"optuna.sampler": "tpe", "optuna.startup": "sobol"}, "optuna.startup: sobol needs optuna.sampler: rung-tpe"),
+    ],
+)
+def test_what_is_set_against_promotion_or_sobol_is_refused_not_changed(values: dict, refusal: str) -> None:
+    with pytest.raises(UserError, match=refusal):
+        load_config(None, values=values)
 
 
 def test_a_relative_data_root_is_made_absolute_where_the_command_runs(tmp_path: Path, monkeypatch) -> None:

@@ -88,6 +88,17 @@ def test_quick_shrinks_the_config_to_one_small_epoch(tmp_path: Path):
     assert full.data.image_size == 320 and full.space.defaults()["backbone"] == "densenet121"
 
 
+def test_the_data_parallel_check_runs_two_workers_under_the_default_scheduler(tmp_path: Path):
+    """On a 2-GPU node the check's trial has 2 workers, which promotion-type ASHA (the default) refuses: none runs."""
+    from muratune.doctor.context import with_values
+    from muratune.doctor.searches import data_parallel_values
+
+    small = shrink(ExperimentConfig(), True, tmp_path, str(tmp_path / "runs"), steps=2)
+    assert small.budget.scheduler == "asha-promotion"
+    ddp = with_values(small, data_parallel_values(2, 4.0, use_gpu=True))
+    assert (ddp.resources.workers_per_trial, ddp.budget.scheduler) == (2, "none")
+
+
 def test_doctor_folders_are_fresh_and_under_the_storage(tmp_path: Path):
     token, local, storage = doctor_paths(str(tmp_path / "runs"))
     assert local.name == f"muratune-doctor-{token}" and not local.exists()

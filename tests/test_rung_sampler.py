@@ -198,8 +198,10 @@ def test_sobol_start_up_hands_over_to_the_model() -> None:
 def test_sobol_start_up_is_built_from_the_config_and_refused_without_rung_tpe() -> None:
     from muratune.errors import UserError
 
-    assert create_sampler(load_config(None, overrides=["optuna.startup=sobol"]))._sobol is not None
-    assert create_sampler(load_config(None))._sobol is None
+    assert create_sampler(load_config(None))._sobol is not None  # the default, under promotion-type ASHA
+    assert create_sampler(load_config(None, overrides=["optuna.startup=random"]))._sobol is None
+    assert create_sampler(load_config(None, overrides=["budget.scheduler=asha"]))._sobol is None  # follows it
+    assert create_sampler(load_config(None, overrides=["budget.scheduler=asha", "optuna.startup=sobol"]))._sobol
     with pytest.raises(UserError) as err:
         load_config(None, overrides=["optuna.startup=sobol", "optuna.sampler=tpe"])
     assert "optuna.startup: sobol needs optuna.sampler: rung-tpe (it is tpe)" in str(err.value) and "\n" not in str(

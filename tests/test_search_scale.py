@@ -101,7 +101,7 @@ def test_stopped_trials_are_pruned_with_their_intermediate_values(surrogate: Sur
 
     from bench.lcbench.jobs import simulate
 
-    events, controller = simulate(surrogate, TASK, "muratune", seed=0, workers=4, budget=BUDGET)
+    events, controller = simulate(surrogate, TASK, "muratune-stopping", seed=0, workers=4, budget=BUDGET)
     study = controller.searcher.searcher._ot_study
     trials = {t.user_attrs["ray_trial_id"]: t for t in study.get_trials(deepcopy=False)}
     assert set(trials) == {t.trial_id for t in controller.trials}
@@ -150,7 +150,7 @@ def test_optuna_hyperband_prunes_at_optunas_own_rungs(surrogate: Surrogate) -> N
     assert off_rung <= 4 < len(pruned) - off_rung
 
 
-@pytest.mark.parametrize("method", ["muratune", "bohb", "random", "optuna-hyperband", "muratune-promotion"])
+@pytest.mark.parametrize("method", ["muratune", "bohb", "random", "optuna-hyperband", "muratune-stopping"])
 def test_each_epoch_is_counted_once_and_trials_finish_out_of_order(surrogate: Surrogate, method: str) -> None:
     from bench.lcbench.jobs import simulate
 
@@ -204,7 +204,7 @@ def test_anchors_count_each_epoch_once_stop_at_their_fidelities_and_reproduce(
     assert [e.accuracy for e in events] != [e.accuracy for e in other]
 
 
-@pytest.mark.parametrize("method", ["muratune-promotion", "random-asha-promotion"])
+@pytest.mark.parametrize("method", ["muratune", "random-asha-promotion"])
 def test_promotion_asha_passes_a_rung_only_when_promoted_and_reproduces(surrogate: Surrogate, method: str) -> None:
     from bench.lcbench.jobs import simulate
     from muratune.search.promotion import PromotionASHA
@@ -229,7 +229,8 @@ def test_promotion_start_up_ends_on_trials_paused_at_the_first_rung(surrogate: S
     from bench.lcbench.jobs import simulate
     from muratune.search.rung_sampler import RungModelSampler
 
-    _, controller = simulate(surrogate, TASK, "muratune-promotion", seed=0, workers=4, budget=BUDGET)
+    overrides = ["optuna.startup_trials_per_worker=5"]  # start-up outlasts the first trials' pauses
+    _, controller = simulate(surrogate, TASK, "muratune", seed=0, workers=4, budget=BUDGET, overrides=overrides)
     optuna_search = controller.searcher.searcher  # inside the promotion limiter
     sampler, study = optuna_search._sampler, optuna_search._ot_study
     assert isinstance(sampler, RungModelSampler) and sampler.startup_on_first_rung
@@ -244,15 +245,14 @@ def test_promotion_start_up_ends_on_trials_paused_at_the_first_rung(surrogate: S
 def test_sobol_start_up_runs_in_the_search_and_reproduces(surrogate: Surrogate) -> None:
     from bench.lcbench.jobs import simulate
 
-    sobol = ["optuna.startup=sobol"]
-    events, controller = simulate(surrogate, TASK, "muratune-promotion", 2, workers=4, budget=BUDGET, overrides=sobol)
+    events, controller = simulate(surrogate, TASK, "muratune", 2, workers=4, budget=BUDGET)  # sobol: the default
     assert controller.searcher.searcher._sampler._sobol is not None
     assert len(events) == len({(e.trial_id, e.epoch) for e in events}) == BUDGET
     study = controller.searcher.searcher._ot_study
     drawn = study._storage.get_study_system_attrs(study._study_id)
     assert any(key.startswith("qmc:") for key in drawn)  # the Sobol sequence drew the start-up trials
-    again, _ = simulate(surrogate, TASK, "muratune-promotion", 2, workers=4, budget=BUDGET, overrides=sobol)
-    plain, _ = simulate(surrogate, TASK, "muratune-promotion", 2, workers=4, budget=BUDGET)
+    again, _ = simulate(surrogate, TASK, "muratune", 2, workers=4, budget=BUDGET)
+    plain, _ = simulate(surrogate, TASK, "muratune", 2, workers=4, budget=BUDGET, overrides=["optuna.startup=random"])
     assert events == again and events != plain
 
 
@@ -395,7 +395,7 @@ def test_promotion_pauses_and_resumes_trials_from_their_checkpoints_in_real_tune
     monkeypatch.setattr(real_tune, "build_method", keep_scheduler)
     assert SURROGATE is not None
     budget = 2 * MAX_EPOCHS
-    events = real_tune.run_tune(SURROGATE, TASK, "muratune-promotion", seed=0, workers=2, budget=budget)
+    events = real_tune.run_tune(SURROGATE, TASK, "muratune", seed=0, workers=2, budget=budget)
     scheduler = built[0][1]
     assert isinstance(scheduler, PromotionASHA) and scheduler.resumed
     assert len(events) == len({(e.trial_id, e.epoch) for e in events}) == budget

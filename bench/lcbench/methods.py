@@ -1,10 +1,11 @@
 """The search methods the scale benchmark compares, each a Ray searcher and scheduler built for LCBench.
 
 ``muratune``, ``random-asha`` and ``random`` come from muratune's own factories, given an `ExperimentConfig` as
-``muratune search`` would build it (LCBench's 50 trained epochs; the space from `bench.lcbench.SPACE_YAML`). The
-others are Ray's stock classes with their own defaults, the anchors of bench/lcbench/anchors.py, and the candidates
-``muratune-promotion`` and ``random-asha-promotion``: the first two's configs with ``budget.scheduler:
-asha-promotion`` (promotion-type ASHA, muratune/search/promotion.py).
+``muratune search`` would build it (LCBench's 50 trained epochs; the space from `bench.lcbench.SPACE_YAML`):
+muratune's defaults (promotion-type ASHA, muratune/search/promotion.py), random search with Ray's stopping-type ASHA,
+and random search alone. The others are Ray's stock classes with their own defaults, the anchors of
+bench/lcbench/anchors.py, ``muratune-stopping`` (muratune's defaults before promotion-type ASHA: ``budget.scheduler:
+asha``) and ``random-asha-promotion`` (random search with muratune's promotion-type ASHA).
 """
 
 from __future__ import annotations
@@ -22,9 +23,18 @@ from muratune.constants import METRIC, MODE
 # muratune's factories: the one place to change when the search module is split (issue 17).
 from muratune.search.factories import create_scheduler, create_searcher
 
-# Candidates of issue 29 that are not muratune's default: the same searchers under promotion-type ASHA.
-PROMOTION = ("muratune-promotion", "random-asha-promotion")
-METHODS = ("muratune", "stock-optuna-asha", "random-asha", "random", "bohb", "optuna-hyperband", *ANCHORS, *PROMOTION)
+# muratune's searchers under the scheduler muratune does not default to (issue 29's comparisons).
+SCHEDULER_SWAPPED = ("muratune-stopping", "random-asha-promotion")
+METHODS = (
+    "muratune",
+    "stock-optuna-asha",
+    "random-asha",
+    "random",
+    "bohb",
+    "optuna-hyperband",
+    *ANCHORS,
+    *SCHEDULER_SWAPPED,
+)
 # What the benchmark sets on muratune's defaults: the task's epochs, and the rung metric (LCBench has no AUC, so ASHA's
 # rungs rank by the search metric's key, which carries LCBench's validation accuracy; ``--set`` may change it).
 BENCH_VALUES = {"budget.max_epochs": MAX_EPOCHS}
@@ -39,12 +49,14 @@ def bench_config(method: str, seed: int, workers: int, overrides: list[str] | No
         "resources.max_concurrent_trials": workers,
         "optuna.seed": seed,
     }
-    if method.startswith("random-asha"):
-        values["optuna.sampler"] = "random"
+    if method == "random-asha":
+        values.update({"optuna.sampler": "random", "budget.scheduler": "asha"})
+    elif method == "random-asha-promotion":
+        values.update({"optuna.sampler": "random", "budget.scheduler": "asha-promotion"})
     elif method == "random":
         values.update({"optuna.sampler": "random", "budget.scheduler": "none"})
-    if method in PROMOTION:
-        values["budget.scheduler"] = "asha-promotion"
+    elif method == "muratune-stopping":
+        values["budget.scheduler"] = "asha"
     candidate = list(overrides or []) if method.startswith("muratune") else []
     return load_config(None, overrides=[*BENCH_OVERRIDES, *candidate], values=values)
 
@@ -69,7 +81,7 @@ def build_method(
     """
     random.seed(seed)
     np.random.seed(seed)  # ASHA draws each trial's bracket from numpy's global generator
-    if method in ("muratune", "random-asha", "random", *PROMOTION):
+    if method in ("muratune", "random-asha", "random", *SCHEDULER_SWAPPED):
         config = bench_config(method, seed, workers, overrides)
         scheduler = create_scheduler(config)
         # Nothing reads the study back from a database here: an in-memory Optuna study per search.

@@ -15,12 +15,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.lcbench.methods import PROMOTION, build_method
+from bench.lcbench.methods import build_method
 from bench.lcbench.simulate import Event
 from bench.lcbench.surrogate import MAX_EPOCHS, REPOSITORY, Surrogate, param_space
 from muratune.constants import EPOCH, METRIC, MODE, VAL_LOSS
 
-PAUSING = ("bohb", *PROMOTION)  # methods that pause trials, which then resume from a checkpoint
 TIME_SCALE = 0.01  # real seconds per surrogate second: a median epoch (about 18 s) sleeps about 0.2 s
 _SURROGATES: dict[str, Surrogate] = {}
 
@@ -28,7 +27,7 @@ _SURROGATES: dict[str, Surrogate] = {}
 def lcbench_trainable(hparams: dict[str, Any], task: int, folder: str, time_scale: float, checkpoints: bool) -> None:
     """A Tune function trainable: one ``tune.report`` per surrogate epoch, resumable from its checkpoint.
 
-    Only searches that pause trials (BOHB) need ``checkpoints``; the others skip their cost.
+    Only searches that pause trials (`pauses_trials`) need ``checkpoints``; the others skip their cost.
     """
     from ray import tune
 
@@ -82,6 +81,15 @@ def _stopper(recorder: _EpochRecorder) -> Any:
     return EpochBudget()
 
 
+def pauses_trials(scheduler: Any) -> bool:
+    """Whether the scheduler pauses trials, which then resume from a checkpoint (BOHB's and promotion-type ASHA)."""
+    from ray.tune.schedulers import HyperBandForBOHB
+
+    from muratune.search.promotion import PromotionASHA
+
+    return isinstance(scheduler, (HyperBandForBOHB, PromotionASHA))
+
+
 def run_tune(
     folder: str | Path, task: int, method: str, seed: int, workers: int, budget: int, time_scale: float = TIME_SCALE
 ) -> list[Event]:
@@ -91,7 +99,7 @@ def run_tune(
     searcher, scheduler = build_method(method, seed, workers, set_space=False, budget=budget)
     recorder = _EpochRecorder(budget, time_scale)
     trainable = tune.with_parameters(
-        lcbench_trainable, task=task, folder=str(folder), time_scale=time_scale, checkpoints=method in PAUSING
+        lcbench_trainable, task=task, folder=str(folder), time_scale=time_scale, checkpoints=pauses_trials(scheduler)
     )
     with tempfile.TemporaryDirectory(prefix="muratune-scale-") as storage:
         tuner = tune.Tuner(

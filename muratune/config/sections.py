@@ -17,6 +17,8 @@ from muratune.config.space import SpaceConfig
 RUNG_METRICS: dict[str, str] = {"val_auc": "max", "val_kappa": "max", "val_loss": "min"}
 # An experiment name is a folder, an Optuna study and an MLflow experiment name: a short slug.
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+# Start-up trials per worker under stopping-type ASHA, where most stop at the first rung (`OptunaConfig`).
+STOPPING_STARTUP_PER_WORKER = 5
 
 
 class DataConfig(_Strict):
@@ -97,10 +99,13 @@ class BudgetConfig(_Strict):
     grace_period: Annotated[int, Field(ge=1)] = 2
     reduction_factor: Annotated[float, Field(gt=1)] = 3
     time_budget_s: Annotated[float, Field(gt=0)] | None = None
-    # asha: Ray's ASHA, stopping type (a trial runs on until a rung cuts it). asha-promotion: promotion type, each
-    # trial pausing at each rung until it is in its top 1/reduction_factor (Li et al. 2020; muratune.search.promotion);
-    # on LCBench its any-time curve is better and its final regret worse (docs/search-efficiency.md). none: FIFO.
-    scheduler: Literal["asha", "asha-promotion", "none"] = "asha"
+    # asha-promotion (default): promotion-type ASHA, each trial pausing at each rung until it is in its top
+    # 1/reduction_factor (Li et al. 2020; muratune.search.promotion). asha: Ray's ASHA, stopping type (a trial runs on
+    # until a rung cuts it). none: FIFO. Left unset, the scheduler is asha where promotion cannot run: optuna.sampler
+    # tpe, resources.workers_per_trial above 1, brackets above 1, or nothing searched (`ExperimentConfig`). On
+    # LCBench at 8 workers (10 seeds) promotion with Sobol start-up reached random-asha's final best 1.27x sooner,
+    # stopping-type ASHA 1.00x (docs/search-efficiency.md).
+    scheduler: Literal["asha", "asha-promotion", "none"] = "asha-promotion"
     brackets: Annotated[int, Field(ge=1)] = 1  # ASHA brackets (Hyperband-style); 1 = plain successive halving
     # What ASHA ranks trials by at its rungs. Study AUC by default: before a trial's probabilities cross the 0.5
     # threshold its kappa is 0 whatever it has learnt, so early-rung kappa ranks poorly (docs/performance.md).
@@ -112,6 +117,9 @@ class BudgetConfig(_Strict):
         if self.max_epochs < self.grace_period:
             raise ValueError(f"max_epochs ({self.max_epochs}) must be >= grace_period ({self.grace_period}) for ASHA")
         if self.scheduler == "asha-promotion" and self.brackets != 1:
+            if "scheduler" not in self.model_fields_set:
+                self.scheduler = "asha"  # the default gives way to the brackets asked for
+                return self
             raise ValueError(f"scheduler asha-promotion runs one bracket (got brackets: {self.brackets})")
         return self
 
@@ -145,16 +153,15 @@ class OptunaConfig(_Strict):
     rung_stopped_as_bad: bool = True
     seed: int | None = 0
     storage: str | None = None
-    # Random trials before TPE: at least `startup_trials_per_worker` per concurrent worker (`startup_trials`). Under
-    # ASHA most start-up trials stop at the first rung, so they are cheap; on LCBench at 8 workers 5 per worker
-    # reached random search's best in 2.4x fewer epochs against 1.9x with 2, at the same regret
-    # (docs/search-efficiency.md). A search of few trials on many workers should lower it (the demo sets 2).
+    # Start-up trials before TPE: at least `startup_trials_per_worker` per concurrent worker (`startup_trials`).
     n_startup_trials: Annotated[int, Field(ge=0)] = 4
     # How rung-tpe draws its start-up trials: random, or sobol (a scrambled Sobol sequence, Optuna's QMCSampler).
-    # On LCBench at 8 workers (10 seeds) sobol took promotion-type ASHA from 1.13x to 1.28x random-asha's speed, a
-    # gain within the noise; not the default (docs/search-efficiency.md).
-    startup: Literal["random", "sobol"] = "random"
-    startup_trials_per_worker: Annotated[int, Field(ge=0)] = 5
+    # Left unset, both follow the scheduler (`ExperimentConfig._startup_follows_the_scheduler`): under promotion-type
+    # ASHA, sobol and 1 per worker; under stopping-type ASHA (or none), random and 5 per worker, where most start-up
+    # trials stop at the first rung and 5 per worker reached random search's best 2.4x sooner than 2 did. On LCBench
+    # promotion kept its speed at 32 workers only with 1 per worker (docs/search-efficiency.md).
+    startup: Literal["random", "sobol"] = "sobol"
+    startup_trials_per_worker: Annotated[int, Field(ge=0)] = 1
     prune_stopped_trials: bool = True
     # TPE settings written out rather than left to Optuna, whose defaults changed in 5.0 (both on). On LCBench at 8
     # workers the joint (multivariate) model lost to the independent one; see docs/search-efficiency.md.
@@ -173,6 +180,9 @@ class OptunaConfig(_Strict):
     def _sobol_for_rung_tpe(self) -> OptunaConfig:
         """Only rung-tpe draws its start-up trials itself; tpe's and random's would ignore the setting."""
         if self.startup == "sobol" and self.sampler != "rung-tpe":
+            if "startup" not in self.model_fields_set:
+                self.startup = "random"  # the default gives way to the sampler asked for
+                return self
             raise ValueError(f"optuna.startup: sobol needs optuna.sampler: rung-tpe (it is {self.sampler})")
         return self
 
@@ -258,15 +268,38 @@ class ExperimentConfig(_Strict):
 
     @model_validator(mode="after")
     def _promotion_searches(self) -> ExperimentConfig:
-        """What promotion-type ASHA needs: a searcher to limit, a model that reads paused trials, resumable trials."""
+        """What promotion-type ASHA needs; the default scheduler gives way to stopping-type ASHA where it is missing."""
         if self.budget.scheduler != "asha-promotion":
             return self
+        missing = self._promotion_missing()
+        if missing is None:
+            return self
+        if "scheduler" not in self.budget.model_fields_set:
+            self.budget.scheduler = "asha"
+            return self
+        raise ValueError(f"budget.scheduler asha-promotion needs {missing}")
+
+    def _promotion_missing(self) -> str | None:
+        """What promotion-type ASHA needs and this config lacks: a searcher to limit, a model that reads paused trials,
+        resumable trials; None if nothing."""
         if not self.space.searched():
-            raise ValueError("budget.scheduler asha-promotion needs a searched space (every space entry is fixed)")
+            return "a searched space (every space entry is fixed)"
         if self.optuna.sampler == "tpe":
             # TPE's start-up counts finished trials only, and paused ones stay RUNNING: it would sample at random.
-            raise ValueError("budget.scheduler asha-promotion needs optuna.sampler rung-tpe or random (not tpe)")
+            return "optuna.sampler rung-tpe or random (not tpe)"
         if self.resources.workers_per_trial > 1:
             # A data-parallel trial reports its checkpoint as a metric, which Tune cannot resume a paused trial from.
-            raise ValueError("budget.scheduler asha-promotion needs resources.workers_per_trial: 1")
+            return "resources.workers_per_trial: 1"
+        return None
+
+    @model_validator(mode="after")
+    def _startup_follows_the_scheduler(self) -> ExperimentConfig:
+        """Unset start-up settings suit a stopping-type (or no) scheduler: random, 5 per worker (`OptunaConfig`)."""
+        if self.budget.scheduler == "asha-promotion":
+            return self
+        unset = {"startup", "startup_trials_per_worker"} - self.optuna.model_fields_set
+        if "startup" in unset:
+            self.optuna.startup = "random"
+        if "startup_trials_per_worker" in unset:
+            self.optuna.startup_trials_per_worker = STOPPING_STARTUP_PER_WORKER
         return self

@@ -87,6 +87,19 @@ def check_fractional_trials(ctx: Context, slot: dict) -> None:
         slot.update(status=PASS, detail=f"{how}; one epoch of {ctx.sizes.trial_steps} steps each")
 
 
+def data_parallel_values(world: int, cpus: float, use_gpu: bool) -> dict[str, Any]:
+    """The data-parallel check's settings: one trial of ``world`` workers, with no scheduler to stop or pause it (a
+    paused data-parallel trial cannot resume, so promotion-type ASHA refuses one)."""
+    return {
+        "budget.num_samples": 1,
+        "budget.scheduler": "none",
+        "resources.max_concurrent_trials": 1,
+        "resources.workers_per_trial": world,
+        "resources.gpus_per_trial": 1 if use_gpu else 0,
+        "resources.cpus_per_trial": cpus,
+    }
+
+
 def check_data_parallel(ctx: Context, slot: dict) -> None:
     """A data-parallel trial (a TorchTrainer inside Tune): world size 2 on a node with 2 GPUs, else 1; NCCL or gloo."""
     from muratune.search.resources import DDP_DRIVER_CPUS
@@ -94,13 +107,7 @@ def check_data_parallel(ctx: Context, slot: dict) -> None:
 
     world = 2 if any(n["Resources"].get("GPU", 0) >= 2 for n in ctx.gpu_nodes) else 1
     cpus = _trial_cpus(ctx, ctx.gpu_nodes or ctx.nodes, world, reserve=DDP_DRIVER_CPUS)
-    values = {
-        "budget.num_samples": 1,
-        "resources.max_concurrent_trials": 1,
-        "resources.workers_per_trial": world,
-        "resources.gpus_per_trial": 1 if ctx.use_gpu else 0,
-        "resources.cpus_per_trial": cpus,
-    }
+    values = data_parallel_values(world, cpus, ctx.use_gpu)
     before = set(_placement_groups())
     _, result = _search(ctx, "ddp", values, trainable=ddp_tune_trainable)
     leaked = release_leaked_groups(before)
