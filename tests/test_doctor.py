@@ -99,6 +99,27 @@ def test_the_data_parallel_check_runs_two_workers_under_the_default_scheduler(tm
     assert (ddp.resources.workers_per_trial, ddp.budget.scheduler) == (2, "none")
 
 
+def test_the_checks_fixing_the_only_searched_entries_resolve_the_default_scheduler_again(tmp_path: Path):
+    """A config searching only backbone and batch size has nothing searched once the checks fix both: the default
+    scheduler gives way there, as it would for the user, instead of being refused as if set."""
+    config = ExperimentConfig.model_validate(
+        {
+            "space": {
+                "backbone": {"type": "choice", "values": ["resnet10t", "resnet14t"]},
+                "batch_size": {"type": "choice", "values": [8, 16]},
+                "lr": 1e-3,
+                "weight_decay": 1e-4,
+                "finetune_depth": "all",
+                "augment_policy": "flip",
+                "optimizer": "adam",
+            }
+        }
+    )
+    assert config.budget.scheduler == "asha-promotion"
+    small = shrink(config, True, tmp_path, str(tmp_path / "runs"), steps=2)
+    assert not small.space.searched() and small.budget.scheduler == "asha"
+
+
 def test_doctor_folders_are_fresh_and_under_the_storage(tmp_path: Path):
     token, local, storage = doctor_paths(str(tmp_path / "runs"))
     assert local.name == f"muratune-doctor-{token}" and not local.exists()

@@ -229,6 +229,25 @@ def test_a_time_budget_from_the_first_report_starts_its_clock_then(tmp_path):
     assert budget.stop_all() and mark.is_file()
 
 
+def test_trials_the_budget_cut_are_recorded_in_the_study_as_the_summary_has_them(tmp_path):
+    """RUNNING trials become PRUNED with their epochs, or COMPLETE with their last value once they reached
+    max_epochs; a trial never started has 0 epochs."""
+    from muratune.search.summary import prune_cut_trials
+
+    config = load_config(DEMO, values={"name": "cut", "storage": str(tmp_path), "budget.max_epochs": 3})
+    (tmp_path / "cut").mkdir()
+    study = optuna.create_study(study_name="cut", storage=layout.optuna_storage_url(config), direction="maximize")
+    for steps in ([0.5], [0.5, 0.6, 0.7], []):
+        trial = study.ask()
+        for step, value in enumerate(steps, start=1):
+            trial.report(value, step)
+    assert prune_cut_trials(config) == 3
+    states = [(t.state, t.value, t.user_attrs["epochs"]) for t in study.get_trials()]
+    pruned, complete = optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.COMPLETE
+    assert states == [(pruned, 0.5, 1), (complete, 0.7, 3), (pruned, None, 0)]
+    assert prune_cut_trials(config) == 0  # nothing left RUNNING
+
+
 def test_a_search_ended_by_its_time_budget_is_finished_and_refits(ray_session, tmp_path, synthetic_root):
     from muratune.refit.select import rank_trials, read_finished_summary
 

@@ -78,8 +78,9 @@ class Context:
 
 
 def with_values(config: ExperimentConfig, values: dict[str, Any]) -> ExperimentConfig:
-    """A copy of ``config`` with dotted keys set, validated again."""
-    raw = config.model_dump(mode="json")
+    """A copy of ``config`` with dotted keys set, validated again; what the user left unset is resolved again (the
+    default scheduler gives way where the checks fix the space)."""
+    raw = config.model_dump(mode="json", exclude_unset=True)
     for key, value in values.items():
         node = raw
         *parents, last = key.split(".")

@@ -127,7 +127,7 @@ def _figures(
     figures["progress"] = plots.progress_plot(trials)
     budget = exp.config.get("budget") or {}
     rungs = []
-    if budget.get("scheduler", "asha") == "asha":
+    if budget.get("scheduler", "asha") in ("asha", "asha-promotion"):  # the same rungs, stopping or pausing
         rungs = plots.asha_rungs(
             int(budget.get("grace_period", 1)),
             float(budget.get("reduction_factor", 3)),

@@ -47,22 +47,32 @@ def finished_in_study(config: ExperimentConfig) -> set[str]:
 
 
 def prune_cut_trials(config: ExperimentConfig) -> int:
-    """Record as PRUNED the trials the study still holds as RUNNING once the time budget has ended the search.
+    """Record the trials the study still holds as RUNNING once the time budget has ended the search: PRUNED, or
+    COMPLETE with their last value if they had reported ``budget.max_epochs`` (as the search summary has them).
 
     Tune ends a search's trials (running or paused at a promotion rung) without telling the searcher, so Optuna
     would show them running for ever. Each keeps its intermediate values; its epochs are the last one reported.
-    Returns how many were pruned.
+    A trial the database refuses is left as it is, with a warning: the summary still records it. Returns how many
+    were recorded.
     """
     import optuna
 
-    study = recorded_study(config, "to prune the trials the budget cut")
+    study = recorded_study(config, "to record the trials the budget cut")
     if study is None:
         return 0
-    running = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
-    for frozen in running:
-        optuna.Trial(study, frozen._trial_id).set_user_attr("epochs", max(frozen.intermediate_values, default=0))
-        study.tell(frozen.number, state=optuna.trial.TrialState.PRUNED)
-    return len(running)
+    recorded = 0
+    for frozen in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        epochs = max(frozen.intermediate_values, default=0)
+        try:
+            optuna.Trial(study, frozen._trial_id).set_user_attr("epochs", epochs)
+            if epochs >= config.budget.max_epochs:
+                study.tell(frozen.number, frozen.intermediate_values[epochs])
+            else:
+                study.tell(frozen.number, state=optuna.trial.TrialState.PRUNED)
+            recorded += 1
+        except Exception as exc:  # noqa: BLE001 - bookkeeping: a database that refuses must not lose the summary
+            logger.warning("could not record trial %d of the Optuna study %r: %s", frozen.number, config.name, exc)
+    return recorded
 
 
 def recorded_study(config: ExperimentConfig, purpose: str) -> Any | None:
