@@ -102,7 +102,8 @@ class BudgetConfig(_Strict):
     # asha-promotion (default): promotion-type ASHA, each trial pausing at each rung until it is in its top
     # 1/reduction_factor (Li et al. 2020; muratune.search.promotion). asha: Ray's ASHA, stopping type (a trial runs on
     # until a rung cuts it). none: FIFO. Left unset, the scheduler is asha where promotion cannot run: optuna.sampler
-    # tpe, resources.workers_per_trial above 1, brackets above 1, or nothing searched (`ExperimentConfig`). On
+    # tpe, resources.workers_per_trial above 1, brackets above 1, or nothing searched
+    # (`ExperimentConfig._promotion_conflict`). On
     # LCBench at 8 workers (10 seeds) promotion with Sobol start-up reached random-asha's final best 1.27x sooner,
     # stopping-type ASHA 1.00x (docs/search-efficiency.md).
     scheduler: Literal["asha", "asha-promotion", "none"] = "asha-promotion"
@@ -116,11 +117,6 @@ class BudgetConfig(_Strict):
     def _grace_within_budget(self) -> BudgetConfig:
         if self.max_epochs < self.grace_period:
             raise ValueError(f"max_epochs ({self.max_epochs}) must be >= grace_period ({self.grace_period}) for ASHA")
-        if self.scheduler == "asha-promotion" and self.brackets != 1:
-            if "scheduler" not in self.model_fields_set:
-                self.scheduler = "asha"  # the default gives way to the brackets asked for
-                return self
-            raise ValueError(f"scheduler asha-promotion runs one bracket (got brackets: {self.brackets})")
         return self
 
 
@@ -178,11 +174,9 @@ class OptunaConfig(_Strict):
 
     @model_validator(mode="after")
     def _sobol_for_rung_tpe(self) -> OptunaConfig:
-        """Only rung-tpe draws its start-up trials itself; tpe's and random's would ignore the setting."""
-        if self.startup == "sobol" and self.sampler != "rung-tpe":
-            if "startup" not in self.model_fields_set:
-                self.startup = "random"  # the default gives way to the sampler asked for
-                return self
+        """Only rung-tpe draws its start-up trials itself; tpe's and random's would ignore the setting. (The default
+        sobol gives way instead: `ExperimentConfig._startup_follows_the_scheduler`.)"""
+        if self.startup == "sobol" and self.sampler != "rung-tpe" and "startup" in self.model_fields_set:
             raise ValueError(f"optuna.startup: sobol needs optuna.sampler: rung-tpe (it is {self.sampler})")
         return self
 
@@ -271,35 +265,37 @@ class ExperimentConfig(_Strict):
         """What promotion-type ASHA needs; the default scheduler gives way to stopping-type ASHA where it is missing."""
         if self.budget.scheduler != "asha-promotion":
             return self
-        missing = self._promotion_missing()
-        if missing is None:
+        conflict = self._promotion_conflict()
+        if conflict is None:
             return self
         if "scheduler" not in self.budget.model_fields_set:
             self.budget.scheduler = "asha"
             return self
-        raise ValueError(f"budget.scheduler asha-promotion needs {missing}")
+        raise ValueError(f"budget.scheduler asha-promotion {conflict}")
 
-    def _promotion_missing(self) -> str | None:
-        """What promotion-type ASHA needs and this config lacks: a searcher to limit, a model that reads paused trials,
-        resumable trials; None if nothing."""
+    def _promotion_conflict(self) -> str | None:
+        """Why promotion-type ASHA cannot run with this config (it needs a searcher to limit, a model that reads paused
+        trials, resumable trials and one bracket); None if it can."""
         if not self.space.searched():
-            return "a searched space (every space entry is fixed)"
+            return "needs a searched space (every space entry is fixed)"
         if self.optuna.sampler == "tpe":
             # TPE's start-up counts finished trials only, and paused ones stay RUNNING: it would sample at random.
-            return "optuna.sampler rung-tpe or random (not tpe)"
+            return "needs optuna.sampler rung-tpe or random (not tpe)"
         if self.resources.workers_per_trial > 1:
             # A data-parallel trial reports its checkpoint as a metric, which Tune cannot resume a paused trial from.
-            return "resources.workers_per_trial: 1"
+            return "needs resources.workers_per_trial: 1"
+        if self.budget.brackets != 1:
+            return f"runs one bracket (got budget.brackets: {self.budget.brackets})"
         return None
 
     @model_validator(mode="after")
     def _startup_follows_the_scheduler(self) -> ExperimentConfig:
-        """Unset start-up settings suit a stopping-type (or no) scheduler: random, 5 per worker (`OptunaConfig`)."""
-        if self.budget.scheduler == "asha-promotion":
-            return self
+        """Unset start-up settings (`OptunaConfig`): sobol and 1 per worker for rung-tpe under promotion-type ASHA;
+        random, and 5 per worker under a stopping-type (or no) scheduler."""
         unset = {"startup", "startup_trials_per_worker"} - self.optuna.model_fields_set
-        if "startup" in unset:
+        promotion = self.budget.scheduler == "asha-promotion"
+        if "startup" in unset and not (promotion and self.optuna.sampler == "rung-tpe"):
             self.optuna.startup = "random"
-        if "startup_trials_per_worker" in unset:
+        if "startup_trials_per_worker" in unset and not promotion:
             self.optuna.startup_trials_per_worker = STOPPING_STARTUP_PER_WORKER
         return self
