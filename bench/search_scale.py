@@ -48,7 +48,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=",".join(map(str, DEV_TASKS)),
         help=f"comma-separated OpenML task ids (default: the development tasks), or {HELD_BACK!r} for the others",
     )
-    parser.add_argument("--seeds", type=int, default=5, help="seeds per task (0..N-1)")
+    parser.add_argument("--seeds", type=int, default=5, help="seeds per task (first-seed..first-seed+N-1)")
+    parser.add_argument("--first-seed", type=int, default=0, help="the first seed (fresh seeds check a choice)")
     parser.add_argument("--workers", type=int, default=8, help="concurrent trials")
     parser.add_argument("--budget", type=int, default=DEFAULT_BUDGET, help="epochs per search (a full trial is 50)")
     parser.add_argument("--out", type=Path, default=Path("runs/bench/search-scale"), help="output folder")
@@ -90,8 +91,8 @@ def _checked(args: argparse.Namespace) -> tuple[Path, list[int], list[str]]:
         raise UserError(f"--methods: unknown method {unknown[0]!r}; choose from {', '.join(METHODS)}")
     if "random" not in methods:
         raise UserError("--methods: must include 'random' (speedups are measured against it)")
-    if args.budget < 1 or args.seeds < 1 or args.workers < 1:
-        raise UserError("--budget, --seeds and --workers must be at least 1")
+    if args.budget < 1 or args.seeds < 1 or args.workers < 1 or args.first_seed < 0:
+        raise UserError("--budget, --seeds and --workers must be at least 1, --first-seed at least 0")
     return Path(folder), tasks, methods
 
 
@@ -108,13 +109,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         {"task": t, "seed": s, "method": m, "workers": args.workers, "budget": args.budget}
         | {"backend": args.backend, "overrides": args.overrides}
         for t in tasks
-        for s in range(args.seeds)
+        for s in range(args.first_seed, args.first_seed + args.seeds)
         for m in methods
     ]
     runs = run_jobs(jobs, folder, args.jobs)
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu_s = time.process_time() - cpu_start + children.ru_utime + children.ru_stime
-    summary = aggregate(runs, known, tasks, args.seeds, args.workers, args.budget, methods)
+    summary = aggregate(runs, known, tasks, args.seeds, args.workers, args.budget, methods, args.first_seed)
     summary.update(wall_s=round(time.monotonic() - start, 1), cpu_s=round(cpu_s, 1), backend=args.backend)
     summary.update(overrides=args.overrides, command=" ".join(["python -m bench.search_scale", *sys.argv[1:]]))
     args.out.mkdir(parents=True, exist_ok=True)

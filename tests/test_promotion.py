@@ -164,6 +164,51 @@ def test_the_limit_counts_a_trial_whose_pause_has_not_landed(tmp_path: Path) -> 
     assert limiter.suggest("c") is not None
 
 
+def _scheduler_and_limit(tmp_path: Path) -> tuple[PromotionASHA, PromotionLimiter]:
+    """The promotion scheduler and its limit as ``muratune search`` builds them (2 concurrent trials, a rung at 1)."""
+    from muratune.search.space import create_search_space
+
+    config = load_config(DEMO, tiny_overrides(tmp_path, tmp_path / "runs", **PROMOTION))
+    scheduler = factories.create_scheduler(config)
+    limiter = factories.create_searcher(config, storage=None, scheduler=scheduler)
+    limiter.set_search_properties("val_kappa", "max", create_search_space(config.space))
+    return scheduler, limiter
+
+
+def test_a_restored_search_takes_its_rungs_back_and_starts_a_paused_trial_only_when_promoted(tmp_path: Path) -> None:
+    scheduler, limiter = _scheduler_and_limit(tmp_path / "first")
+    controller = Controller({})
+    for name, auc in (("a", 0.3), ("b", 0.4), ("d", None), ("c", 0.2)):  # a and b pause; c and d run
+        assert limiter.suggest(name) is not None
+        controller.trials[name] = trial = SimpleNamespace(trial_id=name, status="RUNNING")
+        scheduler.on_trial_add(controller, trial)
+        if auc is not None:
+            assert scheduler.on_trial_result(controller, trial, {"training_iteration": 1, "val_auc": auc}) == "PAUSE"
+            trial.status = "PAUSED"
+    assert scheduler.next_promotion() == (1, "b")  # c's value made b the rung's top third; d still runs
+    snapshot = limiter.get_state()  # what Tune saves of its searcher when the search is interrupted
+
+    restored, restored_limit = _scheduler_and_limit(tmp_path / "second")  # the Tuner unpickled: empty rungs
+    restored_limit.set_state(snapshot)
+    requeued = Controller({name: SimpleNamespace(trial_id=name, status="PENDING") for name in "abcd"})
+    for trial in requeued.trials.values():  # Tune requeues every unfinished trial as PENDING
+        restored.on_trial_add(requeued, trial)
+    assert restored.rungs == scheduler.rungs and restored.paused == {"a", "b", "c"}
+    assert restored_limit.suggest("e") is None  # b's promotion waits for a worker
+    assert restored.choose_trial_to_run(requeued) is requeued.trials["b"]  # promoted, as before the interruption
+    requeued.trials["b"].status = "RUNNING"
+    assert restored.choose_trial_to_run(requeued) is requeued.trials["d"]  # it was running: it goes on
+    requeued.trials["d"].status = "RUNNING"
+    assert restored.choose_trial_to_run(requeued) is None  # a and c wait at the rung: 2 run, the limit
+    assert restored.on_trial_result(requeued, requeued.trials["d"], {"training_iteration": 1, "val_auc": 0.1}) == (
+        "PAUSE"
+    )
+
+    older, older_limit = _scheduler_and_limit(tmp_path / "third")
+    older_limit.set_state({k: v for k, v in snapshot.items() if k != "promotion_rungs"})  # saved before rungs were
+    assert older.rungs == {1: {}} and older_limit.live_trials == limiter.live_trials
+
+
 def test_a_promotion_search_refuses_a_searcher_without_its_limit(tmp_path: Path) -> None:
     from ray.tune.search import ConcurrencyLimiter
 

@@ -21,8 +21,8 @@ from muratune.config import load_config
 DEMO = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
 
 
-def _search_cmd(root: Path, storage: Path, *extra: str) -> list[str]:
-    sets = {
+def _search_cmd(root: Path, storage: Path, *extra: str, **more: object) -> list[str]:
+    sets: dict[str, object] = {
         "storage": storage,
         "name": "interrupted",
         "data.image_size": 64,
@@ -32,6 +32,7 @@ def _search_cmd(root: Path, storage: Path, *extra: str) -> list[str]:
         "budget.grace_period": 3,
         "resources.cpus_per_trial": 2,
         "space.backbone": "resnet10t",
+        **more,
     }
     args = [sys.executable, "-m", "muratune.cli", "search", str(DEMO), "--data", str(root)]
     for key, value in sets.items():
@@ -91,3 +92,41 @@ def test_interrupted_search_resumes_to_the_requested_trials(synthetic_root, tmp_
     assert len(summary) == 3
     assert set(summary.state) == {"COMPLETE"}
     assert (summary.epochs == 3).all()
+
+
+@pytest.mark.slow
+def test_an_interrupted_promotion_search_resumes_with_its_rungs(synthetic_root, tmp_path, ray_env):
+    """Trials paused at a rung come back PENDING: only the top third of the rung trains on, as if never interrupted."""
+    storage = tmp_path / "runs"
+    promotion = {"budget.scheduler": "asha-promotion", "optuna.sampler": "rung-tpe", "budget.grace_period": 1}
+    log = (tmp_path / "first.log").open("w")
+    proc = subprocess.Popen(
+        _search_cmd(synthetic_root, storage, **promotion), stdout=log, stderr=subprocess.STDOUT, env=ray_env
+    )
+    trials_dir = storage / "interrupted" / "trials"
+    try:  # the first trial has paused at the rung (epoch 1): it waits for two more values there
+        _wait_for(lambda: any(trials_dir.glob("trial_*/checkpoint_*")), 300, proc)
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130
+
+    resumed = subprocess.run(
+        _search_cmd(synthetic_root, storage, "--resume", **promotion),
+        capture_output=True,
+        text=True,
+        env=ray_env,
+        timeout=600,
+    )
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    summary = pd.read_csv(storage / "interrupted" / layout.SUMMARY_CSV)
+    assert len(summary) == 3 and sorted(summary.state) == ["COMPLETE", "PRUNED", "PRUNED"], summary
+    first_epoch = {}
+    for trial_dir in trials_dir.glob("trial_*"):
+        progress = pd.read_csv(trial_dir / "progress.csv")
+        assert list(progress.epoch) == list(range(1, len(progress) + 1))  # no epoch trained twice
+        first_epoch[len(progress)] = first_epoch.get(len(progress), []) + [progress.val_auc.iloc[0]]
+    assert sorted(first_epoch) == [1, 3] and len(first_epoch[1]) == 2  # one trial promoted, two stopped at the rung
+    assert first_epoch[3][0] >= max(first_epoch[1])  # the promoted one was the rung's best

@@ -105,10 +105,11 @@ def aggregate(
     workers: int,
     budget: int,
     methods: Sequence[str],
+    first_seed: int = 0,
 ) -> dict[str, Any]:
     """summary.json: medians over tasks x seeds with bootstrap 95% CIs, and muratune against stock on regret."""
     curves = _curves(runs)
-    pairs = [(t, s) for t in tasks for s in range(seeds)]
+    pairs = [(t, s) for t in tasks for s in range(first_seed, first_seed + seeds)]
     regrets = {m: [regret(known[t], curves[t, s, m].final) for t, s in pairs] for m in methods}
     speedups = {m: [speedup(curves[t, s, m], curves[t, s, "random"]) for t, s in pairs] for m in methods}
     trials = {m: [r["trials"] for r in runs if r["method"] == m] for m in methods}
@@ -117,6 +118,7 @@ def aggregate(
     summary: dict[str, Any] = {
         "tasks": list(tasks),
         "seeds": seeds,
+        "first_seed": first_seed,
         "workers": workers,
         "budget_epochs": budget,
         "fidelity_epochs": list(FIDELITY_EPOCHS),

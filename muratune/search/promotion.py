@@ -11,7 +11,8 @@ Two of Tune's parts assume trials are either running or finished, so `PromotionL
 ConcurrencyLimiter: it does not count paused trials as live, and suggests no new trial while a promotion waits for
 the next free worker. Once the searcher has given its ``num_samples`` trials and nothing runs or can be promoted,
 the scheduler stops the trials left paused, as Tune would otherwise wait for them forever; they are PRUNED in the
-Optuna study, like trials stopped by stopping-type ASHA.
+Optuna study, like trials stopped by stopping-type ASHA. Tune saves no scheduler state, so the limit carries the
+rungs in its own: a resumed search promotes as the interrupted one would have.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ from ray.tune.search import ConcurrencyLimiter, Searcher
 from muratune.search.rung_sampler import asha_levels
 
 _ACTIVE = (Trial.RUNNING, Trial.PENDING)
+_RUNGS_KEY = "promotion_rungs"  # the scheduler's rungs in the limit's snapshot
+_WAITING = (Trial.PAUSED, Trial.PENDING)  # a paused trial's statuses once its pause landed (PENDING: restored)
 
 
 class PromotionASHA(FIFOScheduler):
@@ -116,8 +119,11 @@ class PromotionASHA(FIFOScheduler):
         return trial_id in self.paused and self.trials[trial_id].status not in (Trial.TERMINATED, Trial.ERROR)
 
     def landed_pauses(self) -> set[str]:
-        """The paused trials whose pause (a checkpoint save) is over, so their worker is free."""
-        return {trial_id for trial_id in self.paused if self.trials[trial_id].status == Trial.PAUSED}
+        """The paused trials whose pause (a checkpoint save) is over, so their worker is free.
+
+        A restored search brings its paused trials back as PENDING: they hold no worker either.
+        """
+        return {trial_id for trial_id in self.paused if self.trials[trial_id].status in _WAITING}
 
     def promotion_waiting(self) -> bool:
         """Whether a paused trial is to be promoted: the next free worker goes to it, not to a new trial."""
@@ -139,12 +145,21 @@ class PromotionASHA(FIFOScheduler):
         return TrialScheduler.PAUSE
 
     def choose_trial_to_run(self, tune_controller: Any) -> Any:
-        """A paused trial to promote, else a pending (new) one; once no more will come, stop the paused ones."""
+        """A paused trial to promote, else a pending (new) one; once no more will come, stop the paused ones.
+
+        A pending trial the limit let in starts even while a promotion waits for its pause to land or for a worker:
+        it holds a place under ``max_concurrent`` already. A pending trial paused here is one a restored search
+        brought back: it starts only when promoted.
+        """
         promotion = self.next_promotion()
-        if promotion is not None:
-            return self._resume(*promotion)
-        pending = next((t for t in tune_controller.get_trials() if t.status == Trial.PENDING), None)
-        if pending is None:
+        resumed = self._resume(*promotion) if promotion is not None else None
+        if resumed is not None:
+            return resumed
+        pending = next(
+            (t for t in tune_controller.get_trials() if t.status == Trial.PENDING and t.trial_id not in self.paused),
+            None,
+        )
+        if pending is None and promotion is None:
             self._stop_paused_if_over(tune_controller)
         return pending
 
@@ -158,7 +173,7 @@ class PromotionASHA(FIFOScheduler):
     def _resume(self, level: int, trial_id: str) -> Any:
         """The paused trial, promoted, once its pause (a checkpoint save) is over and a worker is free; else None."""
         trial = self.trials[trial_id]
-        if trial.status != Trial.PAUSED or (self.max_concurrent is not None and self._running() >= self.max_concurrent):
+        if trial.status not in _WAITING or (self.max_concurrent is not None and self._running() >= self.max_concurrent):
             return None
         self.promoted[level].add(trial_id)
         self.paused.discard(trial_id)
@@ -168,6 +183,24 @@ class PromotionASHA(FIFOScheduler):
     def _running(self) -> int:
         """Trials running or about to (paused ones, and those still pausing, not counted)."""
         return sum(t.status in _ACTIVE and t.trial_id not in self.paused for t in self.trials.values())
+
+    def rung_state(self) -> dict[str, Any]:
+        """What the rungs hold, for the limit's snapshot: Tune saves its searcher's state, never its scheduler's."""
+        return copy.deepcopy(
+            {"rungs": self.rungs, "promoted": self.promoted, "paused": self.paused, "resumed": self.resumed}
+        )
+
+    def restore_rung_state(self, state: dict[str, Any]) -> None:
+        """Take the rungs back from a snapshot (`rung_state`), so a resumed search promotes as the first would have.
+
+        Its paused trials come back PENDING (Tune requeues every unfinished trial): they wait for a promotion.
+        """
+        for level in self.levels:
+            self.rungs[level], self.ranked[level] = {}, []
+            for trial_id, value in state["rungs"].get(level, {}).items():
+                self.record(level, trial_id, value)
+            self.promoted[level] = set(state["promoted"].get(level, ()))
+        self.paused, self.resumed = set(state["paused"]), list(state["resumed"])
 
     def debug_string(self) -> str:
         """One line for Tune's progress output."""
@@ -203,5 +236,17 @@ class PromotionLimiter(ConcurrencyLimiter):
         return suggestion
 
     def get_state(self) -> dict:
-        """The limit's own state for Tune's snapshot, without the scheduler (a restore keeps the Tuner's own)."""
-        return copy.deepcopy({k: v for k, v in self.__dict__.items() if k not in ("searcher", "scheduler")})
+        """The limit's own state for Tune's snapshot, with the scheduler's rungs (Tune keeps no scheduler state).
+
+        The scheduler itself stays out: a restore keeps the restored Tuner's own.
+        """
+        state = copy.deepcopy({k: v for k, v in self.__dict__.items() if k not in ("searcher", "scheduler")})
+        return {**state, _RUNGS_KEY: self.scheduler.rung_state()}
+
+    def set_state(self, state: dict) -> None:
+        """Restore the limit and the scheduler's rungs (a snapshot from before rungs were saved has none)."""
+        state = dict(state)
+        rungs = state.pop(_RUNGS_KEY, None)
+        super().set_state(state)
+        if rungs is not None:
+            self.scheduler.restore_rung_state(rungs)
