@@ -347,6 +347,22 @@ def test_the_default_scheduler_and_start_up_give_way_where_promotion_cannot_run(
     assert ExperimentConfig.model_validate(config.model_dump(mode="json")) == config
 
 
+def test_sections_given_as_objects_are_left_as_they_were() -> None:
+    """The defaults that give way resolve in the experiment's copy: the caller's sections can build another one."""
+    from muratune.config.sections import BudgetConfig, OptunaConfig
+
+    budget, tpe = BudgetConfig(max_epochs=8), OptunaConfig(sampler="tpe")
+    stopping = ExperimentConfig(budget=budget, optuna=tpe)
+    assert (stopping.budget.scheduler, stopping.optuna.startup, stopping.optuna.startup_trials_per_worker) == (
+        "asha",
+        "random",
+        5,
+    )
+    assert (budget.scheduler, budget.model_fields_set) == ("asha-promotion", {"max_epochs"})
+    assert (tpe.startup, tpe.model_fields_set) == ("sobol", {"sampler"})
+    assert ExperimentConfig(budget=budget).budget.scheduler == "asha-promotion"  # rung-tpe: promotion can run
+
+
 @pytest.mark.parametrize(
     ("values", "refusal"),
     [

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -259,6 +259,14 @@ class ExperimentConfig(_Strict):
                 f"(got {shown})"
             )
         return name
+
+    @model_validator(mode="before")
+    @classmethod
+    def _sections_copied(cls, data: Any) -> Any:
+        """Sections given as instances are copied: the defaults that give way below must not change the caller's."""
+        if not isinstance(data, dict):
+            return data
+        return {key: value.model_copy() if isinstance(value, _Strict) else value for key, value in data.items()}
 
     @model_validator(mode="after")
     def _promotion_searches(self) -> ExperimentConfig:
