@@ -164,6 +164,13 @@ def test_the_limit_counts_a_trial_whose_pause_has_not_landed(tmp_path: Path) -> 
     assert limiter.suggest("c") is not None
 
 
+class RequeuedTrial(SimpleNamespace):
+    """A trial as a restored search requeues it: its status set through Tune's ``set_status``."""
+
+    def set_status(self, status: str) -> None:
+        self.status = status
+
+
 def _scheduler_and_limit(tmp_path: Path) -> tuple[PromotionASHA, PromotionLimiter]:
     """The promotion scheduler and its limit as ``muratune search`` builds them (2 concurrent trials, a rung at 1)."""
     from muratune.search.space import create_search_space
@@ -189,11 +196,17 @@ def test_a_restored_search_takes_its_rungs_back_and_starts_a_paused_trial_only_w
     snapshot = limiter.get_state()  # what Tune saves of its searcher when the search is interrupted
 
     restored, restored_limit = _scheduler_and_limit(tmp_path / "second")  # the Tuner unpickled: empty rungs
-    restored_limit.set_state(snapshot)
-    requeued = Controller({name: SimpleNamespace(trial_id=name, status="PENDING") for name in "abcd"})
-    for trial in requeued.trials.values():  # Tune requeues every unfinished trial as PENDING
+    restored_limit.set_state(snapshot)  # Tune restores its searcher first, then requeues the trials
+    requeued = Controller({name: RequeuedTrial(trial_id=name, status="PENDING") for name in "abcd"})
+    for trial in requeued.trials.values():  # every unfinished trial comes back PENDING, which Tune would start
         restored.on_trial_add(requeued, trial)
     assert restored.rungs == scheduler.rungs and restored.paused == {"a", "b", "c"}
+    assert {n: t.status for n, t in requeued.trials.items()} == {
+        "a": "PAUSED",
+        "b": "PAUSED",
+        "c": "PAUSED",
+        "d": "PENDING",
+    }
     assert restored_limit.suggest("e") is None  # b's promotion waits for a worker
     assert restored.choose_trial_to_run(requeued) is requeued.trials["b"]  # promoted, as before the interruption
     requeued.trials["b"].status = "RUNNING"

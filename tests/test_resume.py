@@ -104,8 +104,8 @@ def test_an_interrupted_promotion_search_resumes_with_its_rungs(synthetic_root, 
         _search_cmd(synthetic_root, storage, **promotion), stdout=log, stderr=subprocess.STDOUT, env=ray_env
     )
     trials_dir = storage / "interrupted" / "trials"
-    try:  # the first trial has paused at the rung (epoch 1): it waits for two more values there
-        _wait_for(lambda: any(trials_dir.glob("trial_*/checkpoint_*")), 300, proc)
+    try:  # the driver logged the first trial's epoch 1 after pausing it at the rung: it waits for two more values
+        _wait_for(lambda: any(_logged_epochs(path) for path in trials_dir.glob("trial_*/progress.csv")), 300, proc)
         proc.send_signal(signal.SIGINT)
         proc.wait(timeout=120)
     finally:
@@ -123,10 +123,19 @@ def test_an_interrupted_promotion_search_resumes_with_its_rungs(synthetic_root, 
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     summary = pd.read_csv(storage / "interrupted" / layout.SUMMARY_CSV)
     assert len(summary) == 3 and sorted(summary.state) == ["COMPLETE", "PRUNED", "PRUNED"], summary
-    first_epoch = {}
-    for trial_dir in trials_dir.glob("trial_*"):
-        progress = pd.read_csv(trial_dir / "progress.csv")
-        assert list(progress.epoch) == list(range(1, len(progress) + 1))  # no epoch trained twice
-        first_epoch[len(progress)] = first_epoch.get(len(progress), []) + [progress.val_auc.iloc[0]]
-    assert sorted(first_epoch) == [1, 3] and len(first_epoch[1]) == 2  # one trial promoted, two stopped at the rung
-    assert first_epoch[3][0] >= max(first_epoch[1])  # the promoted one was the rung's best
+    progress = [pd.read_csv(trial_dir / "progress.csv") for trial_dir in trials_dir.glob("trial_*")]
+    for trial in progress:
+        assert list(trial.epoch) == list(range(1, len(trial) + 1))  # no epoch trained twice
+    assert sorted(len(trial) for trial in progress) == [1, 1, 3]  # one trial promoted, two stopped at the rung
+    promoted = next(trial for trial in progress if len(trial) == 3)
+    assert promoted.val_auc.iloc[0] == max(trial.val_auc.iloc[0] for trial in progress)  # the rung's best
+    rung_full = max(trial.timestamp.iloc[0] for trial in progress)  # the third value at the rung, 1 s resolution
+    assert promoted.timestamp.iloc[1] >= rung_full  # nothing trained past the rung before all three were there
+
+
+def _logged_epochs(progress_csv: Path) -> int:
+    """Epochs in a trial's progress.csv (0 while it is empty or being written)."""
+    try:
+        return len(pd.read_csv(progress_csv))
+    except (pd.errors.EmptyDataError, OSError):
+        return 0

@@ -30,7 +30,6 @@ from muratune.search.rung_sampler import asha_levels
 
 _ACTIVE = (Trial.RUNNING, Trial.PENDING)
 _RUNGS_KEY = "promotion_rungs"  # the scheduler's rungs in the limit's snapshot
-_WAITING = (Trial.PAUSED, Trial.PENDING)  # a paused trial's statuses once its pause landed (PENDING: restored)
 
 
 class PromotionASHA(FIFOScheduler):
@@ -74,8 +73,14 @@ class PromotionASHA(FIFOScheduler):
         return True
 
     def on_trial_add(self, tune_controller: Any, trial: Any) -> None:
-        """Remember the trial, to resume it later."""
+        """Remember the trial, to resume it later.
+
+        A restored search requeues every unfinished trial as PENDING, after its searcher (and so these rungs) came
+        back: a trial paused here is PAUSED again, or Tune would start it unpromoted (it starts any pending trial).
+        """
         self.trials[trial.trial_id] = trial
+        if trial.trial_id in self.paused and trial.status == Trial.PENDING:
+            trial.set_status(Trial.PAUSED)
 
     def on_trial_complete(self, tune_controller: Any, trial: Any, result: dict) -> None:
         """A finished trial is no longer paused."""
@@ -119,11 +124,8 @@ class PromotionASHA(FIFOScheduler):
         return trial_id in self.paused and self.trials[trial_id].status not in (Trial.TERMINATED, Trial.ERROR)
 
     def landed_pauses(self) -> set[str]:
-        """The paused trials whose pause (a checkpoint save) is over, so their worker is free.
-
-        A restored search brings its paused trials back as PENDING: they hold no worker either.
-        """
-        return {trial_id for trial_id in self.paused if self.trials[trial_id].status in _WAITING}
+        """The paused trials whose pause (a checkpoint save) is over, so their worker is free."""
+        return {trial_id for trial_id in self.paused if self.trials[trial_id].status == Trial.PAUSED}
 
     def promotion_waiting(self) -> bool:
         """Whether a paused trial is to be promoted: the next free worker goes to it, not to a new trial."""
@@ -145,21 +147,12 @@ class PromotionASHA(FIFOScheduler):
         return TrialScheduler.PAUSE
 
     def choose_trial_to_run(self, tune_controller: Any) -> Any:
-        """A paused trial to promote, else a pending (new) one; once no more will come, stop the paused ones.
-
-        A pending trial the limit let in starts even while a promotion waits for its pause to land or for a worker:
-        it holds a place under ``max_concurrent`` already. A pending trial paused here is one a restored search
-        brought back: it starts only when promoted.
-        """
+        """A paused trial to promote, else a pending (new) one; once no more will come, stop the paused ones."""
         promotion = self.next_promotion()
-        resumed = self._resume(*promotion) if promotion is not None else None
-        if resumed is not None:
-            return resumed
-        pending = next(
-            (t for t in tune_controller.get_trials() if t.status == Trial.PENDING and t.trial_id not in self.paused),
-            None,
-        )
-        if pending is None and promotion is None:
+        if promotion is not None:
+            return self._resume(*promotion)
+        pending = next((t for t in tune_controller.get_trials() if t.status == Trial.PENDING), None)
+        if pending is None:
             self._stop_paused_if_over(tune_controller)
         return pending
 
@@ -173,7 +166,7 @@ class PromotionASHA(FIFOScheduler):
     def _resume(self, level: int, trial_id: str) -> Any:
         """The paused trial, promoted, once its pause (a checkpoint save) is over and a worker is free; else None."""
         trial = self.trials[trial_id]
-        if trial.status not in _WAITING or (self.max_concurrent is not None and self._running() >= self.max_concurrent):
+        if trial.status != Trial.PAUSED or (self.max_concurrent is not None and self._running() >= self.max_concurrent):
             return None
         self.promoted[level].add(trial_id)
         self.paused.discard(trial_id)
@@ -193,7 +186,7 @@ class PromotionASHA(FIFOScheduler):
     def restore_rung_state(self, state: dict[str, Any]) -> None:
         """Take the rungs back from a snapshot (`rung_state`), so a resumed search promotes as the first would have.
 
-        Its paused trials come back PENDING (Tune requeues every unfinished trial): they wait for a promotion.
+        Tune requeues the paused trials afterwards (`on_trial_add` pauses them again): they wait for a promotion.
         """
         for level in self.levels:
             self.rungs[level], self.ranked[level] = {}, []
