@@ -361,6 +361,9 @@ def test_sections_given_as_objects_are_left_as_they_were() -> None:
     assert (budget.scheduler, budget.model_fields_set) == ("asha-promotion", {"max_epochs"})
     assert (tpe.startup, tpe.model_fields_set) == ("sobol", {"sampler"})
     assert ExperimentConfig(budget=budget).budget.scheduler == "asha-promotion"  # rung-tpe: promotion can run
+    promotion = ExperimentConfig()
+    promotion.optuna = tpe  # an assigned section is validated as a given one
+    assert promotion.optuna is not tpe and (tpe.startup, tpe.model_fields_set) == ("sobol", {"sampler"})
 
 
 @pytest.mark.parametrize(

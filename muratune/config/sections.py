@@ -260,13 +260,12 @@ class ExperimentConfig(_Strict):
             )
         return name
 
-    @model_validator(mode="before")
+    @field_validator("*", mode="before")
     @classmethod
-    def _sections_copied(cls, data: Any) -> Any:
-        """Sections given as instances are copied: the defaults that give way below must not change the caller's."""
-        if not isinstance(data, dict):
-            return data
-        return {key: value.model_copy() if isinstance(value, _Strict) else value for key, value in data.items()}
+    def _sections_copied(cls, value: Any) -> Any:
+        """A section given (or assigned) as an object is copied: the defaults that give way below must not change
+        the caller's."""
+        return value.model_copy() if isinstance(value, _Strict) else value
 
     @model_validator(mode="after")
     def _promotion_searches(self) -> ExperimentConfig:
