@@ -274,7 +274,7 @@ def learning_curves_plot(histories: dict[str, pd.DataFrame], states: dict[str, s
         ax.grid(alpha=0.3)
     handles = [
         fig.axes[0].plot([], [], color=STATE_COLOURS["COMPLETE"], label="completed")[0],
-        fig.axes[0].scatter([], [], marker="x", color=STATE_COLOURS["PRUNED"], label="stopped by ASHA (last epoch)"),
+        fig.axes[0].scatter([], [], marker="x", color=STATE_COLOURS["PRUNED"], label="stopped early (last epoch)"),
         fig.axes[0].plot([], [], color="#999999", ls=":", label="ASHA rungs")[0],
     ]
     fig.axes[0].legend(handles=handles, fontsize=8, loc="best", framealpha=0.9)
