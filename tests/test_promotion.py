@@ -56,6 +56,24 @@ def _report(scheduler: PromotionASHA, controller: Controller, name: str, epoch: 
     return decision
 
 
+class RequeuedTrial(SimpleNamespace):
+    """A trial as a restored search requeues it: its status set through Tune's ``set_status``."""
+
+    def set_status(self, status: str) -> None:
+        self.status = status
+
+
+def _scheduler_and_limit(tmp_path: Path) -> tuple[PromotionASHA, PromotionLimiter]:
+    """The promotion scheduler and its limit as ``muratune search`` builds them (2 concurrent trials, a rung at 1)."""
+    from muratune.search.space import create_search_space
+
+    config = load_config(DEMO, tiny_overrides(tmp_path, tmp_path / "runs", **PROMOTION))
+    scheduler = factories.create_scheduler(config)
+    limiter = factories.create_searcher(config, storage=None, scheduler=scheduler)
+    limiter.set_search_properties("val_kappa", "max", create_search_space(config.space))
+    return scheduler, limiter
+
+
 def test_a_trial_pauses_at_a_rung_and_the_best_of_its_top_third_is_resumed() -> None:
     scheduler, controller = _scheduler_with("abcde")
     assert _report(scheduler, controller, "a", 1, 0.9) == TrialScheduler.CONTINUE  # between rungs
@@ -126,15 +144,9 @@ def test_the_trials_left_paused_are_stopped_once_no_trial_can_come_or_be_promote
 
 
 def test_the_limit_does_not_count_paused_trials_and_leaves_a_worker_to_a_waiting_promotion(tmp_path: Path) -> None:
-    overrides = tiny_overrides(tmp_path, tmp_path / "runs", **PROMOTION)
-    config = load_config(DEMO, overrides)
-    scheduler = factories.create_scheduler(config)
-    limiter = factories.create_searcher(config, storage=None, scheduler=scheduler)
+    scheduler, limiter = _scheduler_and_limit(tmp_path)
     assert isinstance(scheduler, PromotionASHA) and isinstance(limiter, PromotionLimiter)
     assert scheduler.max_concurrent == limiter.max_concurrent == 2
-    from muratune.search.space import create_search_space
-
-    limiter.set_search_properties("val_kappa", "max", create_search_space(config.space))
     for name in "ab":
         scheduler.on_trial_add(None, SimpleNamespace(trial_id=name, status="PAUSED"))
     assert limiter.suggest("a") and limiter.suggest("b") and limiter.suggest("c") is None  # two run
@@ -147,13 +159,7 @@ def test_the_limit_does_not_count_paused_trials_and_leaves_a_worker_to_a_waiting
 
 
 def test_the_limit_counts_a_trial_whose_pause_has_not_landed(tmp_path: Path) -> None:
-    overrides = tiny_overrides(tmp_path, tmp_path / "runs", **PROMOTION)
-    config = load_config(DEMO, overrides)
-    scheduler = factories.create_scheduler(config)
-    limiter = factories.create_searcher(config, storage=None, scheduler=scheduler)
-    from muratune.search.space import create_search_space
-
-    limiter.set_search_properties("val_kappa", "max", create_search_space(config.space))
+    scheduler, limiter = _scheduler_and_limit(tmp_path)
     trials = {name: SimpleNamespace(trial_id=name, status="RUNNING") for name in "ab"}
     for trial in trials.values():
         scheduler.on_trial_add(None, trial)
@@ -162,24 +168,6 @@ def test_the_limit_counts_a_trial_whose_pause_has_not_landed(tmp_path: Path) -> 
     assert limiter.suggest("c") is None
     trials["a"].status = "PAUSED"
     assert limiter.suggest("c") is not None
-
-
-class RequeuedTrial(SimpleNamespace):
-    """A trial as a restored search requeues it: its status set through Tune's ``set_status``."""
-
-    def set_status(self, status: str) -> None:
-        self.status = status
-
-
-def _scheduler_and_limit(tmp_path: Path) -> tuple[PromotionASHA, PromotionLimiter]:
-    """The promotion scheduler and its limit as ``muratune search`` builds them (2 concurrent trials, a rung at 1)."""
-    from muratune.search.space import create_search_space
-
-    config = load_config(DEMO, tiny_overrides(tmp_path, tmp_path / "runs", **PROMOTION))
-    scheduler = factories.create_scheduler(config)
-    limiter = factories.create_searcher(config, storage=None, scheduler=scheduler)
-    limiter.set_search_properties("val_kappa", "max", create_search_space(config.space))
-    return scheduler, limiter
 
 
 def test_a_restored_search_takes_its_rungs_back_and_starts_a_paused_trial_only_when_promoted(tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import optuna
@@ -61,15 +62,17 @@ def ray_env(tmp_path):
     shutil.rmtree(short, ignore_errors=True)
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["sigint", "sigterm"])
-def test_interrupted_search_resumes_to_the_requested_trials(synthetic_root, tmp_path, ray_env, signum):
+def _interrupt_and_resume(
+    root: Path, tmp_path: Path, env: dict, signum: int, started: Callable[[Path], bool], **sets: object
+) -> Path:
+    """Run a search, send ``signum`` once ``started(trials_dir)``, check it stopped as interrupted (130), then
+    ``--resume`` it to the end; returns the experiment folder."""
     storage = tmp_path / "runs"
     log = (tmp_path / "first.log").open("w")
-    proc = subprocess.Popen(_search_cmd(synthetic_root, storage), stdout=log, stderr=subprocess.STDOUT, env=ray_env)
+    proc = subprocess.Popen(_search_cmd(root, storage, **sets), stdout=log, stderr=subprocess.STDOUT, env=env)
     trials_dir = storage / "interrupted" / "trials"
     try:
-        _wait_for(lambda: any(trials_dir.glob("trial_*/checkpoint_*")), 300, proc)
+        _wait_for(lambda: started(trials_dir), 300, proc)
         proc.send_signal(signum)
         proc.wait(timeout=120)
     finally:
@@ -78,17 +81,25 @@ def test_interrupted_search_resumes_to_the_requested_trials(synthetic_root, tmp_
     assert proc.returncode == 130 and trials_dir.is_dir()  # interrupted, not finished: scripts must not go on
 
     resumed = subprocess.run(
-        _search_cmd(synthetic_root, storage, "--resume"), capture_output=True, text=True, env=ray_env, timeout=600
+        _search_cmd(root, storage, "--resume", **sets), capture_output=True, text=True, env=env, timeout=600
     )
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    return storage / "interrupted"
 
-    config = load_config(storage / "interrupted" / layout.RESOLVED_CONFIG)
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["sigint", "sigterm"])
+def test_interrupted_search_resumes_to_the_requested_trials(synthetic_root, tmp_path, ray_env, signum):
+    exp = _interrupt_and_resume(
+        synthetic_root, tmp_path, ray_env, signum, lambda trials: any(trials.glob("trial_*/checkpoint_*"))
+    )
+    config = load_config(exp / layout.RESOLVED_CONFIG)
     study = optuna.load_study(study_name="interrupted", storage=layout.optuna_storage_url(config))
     trials = study.get_trials(deepcopy=False)
     assert len(trials) == 3, [t.state for t in trials]
     assert all(t.state.is_finished() for t in trials)
     assert len({t.user_attrs.get("ray_trial_id") for t in trials}) == 3
-    summary = pd.read_csv(storage / "interrupted" / layout.SUMMARY_CSV)
+    summary = pd.read_csv(exp / layout.SUMMARY_CSV)
     assert len(summary) == 3
     assert set(summary.state) == {"COMPLETE"}
     assert (summary.epochs == 3).all()
@@ -97,33 +108,18 @@ def test_interrupted_search_resumes_to_the_requested_trials(synthetic_root, tmp_
 @pytest.mark.slow
 def test_an_interrupted_promotion_search_resumes_with_its_rungs(synthetic_root, tmp_path, ray_env):
     """Trials paused at a rung come back PENDING: only the top third of the rung trains on, as if never interrupted."""
-    storage = tmp_path / "runs"
     promotion = {"budget.scheduler": "asha-promotion", "optuna.sampler": "rung-tpe", "budget.grace_period": 1}
-    log = (tmp_path / "first.log").open("w")
-    proc = subprocess.Popen(
-        _search_cmd(synthetic_root, storage, **promotion), stdout=log, stderr=subprocess.STDOUT, env=ray_env
+    exp = _interrupt_and_resume(  # once the driver logged an epoch 1, the rung at epoch 1 holds a paused trial
+        synthetic_root,
+        tmp_path,
+        ray_env,
+        signal.SIGINT,
+        lambda trials: any(_logged_epochs(path) for path in trials.glob("trial_*/progress.csv")),
+        **promotion,
     )
-    trials_dir = storage / "interrupted" / "trials"
-    try:  # the driver logged the first trial's epoch 1 after pausing it at the rung: it waits for two more values
-        _wait_for(lambda: any(_logged_epochs(path) for path in trials_dir.glob("trial_*/progress.csv")), 300, proc)
-        proc.send_signal(signal.SIGINT)
-        proc.wait(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 130
-
-    resumed = subprocess.run(
-        _search_cmd(synthetic_root, storage, "--resume", **promotion),
-        capture_output=True,
-        text=True,
-        env=ray_env,
-        timeout=600,
-    )
-    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
-    summary = pd.read_csv(storage / "interrupted" / layout.SUMMARY_CSV)
+    summary = pd.read_csv(exp / layout.SUMMARY_CSV)
     assert len(summary) == 3 and sorted(summary.state) == ["COMPLETE", "PRUNED", "PRUNED"], summary
-    progress = [pd.read_csv(trial_dir / "progress.csv") for trial_dir in trials_dir.glob("trial_*")]
+    progress = [pd.read_csv(trial_dir / "progress.csv") for trial_dir in (exp / "trials").glob("trial_*")]
     for trial in progress:
         assert list(trial.epoch) == list(range(1, len(trial) + 1))  # no epoch trained twice
     assert sorted(len(trial) for trial in progress) == [1, 1, 3]  # one trial promoted, two stopped at the rung
